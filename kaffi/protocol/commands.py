@@ -1,0 +1,392 @@
+"""The client's side of the Faktory Work Protocol: commands to bytes, replies to values.
+
+Each ``encode_*`` function returns the exact bytes of one command line. Each ``decode_*``
+function takes the :data:`~kaffi.protocol.resp.Reply` the server sent for that command and
+returns a Python value, or raises :class:`~kaffi.errors.ServerError` (``-ERR``) or
+:class:`~kaffi.errors.RemoteProtocolError` (a reply of the wrong kind).
+
+Nothing here opens a socket; the sync and asyncio transports in :mod:`kaffi.client` are
+thin shells that write these bytes and feed what they read to a
+:class:`~kaffi.protocol.resp.ReplyParser`.
+
+Two protocol facts shape the encoders:
+
+- JSON is sent compact (``{"a":1}``): Faktory's MUTATE splits its line on spaces and
+  refuses ``{"cmd": "kill"}``. Spaces *inside* strings are sent as ``\\u0020`` there,
+  which JSON reads back as a space, so any filter value survives.
+- A command is one line, so no argument may contain a line break; JSON escapes them, and
+  queue names cannot hold them (they must match ``[a-zA-Z0-9._-]+``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from kaffi.errors import (
+    AuthenticationError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ServerError,
+    ValidationError,
+)
+from kaffi.protocol.models import (
+    Hello,
+    Hi,
+    Info,
+    JobPayload,
+    RejectedJob,
+    dumps,
+    validate_queue_name,
+)
+from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
+
+__all__ = [
+    "MUTATE_COMMANDS",
+    "MUTATE_TARGETS",
+    "QUEUE_SUBCOMMANDS",
+    "BEAT_STATES",
+    "encode_line",
+    "encode_hello",
+    "encode_push",
+    "encode_pushb",
+    "encode_fetch",
+    "encode_ack",
+    "encode_fail",
+    "encode_beat",
+    "encode_info",
+    "encode_flush",
+    "encode_end",
+    "encode_mutate",
+    "encode_queue",
+    "encode_batch",
+    "encode_track",
+    "password_hash",
+    "decode_hi",
+    "decode_ok",
+    "decode_json",
+    "decode_fetch",
+    "decode_beat",
+    "decode_pushb",
+    "decode_info",
+    "decode_latency",
+    "raise_for_error",
+]
+
+MUTATE_COMMANDS = ("clear", "kill", "discard", "requeue")
+MUTATE_TARGETS = ("retries", "scheduled", "dead")
+QUEUE_SUBCOMMANDS = ("PAUSE", "RESUME", "REMOVE", "LATENCY")
+BEAT_STATES = ("quiet", "terminate")
+
+MutateCommand = Literal["clear", "kill", "discard", "requeue"]
+MutateTarget = Literal["retries", "scheduled", "dead"]
+
+_FAIL_ERRTYPE_MAX = 100
+_FAIL_MESSAGE_MAX = 1000
+_FAIL_BACKTRACE_MAX = 50
+
+
+def encode_line(verb: str, arg: str | None = None) -> bytes:
+    """``VERB[ ARG]\\r\\n``; refuses anything that would break the line framing."""
+    if not verb or not verb.isascii() or " " in verb or "\n" in verb or "\r" in verb:
+        raise LocalProtocolError(f"bad command verb {verb!r}")
+    if arg is None:
+        return verb.encode() + b"\r\n"
+    if "\n" in arg or "\r" in arg:
+        raise LocalProtocolError(f"{verb} argument cannot contain a line break")
+    return verb.encode() + b" " + arg.encode("utf-8") + b"\r\n"
+
+
+# -- handshake ----------------------------------------------------------------------------
+
+
+def password_hash(password: str, salt: str, iterations: int) -> str:
+    """Faktory's pwdhash: sha256(password + salt), then sha256 of that digest again until
+    ``iterations`` rounds in all; lowercase hex of the last digest."""
+    if iterations < 1:
+        raise RemoteProtocolError(f"server asked for {iterations} hash iterations")
+    digest = hashlib.sha256((password + salt).encode("utf-8")).digest()
+    for _ in range(iterations - 1):
+        digest = hashlib.sha256(digest).digest()
+    return digest.hex()
+
+
+def decode_hi(reply: Reply) -> Hi:
+    """Parse ``+HI {...}``."""
+    if isinstance(reply, ErrorReply):
+        raise_for_error(reply, "HI")
+    if not isinstance(reply, SimpleReply) or not reply.text.startswith("HI "):
+        raise RemoteProtocolError(f"expected the server's +HI greeting, got {reply!r}")
+    try:
+        hi = Hi.model_validate_json(reply.text[3:])
+    except ValueError:
+        raise RemoteProtocolError(f"bad HI greeting: {reply.text[:200]!r}") from None
+    if hi.v != 2:
+        # Protocol v2 is all Faktory has shipped since 0.9; anything else is a different peer.
+        raise RemoteProtocolError(f"server speaks protocol version {hi.v}, kaffi speaks 2")
+    return hi
+
+
+def encode_hello(
+    hi: Hi,
+    *,
+    hostname: str | None = None,
+    wid: str | None = None,
+    pid: int | None = None,
+    labels: Sequence[str] | None = None,
+    password: str | None = None,
+) -> bytes:
+    """The HELLO answering ``hi``. A worker passes ``wid`` (and usually pid, labels)."""
+    pwdhash = None
+    if hi.needs_password:
+        if not password:
+            raise AuthenticationError(
+                "ERR", "Server requires a password, but none was given", command="HELLO"
+            )
+        assert hi.s is not None
+        pwdhash = password_hash(password, hi.s, hi.i or 1)
+    hello = Hello(
+        hostname=hostname,
+        wid=wid,
+        pid=pid if wid is not None else None,
+        labels=list(labels) if (labels is not None and wid is not None) else None,
+        pwdhash=pwdhash,
+    )
+    return encode_line("HELLO", hello.model_dump_json(exclude_none=True))
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def _payload_json(job: JobPayload | Mapping[str, Any]) -> str:
+    if isinstance(job, JobPayload):
+        return job.to_json()
+    return dumps(dict(job))
+
+
+def encode_push(job: JobPayload | Mapping[str, Any]) -> bytes:
+    """``PUSH {job}``. A mapping is sent as it is (the server validates it)."""
+    return encode_line("PUSH", _payload_json(job))
+
+
+def encode_pushb(jobs: Iterable[JobPayload | Mapping[str, Any]]) -> bytes:
+    """``PUSHB [{job},...]``."""
+    body = ",".join(_payload_json(j) for j in jobs)
+    return encode_line("PUSHB", "[" + body + "]")
+
+
+def encode_fetch(*queues: str) -> bytes:
+    """``FETCH q1 q2 ...``: the server tries the queues strictly in this order."""
+    if not queues:
+        raise ValidationError("FETCH needs at least one queue", field="queues")
+    for q in queues:
+        validate_queue_name(q, field="queues")
+    return encode_line("FETCH", " ".join(queues))
+
+
+def encode_ack(jid: str) -> bytes:
+    return encode_line("ACK", dumps({"jid": jid}))
+
+
+def encode_fail(
+    jid: str, errtype: str, message: str, backtrace: Sequence[str] | None = None
+) -> bytes:
+    """``FAIL {...}``, cut to the sizes the server keeps (errtype 100, message 1000
+    characters, 50 backtrace lines) so a huge traceback costs nothing on the wire."""
+    body: dict[str, Any] = {
+        "jid": jid,
+        "errtype": errtype[:_FAIL_ERRTYPE_MAX],
+        "message": message[:_FAIL_MESSAGE_MAX],
+    }
+    if backtrace:
+        body["backtrace"] = list(backtrace[:_FAIL_BACKTRACE_MAX])
+    return encode_line("FAIL", dumps(body))
+
+
+def encode_beat(wid: str, current_state: str | None = None, rss_kb: int | None = None) -> bytes:
+    body: dict[str, Any] = {"wid": wid}
+    if current_state is not None:
+        if current_state not in BEAT_STATES:
+            raise ValidationError(
+                f"current_state must be one of {BEAT_STATES} or None, got {current_state!r}",
+                field="current_state",
+            )
+        body["current_state"] = current_state
+    if rss_kb is not None:
+        body["rss_kb"] = int(rss_kb)
+    return encode_line("BEAT", dumps(body))
+
+
+def encode_info() -> bytes:
+    return b"INFO\r\n"
+
+
+def encode_flush() -> bytes:
+    return b"FLUSH\r\n"
+
+
+def encode_end() -> bytes:
+    return b"END\r\n"
+
+
+def _json_no_spaces(value: Any) -> str:
+    # Escaping spaces inside strings as \u0020 keeps JSON's meaning and the server's split.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace(" ", "\\u0020")
+
+
+def encode_mutate(
+    cmd: str,
+    target: str,
+    *,
+    jobtype: str | None = None,
+    jids: Sequence[str] | None = None,
+    regexp: str | None = None,
+) -> bytes:
+    """``MUTATE {"cmd","target","filter"}``. ``regexp`` is a Redis SCAN glob (``*text*``)."""
+    if cmd not in MUTATE_COMMANDS:
+        raise ValidationError(f"mutate cmd must be one of {MUTATE_COMMANDS}, got {cmd!r}", field="cmd")
+    if target not in MUTATE_TARGETS:
+        raise ValidationError(
+            f"mutate target must be one of {MUTATE_TARGETS}, got {target!r}", field="target"
+        )
+    body: dict[str, Any] = {"cmd": cmd, "target": target}
+    flt: dict[str, Any] = {}
+    if jobtype is not None:
+        flt["jobtype"] = jobtype
+    if jids:
+        flt["jids"] = list(jids)
+    if regexp is not None:
+        flt["regexp"] = regexp
+    if flt:
+        body["filter"] = flt
+    return encode_line("MUTATE", _json_no_spaces(body))
+
+
+def encode_queue(subcommand: str, *names: str) -> bytes:
+    """``QUEUE PAUSE|RESUME|REMOVE|LATENCY name...``; ``*`` means every queue (not for
+    LATENCY, which the server refuses with wildcards)."""
+    sub = subcommand.upper()
+    if sub not in QUEUE_SUBCOMMANDS:
+        raise ValidationError(
+            f"queue subcommand must be one of {QUEUE_SUBCOMMANDS}, got {subcommand!r}",
+            field="subcommand",
+        )
+    if not names:
+        raise ValidationError(f"QUEUE {sub} needs at least one queue name", field="queues")
+    for n in names:
+        if n == "*" and sub != "LATENCY":
+            continue
+        validate_queue_name(n, field="queues")
+    return encode_line("QUEUE", sub + " " + " ".join(names))
+
+
+def encode_batch(subcommand: str, arg: str | Mapping[str, Any]) -> bytes:
+    """Faktory Enterprise ``BATCH NEW {...}`` / ``BATCH OPEN bid`` / ``COMMIT`` / ``STATUS``.
+    The open-source server answers ``-ERR batch subsystem is only available in Faktory
+    Enterprise``."""
+    sub = subcommand.upper()
+    text = arg if isinstance(arg, str) else dumps(dict(arg))
+    return encode_line("BATCH", f"{sub} {text}")
+
+
+def encode_track(subcommand: str, arg: str | Mapping[str, Any]) -> bytes:
+    """Faktory Enterprise ``TRACK GET jid`` / ``TRACK SET {...}``."""
+    sub = subcommand.upper()
+    text = arg if isinstance(arg, str) else dumps(dict(arg))
+    return encode_line("TRACK", f"{sub} {text}")
+
+
+# -- replies ------------------------------------------------------------------------------
+
+
+def raise_for_error(reply: ErrorReply, command: str | None = None) -> None:
+    """Raise the kaffi error for an error reply."""
+    if reply.message.startswith("Invalid password"):
+        raise AuthenticationError(reply.code, reply.message, command=command)
+    raise ServerError(reply.code, reply.message, command=command)
+
+
+def decode_ok(reply: Reply, command: str = "") -> None:
+    """For commands answering ``+OK``."""
+    if isinstance(reply, SimpleReply) and reply.text == "OK":
+        return
+    if isinstance(reply, ErrorReply):
+        raise_for_error(reply, command or None)
+    raise RemoteProtocolError(f"expected +OK{' to ' + command if command else ''}, got {reply!r}")
+
+
+def decode_json(reply: Reply, command: str = "") -> Any:
+    """For commands answering a bulk JSON document; ``$-1`` gives None."""
+    if isinstance(reply, BulkReply):
+        if reply.data is None:
+            return None
+        try:
+            return json.loads(reply.data)
+        except ValueError:
+            raise RemoteProtocolError(
+                f"server sent invalid JSON{' to ' + command if command else ''}: "
+                f"{reply.data[:200]!r}"
+            ) from None
+    if isinstance(reply, ErrorReply):
+        raise_for_error(reply, command or None)
+    raise RemoteProtocolError(f"expected a bulk reply{' to ' + command if command else ''}, got {reply!r}")
+
+
+def decode_fetch(reply: Reply) -> JobPayload | None:
+    """A job, or None when the queues stayed empty for the server's ~2 s wait."""
+    if isinstance(reply, BulkReply):
+        if reply.data is None:
+            return None
+        return JobPayload.from_wire(reply.data)
+    if isinstance(reply, ErrorReply):
+        raise_for_error(reply, "FETCH")
+    raise RemoteProtocolError(f"expected a job or $-1 to FETCH, got {reply!r}")
+
+
+def decode_beat(reply: Reply) -> str:
+    """``"OK"``, or the state the server asks the worker to enter: ``"quiet"``/``"terminate"``."""
+    if isinstance(reply, SimpleReply) and reply.text == "OK":
+        return "OK"
+    doc = decode_json(reply, "BEAT")
+    state = doc.get("state") if isinstance(doc, dict) else None
+    if state not in BEAT_STATES:
+        raise RemoteProtocolError(f"unexpected BEAT reply {doc!r}")
+    assert isinstance(state, str)
+    return state
+
+
+def decode_pushb(
+    reply: Reply, jobs: Sequence[JobPayload | Mapping[str, Any]]
+) -> list[RejectedJob]:
+    """The jobs the server refused, each with its reason, in the order they were sent."""
+    doc = decode_json(reply, "PUSHB")
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError(f"expected a JSON object to PUSHB, got {doc!r}")
+    if not doc:
+        return []
+    rejected: list[RejectedJob] = []
+    for job in jobs:
+        jid = job.jid if isinstance(job, JobPayload) else job.get("jid")
+        if isinstance(jid, str) and jid in doc:
+            payload = job.to_wire() if isinstance(job, JobPayload) else dict(job)
+            rejected.append(RejectedJob(jid=jid, reason=str(doc.pop(jid)), payload=payload))
+    # A jid the server names that we did not send (or sent twice) still gets reported.
+    for jid, reason in doc.items():
+        rejected.append(RejectedJob(jid=str(jid), reason=str(reason), payload={}))
+    return rejected
+
+
+def decode_info(reply: Reply) -> Info:
+    doc = decode_json(reply, "INFO")
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError(f"expected a JSON object to INFO, got {doc!r}")
+    return Info.from_raw(doc)
+
+
+def decode_latency(reply: Reply) -> dict[str, float]:
+    doc = decode_json(reply, "QUEUE LATENCY")
+    if not isinstance(doc, dict) or not all(isinstance(v, (int, float)) for v in doc.values()):
+        raise RemoteProtocolError(f"expected {{queue: seconds}} to QUEUE LATENCY, got {doc!r}")
+    return {str(k): float(v) for k, v in doc.items()}

@@ -1,0 +1,345 @@
+"""The JSON documents of the Faktory Work Protocol as pydantic v2 models.
+
+:class:`JobPayload` is the job as it travels on the wire. Building one *validates it with
+the server's own rules* (jid length, queue-name pattern, ``reserve_for`` range, RFC 3339
+``at``), so a bad job is refused locally, with a message naming the field, before any byte
+is sent. Payloads that come *from* a server (FETCH) are parsed with :meth:`JobPayload.from_wire`,
+which is lenient: another client may have pushed a job our stricter rules would refuse
+(a ``reserve_for`` of 10, say) and a worker must still run it.
+
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
+from pydantic import ValidationError as PydanticValidationError
+
+from kaffi.errors import RemoteProtocolError, ValidationError
+
+__all__ = [
+    "QUEUE_NAME_PATTERN",
+    "MAX_RESERVE_FOR",
+    "MIN_RESERVE_FOR",
+    "DEFAULT_RESERVE_FOR",
+    "DEFAULT_RETRY",
+    "new_jid",
+    "validate_queue_name",
+    "parse_rfc3339",
+    "format_rfc3339",
+    "Failure",
+    "JobPayload",
+    "Hi",
+    "Hello",
+    "RejectedJob",
+    "FaktoryInfo",
+    "ServerInfo",
+    "Info",
+    "dumps",
+    "validation_message",
+]
+
+#: Faktory's rule for queue names (``\A[a-zA-Z0-9._-]+\z`` in Go).
+QUEUE_NAME_PATTERN = re.compile(r"[a-zA-Z0-9._-]+")
+MIN_JID_LENGTH = 8
+MIN_RESERVE_FOR = 60
+MAX_RESERVE_FOR = 86400
+DEFAULT_RESERVE_FOR = 1800
+DEFAULT_RETRY = 25
+MAX_BACKTRACE = 50
+
+_LENIENT = {"lenient": True}
+
+# RFC 3339 as Go's time.RFC3339Nano parses it: date, 'T', time, optional fraction, 'Z' or offset.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as every Faktory client sends it (no spaces after separators)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def new_jid() -> str:
+    """A new random job id: 24 hex characters (96 random bits), like the official clients."""
+    return secrets.token_hex(12)
+
+
+def validate_queue_name(name: object, *, field: str = "queue") -> str:
+    """Return ``name`` if Faktory accepts it as a queue name, else raise ValidationError."""
+    if not isinstance(name, str) or not QUEUE_NAME_PATTERN.fullmatch(name):
+        raise ValidationError(
+            f"{field}: invalid queue name {name!r}: queue names must match [a-zA-Z0-9._-]+",
+            field=field,
+        )
+    return name
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp strictly (as Faktory does), keeping microseconds."""
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (like 2030-01-31T12:00:00Z)")
+    year, month, day, hour, minute, second, frac, zulu, sign, oh, om = m.groups()
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    if zulu:
+        tz = timezone.utc
+    else:
+        from datetime import timedelta
+
+        delta = timedelta(hours=int(oh), minutes=int(om))
+        tz = timezone(delta if sign == "+" else -delta)
+    return datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz
+    )
+
+
+def format_rfc3339(value: datetime) -> str:
+    """UTC RFC 3339 with microseconds and ``Z``. A naive datetime is taken as local time,
+    the Python convention (``datetime.now()`` means now)."""
+    if value.tzinfo is None:
+        value = value.astimezone()
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def validation_message(exc: PydanticValidationError, prefix: str = "") -> str:
+    """One readable line per problem, each naming the field: ``queue: ...; jid: ...``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        parts.append(f"{loc}: {msg}")
+    return prefix + "; ".join(parts)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+class Failure(_Model):
+    """What the server records about the last failure of a job."""
+
+    retry_count: int = 0
+    remaining: int | None = None
+    failed_at: datetime | None = None
+    next_at: datetime | None = None
+    message: str | None = None
+    errtype: str | None = None
+    backtrace: list[str] | None = None
+
+
+class JobPayload(_Model):
+    """A Faktory job.
+
+    ``priority`` is accepted for compatibility with the Node client, but the open-source
+    Faktory server does not store it (it drops unknown top-level fields): put data that
+    must travel with the job in ``custom``.
+
+    ``retry`` is always sent, even at its default of 25, because Faktory 1.10.0 lets an
+    explicit ``retry`` on one PUSH leak into the default of later PUSHes that have none.
+    """
+
+    jid: str = Field(default_factory=new_jid)
+    jobtype: str
+    queue: str = "default"
+    args: list[Any] = Field(default_factory=list)
+    priority: int | None = None
+    retry: int = DEFAULT_RETRY
+    at: datetime | None = None
+    reserve_for: int | None = DEFAULT_RESERVE_FOR
+    backtrace: int | None = None
+    custom: dict[str, Any] | None = None
+    # Written by the server:
+    created_at: datetime | None = None
+    enqueued_at: datetime | None = None
+    failure: Failure | None = None
+
+    @staticmethod
+    def _strict(info: ValidationInfo) -> bool:
+        return not (info.context and info.context.get("lenient"))
+
+    @field_validator("jid")
+    @classmethod
+    def _check_jid(cls, v: str, info: ValidationInfo) -> str:
+        if cls._strict(info) and len(v) < MIN_JID_LENGTH:
+            raise ValueError(f"jid must be at least {MIN_JID_LENGTH} characters, got {v!r}")
+        return v
+
+    @field_validator("jobtype")
+    @classmethod
+    def _check_jobtype(cls, v: str) -> str:
+        if not v:
+            raise ValueError("jobtype must not be empty")
+        return v
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, v: str) -> str:
+        if not QUEUE_NAME_PATTERN.fullmatch(v):
+            raise ValueError(f"invalid queue name {v!r}: queue names must match [a-zA-Z0-9._-]+")
+        return v
+
+    @field_validator("retry")
+    @classmethod
+    def _check_retry(cls, v: int, info: ValidationInfo) -> int:
+        if cls._strict(info) and v < -1:
+            raise ValueError(f"retry must be -1 (dead at once), 0 (no retry) or more, got {v}")
+        return v
+
+    @field_validator("reserve_for")
+    @classmethod
+    def _check_reserve_for(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and cls._strict(info) and not MIN_RESERVE_FOR <= v <= MAX_RESERVE_FOR:
+            raise ValueError(
+                f"reserve_for must be between {MIN_RESERVE_FOR} and {MAX_RESERVE_FOR} seconds,"
+                f" got {v}"
+            )
+        return v
+
+    @field_validator("backtrace")
+    @classmethod
+    def _check_backtrace(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and cls._strict(info) and v < 0:
+            raise ValueError(f"backtrace must be 0 or more lines, got {v}")
+        return v
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _check_at(cls, v: object) -> object:
+        if isinstance(v, str):
+            return parse_rfc3339(v)
+        if isinstance(v, datetime) and v.tzinfo is None:
+            return v.astimezone()
+        return v
+
+    @field_serializer("at", "created_at", "enqueued_at")
+    def _ser_time(self, v: datetime | None) -> str | None:
+        return None if v is None else format_rfc3339(v)
+
+    # -- wire helpers ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, **fields: Any) -> JobPayload:
+        """Build a payload, turning pydantic's error into kaffi's ValidationError."""
+        try:
+            return cls(**fields)
+        except PydanticValidationError as exc:
+            raise ValidationError(
+                validation_message(exc, "invalid job: "), field=_first_field(exc)
+            ) from None
+
+    @classmethod
+    def from_wire(cls, data: bytes | str | dict[str, Any]) -> JobPayload:
+        """Parse a job a server sent; lenient about values another client may have chosen."""
+        try:
+            if isinstance(data, dict):
+                return cls.model_validate(data, context=_LENIENT)
+            return cls.model_validate_json(data, context=_LENIENT)
+        except PydanticValidationError as exc:
+            raise RemoteProtocolError(validation_message(exc, "server sent a bad job: ")) from None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object to PUSH: fields that are None are left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def _first_field(exc: PydanticValidationError) -> str | None:
+    errors = exc.errors(include_url=False)
+    if errors and errors[0]["loc"]:
+        return str(errors[0]["loc"][0])
+    return None
+
+
+class Hi(_Model):
+    """The server's greeting: ``+HI {"v":2}`` or, with a password, ``{"v":2,"i":N,"s":SALT}``."""
+
+    v: int
+    i: int | None = None
+    s: str | None = None
+
+    @property
+    def needs_password(self) -> bool:
+        return self.s is not None
+
+
+class Hello(_Model):
+    """The client's answer to HI. Without ``wid`` the connection is a producer only."""
+
+    v: int = 2
+    hostname: str | None = None
+    wid: str | None = None
+    pid: int | None = None
+    labels: list[str] | None = None
+    pwdhash: str | None = None
+
+
+class RejectedJob(_Model):
+    """A job PUSHB refused: its jid, the server's reason, and the job as it was sent."""
+
+    jid: str
+    reason: str
+    payload: dict[str, Any]
+
+
+class FaktoryInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    queues: dict[str, int] = Field(default_factory=dict)
+    sets: dict[str, int] = Field(default_factory=dict)
+    tasks: dict[str, Any] = Field(default_factory=dict)
+    total_failures: int = 0
+    total_processed: int = 0
+    total_enqueued: int = 0
+    total_queues: int = 0
+
+
+class ServerInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    description: str = ""
+    faktory_version: str = ""
+    uptime: int = 0
+    connections: int = 0
+    command_count: int = 0
+    used_memory_mb: int = 0
+
+
+class Info(BaseModel):
+    """The INFO reply, typed. ``raw`` keeps the server's document as it came."""
+
+    model_config = ConfigDict(extra="allow")
+
+    now: str | None = None
+    server_utc_time: str | None = None
+    faktory: FaktoryInfo = Field(default_factory=FaktoryInfo)
+    server: ServerInfo = Field(default_factory=ServerInfo)
+    raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> Info:
+        try:
+            info = cls.model_validate(raw)
+        except PydanticValidationError as exc:
+            raise RemoteProtocolError(validation_message(exc, "server sent a bad INFO: ")) from None
+        info.raw = raw
+        return info

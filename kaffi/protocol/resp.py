@@ -1,0 +1,269 @@
+"""RESP framing as Faktory uses it, for both ends of a connection, with no I/O.
+
+Faktory speaks a subset of Redis's RESP:
+
+- a client sends one command per line, ``VERB[ ARG]\\r\\n``;
+- a server answers ``+TEXT\\r\\n`` (simple), ``$LEN\\r\\nBODY\\r\\n`` (bulk), ``$-1\\r\\n``
+  (null bulk) or ``-CODE message\\r\\n`` (error; ``CODE`` is ``ERR`` for most errors).
+
+:class:`ReplyParser` (client side) and :class:`CommandParser` (server side) are fed bytes
+as they arrive and hand out whole frames; they never read a socket themselves. Anything
+that is not valid RESP raises :class:`~kaffi.errors.RemoteProtocolError`, and after that
+the parser refuses further use: the byte stream can no longer be trusted.
+
+Rules worth knowing:
+
+- A line may end in ``\\n`` alone; the ``\\r`` is optional on input (Faktory is lenient in
+  the same way) and always written on output.
+- Lines are capped (``max_line``) so a peer cannot make us buffer without limit; bulk
+  bodies have their own cap (``max_bulk``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kaffi.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "SimpleReply",
+    "BulkReply",
+    "ErrorReply",
+    "Reply",
+    "Command",
+    "ReplyParser",
+    "CommandParser",
+    "encode_simple",
+    "encode_bulk",
+    "encode_error",
+    "encode_reply",
+    "DEFAULT_MAX_LINE",
+    "DEFAULT_MAX_BULK",
+]
+
+#: Longest simple/error reply line or command line accepted. Faktory jobs travel on one
+#: line, so this also bounds a single PUSH; 16 MiB matches what real deployments push.
+DEFAULT_MAX_LINE = 16 * 1024 * 1024
+#: Largest bulk body accepted (a big PUSHB rejection map or INFO).
+DEFAULT_MAX_BULK = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleReply:
+    """``+TEXT``: ``text`` without the ``+`` and the line end."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BulkReply:
+    """``$LEN`` + body, or ``$-1`` (``data is None``)."""
+
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """``-CODE message``. ``code`` is ``"ERR"`` for ordinary errors."""
+
+    code: str
+    message: str
+
+
+Reply = SimpleReply | BulkReply | ErrorReply
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command line as a server receives it: the verb, then everything after one space."""
+
+    verb: str
+    arg: str | None
+
+
+def _find_line_end(buf: bytearray, start: int) -> int:
+    return buf.find(b"\n", start)
+
+
+class ReplyParser:
+    """Turns the bytes a server sends into :data:`Reply` frames.
+
+    ``feed()`` bytes in any chunking, then call ``next_reply()`` until it returns ``None``
+    (more bytes needed).
+    """
+
+    __slots__ = ("_buf", "_pos", "_broken", "max_line", "max_bulk")
+
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, max_bulk: int = DEFAULT_MAX_BULK):
+        self._buf = bytearray()
+        self._pos = 0
+        self._broken = False
+        self.max_line = max_line
+        self.max_bulk = max_bulk
+
+    def feed(self, data: bytes) -> None:
+        if self._broken:
+            raise RemoteProtocolError("the reply stream was already found broken")
+        if self._pos:
+            # Compact lazily: drop consumed bytes only when we are about to grow.
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes are held that no returned reply has consumed yet."""
+        return len(self._buf) - self._pos
+
+    def _fail(self, message: str) -> RemoteProtocolError:
+        self._broken = True
+        return RemoteProtocolError(message)
+
+    def next_reply(self) -> Reply | None:
+        if self._broken:
+            raise RemoteProtocolError("the reply stream was already found broken")
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            return None
+        end = _find_line_end(buf, pos)
+        if end < 0:
+            if len(buf) - pos > self.max_line:
+                raise self._fail(f"reply line longer than {self.max_line} bytes")
+            return None
+        if end - pos > self.max_line:
+            raise self._fail(f"reply line longer than {self.max_line} bytes")
+        line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+        kind = buf[pos]
+        body = bytes(buf[pos + 1 : line_end])
+        if kind == 0x2B:  # '+'
+            self._pos = end + 1
+            return SimpleReply(self._text(body))
+        if kind == 0x2D:  # '-'
+            self._pos = end + 1
+            text = self._text(body)
+            code, _, message = text.partition(" ")
+            if not code:
+                raise self._fail(f"error reply without a code: {text!r}")
+            return ErrorReply(code, message)
+        if kind == 0x24:  # '$'
+            try:
+                length = int(body)
+            except ValueError:
+                raise self._fail(f"bad bulk length {body[:40]!r}") from None
+            if length == -1:
+                self._pos = end + 1
+                return BulkReply(None)
+            if length < 0 or length > self.max_bulk:
+                raise self._fail(f"bulk length {length} out of range")
+            start = end + 1
+            if len(buf) < start + length + 2:
+                return None
+            data = bytes(buf[start : start + length])
+            tail = buf[start + length : start + length + 2]
+            if tail == b"\r\n":
+                self._pos = start + length + 2
+            elif tail[:1] == b"\n":
+                self._pos = start + length + 1
+            else:
+                raise self._fail("bulk body not followed by a line end")
+            return BulkReply(data)
+        raise self._fail(f"unexpected reply type byte {bytes([kind])!r}")
+
+    def _text(self, body: bytes) -> str:
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._fail("reply line is not valid UTF-8") from None
+
+
+class CommandParser:
+    """Turns the bytes a client sends into :class:`Command` frames (the server's side).
+
+    A line over ``max_line`` bytes raises :class:`RemoteProtocolError` as soon as it is
+    known to be too long, without waiting for its end: a server answers ``-ERR`` and
+    closes. Invalid UTF-8 is an error too. Empty lines are skipped, as Faktory does.
+    """
+
+    __slots__ = ("_buf", "_pos", "_broken", "max_line")
+
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE):
+        self._buf = bytearray()
+        self._pos = 0
+        self._broken = False
+        self.max_line = max_line
+
+    def feed(self, data: bytes) -> None:
+        if self._broken:
+            raise RemoteProtocolError("the command stream was already found broken")
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def next_command(self) -> Command | None:
+        if self._broken:
+            raise RemoteProtocolError("the command stream was already found broken")
+        while True:
+            buf, pos = self._buf, self._pos
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if len(buf) - pos > self.max_line:
+                    self._broken = True
+                    raise RemoteProtocolError(f"command line longer than {self.max_line} bytes")
+                return None
+            if end - pos > self.max_line:
+                self._broken = True
+                raise RemoteProtocolError(f"command line longer than {self.max_line} bytes")
+            line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+            raw = bytes(buf[pos:line_end])
+            self._pos = end + 1
+            if not raw:
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._broken = True
+                raise RemoteProtocolError("command line is not valid UTF-8") from None
+            verb, sep, arg = line.partition(" ")
+            return Command(verb, arg if sep else None)
+
+
+def _check_line(text: str) -> None:
+    if "\n" in text or "\r" in text:
+        raise LocalProtocolError(f"a reply line cannot contain a line break: {text[:60]!r}")
+
+
+def encode_simple(text: str) -> bytes:
+    """``+TEXT\\r\\n``."""
+    _check_line(text)
+    return b"+" + text.encode("utf-8") + b"\r\n"
+
+
+def encode_bulk(data: bytes | str | None) -> bytes:
+    """``$LEN\\r\\nBODY\\r\\n``, or ``$-1\\r\\n`` for ``None``."""
+    if data is None:
+        return b"$-1\r\n"
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def encode_error(message: str, code: str = "ERR") -> bytes:
+    """``-CODE message\\r\\n``."""
+    _check_line(message)
+    if not code or " " in code:
+        raise LocalProtocolError(f"bad error code {code!r}")
+    return b"-" + code.encode("utf-8") + b" " + message.encode("utf-8") + b"\r\n"
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """Bytes for any :data:`Reply` (the inverse of :class:`ReplyParser`)."""
+    if isinstance(reply, SimpleReply):
+        return encode_simple(reply.text)
+    if isinstance(reply, BulkReply):
+        return encode_bulk(reply.data)
+    return encode_error(reply.message, reply.code)

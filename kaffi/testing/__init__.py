@@ -1,0 +1,8 @@
+"""Test doubles shipped as product code, for kaffi's own tests and for its users'.
+
+- :mod:`kaffi.testing.pytest_plugin`: the ``faktory_server`` and ``kaffi_client`` pytest
+  fixtures (registered through the ``pytest11`` entry point, so installing kaffi is enough);
+- :mod:`kaffi.testing.modes`: ``app.testing.inline()`` and ``app.testing.fake()``.
+
+The embedded server itself lives in :mod:`kaffi.server`.
+"""
