@@ -26,7 +26,9 @@ _COMMAND_MODULES = ("kaffi.cli.server", "kaffi.cli.worker", "kaffi.cli.ops")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "--version", "-V", prog_name="kaffi", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "--version", "-V", prog_name="kaffi", message="%(prog)s %(version)s"
+)
 def main() -> None:
     """kaffi: background jobs for Python on the Faktory work server."""
 

@@ -246,7 +246,9 @@ def encode_mutate(
 ) -> bytes:
     """``MUTATE {"cmd","target","filter"}``. ``regexp`` is a Redis SCAN glob (``*text*``)."""
     if cmd not in MUTATE_COMMANDS:
-        raise ValidationError(f"mutate cmd must be one of {MUTATE_COMMANDS}, got {cmd!r}", field="cmd")
+        raise ValidationError(
+            f"mutate cmd must be one of {MUTATE_COMMANDS}, got {cmd!r}", field="cmd"
+        )
     if target not in MUTATE_TARGETS:
         raise ValidationError(
             f"mutate target must be one of {MUTATE_TARGETS}, got {target!r}", field="target"
@@ -331,7 +333,9 @@ def decode_json(reply: Reply, command: str = "") -> Any:
             ) from None
     if isinstance(reply, ErrorReply):
         raise_for_error(reply, command or None)
-    raise RemoteProtocolError(f"expected a bulk reply{' to ' + command if command else ''}, got {reply!r}")
+    raise RemoteProtocolError(
+        f"expected a bulk reply{' to ' + command if command else ''}, got {reply!r}"
+    )
 
 
 def decode_fetch(reply: Reply) -> JobPayload | None:
@@ -357,9 +361,7 @@ def decode_beat(reply: Reply) -> str:
     return state
 
 
-def decode_pushb(
-    reply: Reply, jobs: Sequence[JobPayload | Mapping[str, Any]]
-) -> list[RejectedJob]:
+def decode_pushb(reply: Reply, jobs: Sequence[JobPayload | Mapping[str, Any]]) -> list[RejectedJob]:
     """The jobs the server refused, each with its reason, in the order they were sent."""
     doc = decode_json(reply, "PUSHB")
     if not isinstance(doc, dict):

@@ -92,7 +92,7 @@ class ReplyParser:
     (more bytes needed).
     """
 
-    __slots__ = ("_buf", "_pos", "_broken", "max_line", "max_bulk")
+    __slots__ = ("_broken", "_buf", "_pos", "max_bulk", "max_line")
 
     def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, max_bulk: int = DEFAULT_MAX_BULK):
         self._buf = bytearray()
@@ -184,7 +184,7 @@ class CommandParser:
     closes. Invalid UTF-8 is an error too. Empty lines are skipped, as Faktory does.
     """
 
-    __slots__ = ("_buf", "_pos", "_broken", "max_line")
+    __slots__ = ("_broken", "_buf", "_pos", "max_line")
 
     def __init__(self, *, max_line: int = DEFAULT_MAX_LINE):
         self._buf = bytearray()
