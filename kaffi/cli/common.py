@@ -23,7 +23,7 @@ import click
 from kaffi.errors import KaffiError
 
 if TYPE_CHECKING:
-    from kaffi.client import ConnectionSettings
+    from kaffi.client.config import ConnectionSettings
 
 __all__ = [
     "URL_HELP",
@@ -82,7 +82,7 @@ def handle_errors() -> Iterator[None]:
 
 def connection_settings(url: str | None) -> ConnectionSettings:
     """Resolve ``--url`` (or its absence) to connection settings, or fail with one line."""
-    from kaffi.client import resolve_settings
+    from kaffi.client.config import resolve_settings
 
     try:
         return resolve_settings(url)

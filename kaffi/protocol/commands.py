@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -96,7 +97,12 @@ def encode_line(verb: str, arg: str | None = None) -> bytes:
         return verb.encode() + b"\r\n"
     if "\n" in arg or "\r" in arg:
         raise LocalProtocolError(f"{verb} argument cannot contain a line break")
-    return verb.encode() + b" " + arg.encode("utf-8") + b"\r\n"
+    try:
+        data = arg.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (surrogateescape-decoded bytes) have no UTF-8 form.
+        raise LocalProtocolError(f"{verb} argument is not encodable as UTF-8") from None
+    return verb.encode() + b" " + data + b"\r\n"
 
 
 # -- handshake ----------------------------------------------------------------------------
@@ -190,18 +196,43 @@ def encode_ack(jid: str) -> bytes:
     return encode_line("ACK", dumps({"jid": jid}))
 
 
+# What Go's strings.TrimSpace removes (unicode.IsSpace): Python's str.strip() would also
+# remove \x1c-\x1f, which Faktory keeps.
+_GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(text: str) -> str:
+    # Lone surrogates (an exception text built from surrogateescape-decoded bytes) have no
+    # UTF-8 form; U+FFFD is what Go's JSON decoder would store for them. A FAIL must never
+    # be impossible to send.
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _fail_text(text: str, limit: int) -> str:
+    # Faktory trims surrounding whitespace *before* cutting, so trim first or leading
+    # blanks would eat into what the server keeps. Go cuts bytes, which never keeps more
+    # than these characters.
+    return _no_surrogates(text.strip(_GO_SPACE)[:limit])
+
+
 def encode_fail(
     jid: str, errtype: str, message: str, backtrace: Sequence[str] | None = None
 ) -> bytes:
     """``FAIL {...}``, cut to the sizes the server keeps (errtype 100, message 1000
-    characters, 50 backtrace lines) so a huge traceback costs nothing on the wire."""
+    characters after trimming surrounding whitespace, 50 backtrace lines) so a huge
+    traceback costs nothing on the wire."""
     body: dict[str, Any] = {
         "jid": jid,
-        "errtype": errtype[:_FAIL_ERRTYPE_MAX],
-        "message": message[:_FAIL_MESSAGE_MAX],
+        "errtype": _fail_text(errtype, _FAIL_ERRTYPE_MAX),
+        "message": _fail_text(message, _FAIL_MESSAGE_MAX),
     }
     if backtrace:
-        body["backtrace"] = list(backtrace[:_FAIL_BACKTRACE_MAX])
+        body["backtrace"] = [_no_surrogates(line) for line in backtrace[:_FAIL_BACKTRACE_MAX]]
     return encode_line("FAIL", dumps(body))
 
 
@@ -284,18 +315,28 @@ def encode_queue(subcommand: str, *names: str) -> bytes:
     return encode_line("QUEUE", sub + " " + " ".join(names))
 
 
+def _enterprise_subcommand(verb: str, subcommand: str) -> str:
+    sub = subcommand.upper()
+    if not sub or not sub.isascii() or not sub.isalpha():
+        raise ValidationError(
+            f"{verb} subcommand must be one word such as NEW or GET, got {subcommand!r}",
+            field="subcommand",
+        )
+    return sub
+
+
 def encode_batch(subcommand: str, arg: str | Mapping[str, Any]) -> bytes:
     """Faktory Enterprise ``BATCH NEW {...}`` / ``BATCH OPEN bid`` / ``COMMIT`` / ``STATUS``.
     The open-source server answers ``-ERR batch subsystem is only available in Faktory
     Enterprise``."""
-    sub = subcommand.upper()
+    sub = _enterprise_subcommand("BATCH", subcommand)
     text = arg if isinstance(arg, str) else dumps(dict(arg))
     return encode_line("BATCH", f"{sub} {text}")
 
 
 def encode_track(subcommand: str, arg: str | Mapping[str, Any]) -> bytes:
     """Faktory Enterprise ``TRACK GET jid`` / ``TRACK SET {...}``."""
-    sub = subcommand.upper()
+    sub = _enterprise_subcommand("TRACK", subcommand)
     text = arg if isinstance(arg, str) else dumps(dict(arg))
     return encode_line("TRACK", f"{sub} {text}")
 
@@ -326,7 +367,8 @@ def decode_json(reply: Reply, command: str = "") -> Any:
             return None
         try:
             return json.loads(reply.data)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: a hostile document nested deeper than Python's stack.
             raise RemoteProtocolError(
                 f"server sent invalid JSON{' to ' + command if command else ''}: "
                 f"{reply.data[:200]!r}"
@@ -389,6 +431,8 @@ def decode_info(reply: Reply) -> Info:
 
 def decode_latency(reply: Reply) -> dict[str, float]:
     doc = decode_json(reply, "QUEUE LATENCY")
-    if not isinstance(doc, dict) or not all(isinstance(v, (int, float)) for v in doc.values()):
+    if not isinstance(doc, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc.values()
+    ):
         raise RemoteProtocolError(f"expected {{queue: seconds}} to QUEUE LATENCY, got {doc!r}")
     return {str(k): float(v) for k, v in doc.items()}

@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticSerializationError
 
 from kaffi.errors import RemoteProtocolError, ValidationError
 
@@ -63,9 +64,12 @@ MAX_BACKTRACE = 50
 
 _LENIENT = {"lenient": True}
 
-# RFC 3339 as Go's time.RFC3339Nano parses it: date, 'T', time, optional fraction, 'Z' or offset.
+# RFC 3339 as Go's time.Parse(time.RFC3339Nano, ...) takes it: date, 'T', time, optional
+# fraction of any length (Go keeps 9 digits, we keep 6), then 'Z' or an offset. Go refuses
+# the lowercase 't' and 'z' that RFC 3339 allows, so Faktory does, so we do.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
 )
 
 
@@ -114,7 +118,11 @@ def format_rfc3339(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.astimezone()
     value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: glibc's %Y does not zero-pad years before 1000.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}Z"
+    )
 
 
 def validation_message(exc: PydanticValidationError, prefix: str = "") -> str:
@@ -178,7 +186,8 @@ class JobPayload(_Model):
     @field_validator("jid")
     @classmethod
     def _check_jid(cls, v: str, info: ValidationInfo) -> str:
-        if cls._strict(info) and len(v) < MIN_JID_LENGTH:
+        # Go's len() counts UTF-8 bytes; count them the same way.
+        if cls._strict(info) and len(v.encode("utf-8", "surrogatepass")) < MIN_JID_LENGTH:
             raise ValueError(f"jid must be at least {MIN_JID_LENGTH} characters, got {v!r}")
         return v
 
@@ -223,6 +232,9 @@ class JobPayload(_Model):
     @field_validator("at", mode="before")
     @classmethod
     def _check_at(cls, v: object) -> object:
+        if v == "":
+            # Faktory treats an empty "at" as no "at" (Go's omitempty): run now.
+            return None
         if isinstance(v, str):
             return parse_rfc3339(v)
         if isinstance(v, datetime) and v.tzinfo is None:
@@ -255,12 +267,32 @@ class JobPayload(_Model):
         except PydanticValidationError as exc:
             raise RemoteProtocolError(validation_message(exc, "server sent a bad job: ")) from None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Assignments are validated too (validate_assignment); keep kaffi's error type.
+        try:
+            super().__setattr__(name, value)
+        except PydanticValidationError as exc:
+            raise ValidationError(
+                validation_message(exc, "invalid job: "), field=_first_field(exc) or name
+            ) from None
+
     def to_wire(self) -> dict[str, Any]:
         """The JSON object to PUSH: fields that are None are left out."""
-        return self.model_dump(mode="json", exclude_none=True)
+        try:
+            return self.model_dump(mode="json", exclude_none=True)
+        except PydanticSerializationError as exc:
+            raise _unserialisable(self.jid, exc) from None
 
     def to_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
+        try:
+            return self.model_dump_json(exclude_none=True)
+        except PydanticSerializationError as exc:
+            raise _unserialisable(self.jid, exc) from None
+
+
+def _unserialisable(jid: str, exc: PydanticSerializationError) -> ValidationError:
+    # args and custom take Any at creation; what JSON cannot carry is found only here.
+    return ValidationError(f"invalid job: job {jid} cannot be sent as JSON: {exc}")
 
 
 def _first_field(exc: PydanticValidationError) -> str | None:

@@ -15,8 +15,8 @@ Rules worth knowing:
 
 - A line may end in ``\\n`` alone; the ``\\r`` is optional on input (Faktory is lenient in
   the same way) and always written on output.
-- Lines are capped (``max_line``) so a peer cannot make us buffer without limit; bulk
-  bodies have their own cap (``max_bulk``).
+- Lines are capped (``max_line`` bytes, not counting the line end) so a peer cannot make
+  us buffer without limit; bulk bodies have their own cap (``max_bulk``).
 """
 
 from __future__ import annotations
@@ -85,6 +85,28 @@ def _find_line_end(buf: bytearray, start: int) -> int:
     return buf.find(b"\n", start)
 
 
+def _pending_line_too_long(buf: bytearray, pos: int, max_line: int) -> bool:
+    """True when the unterminated line at ``pos`` is already known to exceed ``max_line``.
+
+    ``max_line`` counts the line's bytes without its line end, so a trailing ``\r`` that
+    may be the first half of ``\r\n`` is not held against it.
+    """
+    pending = len(buf) - pos
+    if pending and buf[-1] == 0x0D:
+        pending -= 1
+    return pending > max_line
+
+
+def _parse_bulk_length(body: bytes) -> int | None:
+    # Strict like Redis and Faktory: ASCII digits, or the null marker -1. Python's int()
+    # would also take " 5", "+5" and "1_0", which no server sends.
+    if body == b"-1":
+        return -1
+    if not body or len(body) > 19 or not body.isdigit():
+        return None
+    return int(body)
+
+
 class ReplyParser:
     """Turns the bytes a server sends into :data:`Reply` frames.
 
@@ -127,12 +149,12 @@ class ReplyParser:
             return None
         end = _find_line_end(buf, pos)
         if end < 0:
-            if len(buf) - pos > self.max_line:
+            if _pending_line_too_long(buf, pos, self.max_line):
                 raise self._fail(f"reply line longer than {self.max_line} bytes")
             return None
-        if end - pos > self.max_line:
-            raise self._fail(f"reply line longer than {self.max_line} bytes")
         line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+        if line_end - pos > self.max_line:
+            raise self._fail(f"reply line longer than {self.max_line} bytes")
         kind = buf[pos]
         body = bytes(buf[pos + 1 : line_end])
         if kind == 0x2B:  # '+'
@@ -146,27 +168,32 @@ class ReplyParser:
                 raise self._fail(f"error reply without a code: {text!r}")
             return ErrorReply(code, message)
         if kind == 0x24:  # '$'
-            try:
-                length = int(body)
-            except ValueError:
-                raise self._fail(f"bad bulk length {body[:40]!r}") from None
+            length = _parse_bulk_length(body)
+            if length is None:
+                raise self._fail(f"bad bulk length {body[:40]!r}")
             if length == -1:
                 self._pos = end + 1
                 return BulkReply(None)
             if length < 0 or length > self.max_bulk:
                 raise self._fail(f"bulk length {length} out of range")
             start = end + 1
-            if len(buf) < start + length + 2:
+            body_end = start + length
+            # The body ends in \r\n, or a bare \n (accepted like every other line end);
+            # a bare \n must not wait for a second byte that may never come.
+            if len(buf) <= body_end:
                 return None
-            data = bytes(buf[start : start + length])
-            tail = buf[start + length : start + length + 2]
-            if tail == b"\r\n":
-                self._pos = start + length + 2
-            elif tail[:1] == b"\n":
-                self._pos = start + length + 1
+            first = buf[body_end]
+            if first == 0x0A:
+                self._pos = body_end + 1
+            elif first != 0x0D:
+                raise self._fail("bulk body not followed by a line end")
+            elif len(buf) <= body_end + 1:
+                return None
+            elif buf[body_end + 1] == 0x0A:
+                self._pos = body_end + 2
             else:
                 raise self._fail("bulk body not followed by a line end")
-            return BulkReply(data)
+            return BulkReply(bytes(buf[start:body_end]))
         raise self._fail(f"unexpected reply type byte {bytes([kind])!r}")
 
     def _text(self, body: bytes) -> str:
@@ -211,14 +238,14 @@ class CommandParser:
             buf, pos = self._buf, self._pos
             end = buf.find(b"\n", pos)
             if end < 0:
-                if len(buf) - pos > self.max_line:
+                if _pending_line_too_long(buf, pos, self.max_line):
                     self._broken = True
                     raise RemoteProtocolError(f"command line longer than {self.max_line} bytes")
                 return None
-            if end - pos > self.max_line:
+            line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+            if line_end - pos > self.max_line:
                 self._broken = True
                 raise RemoteProtocolError(f"command line longer than {self.max_line} bytes")
-            line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
             raw = bytes(buf[pos:line_end])
             self._pos = end + 1
             if not raw:
@@ -237,10 +264,18 @@ def _check_line(text: str) -> None:
         raise LocalProtocolError(f"a reply line cannot contain a line break: {text[:60]!r}")
 
 
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (from surrogateescape-decoded bytes) have no UTF-8 form.
+        raise LocalProtocolError(f"text is not encodable as UTF-8: {text[:60]!r}") from None
+
+
 def encode_simple(text: str) -> bytes:
     """``+TEXT\\r\\n``."""
     _check_line(text)
-    return b"+" + text.encode("utf-8") + b"\r\n"
+    return b"+" + _utf8(text) + b"\r\n"
 
 
 def encode_bulk(data: bytes | str | None) -> bytes:
@@ -248,16 +283,16 @@ def encode_bulk(data: bytes | str | None) -> bytes:
     if data is None:
         return b"$-1\r\n"
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        data = _utf8(data)
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 def encode_error(message: str, code: str = "ERR") -> bytes:
     """``-CODE message\\r\\n``."""
     _check_line(message)
-    if not code or " " in code:
+    if not code or " " in code or "\n" in code or "\r" in code:
         raise LocalProtocolError(f"bad error code {code!r}")
-    return b"-" + code.encode("utf-8") + b" " + message.encode("utf-8") + b"\r\n"
+    return b"-" + _utf8(code) + b" " + _utf8(message) + b"\r\n"
 
 
 def encode_reply(reply: Reply) -> bytes:

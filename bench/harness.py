@@ -1,0 +1,420 @@
+"""What every measurement shares: results, the server, the control connection, processes.
+
+- :class:`Throughput`, :class:`Gauge` and :class:`Results` (from :mod:`bench.results`)
+  are re-exported here for the measuring modules.
+- :class:`Endpoint` is a parsed ``FAKTORY_URL``; the suite refuses anything that is not a
+  loopback address, so it can never load a machine it does not own.
+- :class:`SyncConn` is a minimal blocking Faktory connection built on
+  :mod:`kaffi.protocol` alone. The harness uses it to flush, fill and watch the server, so
+  the harness never depends on the client it is measuring.
+- :class:`ServerControl` answers "how many jobs are left" from INFO and waits for a queue
+  to drain; :class:`ServerProcess` runs the embedded server in its own process (so it does
+  not share a GIL with the client under measurement).
+- Process helpers read RSS from ``/proc`` and stop processes with a bounded wait.
+
+Every wait here has a deadline; nothing loops without a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from kaffi.protocol import (
+    Reply,
+    ReplyParser,
+    decode_hi,
+    decode_json,
+    decode_ok,
+    encode_flush,
+    encode_hello,
+    encode_info,
+    encode_pushb,
+)
+
+from bench.results import Gauge, Results, Throughput
+
+__all__ = [
+    "FETCH_BLOCK_SECONDS",
+    "REPO_ROOT",
+    "RESULTS_DIR",
+    "BenchError",
+    "Deadline",
+    "Endpoint",
+    "Gauge",
+    "Results",
+    "ServerControl",
+    "ServerProcess",
+    "SyncConn",
+    "Throughput",
+    "child_env",
+    "noop_jobs",
+    "process_tree",
+    "rss_mb",
+    "stop_process",
+    "tree_rss_mb",
+]
+
+#: How long a FETCH blocks on an empty queue before the server answers ``$-1``.
+FETCH_BLOCK_SECONDS = 2.0
+#: The folder holding ``bench/`` and ``kaffi/``: worker subprocesses run from here so
+#: ``bench.tasks:app`` imports.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Raw results and logs of the last run (gitignored).
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+class BenchError(Exception):
+    """A measurement could not be taken; the message says which and why."""
+
+
+class Deadline:
+    """A point in time a loop must not pass."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    @property
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+# -- the server's address -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A loopback Faktory server: where it is and its password."""
+
+    host: str
+    port: int
+    password: str | None
+    url: str
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme != "tcp":
+            raise BenchError(f"bench speaks plain tcp:// only, got {url!r}")
+        host = parts.hostname or "localhost"
+        if not _is_loopback(host):
+            raise BenchError(
+                f"bench sends load only to loopback addresses (127.0.0.0/8, ::1, localhost); "
+                f"{host!r} is not one"
+            )
+        password = unquote(parts.password) if parts.password else None
+        return cls(host=host, port=parts.port or 7419, password=password, url=url)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- a minimal blocking connection --------------------------------------------------------
+
+
+class SyncConn:
+    """One blocking Faktory connection: HI/HELLO, then ``request`` or raw ``send``/``read``."""
+
+    def __init__(self, endpoint: Endpoint, *, wid: str | None = None, timeout: float = 10.0):
+        self.sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.parser = ReplyParser()
+        hi = decode_hi(self.read_reply())
+        hello = encode_hello(
+            hi,
+            hostname="bench",
+            wid=wid,
+            pid=os.getpid() if wid else None,
+            labels=["bench"] if wid else None,
+            password=endpoint.password,
+        )
+        decode_ok(self.request(hello), "HELLO")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_reply(self) -> Reply:
+        # Bounded by the socket timeout: a silent server raises socket.timeout.
+        while True:
+            reply = self.parser.next_reply()
+            if reply is not None:
+                return reply
+            chunk = self.sock.recv(262144)
+            if not chunk:
+                raise BenchError("the server closed the connection")
+            self.parser.feed(chunk)
+
+    def request(self, line: bytes) -> Reply:
+        self.send(line)
+        return self.read_reply()
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"END\r\n")
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def noop_jobs(
+    n: int, *, jobtype: str = "noop", queue: str = "default", args: Sequence[Any] = ()
+) -> Iterator[dict[str, Any]]:
+    """``n`` small job payloads with unique jids (``retry`` explicit, see REFERENCE.md)."""
+    stamp = f"{os.getpid():x}{time.monotonic_ns():x}"
+    arglist = list(args)
+    for i in range(n):
+        yield {
+            "jid": f"b{stamp}{i:08x}",
+            "jobtype": jobtype,
+            "queue": queue,
+            "args": arglist,
+            "retry": 25,
+        }
+
+
+class ServerControl:
+    """The harness's own view of the server: flush, fill, count, wait for drains."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.conn = SyncConn(endpoint)
+
+    def info(self) -> dict[str, Any]:
+        doc = decode_json(self.conn.request(encode_info()), "INFO")
+        if not isinstance(doc, dict):
+            raise BenchError(f"INFO answered {doc!r}")
+        return doc
+
+    def flush(self) -> None:
+        decode_ok(self.conn.request(encode_flush()), "FLUSH")
+
+    def pending(self, queue: str) -> tuple[int, int]:
+        """Jobs waiting in ``queue`` and jobs reserved by workers (the working set)."""
+        faktory = self.info().get("faktory", {})
+        size = int(faktory.get("queues", {}).get(queue, 0))
+        working = int(faktory.get("sets", {}).get("working", 0))
+        return size, working
+
+    def fill(
+        self, n: int, *, jobtype: str = "noop", queue: str = "default", args: Sequence[Any] = ()
+    ) -> None:
+        """Queue ``n`` jobs with PUSHB in batches of 1000, checking none was refused."""
+        batch: list[dict[str, Any]] = []
+        for job in noop_jobs(n, jobtype=jobtype, queue=queue, args=args):
+            batch.append(job)
+            if len(batch) == 1000:
+                self._pushb(batch)
+                batch = []
+        if batch:
+            self._pushb(batch)
+
+    def _pushb(self, batch: list[dict[str, Any]]) -> None:
+        refused = decode_json(self.conn.request(encode_pushb(batch)), "PUSHB")
+        if refused:
+            raise BenchError(f"the server refused {len(refused)} jobs: {str(refused)[:200]}")
+
+    def wait_drained(
+        self, queue: str, total: int, *, timeout: float, poll: float = 0.01
+    ) -> tuple[float, float]:
+        """Wait until ``queue`` is empty and nothing is reserved; return the monotonic
+        times of the first job taken and of the drain. Raises BenchError on timeout."""
+        deadline = Deadline(timeout)
+        first: float | None = None
+        while not deadline.expired:
+            size, working = self.pending(queue)
+            now = time.monotonic()
+            if first is None and size < total:
+                first = now
+            if size == 0 and working == 0:
+                return (first if first is not None else now), now
+            time.sleep(poll)
+        size, working = self.pending(queue)
+        raise BenchError(
+            f"queue {queue!r} did not drain within {timeout:.0f} s "
+            f"({size} waiting, {working} reserved of {total})"
+        )
+
+    def wait_taken(self, queue: str, *, timeout: float, poll: float = 0.005) -> float:
+        """Wait until ``queue`` is empty (its jobs were fetched); return when that was seen."""
+        deadline = Deadline(timeout)
+        while not deadline.expired:
+            size, _ = self.pending(queue)
+            if size == 0:
+                return time.monotonic()
+            time.sleep(poll)
+        raise BenchError(f"no worker fetched from {queue!r} within {timeout:.0f} s")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- the embedded server in its own process -----------------------------------------------
+
+
+class ServerProcess:
+    """``python -m bench.server`` in a child process; ``url`` once it listens."""
+
+    def __init__(self, *, start_timeout: float = 30.0) -> None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        self._log = (RESULTS_DIR / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.server"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=child_env(),
+        )
+        try:
+            self.url = _read_line(self.proc, start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        if not self.url.startswith("tcp://"):
+            self.stop()
+            raise BenchError(f"the embedded server printed {self.url!r} instead of its URL")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()  # the server exits at EOF on its stdin
+            except OSError:
+                pass
+        stop_process(self.proc, timeout=10.0, sig=None)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a benchmark subprocess: ours, with the repo root importable."""
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = Deadline(timeout)
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            if deadline.expired:
+                raise BenchError(f"the embedded server did not start within {timeout:.0f} s")
+            if not sel.select(timeout=max(0.0, deadline.remaining)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise BenchError(
+                    f"the embedded server exited (code {proc.wait(5)}); "
+                    f"see {RESULTS_DIR / 'server.log'}"
+                )
+            buf += chunk
+    return buf.split(b"\n", 1)[0].decode().strip()
+
+
+# -- processes and memory ----------------------------------------------------------------
+
+
+def stop_process(
+    proc: subprocess.Popen[Any], *, timeout: float, sig: signal.Signals | None = signal.SIGTERM
+) -> int | None:
+    """Signal ``proc`` (unless ``sig`` is None), wait up to ``timeout``, then SIGKILL.
+    Returns its exit code, or None when it had to be killed."""
+    if proc.poll() is not None:
+        return proc.returncode
+    if sig is not None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            return proc.wait(1)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return None
+
+
+def _read_status_kb(pid: int, key: str) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of one process in MB, from /proc (None where /proc is missing)."""
+    kb = _read_status_kb(pid, "VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [pid]
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces or parentheses: split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(name))
+    tree, todo = [], [pid]
+    while todo and len(tree) < 10000:
+        p = todo.pop(0)
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def tree_rss_mb(pid: int) -> tuple[float, int] | None:
+    """Total resident memory of ``pid`` and its descendants, and how many processes."""
+    total, count = 0.0, 0
+    for p in process_tree(pid):
+        mb = rss_mb(p)
+        if mb is not None:
+            total += mb
+            count += 1
+    return (total, count) if count else None

@@ -1,0 +1,150 @@
+"""Measuring a worker process, whoever wrote it: drain rate, start-up time, idle memory.
+
+A worker is given as a *spawner*: a function that starts the worker process on a queue
+and returns its :class:`subprocess.Popen`. The same three measurements then apply to
+kaffi's worker and to every peer's:
+
+- :func:`drain`: fill a fresh queue with the jobs first (raw PUSHB, so filling costs the
+  client under test nothing), start the worker, and time from the first job taken to the
+  queue empty with nothing reserved, watching INFO every 10 ms. Start-up is measured
+  separately, so it does not count against a drain.
+- :func:`startup`: with one job waiting, the time from spawning the process to the job
+  being fetched: interpreter start, imports, connecting and the first FETCH.
+- the idle RSS of the worker (and its whole process tree) a second after that job.
+
+After a worker stops, :func:`settle` flushes the server and waits out the FETCH a stopped
+worker may still have blocked on the server (about 2 s), so no run steals another's jobs;
+each run also uses its own queue name, so a stale FETCH cannot even see the next run's jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.harness import (
+    FETCH_BLOCK_SECONDS,
+    BenchError,
+    Deadline,
+    Gauge,
+    ServerControl,
+    Throughput,
+    rss_mb,
+    stop_process,
+    tree_rss_mb,
+)
+
+__all__ = [
+    "IDLE_RSS_METRIC",
+    "IDLE_TREE_METRIC",
+    "STARTUP_METRIC",
+    "Spawner",
+    "drain",
+    "fresh_queue",
+    "settle",
+    "startup",
+]
+
+Spawner = Callable[[str], "subprocess.Popen[bytes]"]
+
+STARTUP_METRIC = "start-up to first FETCH"
+IDLE_RSS_METRIC = "idle RSS per worker process"
+IDLE_TREE_METRIC = "idle RSS, all processes"
+
+_queue_numbers = itertools.count(1)
+
+
+def fresh_queue(prefix: str) -> str:
+    """A queue name no earlier run used."""
+    return f"{prefix}-{next(_queue_numbers)}"
+
+
+def settle(control: ServerControl, *, wait_fetches: bool) -> None:
+    """Flush, then (``wait_fetches``) outlast any FETCH a stopped worker left blocked."""
+    control.flush()
+    if wait_fetches:
+        time.sleep(FETCH_BLOCK_SECONDS + 0.2)
+    control.flush()
+
+
+def drain(
+    control: ServerControl,
+    spawn: Spawner,
+    *,
+    operation: str,
+    client: str,
+    jobs: int,
+    jobtype: str = "noop",
+    args: Sequence[Any] = (),
+    exits_when_done: bool = False,
+    timeout: float = 300.0,
+    stop_timeout: float = 15.0,
+    wait_fetches: bool = True,
+    note: str = "",
+) -> Throughput:
+    """Time ``spawn``'s worker draining ``jobs`` jobs. ``exits_when_done``: the worker
+    leaves by itself once the queue is empty (kaffi's ``--burst``); others get SIGTERM."""
+    queue = fresh_queue("bench")
+    control.flush()
+    control.fill(jobs, jobtype=jobtype, queue=queue, args=args)
+    proc = spawn(queue)
+    try:
+        first, done = control.wait_drained(queue, jobs, timeout=timeout)
+        if exits_when_done:
+            _wait_exit(proc, stop_timeout)
+    finally:
+        stop_process(proc, timeout=stop_timeout)
+        settle(control, wait_fetches=wait_fetches)
+    return Throughput(operation, client, jobs, max(done - first, 1e-6), note=note)
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the worker did not exit within {timeout:.0f} s of its queue draining")
+    if code != 0:
+        raise BenchError(f"the worker exited with code {code}")
+
+
+def startup(
+    control: ServerControl,
+    spawn: Spawner,
+    *,
+    client: str,
+    idle_seconds: float = 1.0,
+    timeout: float = 60.0,
+    stop_timeout: float = 15.0,
+    wait_fetches: bool = True,
+) -> list[Gauge]:
+    """Start-up to the first FETCH (one job waiting), then idle RSS ``idle_seconds`` later."""
+    queue = fresh_queue("bench-start")
+    control.flush()
+    control.fill(1, queue=queue)
+    started = time.monotonic()
+    proc = spawn(queue)
+    try:
+        taken = control.wait_taken(queue, timeout=timeout)
+        deadline = Deadline(timeout)
+        while control.pending(queue)[1] and not deadline.expired:
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            raise BenchError(f"the worker exited with code {proc.returncode} while idle")
+        time.sleep(idle_seconds)
+        own = rss_mb(proc.pid)
+        tree = tree_rss_mb(proc.pid)
+    finally:
+        stop_process(proc, timeout=stop_timeout)
+        settle(control, wait_fetches=wait_fetches)
+    gauges = [Gauge(STARTUP_METRIC, client, taken - started, "s")]
+    if own is not None and tree is not None:
+        total, count = tree
+        if count > 1:
+            gauges.append(
+                Gauge(IDLE_TREE_METRIC, client, total, "MB", note=f"{count} processes")
+            )
+        gauges.append(Gauge(IDLE_RSS_METRIC, client, own, "MB"))
+    return gauges

@@ -1,0 +1,301 @@
+"""``App``: the task registry, the middleware and the clients a project shares.
+
+An App is cheap to create and opens nothing until it is used: the pooled
+``app.client`` and ``app.async_client`` are built on first access from the URL and client
+options given to the App (or the environment, see :func:`kaffi.client.resolve_settings`).
+Workers (``app.worker()``) and the command line find their tasks and middleware here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+
+from kaffi.app.middleware import Middleware
+from kaffi.app.push import Delivery
+from kaffi.app.task import Task, TaskOptions
+from kaffi.errors import ConfigurationError
+from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
+
+if TYPE_CHECKING:
+    from kaffi.client import AsyncClient, Client, ConnectionSettings, Mutation
+    from kaffi.testing.modes import Testing
+    from kaffi.worker import Worker
+
+__all__ = ["App", "Mutate"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TestingMode = Literal["inline", "fake"]
+
+
+class Mutate:
+    """``app.mutate.retries`` / ``.scheduled`` / ``.dead``: the client's chainable
+    :class:`~kaffi.client.Mutation` on that set, e.g.
+    ``app.mutate.dead.of_type("send_email").discard()``."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    @property
+    def retries(self) -> Mutation:
+        return self._app.client.retries
+
+    @property
+    def scheduled(self) -> Mutation:
+        return self._app.client.scheduled
+
+    @property
+    def dead(self) -> Mutation:
+        return self._app.client.dead
+
+
+class App:
+    """A kaffi application: tasks, middleware, clients.
+
+    ``url`` and ``client_options`` (``host``, ``port``, ``password``, ``tls``,
+    ``timeout``, ``pool_size``, ...) configure ``app.client`` and ``app.async_client``;
+    without them the environment decides (``FAKTORY_PROVIDER``, ``FAKTORY_URL``).
+    ``testing="inline"`` or ``"fake"`` builds an App that is always in that testing mode.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        testing: TestingMode | None = None,
+        **client_options: Any,
+    ) -> None:
+        self.url = url
+        self.client_options = client_options
+        #: jobtype -> Task.
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Worker-side middleware, around every job, in registration order.
+        self.middleware: list[Middleware] = []
+        #: Client-side middleware, around every push, in registration order.
+        self.push_middleware: list[Middleware] = []
+        #: Where pushes go instead of the network while a testing mode is active.
+        self.delivery: Delivery | None = None
+        self._settings: ConnectionSettings | None = None
+        self._client: Client | None = None
+        self._async_client: AsyncClient | None = None
+        self._testing: Testing | None = None
+        self._lock = threading.Lock()
+        if testing is not None:
+            self.testing.enable(testing)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        backtrace: int | None = None,
+        custom: dict[str, Any] | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        backtrace: int | None = None,
+        custom: dict[str, Any] | None = None,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="low")``.
+
+        The jobtype is the function's ``__name__`` unless ``name=`` says otherwise; a
+        jobtype can be registered once. Options are checked now, naming a bad one.
+        """
+
+        def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+            return self._add(
+                func,
+                name=name,
+                queue=queue,
+                retry=retry,
+                reserve_for=reserve_for,
+                backtrace=backtrace,
+                custom=custom,
+            )
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def _add(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None,
+        queue: str | None = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        backtrace: int | None = None,
+        custom: dict[str, Any] | None = None,
+    ) -> Task[P, R]:
+        if isinstance(fn, Task):
+            raise ConfigurationError(f"{fn!r} is already a task")
+        if not callable(fn):
+            raise ConfigurationError(f"a task must be a function, got {fn!r}")
+        jobtype = name if name is not None else getattr(fn, "__name__", None)
+        if not isinstance(jobtype, str) or not jobtype:
+            raise ConfigurationError(
+                f"cannot tell the jobtype of {fn!r}: pass name= (a non-empty string)"
+            )
+        options = TaskOptions(
+            jobtype,
+            queue=queue if queue is not None else "default",
+            retry=retry if retry is not None else DEFAULT_RETRY,
+            reserve_for=reserve_for if reserve_for is not None else DEFAULT_RESERVE_FOR,
+            backtrace=backtrace,
+            custom=custom,
+        )
+        task: Task[P, R] = Task(self, fn, jobtype, options)
+        with self._lock:
+            existing = self.tasks.get(jobtype)
+            if existing is not None:
+                raise ConfigurationError(
+                    f"jobtype {jobtype!r} is already registered to {_describe(existing.fn)};"
+                    f" {_describe(fn)} needs another name (pass name=...)"
+                )
+            self.tasks[jobtype] = task
+        return task
+
+    def register(self, name: str, fn: Callable[..., Any]) -> App:
+        """Register ``fn`` under the jobtype ``name`` without decorating it (as in the Node
+        client's ``faktory.register``); returns the App for chaining."""
+        self._add(fn, name=name)
+        return self
+
+    # -- middleware ------------------------------------------------------------------------
+
+    def use(self, middleware: Middleware) -> App:
+        """Add a worker middleware (``async def mw(ctx, next)`` or ``def mw(ctx, next)``)
+        around every job; returns the App for chaining."""
+        self.middleware.append(_check_middleware(middleware))
+        return self
+
+    def use_push(self, middleware: Middleware) -> App:
+        """Add a push middleware around every job this App sends; returns the App."""
+        self.push_middleware.append(_check_middleware(middleware))
+        return self
+
+    # -- clients ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """Where the clients connect, resolved on first use (so the environment is read
+        when the App is used, not when it is imported)."""
+        if self._settings is None:
+            from kaffi.client import resolve_settings
+
+            accepted = inspect.signature(resolve_settings).parameters
+            options = {
+                k: v for k, v in self.client_options.items() if k in accepted and k != "environ"
+            }
+            self._settings = resolve_settings(self.url, **options)
+        return self._settings
+
+    @property
+    def client(self) -> Client:
+        """The pooled, thread-safe :class:`~kaffi.client.Client`, created on first use."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    from kaffi.client import Client
+
+                    self._client = Client(self.url, **self.client_options)
+                client = self._client
+        return client
+
+    @property
+    def async_client(self) -> AsyncClient:
+        """The pooled :class:`~kaffi.client.AsyncClient`, created on first use. Its
+        connections belong to the event loop that first uses them: close it with
+        ``await app.aclose()`` before that loop ends."""
+        client = self._async_client
+        if client is None:
+            with self._lock:
+                if self._async_client is None:
+                    from kaffi.client import AsyncClient
+
+                    self._async_client = AsyncClient(self.url, **self.client_options)
+                client = self._async_client
+        return client
+
+    @property
+    def mutate(self) -> Mutate:
+        """``app.mutate.retries`` / ``.scheduled`` / ``.dead``: chainable Mutations."""
+        return Mutate(self)
+
+    def close(self) -> None:
+        """Close the sync client's connections (the App stays usable: it reconnects)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close both clients' connections."""
+        with self._lock:
+            client, self._async_client = self._async_client, None
+        if client is not None:
+            await client.close()
+        self.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- testing and workers ---------------------------------------------------------------
+
+    @property
+    def testing(self) -> Testing:
+        """``app.testing.inline()`` and ``app.testing.fake()`` (see :mod:`kaffi.testing.modes`)."""
+        if self._testing is None:
+            from kaffi.testing.modes import Testing
+
+            self._testing = Testing(self)
+        return self._testing
+
+    def worker(self, **options: Any) -> Worker:
+        """A :class:`~kaffi.worker.Worker` for this App (``concurrency=``, ``queues=``, ...)."""
+        from kaffi.worker import Worker
+
+        return Worker(self, **options)
+
+    def __repr__(self) -> str:
+        return f"<App tasks={len(self.tasks)} middleware={len(self.middleware)}>"
+
+
+def _check_middleware(middleware: Middleware) -> Middleware:
+    if not callable(middleware):
+        raise ConfigurationError(
+            f"middleware must be a function taking (ctx, next), got {middleware!r}"
+        )
+    return middleware
+
+
+def _describe(fn: object) -> str:
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}.{qualname}" if module else qualname

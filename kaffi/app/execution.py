@@ -1,0 +1,180 @@
+"""Running one job: :class:`JobContext`, :func:`current_job` and :func:`perform`.
+
+``perform`` is the one place where a fetched job becomes a function call. The worker calls
+it for every job it fetches, and the inline and fake testing modes call it too, so a test
+sees exactly what a worker would: the worker middleware around the job, the arguments
+converted back to the annotated types, and the ContextProvider rule (a job function that
+returns a callable gets it called, or awaited, with the context).
+
+``perform`` never decides what an error means: whatever the job or a middleware raises
+propagates unchanged and the caller (the worker: FAIL; inline mode: the test) handles it.
+It does no network I/O.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kaffi.app.middleware import RunSync, is_async_callable, run_chain
+from kaffi.errors import JobError, UnknownJobType
+from kaffi.protocol.models import JobPayload
+
+if TYPE_CHECKING:
+    from kaffi.app.app import App
+    from kaffi.app.task import Task
+
+__all__ = ["JobContext", "current_job", "perform"]
+
+_current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("kaffi_current_job")
+
+
+class JobContext:
+    """What middleware and ContextProviders get for one job.
+
+    ``job`` is the :class:`~kaffi.protocol.models.JobPayload` as fetched, ``fn`` the task
+    function, ``task`` the :class:`~kaffi.app.task.Task` (both None for a jobtype nobody
+    registered, so middleware still sees such jobs before they fail), and ``app`` the App.
+    Middleware may hang their own attributes on it (``ctx.db = conn``); the job function
+    reaches them through its ContextProvider or :func:`current_job`.
+    """
+
+    job: JobPayload
+    fn: Callable[..., Any] | None
+    task: Task[Any, Any] | None
+    app: App
+
+    def __init__(self, app: App, job: JobPayload, task: Task[Any, Any] | None = None) -> None:
+        # Straight into __dict__: __setattr__ below exists only to let mypy accept user
+        # attributes, and the per-job path should not pay for it.
+        self.__dict__.update(app=app, job=job, task=task, fn=task.fn if task else None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes nobody set: say which job and what exists.
+        job = self.__dict__.get("job")
+        which = f" for job {job.jid} ({job.jobtype})" if job is not None else ""
+        raise AttributeError(
+            f"JobContext{which} has no attribute {name!r}; a middleware must set it first"
+            f" (ctx.{name} = ...)"
+        )
+
+    @property
+    def jid(self) -> str:
+        return self.job.jid
+
+    @property
+    def jobtype(self) -> str:
+        return self.job.jobtype
+
+    @property
+    def queue(self) -> str:
+        return self.job.queue
+
+    @property
+    def args(self) -> list[Any]:
+        return self.job.args
+
+    @property
+    def custom(self) -> dict[str, Any] | None:
+        return self.job.custom
+
+    def __repr__(self) -> str:
+        return f"<JobContext jid={self.job.jid} jobtype={self.job.jobtype!r}>"
+
+
+def current_job() -> JobContext:
+    """The context of the job running in this task or thread.
+
+    Works inside a job function, its ContextProvider and worker middleware, in async jobs
+    and in plain functions the worker runs in its threads alike.
+    """
+    try:
+        return _current_job.get()
+    except LookupError:
+        raise JobError(
+            "kaffi.current_job() was called outside a running job: it only works while a"
+            " worker (or app.testing.inline()/fake()) is performing a job"
+        ) from None
+
+
+async def perform(
+    app: App,
+    job: JobPayload,
+    *,
+    run_sync: RunSync | None = None,
+    ctx: JobContext | None = None,
+) -> JobContext:
+    """Run ``job`` through ``app``'s worker middleware and its task function.
+
+    ``run_sync`` runs plain (blocking) callables off the event loop: the worker passes its
+    thread pool; None calls plain task functions inline. The returned context is the one
+    middleware saw. Exceptions (an unknown jobtype, bad arguments, the job's own, a
+    middleware's) propagate unchanged.
+    """
+    task = app.tasks.get(job.jobtype)
+    if ctx is None:
+        ctx = JobContext(app, job, task)
+    else:
+        ctx.__dict__.update(job=job, task=task, fn=task.fn if task else None)
+    token = _current_job.set(ctx)
+    try:
+        if app.middleware:
+            await run_chain(
+                app.middleware, ctx, functools.partial(_core, app, ctx, task, run_sync), run_sync
+            )
+        else:
+            await _core(app, ctx, task, run_sync)
+    finally:
+        _current_job.reset(token)
+    return ctx
+
+
+async def _core(
+    app: App, ctx: JobContext, task: Task[Any, Any] | None, run_sync: RunSync | None
+) -> None:
+    if task is None:
+        known = ", ".join(sorted(app.tasks)) or "none"
+        raise UnknownJobType(
+            f"no task is registered for jobtype {ctx.job.jobtype!r} (jid {ctx.job.jid});"
+            f" registered jobtypes: {known}"
+        )
+    args, kwargs = task.decode_args(ctx.job.args)
+    fn = task.fn
+    if task.is_async:
+        result = await fn(*args, **kwargs)
+        if _is_provider(result):
+            # A provider returned by an async job is cheap glue code: call it on the loop.
+            result = result(ctx)
+    elif run_sync is None:
+        result = _call_plain(fn, args, kwargs, ctx)
+    else:
+        result = await run_sync(functools.partial(_call_plain, fn, args, kwargs, ctx))
+    if inspect.isawaitable(result):
+        await result
+
+
+def _call_plain(
+    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: JobContext
+) -> Any:
+    """Call a plain job function and, in the same thread, a plain ContextProvider it
+    returns. An awaitable result (an async provider, or a function that wraps an async
+    one) goes back to the caller to be awaited on the loop."""
+    result = fn(*args, **kwargs)
+    if _is_provider(result):
+        if is_async_callable(result):
+            return result(ctx)
+        result = result(ctx)
+    if inspect.isawaitable(result):
+        return result
+    return None
+
+
+def _is_provider(value: object) -> bool:
+    # A class is callable but is a value a job may return, not a provider.
+    return value is not None and callable(value) and not isinstance(value, type)

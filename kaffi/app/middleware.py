@@ -1,0 +1,217 @@
+"""The koa-style around-chain that runs middleware on both sides of a job.
+
+A middleware is ``async def mw(ctx, next): ...; await next()`` or a plain
+``def mw(ctx, next): ...; next()``. They run in registration order, each around the rest
+of the chain; one that never calls ``next`` stops the chain there (for a worker the job
+then counts as done). Exceptions travel out unchanged, so a middleware can catch what the
+rest of the chain raised, and whoever runs the chain decides what an error means.
+
+The same chain serves two callers:
+
+- :func:`run_chain` inside an event loop (the worker's ``perform`` and ``delay_async``).
+  A plain middleware may block, so it runs through ``run_sync`` (the worker's thread pool);
+  its ``next()`` hands the rest of the chain back to the loop and waits for it, so a plain
+  middleware wraps async jobs exactly as an async one does.
+- :func:`run_chain_blocking` in plain synchronous code (``Task.delay``). Plain middleware
+  are called directly; an async one gets a private event loop for its call.
+
+This module knows nothing about jobs, clients or workers: it only composes callables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
+
+from kaffi.errors import JobError
+
+__all__ = [
+    "Middleware",
+    "RunSync",
+    "is_async_callable",
+    "run_chain",
+    "run_chain_blocking",
+    "run_coroutine_blocking",
+]
+
+T = TypeVar("T")
+
+#: ``(ctx, next) -> None`` for plain middleware, ``(ctx, next) -> Awaitable[None]`` for async.
+Middleware = Callable[[Any, Callable[[], Any]], Any]
+
+
+class RunSync(Protocol):
+    """Runs a blocking callable off the event loop and awaits its result (the worker maps
+    it to its thread pool, copying contextvars into the thread)."""
+
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for ``async def`` functions, partials of them and objects with an async
+    ``__call__``: those must be awaited rather than run in a thread."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class attribute, not callable()
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+async def _default_run_sync(fn: Callable[[], T]) -> T:
+    # The loop's default executor, with the caller's contextvars (current_job) carried over.
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, contextvars.copy_context().run, fn)
+
+
+class _Once:
+    """Refuses a second call of the same ``next``: running the rest of a chain twice would
+    run a job twice, which is never what a middleware means."""
+
+    __slots__ = ("called", "position")
+
+    def __init__(self, position: int) -> None:
+        self.called = False
+        self.position = position
+
+    def check(self) -> None:
+        if self.called:
+            raise JobError(f"middleware #{self.position + 1} called next() more than once")
+        self.called = True
+
+
+async def run_chain(
+    middleware: Sequence[Middleware],
+    ctx: Any,
+    core: Callable[[], Awaitable[None]],
+    run_sync: RunSync | None = None,
+) -> None:
+    """Run ``middleware`` around ``core`` inside the running event loop.
+
+    Plain middleware run through ``run_sync`` (the loop's default executor when it is
+    None); their ``next()`` runs the rest of the chain on the loop and blocks their thread
+    until it is done.
+    """
+    if not middleware:
+        await core()
+        return
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    offload: RunSync = run_sync if run_sync is not None else _default_run_sync
+    count = len(middleware)
+
+    async def dispatch(i: int) -> None:
+        if i == count:
+            await core()
+            return
+        mw = middleware[i]
+        once = _Once(i)
+        if is_async_callable(mw):
+
+            async def next_async() -> None:
+                once.check()
+                await dispatch(i + 1)
+
+            await mw(ctx, next_async)
+            return
+
+        def next_blocking() -> None:
+            once.check()
+            if threading.get_ident() == loop_thread:
+                # Blocking here would wait for the loop we are blocking: a deadlock.
+                raise JobError(
+                    f"middleware #{i + 1} ({_name(mw)}) called next() on the event loop thread;"
+                    " a plain middleware's next() must run in a worker thread: make it async"
+                )
+            asyncio.run_coroutine_threadsafe(dispatch(i + 1), loop).result()
+
+        result = await offload(functools.partial(mw, ctx, next_blocking))
+        if inspect.isawaitable(result):
+            await result
+
+    await dispatch(0)
+
+
+def run_chain_blocking(
+    middleware: Sequence[Middleware], ctx: Any, core: Callable[[], None]
+) -> None:
+    """Run ``middleware`` around ``core`` in synchronous code (no event loop needed).
+
+    Plain middleware are called directly; an async one runs on a private event loop
+    (see :func:`run_coroutine_blocking`) with a ``next`` that runs the rest synchronously.
+    """
+    if not middleware:
+        core()
+        return
+    count = len(middleware)
+
+    def dispatch(i: int) -> None:
+        if i == count:
+            core()
+            return
+        mw = middleware[i]
+        once = _Once(i)
+        if is_async_callable(mw):
+
+            async def next_async() -> None:
+                once.check()
+                dispatch(i + 1)
+
+            async def call() -> None:
+                await mw(ctx, next_async)
+
+            run_coroutine_blocking(call)
+            return
+
+        def next_blocking() -> None:
+            once.check()
+            dispatch(i + 1)
+
+        result = mw(ctx, next_blocking)
+        if inspect.isawaitable(result):
+            run_coroutine_blocking(functools.partial(_await, result))
+
+    dispatch(0)
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def run_coroutine_blocking(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``factory()`` makes to completion and return its result.
+
+    In a thread without a running loop this is ``asyncio.run``. A thread that is already
+    running a loop cannot block on another coroutine itself, so the coroutine then runs on
+    a fresh loop in a helper thread (with this thread's contextvars) while this one waits.
+    Exceptions are re-raised unchanged.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+
+    context = contextvars.copy_context()
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(context.run(asyncio.run, factory()))
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            failure.append(exc)
+
+    helper = threading.Thread(target=target, name="kaffi-blocking-call", daemon=True)
+    helper.start()
+    helper.join()
+    if failure:
+        raise failure[0]
+    result: T = outcome[0]
+    return result
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__

@@ -1,0 +1,190 @@
+"""Sending jobs: the push middleware chain and where a payload goes.
+
+A task turns a call into a payload (a JSON-compatible dict, already validated); this
+module runs it through the app's push middleware (``app.use_push``) and hands it to the
+delivery: the network client, or a testing mode (inline or fake) when one is active.
+
+Push middleware see a :class:`PushContext` whose ``job`` is the
+:class:`~kaffi.protocol.models.JobPayload` about to be sent; they may change it (stamp a
+trace id into ``custom``, say) or not call ``next`` to drop the job. The payload model is
+only built when there is push middleware, so the plain ``.delay()`` path stays lean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kaffi.app.middleware import run_chain, run_chain_blocking
+from kaffi.protocol.models import JobPayload, RejectedJob
+
+if TYPE_CHECKING:
+    from kaffi.app.app import App
+    from kaffi.app.task import Task
+
+__all__ = [
+    "BULK_CHUNK",
+    "Delivery",
+    "PushContext",
+    "collect",
+    "collect_async",
+    "deliver",
+    "deliver_async",
+    "deliver_many",
+    "deliver_many_async",
+]
+
+
+class Delivery(Protocol):
+    """Where payloads go instead of the network (the testing modes implement this)."""
+
+    def push(self, payload: dict[str, Any]) -> str: ...
+
+    def push_async(self, payload: dict[str, Any]) -> Awaitable[str]: ...
+
+    def push_bulk(self, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]: ...
+
+    def push_bulk_async(
+        self, payloads: Sequence[dict[str, Any]]
+    ) -> Awaitable[list[RejectedJob]]: ...
+
+
+class PushContext:
+    """What push middleware get: ``job`` (the JobPayload to send), ``task`` (the Task, or
+    None for a job pushed without one), ``app``, and any attribute a middleware sets."""
+
+    job: JobPayload
+    task: Task[Any, Any] | None
+    app: App
+    #: Set once the job was handed over: the jid the delivery answered with.
+    jid: str | None
+
+    def __init__(self, app: App, job: JobPayload, task: Task[Any, Any] | None = None) -> None:
+        self.__dict__.update(app=app, job=job, task=task, jid=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"PushContext has no attribute {name!r}; a push middleware must set it first"
+        )
+
+    def __repr__(self) -> str:
+        return f"<PushContext jid={self.job.jid} jobtype={self.job.jobtype!r}>"
+
+
+def _payload_model(payload: dict[str, Any]) -> JobPayload:
+    # Validated already (task options at declaration, args at the call), so no second check;
+    # the model still validates assignments a middleware makes.
+    return JobPayload.model_validate(payload)
+
+
+def deliver(app: App, payload: dict[str, Any], task: Task[Any, Any] | None = None) -> str:
+    """Send one payload synchronously, through the push middleware; returns the jid."""
+    if not app.push_middleware:
+        return _send(app, payload)
+    ctx = PushContext(app, _payload_model(payload), task)
+
+    def core() -> None:
+        ctx.jid = _send(app, ctx.job.to_wire())
+
+    run_chain_blocking(app.push_middleware, ctx, core)
+    return ctx.jid if ctx.jid is not None else ctx.job.jid
+
+
+def _send(app: App, payload: dict[str, Any]) -> str:
+    delivery = app.delivery
+    if delivery is not None:
+        return delivery.push(payload)
+    return app.client.push(payload)
+
+
+async def deliver_async(
+    app: App, payload: dict[str, Any], task: Task[Any, Any] | None = None
+) -> str:
+    """Send one payload from asyncio, through the push middleware; returns the jid."""
+    if not app.push_middleware:
+        return await _send_async(app, payload)
+    ctx = PushContext(app, _payload_model(payload), task)
+
+    async def core() -> None:
+        ctx.jid = await _send_async(app, ctx.job.to_wire())
+
+    await run_chain(app.push_middleware, ctx, core)
+    return ctx.jid if ctx.jid is not None else ctx.job.jid
+
+
+async def _send_async(app: App, payload: dict[str, Any]) -> str:
+    delivery = app.delivery
+    if delivery is not None:
+        return await delivery.push_async(payload)
+    return await app.async_client.push(payload)
+
+
+def collect(
+    app: App, payloads: Sequence[dict[str, Any]], task: Task[Any, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Run each payload through the push middleware and return those to send. For bulk
+    pushes the chain's core only collects: the PUSHB happens after every chain returned."""
+    if not app.push_middleware:
+        return list(payloads)
+    kept: list[dict[str, Any]] = []
+    for payload in payloads:
+        ctx = PushContext(app, _payload_model(payload), task)
+
+        def core(ctx: PushContext = ctx) -> None:
+            kept.append(ctx.job.to_wire())
+            ctx.jid = ctx.job.jid
+
+        run_chain_blocking(app.push_middleware, ctx, core)
+    return kept
+
+
+async def collect_async(
+    app: App, payloads: Sequence[dict[str, Any]], task: Task[Any, Any] | None = None
+) -> list[dict[str, Any]]:
+    """:func:`collect` from asyncio."""
+    if not app.push_middleware:
+        return list(payloads)
+    kept: list[dict[str, Any]] = []
+    for payload in payloads:
+        ctx = PushContext(app, _payload_model(payload), task)
+
+        async def core(ctx: PushContext = ctx) -> None:
+            kept.append(ctx.job.to_wire())
+            ctx.jid = ctx.job.jid
+
+        await run_chain(app.push_middleware, ctx, core)
+    return kept
+
+
+def deliver_many(app: App, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+    """Send payloads with PUSHB, in chunks of :data:`BULK_CHUNK`; returns the rejected."""
+    delivery = app.delivery
+    rejected: list[RejectedJob] = []
+    for start in range(0, len(payloads), BULK_CHUNK):
+        chunk = payloads[start : start + BULK_CHUNK]
+        if delivery is not None:
+            rejected.extend(delivery.push_bulk(chunk))
+        else:
+            rejected.extend(app.client.push_bulk(chunk))
+    return rejected
+
+
+async def deliver_many_async(app: App, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+    """:func:`deliver_many` from asyncio."""
+    delivery = app.delivery
+    rejected: list[RejectedJob] = []
+    for start in range(0, len(payloads), BULK_CHUNK):
+        chunk = payloads[start : start + BULK_CHUNK]
+        if delivery is not None:
+            rejected.extend(await delivery.push_bulk_async(chunk))
+        else:
+            rejected.extend(await app.async_client.push_bulk(chunk))
+    return rejected
+
+
+#: Jobs per PUSHB command: large enough to amortise round trips, small enough that one
+#: command stays well under the server's line limit for typical payloads.
+BULK_CHUNK = 1000

@@ -1,0 +1,372 @@
+"""``Task``: what ``@app.task`` returns, and the job options a task carries.
+
+Calling a task runs the function here and now; ``.delay()`` (or ``.delay_async()`` from
+asyncio) pushes a job and returns its jid; ``.options(...)`` returns a configured copy;
+``.apply_async(...)`` is the Celery spelling; ``.delay_many(...)`` pushes with PUSHB;
+``.job(...)`` returns the client's Job builder.
+
+Options (queue, retry, reserve_for, at, countdown, custom, jid, backtrace) are checked
+once, when the task is declared or ``.options()`` is called, against the server's own
+rules, and kept as a ready payload template; each ``.delay()`` then only binds and
+validates its arguments (see :mod:`kaffi.app.signature`), fills in a jid and sends.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from pydantic_core import PydanticSerializationError
+
+from kaffi.app import push
+from kaffi.app.middleware import is_async_callable
+from kaffi.app.signature import TaskSignature
+from kaffi.errors import ValidationError
+from kaffi.protocol.models import (
+    DEFAULT_RESERVE_FOR,
+    DEFAULT_RETRY,
+    JobPayload,
+    RejectedJob,
+    format_rfc3339,
+    new_jid,
+)
+
+if TYPE_CHECKING:
+    from kaffi.app.app import App
+    from kaffi.client import Job
+
+__all__ = ["Task", "TaskOptions"]
+
+P = ParamSpec("P")
+R = TypeVar("R", covariant=True)
+
+_PLACEHOLDER_JID = "0" * 24
+
+
+class TaskOptions:
+    """A task's validated job options and the payload template built from them."""
+
+    __slots__ = (
+        "at",
+        "backtrace",
+        "countdown",
+        "custom",
+        "jid",
+        "queue",
+        "reserve_for",
+        "retry",
+        "template",
+    )
+
+    def __init__(
+        self,
+        jobtype: str,
+        *,
+        queue: str = "default",
+        retry: int = DEFAULT_RETRY,
+        reserve_for: int | None = DEFAULT_RESERVE_FOR,
+        backtrace: int | None = None,
+        custom: Mapping[str, Any] | None = None,
+        at: datetime | str | None = None,
+        countdown: float | timedelta | None = None,
+        jid: str | None = None,
+    ) -> None:
+        if at is not None and countdown is not None:
+            raise ValidationError(
+                f"task {jobtype!r}: give at= or countdown=, not both", field="countdown"
+            )
+        self.countdown = _check_countdown(jobtype, countdown)
+        try:
+            # The payload model applies the server's own rules and names the bad field.
+            model = JobPayload.create(
+                jid=jid if jid is not None else _PLACEHOLDER_JID,
+                jobtype=jobtype,
+                queue=queue,
+                retry=retry,
+                reserve_for=reserve_for,
+                backtrace=backtrace,
+                custom=dict(custom) if custom is not None else None,
+                at=at,
+            )
+            template = model.to_wire()
+        except ValidationError as exc:
+            raise ValidationError(
+                f"task {jobtype!r}: bad option {_strip_prefix(str(exc))}", field=exc.field
+            ) from None
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            raise ValidationError(
+                f"task {jobtype!r}: bad option custom: it must be a JSON object: {exc}",
+                field="custom",
+            ) from None
+        self.queue = model.queue
+        self.retry = model.retry
+        self.reserve_for = model.reserve_for
+        self.backtrace = model.backtrace
+        self.custom = template.get("custom")
+        self.at = model.at
+        self.jid = jid
+        template.pop("args", None)
+        if jid is None:
+            template.pop("jid")
+        self.template = template
+
+    def replace(self, jobtype: str, **changes: Any) -> TaskOptions:
+        """A copy with ``changes`` applied (None means: keep the current value)."""
+        current: dict[str, Any] = {
+            "queue": self.queue,
+            "retry": self.retry,
+            "reserve_for": self.reserve_for,
+            "backtrace": self.backtrace,
+            "custom": self.custom,
+            "at": self.at,
+            "countdown": self.countdown,
+            "jid": self.jid,
+        }
+        given = {k: v for k, v in changes.items() if v is not None}
+        # A new schedule replaces the old one, whichever form either was in.
+        if "at" in given:
+            current["countdown"] = None
+        if "countdown" in given:
+            current["at"] = None
+        current.update(given)
+        return TaskOptions(jobtype, **current)
+
+
+def _strip_prefix(message: str) -> str:
+    return message[len("invalid job: ") :] if message.startswith("invalid job: ") else message
+
+
+def _check_countdown(jobtype: str, countdown: float | timedelta | None) -> timedelta | None:
+    if countdown is None:
+        return None
+    if isinstance(countdown, timedelta):
+        delay = countdown
+    elif isinstance(countdown, (int, float)) and not isinstance(countdown, bool):
+        if countdown != countdown or countdown in (float("inf"), float("-inf")):
+            delay = timedelta(-1)
+        else:
+            delay = timedelta(seconds=countdown)
+    else:
+        raise ValidationError(
+            f"task {jobtype!r}: bad option countdown: expected seconds or a timedelta,"
+            f" got {countdown!r}",
+            field="countdown",
+        )
+    if delay < timedelta(0):
+        raise ValidationError(
+            f"task {jobtype!r}: bad option countdown: must be a finite delay of 0 or more,"
+            f" got {countdown!r}",
+            field="countdown",
+        )
+    return delay
+
+
+class Task(Generic[P, R]):
+    """A function registered as a Faktory jobtype.
+
+    ``name`` is the jobtype, ``fn`` the function, ``is_async`` whether it is ``async def``.
+    The job options (``queue``, ``retry``, ``reserve_for``, ``backtrace``, ``custom``,
+    ``at``, ``countdown``) are the defaults every ``.delay()`` uses.
+    """
+
+    app: App
+    fn: Callable[P, R]
+    name: str
+    signature: TaskSignature
+    is_async: bool
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R],
+        name: str,
+        options: TaskOptions,
+        signature: TaskSignature | None = None,
+    ) -> None:
+        functools.update_wrapper(self, fn)
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.signature = signature if signature is not None else TaskSignature(fn, name)
+        self.is_async = is_async_callable(fn)
+        self._options = options
+        self._template = options.template
+        self._countdown = options.countdown
+        self._encode = self.signature.encode
+
+    # -- options ---------------------------------------------------------------------------
+
+    @property
+    def queue(self) -> str:
+        return self._options.queue
+
+    @property
+    def retry(self) -> int:
+        return self._options.retry
+
+    @property
+    def reserve_for(self) -> int | None:
+        return self._options.reserve_for
+
+    @property
+    def backtrace(self) -> int | None:
+        return self._options.backtrace
+
+    @property
+    def custom(self) -> dict[str, Any] | None:
+        return self._options.custom
+
+    @property
+    def at(self) -> datetime | None:
+        return self._options.at
+
+    @property
+    def countdown(self) -> timedelta | None:
+        return self._options.countdown
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        at: datetime | str | None = None,
+        countdown: float | timedelta | None = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        custom: Mapping[str, Any] | None = None,
+        jid: str | None = None,
+        backtrace: int | None = None,
+    ) -> Task[P, R]:
+        """A copy of this task with other job options (checked now, naming a bad one);
+        options left at None keep the task's value. ``countdown`` is seconds or a
+        timedelta counted from each ``.delay()``; ``at`` a datetime or RFC 3339 string."""
+        options = self._options.replace(
+            self.name,
+            queue=queue,
+            at=at,
+            countdown=countdown,
+            retry=retry,
+            reserve_for=reserve_for,
+            custom=custom,
+            jid=jid,
+            backtrace=backtrace,
+        )
+        configured = copy.copy(self)
+        configured._options = options
+        configured._template = options.template
+        configured._countdown = options.countdown
+        return configured
+
+    # -- running here ----------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in this process, now (no job, no validation)."""
+        return self.fn(*args, **kwargs)
+
+    def decode_args(self, args: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """A job's args converted back to the annotated types, for the call (worker side)."""
+        return self.signature.decode(args)
+
+    # -- pushing ---------------------------------------------------------------------------
+
+    def payload(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The JSON-compatible job a call would push (arguments validated)."""
+        payload = self._template.copy()
+        if "jid" not in payload:
+            payload["jid"] = new_jid()
+        payload["args"] = self._encode(args, kwargs)
+        if self._countdown is not None:
+            payload["at"] = format_rfc3339(datetime.now(timezone.utc) + self._countdown)
+        return payload
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Push a job calling this task with these arguments; returns its jid.
+
+        The arguments are validated against the type hints first: a wrong type, a missing
+        or extra argument, or a value that cannot become JSON raises
+        :class:`~kaffi.errors.ValidationError` and nothing is sent.
+        """
+        return push.deliver(self.app, self.payload(args, kwargs), self)
+
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """:meth:`delay` for asyncio code (uses ``app.async_client``)."""
+        return await push.deliver_async(self.app, self.payload(args, kwargs), self)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Celery's spelling: ``task.apply_async((1, 2), {"x": 3}, queue="low", countdown=5)``.
+        ``eta=`` is accepted as a name for ``at=``."""
+        if "eta" in options:
+            if "at" in options:
+                raise ValidationError(
+                    f"task {self.name!r}: give eta= or at=, not both", field="eta"
+                )
+            options["at"] = options.pop("eta")
+        unknown = sorted(set(options) - _OPTION_NAMES)
+        if unknown:
+            raise ValidationError(
+                f"task {self.name!r}: unknown option {unknown[0]!r}; options are"
+                f" {', '.join(sorted(_OPTION_NAMES | {'eta'}))}",
+                field=unknown[0],
+            )
+        task = self.options(**options) if options else self
+        return push.deliver(self.app, task.payload(tuple(args or ()), kwargs or {}), task)
+
+    def _payloads(self, items: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        payloads = []
+        for index, item in enumerate(items):
+            try:
+                if isinstance(item, Mapping):
+                    payloads.append(self.payload((), item))
+                elif isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
+                    raise ValidationError(
+                        f"task {self.name!r}: expected a tuple of arguments or a dict of"
+                        f" keyword arguments, got {item!r}",
+                    )
+                else:
+                    payloads.append(self.payload(item, {}))
+            except ValidationError as exc:
+                raise ValidationError(f"delay_many item {index}: {exc}", field=exc.field) from None
+        return payloads
+
+    def delay_many(self, items: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[RejectedJob]:
+        """Push one job per item (a tuple of arguments, or a dict of keyword arguments)
+        with PUSHB, in chunks of 1000; returns the jobs the server rejected.
+
+        Every item is validated before anything is sent. Push middleware run for each job,
+        but around collecting it: the PUSHB itself happens after every chain returned.
+        """
+        payloads = push.collect(self.app, self._payloads(items), self)
+        return push.deliver_many(self.app, payloads)
+
+    async def delay_many_async(
+        self, items: Iterable[Sequence[Any] | Mapping[str, Any]]
+    ) -> list[RejectedJob]:
+        """:meth:`delay_many` for asyncio code."""
+        payloads = await push.collect_async(self.app, self._payloads(items), self)
+        return await push.deliver_many_async(self.app, payloads)
+
+    def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """The client's Job builder for this call, with the task's options applied (for
+        setting fields one by one before ``.push()``). It pushes through ``app.client``
+        directly: push middleware and testing modes do not see it."""
+        payload = self.payload(args, kwargs)
+        job = self.app.client.job(self.name, *payload["args"])
+        for field in ("jid", "queue", "retry", "reserve_for", "at", "custom", "backtrace"):
+            if field in payload:
+                setattr(job, field, payload[field])
+        return job
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue!r}>"
+
+
+_OPTION_NAMES = frozenset(
+    {"queue", "at", "countdown", "retry", "reserve_for", "custom", "jid", "backtrace"}
+)

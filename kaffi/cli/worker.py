@@ -1,0 +1,170 @@
+"""``kaffi worker APP``: run an App's tasks.
+
+One process by default; ``--processes N`` (or a per-child limit) runs a supervisor with
+worker processes (:mod:`kaffi.worker.supervisor`). The worker machinery is imported inside
+the command, so ``kaffi --help`` does not pay for asyncio, pydantic or the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from kaffi.cli import main
+from kaffi.cli.common import handle_errors, url_option
+
+__all__ = ["worker"]
+
+WORKER_HELP = """Run the tasks of APP, fetching jobs from Faktory.
+
+APP is module:attribute (like myproj.tasks:app) or just a module holding exactly one
+kaffi.App; the current directory is importable.
+
+Signals: TERM/INT shut down (stop fetching, wait up to --timeout for running jobs, FAIL
+the rest so Faktory retries them, exit 0; a second INT skips the wait), TSTP quiets
+(finish held jobs, fetch no more), TTIN logs every thread's and task's stack.
+"""
+QUEUES_HELP = (
+    "Queues to fetch from: strict order (critical,default) or weighted random order per"
+    " fetch (critical:3,default:1). Default: default."
+)
+CONCURRENCY_HELP = "Jobs held at once per process (async jobs on the loop, plain ones in threads)."
+PROCESSES_HELP = "Worker processes; more than 1 runs a supervisor that restarts and recycles them."
+TIMEOUT_HELP = "Seconds running jobs get to finish at shutdown before they are FAILed for a retry."
+BEAT_HELP = "Seconds between heartbeats (at most 60: Faktory forgets a silent worker then)."
+LABELS_HELP = "Comma-separated labels shown in the Faktory UI."
+WID_HELP = "Worker id (default: random); with --processes, the prefix of each process's wid."
+MAX_JOBS_HELP = "Recycle a worker process after this many jobs (runs a supervisor)."
+MAX_MEMORY_HELP = "Recycle a worker process whose RSS passes this many MB (runs a supervisor)."
+BURST_HELP = "Exit 0 once every listed queue is empty and nothing is running."
+HEALTH_HELP = "A file touched after every successful heartbeat (for liveness probes)."
+LOG_LEVEL_HELP = "debug, info, warning, error or critical."
+LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
+
+
+@main.command("worker", help=WORKER_HELP)
+@click.argument("app")
+@click.option(
+    "--queues", "-q", default="default", show_default=True, metavar="LIST", help=QUEUES_HELP
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help=CONCURRENCY_HELP,
+)
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help=PROCESSES_HELP,
+)
+@click.option(
+    "--timeout",
+    "-t",
+    type=click.FloatRange(min=0),
+    default=8.0,
+    show_default=True,
+    help=TIMEOUT_HELP,
+)
+@click.option(
+    "--beat-interval",
+    type=click.FloatRange(min=0, min_open=True, max=60),
+    default=15.0,
+    show_default=True,
+    help=BEAT_HELP,
+)
+@click.option("--labels", "-l", default="", metavar="LIST", help=LABELS_HELP)
+@click.option("--wid", default=None, help=WID_HELP)
+@url_option
+@click.option(
+    "--max-jobs-per-child",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help=MAX_JOBS_HELP,
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="MB",
+    help=MAX_MEMORY_HELP,
+)
+@click.option("--burst", is_flag=True, help=BURST_HELP)
+@click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
+@click.option(
+    "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help=LOG_FORMAT_HELP,
+)
+def worker(
+    app: str,
+    queues: str,
+    concurrency: int,
+    processes: int,
+    timeout: float,
+    beat_interval: float,
+    labels: str,
+    wid: str | None,
+    url: str | None,
+    max_jobs_per_child: int | None,
+    max_memory_per_child: float | None,
+    burst: bool,
+    health_file: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    with handle_errors():
+        from kaffi.worker.loader import load_app
+        from kaffi.worker.logging import configure_logging
+        from kaffi.worker.worker import Worker
+
+        configure_logging(log_level, log_format)
+        application = load_app(app)
+        options: dict[str, Any] = {
+            "queues": queues,
+            "concurrency": concurrency,
+            "timeout": timeout,
+            "beat_interval": beat_interval,
+            "labels": [label.strip() for label in labels.split(",") if label.strip()],
+            "wid": wid,
+            "url": url,
+            "burst": burst,
+            "health_file": health_file,
+        }
+        if processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None:
+            from kaffi.worker.supervisor import run_supervisor
+
+            # Validate every option here, so a mistake is one line, not N dying children.
+            Worker(application, **options).settings  # noqa: B018
+            options.update(max_jobs=max_jobs_per_child, max_memory_mb=max_memory_per_child)
+            code = run_supervisor(
+                app,
+                processes=processes,
+                worker_options=options,
+                log_level=log_level,
+                log_format=log_format,
+            )
+            sys.exit(code)
+        runner = Worker(application, **options)
+        runner.work()
+        if runner.abandoned_threads:
+            # Jobs FAILed at shutdown may still be running in threads the interpreter
+            # would wait for forever: the work is given back, so leave now.
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)

@@ -1,0 +1,152 @@
+"""The job builder: :class:`Job` (sync) and :class:`AsyncJob` (asyncio).
+
+A builder is a plain, mutable bag of the job's settings bound to a client, as in the Node
+client: ``job = client.job("send_email", "a@b.c"); job.queue = "mail"; job.push()``.
+Nothing is validated until :meth:`payload` (called by ``push``) builds the
+:class:`~kaffi.protocol.models.JobPayload`, which refuses bad values with a
+:class:`~kaffi.errors.ValidationError` naming the field, before anything is sent.
+
+This module also owns :func:`as_payload`, the one place that turns whatever a caller hands
+to ``push``/``push_bulk`` (a builder, a payload or a dict) into a payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from kaffi.errors import ConfigurationError, ValidationError
+from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY, JobPayload, new_jid
+
+if TYPE_CHECKING:
+    from kaffi.client.aio import AsyncClient
+    from kaffi.client.client import Client
+
+__all__ = ["Job", "AsyncJob", "as_payload"]
+
+
+class _JobBuilder:
+    __slots__ = (
+        "args",
+        "at",
+        "backtrace",
+        "custom",
+        "jid",
+        "jobtype",
+        "priority",
+        "queue",
+        "reserve_for",
+        "retry",
+    )
+
+    def __init__(
+        self,
+        jobtype: str,
+        *args: Any,
+        jid: str | None = None,
+        queue: str = "default",
+        priority: int | None = None,
+        retry: int = DEFAULT_RETRY,
+        at: datetime | str | None = None,
+        reserve_for: int | None = DEFAULT_RESERVE_FOR,
+        custom: dict[str, Any] | None = None,
+        backtrace: int | None = None,
+    ) -> None:
+        self.jobtype = jobtype
+        self.args: list[Any] = list(args)
+        self.jid: str = new_jid() if jid is None else jid
+        self.queue = queue
+        #: Kept for the Node client's API; the open-source Faktory server drops it.
+        self.priority = priority
+        self.retry = retry
+        self.at = at
+        self.reserve_for = reserve_for
+        self.custom = custom
+        self.backtrace = backtrace
+
+    @staticmethod
+    def new_jid() -> str:
+        """A fresh random job id (24 hex characters)."""
+        return new_jid()
+
+    def payload(self) -> JobPayload:
+        """The validated wire payload (raises ValidationError naming the bad field)."""
+        return JobPayload.create(
+            jid=self.jid,
+            jobtype=self.jobtype,
+            queue=self.queue,
+            args=self.args,
+            priority=self.priority,
+            retry=self.retry,
+            at=self.at,
+            reserve_for=self.reserve_for,
+            custom=self.custom,
+            backtrace=self.backtrace,
+        )
+
+    def to_json(self) -> str:
+        return self.payload().to_json()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.jobtype} jid={self.jid} queue={self.queue} "
+            f"args={self.args!r}>"
+        )
+
+
+class Job(_JobBuilder):
+    """A job to push through a :class:`~kaffi.client.Client` (``client.job(...)``)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, jobtype: str, *args: Any, client: Client | None = None, **fields: Any):
+        super().__init__(jobtype, *args, **fields)
+        self.client = client
+
+    def push(self) -> str:
+        """PUSH the job; returns its jid."""
+        if self.client is None:
+            raise ConfigurationError(
+                "this Job is not bound to a client: build it with client.job(...) or "
+                "pass it to client.push(job)"
+            )
+        return self.client.push(self)
+
+
+class AsyncJob(_JobBuilder):
+    """A job to push through an :class:`~kaffi.client.AsyncClient` (``await job.push()``)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, jobtype: str, *args: Any, client: AsyncClient | None = None, **fields: Any):
+        super().__init__(jobtype, *args, **fields)
+        self.client = client
+
+    async def push(self) -> str:
+        """PUSH the job; returns its jid."""
+        if self.client is None:
+            raise ConfigurationError(
+                "this AsyncJob is not bound to a client: build it with client.job(...) or "
+                "pass it to await client.push(job)"
+            )
+        return await self.client.push(self)
+
+
+def as_payload(job: _JobBuilder | JobPayload | Mapping[str, Any]) -> JobPayload:
+    """A validated payload from a builder, a payload or a dict (checked like the server
+    would, so a bad field raises ValidationError before anything is sent)."""
+    if isinstance(job, JobPayload):
+        return job
+    if isinstance(job, _JobBuilder):
+        return job.payload()
+    if isinstance(job, Mapping):
+        fields = dict(job)
+        bad = [k for k in fields if not isinstance(k, str)]
+        if bad:
+            raise ValidationError(f"invalid job: field names must be strings, got {bad[0]!r}")
+        return JobPayload.create(**fields)
+    raise ValidationError(
+        f"expected a Job, a JobPayload or a dict to push, got {type(job).__name__}",
+        field="job",
+    )

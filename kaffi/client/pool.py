@@ -1,0 +1,397 @@
+"""Connection pools: :class:`ConnectionPool` (threads) and :class:`AsyncConnectionPool` (asyncio).
+
+The rules both follow:
+
+- Between 1 and ``size`` connections, opened lazily, the most recently used handed out
+  first (it is the one least likely to have been closed by the server).
+- Borrow with ``with pool.connection() as conn`` (``async with`` for asyncio), or
+  :meth:`acquire`/:meth:`release` on hot paths. A :class:`~kaffi.errors.ServerError`
+  (``-ERR``) returns the connection to the pool; a transport or protocol error, or any
+  interruption that left the connection ``broken``, throws it away.
+- An idle connection the server closed (a restart) is noticed before it is handed out,
+  so only commands in flight at the time of a restart can fail.
+- Borrowing waits at most ``timeout`` seconds for a free connection, then raises
+  :class:`~kaffi.errors.PoolTimeout`.
+- After ``os.fork()`` the child forgets the parent's connections without closing them
+  or sending END: those sockets still belong to the parent. The reset runs from an
+  ``os.register_at_fork`` hook (and a ``getpid()`` check backs it up).
+- The pool's state changes only under its lock, and no socket I/O happens under it.
+- :meth:`close` closes the idle connections; connections in use are closed when they come
+  back. The pool stays usable afterwards (new connections are opened on demand).
+
+Connections themselves are opened by the ``opener`` the client passes in, so this module
+knows nothing about HELLO, wids or TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from kaffi.client.connection import Connection
+from kaffi.errors import ConfigurationError, PoolTimeout, RemoteProtocolError, TransportError
+
+if TYPE_CHECKING:
+    from kaffi.client.aio import AsyncConnection
+
+__all__ = ["ConnectionPool", "AsyncConnectionPool"]
+
+#: Every live pool, so the fork hook can reset them in the child.
+_POOLS: weakref.WeakSet[ConnectionPool | AsyncConnectionPool] = weakref.WeakSet()
+#: Async connections a forked child (or a new event loop) must neither use nor close: their
+#: transports belong to another process's (or a closed) event loop. Holding them here keeps
+#: their destructors from running and complaining; the memory is small and per child.
+_ORPHANS: list[Any] = []
+
+
+def _check_size(size: int, timeout: float) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigurationError(f"pool_size must be an integer of 1 or more, got {size!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigurationError(
+            f"pool_timeout must be a positive number of seconds, got {timeout!r}"
+        )
+
+
+def _poisoned(exc: BaseException) -> bool:
+    return isinstance(exc, TransportError | RemoteProtocolError)
+
+
+class ConnectionPool:
+    """A thread-safe pool of :class:`~kaffi.client.connection.Connection`."""
+
+    def __init__(
+        self,
+        opener: Callable[[], Connection],
+        *,
+        size: int = 10,
+        timeout: float = 10.0,
+        label: str = "",
+    ) -> None:
+        _check_size(size, timeout)
+        self._opener = opener
+        self.size = size
+        self.timeout = float(timeout)
+        self.label = label
+        self._lock = threading.Lock()
+        self._available = threading.Condition(self._lock)
+        self._idle: list[Connection] = []
+        self._in_use = 0
+        self._generation = 0
+        self._pid = os.getpid()
+        _POOLS.add(self)
+
+    def __repr__(self) -> str:
+        where = f" {self.label}" if self.label else ""
+        return (
+            f"<ConnectionPool{where} idle={len(self._idle)} in_use={self._in_use} size={self.size}>"
+        )
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    # -- borrowing --------------------------------------------------------------------
+
+    def acquire(self, *, fresh: bool = False) -> Connection:
+        """Borrow a connection; with ``fresh`` always a newly opened one (the retry path).
+
+        Raises PoolTimeout after ``timeout`` seconds without a free slot, or whatever
+        opening a connection raised.
+        """
+        if self._pid != os.getpid():
+            self._reset_after_fork()
+        deadline = 0.0
+        discard: Connection | None = None
+        conn: Connection | None = None
+        with self._lock:
+            while True:
+                if self._idle and not fresh:
+                    conn = self._idle.pop()
+                    break
+                if self._in_use + len(self._idle) < self.size:
+                    break
+                if self._idle:
+                    # Full, but an idle connection can give up its slot to a fresh one.
+                    discard = self._idle.pop(0)
+                    break
+                if not deadline:
+                    deadline = time.monotonic() + self.timeout
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PoolTimeout(
+                        f"no free connection to {self.label or 'the server'} within "
+                        f"{self.timeout:g} s: all {self.size} are in use "
+                        "(raise pool_size or pool_timeout, or hold connections for less time)"
+                    )
+                self._available.wait(left)
+            self._in_use += 1
+            generation = self._generation
+        try:
+            if discard is not None:
+                discard.close()
+            # A server restart closes idle connections: notice it here rather than with
+            # a failed command, and open a new connection in the stale one's slot.
+            if conn is not None and conn.is_stale():
+                conn.close()
+                conn = None
+            if conn is None:
+                conn = self._opener()
+                conn.generation = generation
+        except BaseException:
+            self._give_back_slot()
+            raise
+        return conn
+
+    def release(self, conn: Connection, *, discard: bool = False) -> None:
+        """Return a borrowed connection; ``discard`` (or a broken one) closes it."""
+        if conn.pid != os.getpid():
+            # Borrowed before a fork: the parent's socket, and not counted in this
+            # process's pool.
+            conn.abandon()
+            return
+        close = False
+        with self._lock:
+            self._in_use -= 1
+            if discard or conn.broken or conn.generation != self._generation:
+                close = True
+            else:
+                self._idle.append(conn)
+            self._available.notify()
+        if close:
+            conn.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """``with pool.connection() as conn:``; see the module docstring for the rules."""
+        conn = self.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            self.release(conn, discard=conn.broken or _poisoned(exc))
+            raise
+        self.release(conn)
+
+    def close(self) -> None:
+        """Close the idle connections (END each); ones in use close when released."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._generation += 1
+            self._available.notify_all()
+        for conn in idle:
+            conn.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _give_back_slot(self) -> None:
+        with self._lock:
+            self._in_use -= 1
+            self._available.notify()
+
+    def _reset_after_fork(self) -> None:
+        # Runs in the child only. The parent's lock may have been held by a thread that
+        # does not exist here, so it is replaced, not acquired.
+        self._lock = threading.Lock()
+        self._available = threading.Condition(self._lock)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.abandon()
+        self._in_use = 0
+        self._generation += 1
+        self._pid = os.getpid()
+
+
+class AsyncConnectionPool:
+    """An asyncio pool of :class:`~kaffi.client.aio.AsyncConnection`, for one event loop.
+
+    Used from a different event loop than before (a second ``asyncio.run()``), it forgets
+    the connections of the old loop and starts over.
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[], Awaitable[AsyncConnection]],
+        *,
+        size: int = 10,
+        timeout: float = 10.0,
+        label: str = "",
+    ) -> None:
+        _check_size(size, timeout)
+        self._opener = opener
+        self.size = size
+        self.timeout = float(timeout)
+        self.label = label
+        self._idle: list[AsyncConnection] = []
+        self._in_use = 0
+        # Waiters get a connection handed over (or None: "a slot is free, open one").
+        self._waiters: deque[asyncio.Future[AsyncConnection | None]] = deque()
+        self._generation = 0
+        self._pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        _POOLS.add(self)
+
+    def __repr__(self) -> str:
+        where = f" {self.label}" if self.label else ""
+        return (
+            f"<AsyncConnectionPool{where} idle={len(self._idle)} in_use={self._in_use} "
+            f"size={self.size} waiting={len(self._waiters)}>"
+        )
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    async def acquire(self, *, fresh: bool = False) -> AsyncConnection:
+        """Borrow a connection; with ``fresh`` always a newly opened one (the retry path)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._pid != os.getpid():
+            self._rebind(loop)
+        conn: AsyncConnection | None = None
+        discard: AsyncConnection | None = None
+        if self._idle and not fresh:
+            conn = self._idle.pop()
+            self._in_use += 1
+        elif self._in_use + len(self._idle) < self.size:
+            self._in_use += 1
+        elif self._idle:
+            # Full, but an idle connection can give up its slot to a fresh one.
+            discard = self._idle.pop(0)
+            self._in_use += 1
+        else:
+            # The slot comes with what the waiter is handed (a connection, or None).
+            conn = await self._wait(loop)
+            if fresh:
+                discard, conn = conn, None
+        generation = self._generation
+        try:
+            if discard is not None:
+                await discard.close()
+            # A server restart closes idle connections: notice it here rather than with
+            # a failed command, and open a new connection in the stale one's slot.
+            if conn is not None and conn.is_stale():
+                await conn.close()
+                conn = None
+            if conn is None:
+                conn = await self._opener()
+                conn.generation = generation
+        except BaseException:
+            self._hand_over(None)
+            raise
+        return conn
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop) -> AsyncConnection | None:
+        waiter: asyncio.Future[AsyncConnection | None] = loop.create_future()
+        self._waiters.append(waiter)
+
+        def expire() -> None:
+            if not waiter.done():
+                waiter.set_exception(
+                    PoolTimeout(
+                        f"no free connection to {self.label or 'the server'} within "
+                        f"{self.timeout:g} s: all {self.size} are in use "
+                        "(raise pool_size or pool_timeout, or hold connections for less time)"
+                    )
+                )
+
+        # A timer instead of asyncio.wait_for: on Python 3.10 wait_for can drop a result
+        # that arrives as the timeout fires, which here would leak a connection.
+        timer = loop.call_later(self.timeout, expire)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed a connection (or a slot) just as we were cancelled: pass it on.
+                self._hand_over(waiter.result())
+            raise
+        finally:
+            timer.cancel()
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def _hand_over(self, conn: AsyncConnection | None) -> None:
+        """Give a connection (or, with None, a free slot) to the first live waiter, or
+        put it back: the slot's ``in_use`` count moves with it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._in_use -= 1
+        if conn is not None:
+            self._idle.append(conn)
+
+    async def release(self, conn: AsyncConnection, *, discard: bool = False) -> None:
+        """Return a borrowed connection; ``discard`` (or a broken one) closes it."""
+        if conn.pid != os.getpid() or conn.loop is not self._loop:
+            # From before a fork or from another event loop: not ours to use or close.
+            _ORPHANS.append(conn)
+            return
+        if discard or conn.broken or conn.generation != self._generation:
+            self._hand_over(None)
+            await conn.close()
+        else:
+            self._hand_over(conn)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """``async with pool.connection() as conn:``; see the module docstring."""
+        conn = await self.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            await self.release(conn, discard=conn.broken or _poisoned(exc))
+            raise
+        await self.release(conn)
+
+    async def close(self) -> None:
+        """Close the idle connections (END each); ones in use close when released."""
+        idle, self._idle = self._idle, []
+        self._generation += 1
+        for conn in idle:
+            await conn.close()
+
+    def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A new process or a new loop: the old connections' transports cannot be used,
+        # and touching them could act on the parent's loop. Forget them.
+        _ORPHANS.extend(self._idle)
+        self._idle = []
+        self._in_use = 0
+        self._waiters = deque()
+        self._generation += 1
+        self._pid = os.getpid()
+        self._loop = loop
+
+    def _reset_after_fork(self) -> None:
+        _ORPHANS.extend(self._idle)
+        self._idle = []
+        self._in_use = 0
+        self._waiters = deque()
+        self._generation += 1
+        self._pid = os.getpid()
+        self._loop = None
+
+
+def _reset_pools_after_fork() -> None:
+    for pool in list(_POOLS):
+        pool._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_after_fork)

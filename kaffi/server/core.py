@@ -1,0 +1,781 @@
+"""The server's state machine: queues, reservations, the retry/scheduled/dead sets, workers.
+
+:class:`ServerCore` is everything the embedded server *knows*, with no sockets and no
+asyncio: commands call its methods, a timer calls :meth:`ServerCore.tick`, and both can be
+driven from a plain test. Time comes from a :class:`Clock` that tests can move forward.
+
+Data layout, chosen for speed and memory (100k queued jobs must stay small):
+
+- a queue is a ``deque`` of ``QueuedJob`` tuples holding the job's encoded JSON, so
+  FETCH hands out bytes without re-encoding;
+- reservations are a ``dict`` by jid, plus a heap by expiry for the reaper;
+- the retry, scheduled and dead sets are :class:`TimedSet`: a dict by row id plus a heap
+  by time (entries removed from the dict are skipped when they reach the heap's top).
+
+Every change is also told to an optional :class:`Journal` (the SQLite store), by row id,
+so a restart can rebuild this state. The core never waits for the journal: the network
+layer commits the journal before it sends the replies of the commands it ran.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import re
+import resource
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from kaffi.server import jobs as jobs_mod
+from kaffi.server.jobs import encode_job, time_string
+
+__all__ = [
+    "Clock",
+    "Journal",
+    "QueuedJob",
+    "Reservation",
+    "TimedSet",
+    "Worker",
+    "Waiter",
+    "ServerCore",
+    "CoreError",
+    "glob_to_regex",
+    "retry_delay",
+    "STATE_QUEUED",
+    "STATE_RESERVED",
+    "STATE_RETRY",
+    "STATE_SCHEDULED",
+    "STATE_DEAD",
+    "HEARTBEAT_EXPIRY",
+    "DEAD_TTL",
+]
+
+STATE_QUEUED = "queued"
+STATE_RESERVED = "reserved"
+STATE_RETRY = "retries"
+STATE_SCHEDULED = "scheduled"
+STATE_DEAD = "dead"
+
+#: A worker that has not sent BEAT for this long is forgotten (seconds).
+HEARTBEAT_EXPIRY = 60.0
+#: Dead jobs are kept this long (seconds): 180 days, like Faktory.
+DEAD_TTL = 180 * 86400.0
+_FAIL_MESSAGE_MAX = 1000
+_FAIL_ERRTYPE_MAX = 100
+_FAIL_BACKTRACE_MAX = 50
+_WORKER_STATES = {"running": 0, "quiet": 1, "terminate": 2}
+
+
+class CoreError(Exception):
+    """A command the core refuses; ``str(exc)`` is the ``-ERR`` text."""
+
+
+class Clock:
+    """Wall-clock time plus an offset that tests move forward (``advance``)."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def now_ns(self) -> int:
+        return time.time_ns() + int(self.offset * 1e9)
+
+    def now_string(self) -> str:
+        return time_string(self.now_ns())
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"the clock only moves forward, got {seconds} seconds")
+        self.offset += seconds
+
+
+class Journal(Protocol):
+    """Where the core reports every change of a job row (see :mod:`kaffi.server.storage`)."""
+
+    def put(
+        self, rowid: int, jid: str, state: str, queue: str, score: float, data: bytes, wid: str
+    ) -> None: ...
+
+    def move(self, rowid: int, state: str, score: float, wid: str) -> None: ...
+
+    def delete(self, rowid: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def queue(self, name: str, paused: bool | None) -> None: ...
+
+
+class QueuedJob(NamedTuple):
+    rowid: int
+    jid: str
+    data: bytes
+    enqueued: float
+    reserve_for: int
+
+
+@dataclass(slots=True)
+class Reservation:
+    rowid: int
+    jid: str
+    data: bytes
+    queue: str
+    expires: float
+    wid: str
+    reserve_for: int
+
+
+@dataclass(slots=True)
+class Worker:
+    wid: str
+    hostname: str
+    pid: int
+    labels: list[str]
+    started: float
+    last_beat: float
+    state: str = "running"
+    rss_kb: int = 0
+    connections: set[int] = field(default_factory=set)
+    #: The connection that registered the wid first: the only one whose FETCH a quiet
+    #: state blocks (Faktory keeps the state on that connection's client record).
+    first_connection: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "wid": self.wid,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "labels": list(self.labels),
+            "state": self.state,
+            "rss_kb": self.rss_kb,
+            "last_beat": self.last_beat,
+            "connections": len(self.connections),
+        }
+
+
+class Waiter:
+    """A blocked FETCH: the core calls ``deliver`` with the job it reserved for it."""
+
+    __slots__ = ("queues", "wid", "deliver", "done", "alive")
+
+    def __init__(
+        self,
+        queues: list[str],
+        wid: str,
+        deliver: Callable[[Reservation], None],
+        alive: Callable[[], bool],
+    ) -> None:
+        self.queues = queues
+        self.wid = wid
+        self.deliver = deliver
+        self.alive = alive
+        self.done = False
+
+
+class TimedEntry(NamedTuple):
+    score: float
+    rowid: int
+    jid: str
+    data: bytes
+
+
+class TimedSet:
+    """A set of jobs ordered by time: the retry, scheduled and dead sets."""
+
+    __slots__ = ("name", "entries", "_heap")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entries: dict[int, TimedEntry] = {}
+        self._heap: list[tuple[float, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: TimedEntry) -> None:
+        self.entries[entry.rowid] = entry
+        heapq.heappush(self._heap, (entry.score, entry.rowid))
+
+    def remove(self, rowid: int) -> TimedEntry | None:
+        return self.entries.pop(rowid, None)
+
+    def pop_due(self, now: float) -> Iterator[TimedEntry]:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            score, rowid = heapq.heappop(heap)
+            entry = self.entries.get(rowid)
+            if entry is not None and entry.score == score:
+                del self.entries[rowid]
+                yield entry
+        if len(heap) > 2 * len(self.entries) + 64:
+            # Removed entries linger in the heap; rebuild it before they dominate.
+            self._heap = [(e.score, e.rowid) for e in self.entries.values()]
+            heapq.heapify(self._heap)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._heap.clear()
+
+
+class Queue:
+    __slots__ = ("name", "jobs", "paused")
+
+    def __init__(self, name: str, paused: bool = False) -> None:
+        self.name = name
+        self.jobs: deque[QueuedJob] = deque()
+        self.paused = paused
+
+
+def retry_delay(retry_count: int) -> float:
+    """Faktory's backoff: ``count**4 + 15 + random(0..29) * (count + 1)`` seconds."""
+    return float(retry_count**4 + 15 + random.randint(0, 29) * (retry_count + 1))
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """A Redis SCAN ``MATCH`` glob (``*``, ``?``, ``[a-z]``, ``[^x]``, ``\\x``) as a regex."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            j = i + 1
+            negate = j < n and pattern[j] == "^"
+            if negate:
+                j += 1
+            chars: list[str] = []
+            while j < n and pattern[j] != "]":
+                if pattern[j] == "\\" and j + 1 < n:
+                    j += 1
+                    chars.append(re.escape(pattern[j]))
+                elif pattern[j] == "-" and chars and j + 1 < n and pattern[j + 1] != "]":
+                    chars.append("-")
+                else:
+                    chars.append(re.escape(pattern[j]))
+                j += 1
+            if not chars:
+                out.append("(?!)" if not negate else ".")
+            else:
+                out.append("[" + ("^" if negate else "") + "".join(chars) + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+class ServerCore:
+    """All the state of one server, and the operations the commands need."""
+
+    def __init__(self, clock: Clock | None = None, journal: Journal | None = None) -> None:
+        self.clock = clock or Clock()
+        self.journal = journal
+        self.queues: dict[str, Queue] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self._expiry_heap: list[tuple[float, int, str]] = []
+        self.retries = TimedSet(STATE_RETRY)
+        self.scheduled = TimedSet(STATE_SCHEDULED)
+        self.dead = TimedSet(STATE_DEAD)
+        self.workers: dict[str, Worker] = {}
+        self._waiters: dict[str, deque[Waiter]] = {}
+        self._next_rowid = 1
+        self._back = 1.0
+        self._front = 0.0
+        self.total_processed = 0
+        self.total_failures = 0
+        self.started = time.time()
+        self.command_count = 0
+        self.connections = 0
+        self.task_stats: dict[str, dict[str, int]] = {
+            "Busy": {"reaped": 0, "cycles": 0},
+            "Dead": {"removed": 0, "cycles": 0},
+            "Retries": {"enqueued": 0, "cycles": 0},
+            "Scheduled": {"enqueued": 0, "cycles": 0},
+            "Workers": {"expired": 0, "cycles": 0},
+        }
+
+    # -- row ids and positions ------------------------------------------------------------
+
+    def _rowid(self) -> int:
+        rowid = self._next_rowid
+        self._next_rowid += 1
+        return rowid
+
+    def _position(self, front: bool) -> float:
+        if front:
+            self._front -= 1.0
+            return self._front
+        self._back += 1.0
+        return self._back
+
+    def restore_counters(self, max_rowid: int, min_pos: float, max_pos: float) -> None:
+        """After loading from storage: continue ids and queue positions past what exists."""
+        self._next_rowid = max(self._next_rowid, max_rowid + 1)
+        self._front = min(self._front, min_pos)
+        self._back = max(self._back, max_pos)
+
+    # -- queues ---------------------------------------------------------------------------
+
+    def _queue(self, name: str) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = Queue(name)
+            if self.journal is not None:
+                self.journal.queue(name, False)
+        return queue
+
+    def _enqueue(
+        self,
+        queue_name: str,
+        rowid: int,
+        jid: str,
+        data: bytes,
+        reserve_for: int,
+        *,
+        front: bool = False,
+        known: bool = True,
+    ) -> None:
+        """Put a job on a queue, or straight into a waiting FETCH. ``known`` says the row
+        exists in the journal already (a move) rather than being new (a put)."""
+        queue = self._queue(queue_name)
+        now = self.clock.now()
+        if not queue.paused:
+            waiters = self._waiters.get(queue_name)
+            while waiters:
+                waiter = waiters.popleft()
+                if waiter.done:
+                    continue
+                if not waiter.alive():
+                    # The connection went away while it waited: never reserve for it.
+                    waiter.done = True
+                    continue
+                waiter.done = True
+                res = self._reserve(queue_name, rowid, jid, data, reserve_for, waiter.wid, known)
+                waiter.deliver(res)
+                return
+        job = QueuedJob(rowid, jid, data, now, reserve_for)
+        if front:
+            queue.jobs.appendleft(job)
+        else:
+            queue.jobs.append(job)
+        if self.journal is not None:
+            pos = self._position(front)
+            if known:
+                self.journal.move(rowid, STATE_QUEUED, pos, "")
+            else:
+                self.journal.put(rowid, jid, STATE_QUEUED, queue_name, pos, data, "")
+
+    def _reserve(
+        self,
+        queue: str,
+        rowid: int,
+        jid: str,
+        data: bytes,
+        reserve_for: int,
+        wid: str,
+        known: bool = True,
+    ) -> Reservation:
+        seconds = max(reserve_for or jobs_mod.DEFAULT_RESERVE_FOR, jobs_mod.MIN_RESERVE_FOR)
+        expires = self.clock.now() + seconds
+        res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
+        old = self.reservations.get(jid)
+        if old is not None and self.journal is not None:
+            # Faktory keys reservations by jid: a second job with the same jid replaces it.
+            self.journal.delete(old.rowid)
+        self.reservations[jid] = res
+        heapq.heappush(self._expiry_heap, (expires, rowid, jid))
+        if self.journal is not None:
+            if known:
+                self.journal.move(rowid, STATE_RESERVED, expires, wid)
+            else:
+                self.journal.put(rowid, jid, STATE_RESERVED, queue, expires, data, wid)
+        return res
+
+    def push(self, job: dict[str, Any]) -> None:
+        """Store a validated job (see :func:`kaffi.server.jobs.parse_job`)."""
+        now_ns = self.clock.now_ns()
+        if not job.get("created_at"):
+            job["created_at"] = time_string(now_ns)
+        at = job.get("at")
+        if at:
+            when = jobs_mod.at_timestamp(at)
+            if when > now_ns / 1e9:
+                job.pop("enqueued_at", None)
+                data = encode_job(job)
+                rowid = self._rowid()
+                self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
+                if self.journal is not None:
+                    self.journal.put(rowid, job["jid"], STATE_SCHEDULED, job["queue"], when, data, "")
+                return
+        job["enqueued_at"] = time_string(now_ns)
+        data = encode_job(job)
+        self._enqueue(
+            job["queue"], self._rowid(), job["jid"], data, job.get("reserve_for") or 0, known=False
+        )
+
+    def fetch(self, queues: Iterable[str], wid: str) -> Reservation | None:
+        """Reserve the first job of the first non-empty, unpaused queue, in the given order."""
+        for name in queues:
+            queue = self.queues.get(name)
+            if queue is None or queue.paused or not queue.jobs:
+                continue
+            job = queue.jobs.popleft()
+            return self._reserve(name, job.rowid, job.jid, job.data, job.reserve_for, wid)
+        return None
+
+    def add_waiter(self, waiter: Waiter) -> None:
+        for name in waiter.queues:
+            self._waiters.setdefault(name, deque()).append(waiter)
+
+    def remove_waiter(self, waiter: Waiter) -> None:
+        waiter.done = True
+        for name in waiter.queues:
+            waiters = self._waiters.get(name)
+            if waiters is None:
+                continue
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                continue
+            if not waiters:
+                del self._waiters[name]
+
+    def return_to_front(self, res: Reservation) -> None:
+        """A reserved job whose connection vanished before it was sent: put it back first
+        in line, as if it had never been fetched."""
+        if self.reservations.get(res.jid) is res:
+            del self.reservations[res.jid]
+            self._enqueue(res.queue, res.rowid, res.jid, res.data, res.reserve_for, front=True)
+
+    def ack(self, jid: str) -> None:
+        res = self.reservations.pop(jid, None)
+        if res is None:
+            return
+        self.total_processed += 1
+        if self.journal is not None:
+            self.journal.delete(res.rowid)
+
+    def fail(self, jid: str, errtype: str, message: str, backtrace: list[str] | None) -> None:
+        res = self.reservations.pop(jid, None)
+        if res is None:
+            raise CoreError(f"Job not found {jid}")
+        self.total_processed += 1
+        self._failed(res, errtype, message, backtrace)
+
+    def _failed(
+        self, res: Reservation, errtype: str, message: str, backtrace: list[str] | None
+    ) -> None:
+        self.total_failures += 1
+        job = jobs_mod.decode_job(res.data)
+        failure = job.get("failure")
+        lines = list(backtrace[:_FAIL_BACKTRACE_MAX]) if backtrace else None
+        if failure:
+            failure["retry_count"] = int(failure.get("retry_count") or 0) + 1
+        else:
+            failure = job["failure"] = {"retry_count": 0}
+        failure["message"] = message[:_FAIL_MESSAGE_MAX]
+        failure["errtype"] = errtype[:_FAIL_ERRTYPE_MAX]
+        failure["backtrace"] = lines
+        now = self.clock.now()
+        failure["failed_at"] = self.clock.now_string()
+        failure["next_at"] = ""
+        retry = job.get("retry")
+        if retry is None:
+            retry = jobs_mod.DEFAULT_RETRY
+        count = failure["retry_count"]
+        failure["remaining"] = retry - count
+        if retry == 0:
+            if self.journal is not None:
+                self.journal.delete(res.rowid)
+            return
+        if retry > 0 and count < retry:
+            when = now + retry_delay(count)
+            failure["next_at"] = time_string(int(when * 1e9))
+            data = encode_job(job)
+            self.retries.add(TimedEntry(when, res.rowid, res.jid, data))
+            if self.journal is not None:
+                self.journal.put(res.rowid, res.jid, STATE_RETRY, res.queue, when, data, "")
+            return
+        data = encode_job(job)
+        self._to_dead(res.rowid, res.jid, res.queue, data, now)
+
+    def _to_dead(self, rowid: int, jid: str, queue: str, data: bytes, now: float) -> None:
+        self.dead.add(TimedEntry(now, rowid, jid, data))
+        if self.journal is not None:
+            self.journal.put(rowid, jid, STATE_DEAD, queue, now, data, "")
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _requeue_entry(self, entry: TimedEntry) -> None:
+        job = jobs_mod.decode_job(entry.data)
+        job["enqueued_at"] = self.clock.now_string()
+        queue = job.get("queue") or "default"
+        data = encode_job(job)
+        if self.journal is not None:
+            self.journal.put(entry.rowid, entry.jid, STATE_QUEUED, queue, 0.0, data, "")
+        self._enqueue(queue, entry.rowid, entry.jid, data, job.get("reserve_for") or 0)
+
+    def tick(self) -> list[int]:
+        """Run the periodic tasks; return the connection ids of forgotten workers."""
+        now = self.clock.now()
+        stats = self.task_stats
+        for name in stats:
+            stats[name]["cycles"] += 1
+        for entry in list(self.scheduled.pop_due(now)):
+            stats["Scheduled"]["enqueued"] += 1
+            self._requeue_entry(entry)
+        for entry in list(self.retries.pop_due(now)):
+            stats["Retries"]["enqueued"] += 1
+            self._requeue_entry(entry)
+        self._reap(now)
+        for entry in list(self.dead.pop_due(now - DEAD_TTL)):
+            stats["Dead"]["removed"] += 1
+            if self.journal is not None:
+                self.journal.delete(entry.rowid)
+        closing: list[int] = []
+        for wid, worker in list(self.workers.items()):
+            if now - worker.last_beat > HEARTBEAT_EXPIRY:
+                del self.workers[wid]
+                stats["Workers"]["expired"] += 1
+                closing.extend(worker.connections)
+        return closing
+
+    def _reap(self, now: float) -> None:
+        heap = self._expiry_heap
+        while heap and heap[0][0] <= now:
+            expires, rowid, jid = heapq.heappop(heap)
+            res = self.reservations.get(jid)
+            if res is None or res.rowid != rowid or res.expires != expires:
+                continue
+            del self.reservations[jid]
+            self.task_stats["Busy"]["reaped"] += 1
+            self._failed(res, "ReservationExpired", "Reservation expired", None)
+        if len(heap) > 2 * len(self.reservations) + 64:
+            self._expiry_heap = [(r.expires, r.rowid, r.jid) for r in self.reservations.values()]
+            heapq.heapify(self._expiry_heap)
+
+    # -- MUTATE ---------------------------------------------------------------------------
+
+    def mutate(self, cmd: str, target: str, flt: dict[str, Any] | None) -> None:
+        sets = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled, STATE_DEAD: self.dead}
+        tset = sets.get(target)
+        if tset is None:
+            raise CoreError("invalid target for mutation command")
+        if cmd not in ("clear", "kill", "discard", "requeue"):
+            raise CoreError("unknown mutate operation")
+        if cmd == "clear":
+            selected = list(tset.entries.values())
+        else:
+            selected = self._select(tset, flt or {})
+        now = self.clock.now()
+        for entry in selected:
+            if cmd == "kill" and tset is self.dead:
+                continue
+            tset.remove(entry.rowid)
+            if cmd in ("clear", "discard"):
+                if self.journal is not None:
+                    self.journal.delete(entry.rowid)
+            elif cmd == "kill":
+                queue = str(jobs_mod.decode_job(entry.data).get("queue") or "default")
+                self._to_dead(entry.rowid, entry.jid, queue, entry.data, now)
+            else:
+                self._requeue_entry(entry)
+
+    @staticmethod
+    def _select(tset: TimedSet, flt: dict[str, Any]) -> list[TimedEntry]:
+        entries = list(tset.entries.values())
+        jids = flt.get("jids")
+        if jids:
+            wanted = set(jids)
+            return [e for e in entries if e.jid in wanted]
+        regexp = flt.get("regexp")
+        if regexp:
+            rx = glob_to_regex(regexp)
+            entries = [e for e in entries if rx.fullmatch(e.data.decode("utf-8", "replace"))]
+        jobtype = flt.get("jobtype")
+        if jobtype:
+            entries = [e for e in entries if jobs_mod.decode_job(e.data).get("jobtype") == jobtype]
+        return entries
+
+    # -- QUEUE ----------------------------------------------------------------------------
+
+    def _names(self, names: list[str]) -> list[str]:
+        if "*" in names:
+            return list(self.queues)
+        return [n for n in names if n in self.queues]
+
+    def pause(self, names: list[str]) -> None:
+        for name in self._names(names):
+            self.queues[name].paused = True
+            if self.journal is not None:
+                self.journal.queue(name, True)
+
+    def resume(self, names: list[str]) -> None:
+        for name in self._names(names):
+            queue = self.queues[name]
+            queue.paused = False
+            if self.journal is not None:
+                self.journal.queue(name, False)
+            # Hand what waited behind the pause to FETCHes blocked on this queue.
+            waiters = self._waiters.get(name)
+            while waiters and queue.jobs:
+                job = queue.jobs.popleft()
+                before = len(queue.jobs)
+                self._enqueue(name, job.rowid, job.jid, job.data, job.reserve_for, front=True)
+                if len(queue.jobs) > before:
+                    break
+
+    def remove(self, names: list[str]) -> None:
+        for name in self._names(names):
+            queue = self.queues.pop(name)
+            if self.journal is not None:
+                for job in queue.jobs:
+                    self.journal.delete(job.rowid)
+                self.journal.queue(name, None)
+
+    def latency(self, names: list[str]) -> dict[str, float]:
+        now = self.clock.now()
+        out: dict[str, float] = {}
+        for name in names:
+            queue = self.queues.get(name)
+            if queue is None or not queue.jobs:
+                out[name] = 0.0
+            else:
+                out[name] = max(now - queue.jobs[0].enqueued, 0.0)
+        return out
+
+    # -- workers --------------------------------------------------------------------------
+
+    def register(
+        self, wid: str, hostname: str, pid: int, labels: list[str], conn_id: int
+    ) -> Worker:
+        now = self.clock.now()
+        worker = self.workers.get(wid)
+        if worker is None:
+            worker = self.workers[wid] = Worker(wid, hostname, pid, labels, now, now)
+            worker.first_connection = conn_id
+        worker.last_beat = now
+        worker.connections.add(conn_id)
+        return worker
+
+    def unregister(self, wid: str, conn_id: int) -> None:
+        worker = self.workers.get(wid)
+        if worker is not None:
+            worker.connections.discard(conn_id)
+
+    def beat(self, wid: str, current_state: str, rss_kb: int) -> Worker:
+        worker = self.workers.get(wid)
+        if worker is None:
+            raise CoreError(f"unknown worker {wid}")
+        worker.last_beat = self.clock.now()
+        if rss_kb:
+            worker.rss_kb = rss_kb
+        self._advance_state(worker, current_state)
+        return worker
+
+    @staticmethod
+    def _advance_state(worker: Worker, state: str) -> None:
+        # States only move forward: running -> quiet -> terminate.
+        if _WORKER_STATES.get(state, -1) > _WORKER_STATES[worker.state]:
+            worker.state = state
+
+    def signal_worker(self, wid: str, state: str) -> bool:
+        """Ask a worker to quiet or terminate (told in the reply to its next BEAT)."""
+        if state not in ("quiet", "terminate"):
+            raise ValueError(f"a worker can be asked to quiet or terminate, not {state!r}")
+        worker = self.workers.get(wid)
+        if worker is None:
+            return False
+        self._advance_state(worker, state)
+        return True
+
+    # -- INFO and FLUSH -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        for queue in self.queues.values():
+            queue.jobs.clear()
+        self.reservations.clear()
+        self._expiry_heap.clear()
+        self.retries.clear()
+        self.scheduled.clear()
+        self.dead.clear()
+        self.total_processed = 0
+        self.total_failures = 0
+        if self.journal is not None:
+            self.journal.clear()
+
+    def info(self) -> dict[str, Any]:
+        queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
+        now = self.clock.now_ns()
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        return {
+            "now": time_string(now),
+            "server_utc_time": time.strftime("%H:%M:%S UTC", time.gmtime(now // 1_000_000_000)),
+            "faktory": {
+                "queues": queues,
+                "sets": {
+                    "dead": len(self.dead),
+                    "retries": len(self.retries),
+                    "scheduled": len(self.scheduled),
+                    "working": len(self.reservations),
+                },
+                "tasks": {name: dict(sorted(s.items())) for name, s in self.task_stats.items()},
+                "total_failures": self.total_failures,
+                "total_processed": self.total_processed,
+                "total_enqueued": sum(queues.values()),
+                "total_queues": len(queues),
+            },
+            "server": {
+                "description": "kaffi embedded Faktory-compatible server",
+                "faktory_version": "1.10.0",
+                "uptime": int(time.time() - self.started),
+                "connections": self.connections,
+                "command_count": self.command_count,
+                "used_memory_mb": int(rss_mb),
+            },
+        }
+
+    # -- loading from storage -------------------------------------------------------------
+
+    def load_row(
+        self, rowid: int, jid: str, state: str, queue: str, score: float, data: bytes, wid: str
+    ) -> None:
+        """Rebuild one job row read back from storage (rows of a queue come in order)."""
+        if state == STATE_QUEUED:
+            job = jobs_mod.decode_job(data)
+            enq = job.get("enqueued_at")
+            try:
+                enqueued = jobs_mod.at_timestamp(enq) if enq else self.clock.now()
+            except ValueError:
+                enqueued = self.clock.now()
+            q = self.queues.get(queue)
+            if q is None:
+                q = self.queues[queue] = Queue(queue)
+            q.jobs.append(QueuedJob(rowid, jid, data, enqueued, job.get("reserve_for") or 0))
+        elif state == STATE_RESERVED:
+            job = jobs_mod.decode_job(data)
+            res = Reservation(rowid, jid, data, queue, score, wid, job.get("reserve_for") or 0)
+            self.reservations[jid] = res
+            heapq.heappush(self._expiry_heap, (score, rowid, jid))
+        else:
+            tset = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled}.get(state, self.dead)
+            tset.add(TimedEntry(score, rowid, jid, data))
+
+    def load_queue(self, name: str, paused: bool) -> None:
+        q = self.queues.get(name)
+        if q is None:
+            self.queues[name] = Queue(name, paused)
+        else:
+            q.paused = paused

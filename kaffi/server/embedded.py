@@ -1,0 +1,353 @@
+"""``EmbeddedServer``: run the Faktory-compatible server in-process, in a thread or a loop.
+
+Two ways to run it:
+
+- ``with EmbeddedServer() as srv:`` (or ``srv.start()`` / ``srv.stop()``): the server gets
+  its own asyncio loop in a daemon thread; the control methods (``info``, ``flush``,
+  ``advance_clock``, ``quiet_worker``...) are thread-safe and wait for the loop to run them;
+- ``async with EmbeddedServer() as srv:`` or ``await srv.serve_forever()``: the server
+  runs on the caller's loop (the control methods then run directly, on that loop's thread).
+
+It refuses to listen on a non-loopback address without a password: an open Faktory port
+lets anyone run code in your workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from kaffi.errors import ConfigurationError, KaffiError
+from kaffi.protocol.resp import DEFAULT_MAX_LINE
+from kaffi.server.core import ServerCore
+from kaffi.server.network import Network
+from kaffi.server.storage import SqliteJournal
+
+__all__ = ["EmbeddedServer", "DEFAULT_MAX_CONNECTIONS", "parse_bind", "is_loopback"]
+
+log = logging.getLogger("kaffi.server")
+
+DEFAULT_MAX_CONNECTIONS = 2000
+_T = TypeVar("_T")
+_CALL_TIMEOUT = 30.0
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``"host:port"`` (``[v6]:port`` too; a bare ``host`` means port 7419) to a pair."""
+    text = bind.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif ":" in text:
+        host, port_text = text, ""
+    else:
+        host, port_text = text, ""
+    host = host or "127.0.0.1"
+    try:
+        port = int(port_text) if port_text else 7419
+    except ValueError:
+        raise ConfigurationError(f"bad bind address {bind!r}: the port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"bad bind address {bind!r}: port {port} is out of range")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+class EmbeddedServer:
+    """A Faktory-compatible server (protocol of Faktory 1.10.0) running in this process."""
+
+    def __init__(
+        self,
+        bind: str = "127.0.0.1:0",
+        data: str | os.PathLike[str] | None = None,
+        password: str | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        self._bind_host, self._bind_port = parse_bind(bind)
+        self.password = password or None
+        if not self.password and not is_loopback(self._bind_host):
+            raise ConfigurationError(
+                f"refusing to listen on {self._bind_host} without a password: anyone who can "
+                "reach it could run jobs; set a password or bind 127.0.0.1"
+            )
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigurationError("TLS needs both a certificate (tls_cert) and a key (tls_key)")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
+        self.data = Path(data) if data is not None else None
+        self.tls_cert = Path(tls_cert) if tls_cert is not None else None
+        self.tls_key = Path(tls_key) if tls_key is not None else None
+        self.max_connections = max_connections
+        self.max_line = max_line
+        self.host = ""
+        self.port = 0
+        self.core: ServerCore | None = None
+        self._net: Network | None = None
+        self._journal: SqliteJournal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self._owns_loop = False
+
+    def __repr__(self) -> str:
+        state = f"listening on {self.host}:{self.port}" if self._net else "stopped"
+        storage = str(self.data) if self.data else "memory"
+        return f"<EmbeddedServer {state} storage={storage}>"
+
+    # -- addresses ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``tcp://127.0.0.1:PORT``, ``tcp+tls://`` with TLS, ``:password@`` when set."""
+        if not self.port:
+            raise KaffiError("the server is not running: start it before asking for its url")
+        scheme = "tcp+tls" if self.tls_cert else "tcp"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{auth}{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._net is not None
+
+    # -- asyncio --------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"cannot load the TLS certificate or key: {exc}") from None
+        return ctx
+
+    async def start_async(self) -> None:
+        """Open storage and start listening on the running loop."""
+        if self._net is not None:
+            raise KaffiError("the server is already running")
+        ctx = self._ssl_context()
+        journal: SqliteJournal | None = None
+        core = ServerCore()
+        if self.data is not None:
+            try:
+                journal = SqliteJournal(self.data)
+                journal.load(core)
+            except Exception as exc:
+                if journal is not None:
+                    journal.close()
+                raise ConfigurationError(f"cannot open the data file {self.data}: {exc}") from exc
+            core.journal = journal
+        loop = asyncio.get_running_loop()
+        net = Network(
+            core,
+            loop,
+            password=self.password,
+            journal=journal,
+            max_connections=self.max_connections,
+            max_line=self.max_line,
+        )
+        try:
+            self.host, self.port = await net.listen(self._bind_host, self._bind_port, ctx)
+        except OSError as exc:
+            if journal is not None:
+                journal.close()
+            raise ConfigurationError(
+                f"cannot listen on {self._bind_host}:{self._bind_port}: {exc.strerror or exc}"
+            ) from None
+        self.core = core
+        self._journal = journal
+        self._net = net
+        self._loop = loop
+        self._stopped = asyncio.Event()
+        log.info("kaffi server listening on %s:%d", self.host, self.port)
+
+    async def stop_async(self) -> None:
+        net = self._net
+        if net is None:
+            return
+        self._net = None
+        await net.close()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self.port = 0
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and serve until :meth:`stop` or cancellation."""
+        if self._net is None:
+            await self.start_async()
+        assert self._stopped is not None
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.stop_async()
+
+    async def __aenter__(self) -> EmbeddedServer:
+        await self.start_async()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop_async()
+
+    # -- thread ---------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedServer:
+        """Run the server on its own loop in a daemon thread; returns once it listens."""
+        if self._thread is not None or self._net is not None:
+            raise KaffiError("the server is already running")
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start_async())
+            except BaseException as exc:
+                started.set_exception(exc)
+                loop.close()
+                return
+            started.set_result(None)
+            try:
+                assert self._stopped is not None
+                loop.run_until_complete(self._stopped.wait())
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._owns_loop = True
+        self._thread = threading.Thread(target=run, name="kaffi-server", daemon=True)
+        self._thread.start()
+        try:
+            started.result(timeout=_CALL_TIMEOUT)
+        except BaseException:
+            self._thread.join(timeout=_CALL_TIMEOUT)
+            self._thread = None
+            self._owns_loop = False
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, close every connection, commit and close storage."""
+        thread = self._thread
+        loop = self._loop
+        if thread is None or loop is None:
+            return
+        if thread.is_alive() and self._net is not None:
+            fut = asyncio.run_coroutine_threadsafe(self.stop_async(), loop)
+            fut.result(timeout=_CALL_TIMEOUT)
+        thread.join(timeout=_CALL_TIMEOUT)
+        self._thread = None
+        self._loop = None
+        self._owns_loop = False
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- control (thread-safe) ------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], _T]) -> _T:
+        loop = self._loop
+        if loop is None or self._net is None:
+            raise KaffiError("the server is not running")
+        if self._thread is None or threading.current_thread() is self._thread:
+            return fn()
+        result: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fn())
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return result.result(timeout=_CALL_TIMEOUT)
+
+    def _core_and_net(self) -> tuple[ServerCore, Network]:
+        if self.core is None or self._net is None:
+            raise KaffiError("the server is not running")
+        return self.core, self._net
+
+    def info(self) -> dict[str, Any]:
+        """The INFO document, as a client would read it."""
+        return self._call(lambda: self._core_and_net()[0].info())
+
+    def flush(self) -> None:
+        """Delete every job (the FLUSH command)."""
+
+        def run() -> None:
+            core, net = self._core_and_net()
+            core.flush()
+            net.flush()
+
+        self._call(run)
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the server's clock forward and run its periodic tasks at once: scheduled
+        jobs and retries fall due, reservations expire, silent workers are forgotten."""
+
+        def run() -> None:
+            core, net = self._core_and_net()
+            core.clock.advance(seconds)
+            net.tick_now()
+            net.flush()
+
+        self._call(run)
+
+    def quiet_worker(self, wid: str) -> bool:
+        """Ask worker ``wid`` to stop fetching (its next BEAT is answered ``quiet``).
+        Returns False when no such worker is connected."""
+        return self._call(lambda: self._core_and_net()[0].signal_worker(wid, "quiet"))
+
+    def terminate_worker(self, wid: str) -> bool:
+        """Ask worker ``wid`` to finish and exit (its next BEAT is answered ``terminate``)."""
+        return self._call(lambda: self._core_and_net()[0].signal_worker(wid, "terminate"))
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The workers the server knows: wid, state, rss_kb, last_beat, connections."""
+        return self._call(lambda: [w.to_dict() for w in self._core_and_net()[0].workers.values()])

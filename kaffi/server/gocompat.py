@@ -1,0 +1,444 @@
+"""Error texts and value rules of the Go standard library, as Faktory 1.10.0 shows them.
+
+Faktory is written in Go, so its ``-ERR`` replies quote Go's ``encoding/json`` and ``time``
+packages word for word (``invalid JSON: invalid character 'n' looking for beginning of
+object key string``). This module reproduces those texts and the number handling of Go's
+JSON decoder, with no I/O:
+
+- :func:`syntax_error`: the message Go's JSON scanner gives for text that is not JSON
+  (only called once Python's own parser has refused the text, so the fast path stays C);
+- :func:`loads`: JSON to Python values the way Go decodes into ``interface{}``: every
+  number is a float64, so ``1.0`` reads back as ``1`` and ``NaN`` is refused;
+- :func:`parse_rfc3339`: ``time.Parse(time.RFC3339Nano, value)`` with Go's error texts;
+- :func:`type_name`, :func:`unmarshal_type_error`: the words of Go's ``UnmarshalTypeError``.
+
+It must never do I/O or import anything from kaffi outside the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "GoJSONError",
+    "loads",
+    "syntax_error",
+    "parse_rfc3339",
+    "type_name",
+    "unmarshal_type_error",
+    "RFC3339_NANO",
+    "MAX_DEPTH",
+]
+
+RFC3339_NANO = "2006-01-02T15:04:05.999999999Z07:00"
+#: Go's JSON scanner refuses nesting deeper than this.
+MAX_DEPTH = 10000
+_EOF = "unexpected end of JSON input"
+_WS = " \t\r\n"
+
+
+class GoJSONError(ValueError):
+    """Text Go's ``encoding/json`` would refuse; ``str(exc)`` is Go's own message."""
+
+
+# -- numbers ------------------------------------------------------------------------------
+
+
+def _number(text: str) -> int | float:
+    # Go decodes every JSON number held in an interface{} as a float64 and prints it back
+    # in its shortest form, integers without a fraction: keep those as Python ints so
+    # json.dumps writes what Go would (1.0 -> 1, 1e3 -> 1000).
+    if len(text) <= 15 and "." not in text and "e" not in text and "E" not in text:
+        return int(text)
+    value = float(text)
+    if math.isinf(value):
+        raise GoJSONError(f"json: cannot unmarshal number {text} into Go value of type float64")
+    if value.is_integer() and abs(value) < 1e21:
+        return int(Decimal(repr(value)))
+    return value
+
+
+def _constant(text: str) -> Any:
+    # Python accepts NaN and Infinity; Go's scanner does not. Reaching here means the
+    # text is not JSON as Go reads it, and syntax_error() finds the exact message.
+    raise GoJSONError(syntax_error(text) or f"invalid character '{text[0]}'")
+
+
+def loads(text: str) -> Any:
+    """Parse JSON as Go's decoder would, raising :class:`GoJSONError` with Go's message."""
+    try:
+        return json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_constant)
+    except GoJSONError as exc:
+        if str(exc).startswith("json: cannot unmarshal"):
+            raise
+        raise GoJSONError(syntax_error(text) or str(exc)) from None
+    except (ValueError, RecursionError):
+        message = syntax_error(text)
+        if message is None:
+            # Valid for Go, but nested deeper than Python's parser can follow.
+            message = "exceeded max depth"
+        raise GoJSONError(message) from None
+
+
+def _quote_char(c: str) -> str:
+    if c == "'":
+        return "'\\''"
+    if c == '"':
+        return "'\"'"
+    return "'" + json.dumps(c, ensure_ascii=False)[1:-1] + "'" if c.isprintable() else _go_quote(c)
+
+
+def _go_quote(c: str) -> str:
+    code = ord(c)
+    escapes = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    escapes["\v"] = "\\v"
+    if c in escapes:
+        return "'" + escapes[c] + "'"
+    if code < 0x10000 and code > 0xFF:
+        return f"'\\u{code:04x}'"
+    if code > 0xFFFF:
+        return f"'\\U{code:08x}'"
+    return f"'\\x{code:02x}'"
+
+
+def _bad(c: str, context: str) -> str:
+    return f"invalid character {_quote_char(c)} {context}"
+
+
+def syntax_error(text: str) -> str | None:
+    """The message Go's JSON scanner gives for ``text``, or None when Go would accept it.
+
+    Iterative (an explicit stack) so that hostile nesting cannot exhaust Python's stack.
+    """
+    n = len(text)
+    i = 0
+    # Each stack entry is the container we are inside: "{" or "[".
+    stack: list[str] = []
+
+    def skip_ws(j: int) -> int:
+        while j < n and text[j] in _WS:
+            j += 1
+        return j
+
+    # state "value": a value must start here; "after": a value just ended.
+    state = "value"
+    value_context = "looking for beginning of value"
+    while True:
+        i = skip_ws(i)
+        if state == "value":
+            if i >= n:
+                return _EOF
+            c = text[i]
+            if c == "{":
+                if len(stack) >= MAX_DEPTH:
+                    return "exceeded max depth"
+                stack.append("{")
+                i = skip_ws(i + 1)
+                if i >= n:
+                    return _EOF
+                if text[i] == "}":
+                    stack.pop()
+                    i += 1
+                    state = "after"
+                    continue
+                err, i = _object_key(text, i)
+                if err:
+                    return err
+                continue
+            if c == "[":
+                if len(stack) >= MAX_DEPTH:
+                    return "exceeded max depth"
+                stack.append("[")
+                i = skip_ws(i + 1)
+                if i >= n:
+                    return _EOF
+                if text[i] == "]":
+                    stack.pop()
+                    i += 1
+                    state = "after"
+                    continue
+                value_context = "looking for beginning of value"
+                continue
+            if c == '"':
+                err, i = _string(text, i)
+            elif c == "-" or "0" <= c <= "9":
+                err, i = _numeral(text, i)
+            elif c in "tfn":
+                err, i = _literal(text, i)
+            else:
+                return _bad(c, value_context)
+            if err:
+                return err
+            state = "after"
+            continue
+        # state == "after"
+        if not stack:
+            if i < n:
+                return _bad(text[i], "after top-level value")
+            return None
+        if i >= n:
+            return _EOF
+        c = text[i]
+        top = stack[-1]
+        if top == "{":
+            if c == ",":
+                i = skip_ws(i + 1)
+                if i >= n:
+                    return _EOF
+                err, i = _object_key(text, i)
+                if err:
+                    return err
+                state = "value"
+                continue
+            if c == "}":
+                stack.pop()
+                i += 1
+                continue
+            return _bad(c, "after object key:value pair")
+        if c == ",":
+            i += 1
+            state = "value"
+            value_context = "looking for beginning of value"
+            continue
+        if c == "]":
+            stack.pop()
+            i += 1
+            continue
+        return _bad(c, "after array element")
+
+
+def _object_key(text: str, i: int) -> tuple[str | None, int]:
+    """At a key: read ``"key"`` and the colon; leave ``i`` where the value starts."""
+    n = len(text)
+    if text[i] != '"':
+        return _bad(text[i], "looking for beginning of object key string"), i
+    err, i = _string(text, i)
+    if err:
+        return err, i
+    while i < n and text[i] in _WS:
+        i += 1
+    if i >= n:
+        return _EOF, i
+    if text[i] != ":":
+        return _bad(text[i], "after object key"), i
+    return None, i + 1
+
+
+def _string(text: str, i: int) -> tuple[str | None, int]:
+    n = len(text)
+    i += 1
+    while True:
+        if i >= n:
+            return _EOF, i
+        c = text[i]
+        if c == '"':
+            return None, i + 1
+        if c == "\\":
+            i += 1
+            if i >= n:
+                return _EOF, i
+            e = text[i]
+            if e == "u":
+                for _ in range(4):
+                    i += 1
+                    if i >= n:
+                        return _EOF, i
+                    if text[i] not in "0123456789abcdefABCDEF":
+                        return _bad(text[i], "in \\u hexadecimal character escape"), i
+            elif e not in 'bfnrt\\/"':
+                return _bad(e, "in string escape code"), i
+        elif c < " ":
+            return _bad(c, "in string literal"), i
+        i += 1
+
+
+def _numeral(text: str, i: int) -> tuple[str | None, int]:
+    n = len(text)
+    if text[i] == "-":
+        i += 1
+        if i >= n:
+            return _EOF, i
+        if not "0" <= text[i] <= "9":
+            return _bad(text[i], "in numeric literal"), i
+    if text[i] == "0":
+        i += 1
+    else:
+        while i < n and "0" <= text[i] <= "9":
+            i += 1
+    if i < n and text[i] == ".":
+        i += 1
+        if i >= n:
+            return _EOF, i
+        if not "0" <= text[i] <= "9":
+            return _bad(text[i], "after decimal point in numeric literal"), i
+        while i < n and "0" <= text[i] <= "9":
+            i += 1
+    if i < n and text[i] in "eE":
+        i += 1
+        if i < n and text[i] in "+-":
+            i += 1
+        if i >= n:
+            return _EOF, i
+        if not "0" <= text[i] <= "9":
+            return _bad(text[i], "in exponent of numeric literal"), i
+        while i < n and "0" <= text[i] <= "9":
+            i += 1
+    return None, i
+
+
+def _literal(text: str, i: int) -> tuple[str | None, int]:
+    word = {"t": "true", "f": "false", "n": "null"}[text[i]]
+    for k in range(1, len(word)):
+        j = i + k
+        if j >= len(text):
+            return _EOF, j
+        if text[j] != word[k]:
+            return _bad(text[j], f"in literal {word} (expecting '{word[k]}')"), j
+    return None, i + len(word)
+
+
+# -- UnmarshalTypeError -------------------------------------------------------------------
+
+
+def type_name(value: Any) -> str:
+    """How Go's decoder names the JSON kind of ``value`` in an ``UnmarshalTypeError``."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def unmarshal_type_error(kind: str, struct: str, field: str, go_type: str) -> str:
+    return f"json: cannot unmarshal {kind} into Go struct field {struct}.{field} of type {go_type}"
+
+
+# -- time.Parse(time.RFC3339Nano, ...) ----------------------------------------------------
+
+
+def _time_quote(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
+    out.append('"')
+    return "".join(out)
+
+
+class _TimeError(ValueError):
+    pass
+
+
+def _cannot(value: str, elem_value: str, elem_layout: str) -> _TimeError:
+    return _TimeError(
+        f"parsing time {_time_quote(value)} as {_time_quote(RFC3339_NANO)}: "
+        f"cannot parse {_time_quote(elem_value)} as {_time_quote(elem_layout)}"
+    )
+
+
+def _range(value: str, what: str) -> _TimeError:
+    return _TimeError(f"parsing time {_time_quote(value)}: {what} out of range")
+
+
+def _getnum(s: str, fixed: bool) -> tuple[int, str] | None:
+    if not s or not s[0].isascii() or not s[0].isdigit():
+        return None
+    if len(s) < 2 or not s[1].isascii() or not s[1].isdigit():
+        if fixed:
+            return None
+        return int(s[0]), s[1:]
+    return int(s[:2]), s[2:]
+
+
+def _days_in(month: int, year: int) -> int:
+    if month == 2:
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return 29 if leap else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """Parse ``value`` like Go's ``time.Parse(time.RFC3339Nano, value)``.
+
+    Raises ``ValueError`` whose text is Go's error text, so a server can quote it.
+    """
+    rest = value
+
+    def literal(prefix: str) -> None:
+        nonlocal rest
+        if not rest.startswith(prefix):
+            raise _cannot(value, rest, prefix)
+        rest = rest[len(prefix) :]
+
+    hold = rest
+    year_text = rest[:4]
+    if len(rest) < 4 or not (year_text.isascii() and year_text.lstrip("+-").isdigit()):
+        raise _cannot(value, hold, "2006")
+    year = int(year_text)
+    rest = rest[4:]
+    fields: list[int] = []
+    for sep, elem, fixed, name, top in (
+        ("-", "01", True, "month", 12),
+        ("-", "02", True, "", 0),
+        ("T", "15", False, "hour", 23),
+        (":", "04", True, "minute", 59),
+        (":", "05", True, "second", 59),
+    ):
+        literal(sep)
+        hold = rest
+        got = _getnum(rest, fixed)
+        if got is None:
+            raise _cannot(value, hold, elem)
+        number, rest = got
+        if name == "month" and not 1 <= number <= 12:
+            raise _range(value, "month")
+        if name and name != "month" and number > top:
+            raise _range(value, name)
+        fields.append(number)
+    month, day, hour, minute, second = fields
+    nanos = 0
+    if len(rest) >= 2 and rest[0] in ".," and rest[1].isascii() and rest[1].isdigit():
+        k = 1
+        while k < len(rest) and rest[k].isascii() and rest[k].isdigit():
+            k += 1
+        digits = rest[1:k]
+        nanos = int(digits[:9].ljust(9, "0"))
+        rest = rest[k:]
+    hold = rest
+    if rest.startswith("Z"):
+        tz = timezone.utc
+        rest = rest[1:]
+    else:
+        if len(rest) < 6 or rest[3] != ":" or rest[0] not in "+-":
+            raise _cannot(value, hold, "Z07:00")
+        hh = _getnum(rest[1:3], True)
+        mm = _getnum(rest[4:6], True)
+        if hh is None or mm is None:
+            raise _cannot(value, hold, "Z07:00")
+        if hh[0] > 24:
+            raise _range(value, "time zone offset hour")
+        if mm[0] > 60:
+            raise _range(value, "time zone offset minute")
+        delta = timedelta(hours=hh[0], minutes=mm[0])
+        tz = timezone(delta if rest[0] == "+" else -delta)
+        rest = rest[6:]
+    if rest:
+        raise _TimeError(f"parsing time {_time_quote(value)}: extra text: {_time_quote(rest)}")
+    if day < 1 or day > _days_in(month, year):
+        raise _range(value, "day")
+    if year < 1:
+        # Python's datetime cannot hold year 0; such a time is long past, like Go's.
+        return datetime(1, 1, 1, tzinfo=timezone.utc)
+    return datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=tz)

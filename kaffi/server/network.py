@@ -1,0 +1,358 @@
+"""The embedded server's asyncio networking: sockets in, :class:`Session` calls, bytes out.
+
+One :class:`ServerProtocol` per client connection (``asyncio.Protocol``, not streams:
+it is several times faster for small pipelined commands). It feeds the bytes to a
+:class:`~kaffi.protocol.resp.CommandParser`, runs each command through its
+:class:`~kaffi.server.session.Session`, and queues the replies. :class:`Network` sends
+them once per event-loop turn, *after* committing the storage journal, so a client never
+sees ``+OK`` for a job that is not on disk yet.
+
+A blocked FETCH parks the connection: its later pipelined commands wait in the parser
+until a job is delivered or 2 s pass. Reading is paused while a client does not read its
+replies (transport back-pressure), so a flooding client cannot grow our buffers.
+
+Rules kept here:
+- before HELLO, anything unexpected closes the connection without a reply (as Faktory);
+- a line over the cap, or bytes that are not UTF-8, get ``-ERR`` and a close;
+- over ``max_connections``: ``-ERR too many connections: N`` and a close;
+- no exception from one connection may reach the loop or another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kaffi.errors import RemoteProtocolError
+from kaffi.protocol.resp import CommandParser, encode_bulk, encode_error
+from kaffi.server.core import Reservation, ServerCore, Waiter
+from kaffi.server.session import CLOSE, NULL, WAIT, Session
+
+if TYPE_CHECKING:
+    from kaffi.server.storage import SqliteJournal
+
+__all__ = ["Network", "ServerProtocol", "FETCH_TIMEOUT", "HANDSHAKE_TIMEOUT", "TICK_INTERVAL"]
+
+log = logging.getLogger("kaffi.server")
+
+#: How long a FETCH waits for a job before answering ``$-1`` (seconds).
+FETCH_TIMEOUT = 2.0
+#: How long a client has to send HELLO after connecting (seconds).
+HANDSHAKE_TIMEOUT = 2.0
+#: How often the scheduled and retry sets, the reaper and heartbeats are checked.
+TICK_INTERVAL = 0.5
+#: Stop reading from a client when this many reply bytes wait for it.
+_HIGH_WATER = 1 << 20
+
+
+class ServerProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, net: Network, conn_id: int) -> None:
+        self.net = net
+        self.conn_id = conn_id
+        self.session = Session(net.core, conn_id, net.password)
+        self.parser = CommandParser(max_line=net.max_line)
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        self.closed = False
+        self.close_after_flush = False
+        self.waiter: Waiter | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.write_paused = False
+        self.read_paused = False
+
+    # -- asyncio callbacks ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        net = self.net
+        net.connections[self.conn_id] = self
+        net.core.connections = len(net.connections)
+        if len(net.connections) > net.max_connections:
+            self._send(encode_error(f"too many connections: {net.max_connections}"))
+            self.close_after_flush = True
+            return
+        self._send(self.session.greeting())
+        self.timer = net.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.close_after_flush:
+            return
+        try:
+            self.parser.feed(data)
+        except RemoteProtocolError:
+            self._abort()
+            return
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        # The client finished sending; answer what it sent, then close.
+        self.close_after_flush = True
+        if self.waiter is not None:
+            self.net.core.remove_waiter(self.waiter)
+        self.net.dirty.add(self)
+        self.net.schedule_flush()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.out.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.waiter is not None:
+            self.net.core.remove_waiter(self.waiter)
+            self.waiter = None
+        net = self.net
+        net.connections.pop(self.conn_id, None)
+        net.core.connections = len(net.connections)
+        if self.session.wid:
+            net.core.unregister(self.session.wid, self.conn_id)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume_reading()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Run buffered commands until one blocks, the connection closes, or none is left."""
+        session = self.session
+        parser = self.parser
+        while not self.closed and not self.close_after_flush and self.waiter is None:
+            try:
+                cmd = parser.next_command()
+            except RemoteProtocolError as exc:
+                self._abort(str(exc))
+                return
+            if cmd is None:
+                break
+            try:
+                outcome = session.handle(cmd)
+            except Exception:  # a bug must cost one connection, never the server
+                log.exception("internal error handling %s", cmd.verb)
+                self._send(encode_error("internal error"))
+                continue
+            if outcome.reply is not None:
+                self._send(outcome.reply)
+            if outcome.action == CLOSE:
+                self.close_after_flush = True
+                self.net.dirty.add(self)
+                self.net.schedule_flush()
+                break
+            if outcome.action == WAIT:
+                self._block_fetch()
+                break
+            if session.greeted and self.timer is not None and self.waiter is None:
+                self.timer.cancel()
+                self.timer = None
+        if self.waiter is not None and parser.buffered > self.net.max_line:
+            # Pipelined behind a blocked FETCH for too long: stop taking more.
+            self._pause_reading()
+        elif self.read_paused and not self.write_paused:
+            self._resume_reading()
+
+    def _block_fetch(self) -> None:
+        session = self.session
+        waiter = Waiter(session.fetch_queues, session.wid, self._deliver, self._alive)
+        self.waiter = waiter
+        if not session.quiet_fetch:
+            self.net.core.add_waiter(waiter)
+        # Reading goes on while blocked, so a client that goes away is noticed at once.
+        self.timer = self.net.loop.call_later(FETCH_TIMEOUT, self._fetch_timeout)
+
+    def _alive(self) -> bool:
+        return (
+            not self.closed
+            and not self.close_after_flush
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def _deliver(self, res: Reservation) -> None:
+        if not self._alive():
+            # Gone between the check and now: the job goes back first in line.
+            self.net.core.return_to_front(res)
+            return
+        self._send(encode_bulk(res.data))
+        self._unblock()
+
+    def _fetch_timeout(self) -> None:
+        self.timer = None
+        if self.waiter is None:
+            return
+        self.net.core.remove_waiter(self.waiter)
+        self._send(NULL)
+        self._unblock()
+
+    def _unblock(self) -> None:
+        self.waiter = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        # Not from inside the core's call stack: run the pipelined rest on the next turn.
+        self.net.loop.call_soon(self._process)
+
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        if not self.session.greeted and not self.closed:
+            self._close_now()
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.out.append(data)
+        self.net.dirty.add(self)
+        self.net.schedule_flush()
+
+    def flush_out(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            transport.write(data)
+        if self.close_after_flush:
+            self._close_now()
+
+    def _abort(self, message: str | None = None) -> None:
+        """Bad bytes: ``-ERR`` (only once greeted, like Faktory) and close."""
+        if message and self.session.greeted:
+            self._send(encode_error(message))
+        self.close_after_flush = True
+        self.net.dirty.add(self)
+        self.net.schedule_flush()
+
+    def _close_now(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
+            try:
+                self.transport.pause_reading()
+            except (RuntimeError, AttributeError):
+                self.read_paused = False
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            try:
+                self.transport.resume_reading()
+            except (RuntimeError, AttributeError):
+                self.read_paused = True
+
+    def close_from_server(self) -> None:
+        """The server forgets this connection's worker, or stops."""
+        self.flush_out()
+        self._close_now()
+
+
+class Network:
+    """The listening socket, the connections, the batching of commits and replies."""
+
+    def __init__(
+        self,
+        core: ServerCore,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        password: str | None,
+        journal: SqliteJournal | None,
+        max_connections: int,
+        max_line: int,
+    ) -> None:
+        self.core = core
+        self.loop = loop
+        self.password = password
+        self.journal = journal
+        self.max_connections = max_connections
+        self.max_line = max_line
+        self.connections: dict[int, ServerProtocol] = {}
+        self.dirty: set[ServerProtocol] = set()
+        self._flush_scheduled = False
+        self._next_id = 1
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self.on_flush: Callable[[], None] | None = None
+
+    def _new_protocol(self) -> ServerProtocol:
+        conn_id = self._next_id
+        self._next_id += 1
+        return ServerProtocol(self, conn_id)
+
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> tuple[str, int]:
+        self._server = await self.loop.create_server(
+            self._new_protocol, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self._ticker = self.loop.call_later(TICK_INTERVAL, self._tick)
+        return str(sockname[0]), int(sockname[1])
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Commit the journal, then send every queued reply."""
+        self._flush_scheduled = False
+        if self.journal is not None and self.journal.pending:
+            try:
+                self.journal.commit()
+            except Exception:
+                # Nothing may be acknowledged that is not stored: drop these clients.
+                log.exception("storage commit failed; closing the affected connections")
+                for conn in list(self.dirty):
+                    conn.out.clear()
+                    conn.close_from_server()
+                self.dirty.clear()
+                return
+        dirty = self.dirty
+        self.dirty = set()
+        for conn in dirty:
+            conn.flush_out()
+
+    def tick_now(self) -> None:
+        for conn_id in self.core.tick():
+            conn = self.connections.get(conn_id)
+            if conn is not None:
+                conn.close_from_server()
+        self.schedule_flush()
+
+    def _tick(self) -> None:
+        try:
+            self.tick_now()
+        except Exception:
+            log.exception("periodic task failed")
+        self._ticker = self.loop.call_later(TICK_INTERVAL, self._tick)
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._server is not None:
+            self._server.close()
+        self.flush()
+        for conn in list(self.connections.values()):
+            conn.close_from_server()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        # Let the transports run their close callbacks.
+        await asyncio.sleep(0)

@@ -1,0 +1,409 @@
+"""One client connection's side of the protocol, without I/O: handshake, then commands.
+
+:class:`Session` takes :class:`~kaffi.protocol.resp.Command` frames and returns an
+:class:`Outcome`: the bytes to send, and whether to go on, close, or block in FETCH (the
+network layer then waits up to 2 s for :class:`~kaffi.server.core.ServerCore` to hand the
+connection a job). Every reply text is Faktory 1.10.0's; see ``REFERENCE.md`` and the
+transcript in ``../shared/faktory``.
+
+Secrets: the password and the client's ``pwdhash`` are never logged or put in a reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from kaffi.protocol.resp import Command, encode_bulk, encode_error
+from kaffi.server import gocompat
+from kaffi.server.core import CoreError, ServerCore
+from kaffi.server.jobs import JobRejected, decode_fields, parse_job, validate
+
+__all__ = ["Session", "Outcome", "CONTINUE", "CLOSE", "WAIT", "OK", "NULL", "hash_password"]
+
+CONTINUE = 0
+CLOSE = 1
+WAIT = 2
+
+OK = b"+OK\r\n"
+NULL = b"$-1\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    reply: bytes | None
+    action: int = CONTINUE
+
+
+_CONTINUE_OK = Outcome(OK)
+_CLOSE_SILENTLY = Outcome(None, CLOSE)
+_INTERNAL = Outcome(encode_error("internal error"))
+
+
+def hash_password(password: str, salt: str, iterations: int) -> str:
+    """Faktory's pwdhash: sha256(password + salt), re-hashed to ``iterations`` rounds."""
+    digest = hashlib.sha256((password + salt).encode("utf-8")).digest()
+    for _ in range(iterations - 1):
+        digest = hashlib.sha256(digest).digest()
+    return digest.hex()
+
+
+def _error(message: str) -> Outcome:
+    # A reply line cannot hold a line break; Go's texts never do, client data might.
+    return Outcome(encode_error(message.replace("\r", " ").replace("\n", " ")))
+
+
+class Session:
+    """The protocol state of one connection."""
+
+    __slots__ = (
+        "core",
+        "conn_id",
+        "password",
+        "iterations",
+        "salt",
+        "greeted",
+        "wid",
+        "fetch_queues",
+        "quiet_fetch",
+    )
+
+    def __init__(self, core: ServerCore, conn_id: int, password: str | None = None) -> None:
+        self.core = core
+        self.conn_id = conn_id
+        self.password = password or None
+        self.iterations = 0
+        self.salt = ""
+        if self.password:
+            # As Faktory: 4000..8095 rounds and a random salt for every connection.
+            self.iterations = 4000 + secrets.randbelow(4096)
+            self.salt = format(secrets.randbits(63), "x")
+        self.greeted = False
+        self.wid = ""
+        #: Set when handle() returned WAIT: the queues the blocked FETCH asked for.
+        self.fetch_queues: list[str] = []
+        #: True when the WAIT is a quiet worker's FETCH that must get nothing.
+        self.quiet_fetch = False
+
+    def greeting(self) -> bytes:
+        if self.password:
+            return b'+HI {"v":2,"i":%d,"s":"%s"}\r\n' % (self.iterations, self.salt.encode())
+        return b'+HI {"v":2}\r\n'
+
+    def handle(self, cmd: Command) -> Outcome:
+        if not self.greeted:
+            return self._hello(cmd)
+        self.core.command_count += 1
+        handler = _HANDLERS.get(cmd.verb)
+        if handler is None:
+            return _error(f"unknown command {cmd.verb}")
+        try:
+            return handler(self, cmd.arg)
+        except _MissingArgument:
+            return _INTERNAL
+
+    # -- handshake ------------------------------------------------------------------------
+
+    def _hello(self, cmd: Command) -> Outcome:
+        if cmd.verb != "HELLO" or not cmd.arg or not cmd.arg.startswith("{"):
+            return _CLOSE_SILENTLY
+        try:
+            hello = gocompat.loads(cmd.arg)
+        except gocompat.GoJSONError:
+            return _CLOSE_SILENTLY
+        if not isinstance(hello, dict):
+            return _CLOSE_SILENTLY
+        wid = hello.get("wid")
+        hostname = hello.get("hostname")
+        pid = hello.get("pid")
+        labels = hello.get("labels")
+        version = hello.get("v")
+        pwdhash = hello.get("pwdhash")
+        if (
+            not isinstance(wid, (str, type(None)))
+            or not isinstance(hostname, (str, type(None)))
+            or not isinstance(pwdhash, (str, type(None)))
+            or (pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)))
+            or (version is not None and (isinstance(version, bool) or not isinstance(version, int)))
+            or (labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)))
+        ):
+            return _CLOSE_SILENTLY
+        if self.password:
+            rounds = self.iterations if (version or 0) >= 2 else 1
+            expected = hash_password(self.password, self.salt, rounds)
+            if not hmac.compare_digest((pwdhash or "").encode(), expected.encode()):
+                return Outcome(encode_error("Invalid password"), CLOSE)
+        self.greeted = True
+        if wid:
+            self.wid = wid
+            self.core.register(wid, hostname or "", pid or 0, list(labels or []), self.conn_id)
+        return _CONTINUE_OK
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _end(self, arg: str | None) -> Outcome:
+        return _CLOSE_SILENTLY
+
+    def _push(self, arg: str | None) -> Outcome:
+        if arg is None:
+            raise _MissingArgument
+        try:
+            job = parse_job(arg)
+        except JobRejected as exc:
+            return _error(str(exc))
+        self.core.push(job)
+        return _CONTINUE_OK
+
+    def _pushb(self, arg: str | None) -> Outcome:
+        if arg is None:
+            raise _MissingArgument
+        try:
+            values = gocompat.loads(arg)
+        except gocompat.GoJSONError as exc:
+            return _error(f"invalid JSON: {exc}")
+        if values is None:
+            values = []
+        if not isinstance(values, list):
+            kind = gocompat.type_name(values)
+            return _error(
+                f"invalid JSON: json: cannot unmarshal {kind} into Go value of type []client.Job"
+            )
+        # Go decodes the whole array first: one badly typed field refuses the whole batch.
+        decoded: list[dict[str, Any]] = []
+        try:
+            for value in values:
+                if value is not None and not isinstance(value, dict):
+                    kind = gocompat.type_name(value)
+                    raise JobRejected(
+                        f"invalid JSON: json: cannot unmarshal {kind} into Go value of type "
+                        "client.Job"
+                    )
+                decoded.append(decode_fields(value or {}))
+        except JobRejected as exc:
+            return _error(str(exc))
+        rejected: dict[str, str] = {}
+        for job in decoded:
+            try:
+                validate(job)
+            except JobRejected as exc:
+                rejected[job.get("jid") or ""] = str(exc)
+                continue
+            self.core.push(job)
+        if not rejected:
+            return Outcome(encode_bulk(b"{}"))
+        body = json.dumps(dict(sorted(rejected.items())), separators=(",", ":"), ensure_ascii=False)
+        return Outcome(encode_bulk(body))
+
+    def _fetch(self, arg: str | None) -> Outcome:
+        queues = [q for q in (arg or "").split(" ") if q] if arg is not None else []
+        if not queues:
+            return _error("must call fetch with at least one queue")
+        worker = self.core.workers.get(self.wid) if self.wid else None
+        if (
+            worker is not None
+            and worker.state != "running"
+            and worker.first_connection == self.conn_id
+        ):
+            # Faktory makes a quiet or terminating worker wait out the FETCH for nothing.
+            self.fetch_queues = queues
+            self.quiet_fetch = True
+            return Outcome(None, WAIT)
+        res = self.core.fetch(queues, self.wid)
+        if res is not None:
+            return Outcome(encode_bulk(res.data))
+        self.fetch_queues = queues
+        self.quiet_fetch = False
+        return Outcome(None, WAIT)
+
+    def _ack(self, arg: str | None) -> Outcome:
+        if arg is None:
+            raise _MissingArgument
+        try:
+            doc = gocompat.loads(arg)
+        except gocompat.GoJSONError:
+            return _error(f"invalid ACK {arg}")
+        if doc is None:
+            return _error(f"invalid ACK {arg}")
+        if not isinstance(doc, dict) or not all(
+            isinstance(v, str) or v is None for v in doc.values()
+        ):
+            return _error(f"invalid ACK {arg}")
+        if "jid" not in doc:
+            return _error(f"invalid ACK {arg}")
+        self.core.ack(doc["jid"] or "")
+        return _CONTINUE_OK
+
+    def _fail(self, arg: str | None) -> Outcome:
+        if arg is None:
+            raise _MissingArgument
+        try:
+            doc = gocompat.loads(arg)
+        except gocompat.GoJSONError:
+            return _error(f"invalid FAIL {arg}")
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            return _error(f"invalid FAIL {arg}")
+        fields: dict[str, Any] = {}
+        for name in ("jid", "errtype", "message"):
+            value = doc.get(name)
+            if value is not None and not isinstance(value, str):
+                return _error(f"invalid FAIL {arg}")
+            fields[name] = value or ""
+        backtrace = doc.get("backtrace")
+        if backtrace is not None and not (
+            isinstance(backtrace, list) and all(isinstance(x, (str, type(None))) for x in backtrace)
+        ):
+            return _error(f"invalid FAIL {arg}")
+        lines = [x or "" for x in backtrace] if backtrace else None
+        try:
+            self.core.fail(fields["jid"], fields["errtype"], fields["message"], lines)
+        except CoreError as exc:
+            return _error(str(exc))
+        return _CONTINUE_OK
+
+    def _beat(self, arg: str | None) -> Outcome:
+        if arg is None:
+            raise _MissingArgument
+        try:
+            doc = gocompat.loads(arg)
+        except gocompat.GoJSONError:
+            return _error(f"invalid BEAT {arg}")
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            return _error(f"invalid BEAT {arg}")
+        wid = doc.get("wid")
+        state = doc.get("current_state")
+        rss = doc.get("rss_kb")
+        if (
+            not isinstance(wid, (str, type(None)))
+            or not isinstance(state, (str, type(None)))
+            or (rss is not None and (isinstance(rss, bool) or not isinstance(rss, int)))
+        ):
+            return _error(f"invalid BEAT {arg}")
+        try:
+            worker = self.core.beat(wid or "", state or "", rss or 0)
+        except CoreError as exc:
+            return _error(str(exc))
+        if worker.state == "running":
+            return _CONTINUE_OK
+        return Outcome(encode_bulk(b'{"state":"%s"}' % worker.state.encode()))
+
+    def _info(self, arg: str | None) -> Outcome:
+        body = json.dumps(self.core.info(), separators=(",", ":"))
+        return Outcome(encode_bulk(body))
+
+    def _flush(self, arg: str | None) -> Outcome:
+        self.core.flush()
+        return _CONTINUE_OK
+
+    def _mutate(self, arg: str | None) -> Outcome:
+        # Faktory splits the whole line on spaces and wants exactly "MUTATE {json}".
+        if arg is None or " " in arg:
+            return _error("invalid format")
+        try:
+            doc = gocompat.loads(arg)
+        except gocompat.GoJSONError as exc:
+            return _error(f"invalid JSON: {exc}")
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            kind = gocompat.type_name(doc)
+            return _error(
+                f"invalid JSON: json: cannot unmarshal {kind} into Go value of type "
+                "manager.Operation"
+            )
+        cmd = doc.get("cmd")
+        target = doc.get("target")
+        flt = doc.get("filter")
+        problem = _operation_type_error(cmd, target, flt)
+        if problem:
+            return _error(f"invalid JSON: {problem}")
+        try:
+            self.core.mutate(cmd or "", target or "", flt)
+        except CoreError as exc:
+            return _error(str(exc))
+        return _CONTINUE_OK
+
+    def _queue(self, arg: str | None) -> Outcome:
+        parts = (arg or "").split(" ") if arg is not None else []
+        if len(parts) < 2:
+            raise _MissingArgument
+        sub, names = parts[0], [n for n in parts[1:] if n]
+        if sub == "PAUSE":
+            self.core.pause(names)
+        elif sub == "RESUME":
+            self.core.resume(names)
+        elif sub == "REMOVE":
+            self.core.remove(names)
+        elif sub == "LATENCY":
+            if "*" in names:
+                return _error("QUEUE LATENCY does not support wildcards")
+            latencies = self.core.latency(names)
+            body = "{" + ",".join(
+                json.dumps(name) + ":" + _go_float(value) for name, value in sorted(latencies.items())
+            ) + "}"
+            return Outcome(encode_bulk(body))
+        else:
+            return _error(f"no such QUEUE subcommand: {sub}")
+        return _CONTINUE_OK
+
+    def _batch(self, arg: str | None) -> Outcome:
+        return _error("batch subsystem is only available in Faktory Enterprise")
+
+    def _track(self, arg: str | None) -> Outcome:
+        return _error("tracking subsystem is only available in Faktory Enterprise")
+
+
+class _MissingArgument(Exception):
+    """A verb that needs an argument came alone: Faktory 1.10.0 answers ``internal error``."""
+
+
+def _go_float(value: float) -> str:
+    if value == 0:
+        return "0"
+    return repr(float(value))
+
+
+def _operation_type_error(cmd: Any, target: Any, flt: Any) -> str | None:
+    for name, value in (("cmd", cmd), ("target", target)):
+        if value is not None and not isinstance(value, str):
+            kind = gocompat.type_name(value)
+            return gocompat.unmarshal_type_error(kind, "Operation", name, "string")
+    if flt is None:
+        return None
+    if not isinstance(flt, dict):
+        kind = gocompat.type_name(flt)
+        return gocompat.unmarshal_type_error(kind, "Operation", "filter", "manager.JobFilter")
+    for name in ("jobtype", "regexp"):
+        value = flt.get(name)
+        if value is not None and not isinstance(value, str):
+            kind = gocompat.type_name(value)
+            return gocompat.unmarshal_type_error(kind, "JobFilter", "filter." + name, "string")
+    jids = flt.get("jids")
+    if jids is not None and not (isinstance(jids, list) and all(isinstance(j, str) for j in jids)):
+        kind = gocompat.type_name(jids) if not isinstance(jids, list) else "array"
+        return gocompat.unmarshal_type_error(kind, "JobFilter", "filter.jids", "[]string")
+    return None
+
+
+_HANDLERS = {
+    "END": Session._end,
+    "PUSH": Session._push,
+    "PUSHB": Session._pushb,
+    "FETCH": Session._fetch,
+    "ACK": Session._ack,
+    "FAIL": Session._fail,
+    "BEAT": Session._beat,
+    "INFO": Session._info,
+    "FLUSH": Session._flush,
+    "MUTATE": Session._mutate,
+    "QUEUE": Session._queue,
+    "BATCH": Session._batch,
+    "TRACK": Session._track,
+}

@@ -1,0 +1,130 @@
+"""pytest fixtures for code that talks to Faktory: ``faktory_server`` and ``kaffi_client``.
+
+Registered through the ``pytest11`` entry point, so installing kaffi is enough:
+
+- ``faktory_server``: a fresh in-memory :class:`~kaffi.server.EmbeddedServer` on a free
+  loopback port for each test (it starts in about a millisecond). It has ``.url``,
+  ``.host``, ``.port`` and the server-side controls (``advance_clock``, ``quiet_worker``,
+  ``terminate_worker``, ``info``, ``flush``, ``workers``).
+- When the environment variable ``KAFFI_TEST_URL`` is set (``tcp://host:port``, or
+  ``tcp+tls://:password@host:port``), ``faktory_server`` is a handle on that server
+  instead: FLUSHed before the test, with the same ``.url``; a test that calls a
+  server-only control (``advance_clock``, ``quiet_worker``...) is skipped there.
+- ``kaffi_client``: a :class:`kaffi.Client` connected to ``faktory_server``, closed after.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from kaffi.protocol.commands import decode_hi, decode_info, decode_ok, encode_hello
+from kaffi.protocol.resp import Reply, ReplyParser
+
+if TYPE_CHECKING:
+    from kaffi.client import Client
+
+__all__ = ["RemoteServer", "faktory_server", "kaffi_client", "TEST_URL_ENV"]
+
+TEST_URL_ENV = "KAFFI_TEST_URL"
+_TIMEOUT = 10.0
+
+
+class RemoteServer:
+    """A Faktory server the tests did not start (``KAFFI_TEST_URL``)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("tcp", "tcp+tls"):
+            raise pytest.UsageError(f"{TEST_URL_ENV} must be tcp://host:port or tcp+tls://..., got {url!r}")
+        self.url = url
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or 7419
+        self.password = unquote(parts.password) if parts.password else None
+        self.tls = parts.scheme == "tcp+tls"
+
+    def __repr__(self) -> str:
+        return f"<RemoteServer {self.host}:{self.port}>"
+
+    def _command(self, line: bytes) -> Reply:
+        raw = socket.create_connection((self.host, self.port), timeout=_TIMEOUT)
+        sock: socket.socket = raw
+        if self.tls:
+            sock = ssl.create_default_context().wrap_socket(raw, server_hostname=self.host)
+        with sock:
+            parser = ReplyParser()
+
+            def read() -> Reply:
+                while True:
+                    reply = parser.next_reply()
+                    if reply is not None:
+                        return reply
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionError(f"{self.host}:{self.port} closed the connection")
+                    parser.feed(chunk)
+
+            hi = decode_hi(read())
+            sock.sendall(encode_hello(hi, hostname="kaffi-tests", password=self.password))
+            decode_ok(read(), "HELLO")
+            sock.sendall(line)
+            reply = read()
+            sock.sendall(b"END\r\n")
+            return reply
+
+    def flush(self) -> None:
+        decode_ok(self._command(b"FLUSH\r\n"), "FLUSH")
+
+    def info(self) -> dict[str, Any]:
+        return decode_info(self._command(b"INFO\r\n")).raw
+
+    def _embedded_only(self, what: str) -> None:
+        pytest.skip(f"{what} needs the embedded server; {TEST_URL_ENV} points to another one")
+
+    def advance_clock(self, seconds: float) -> None:
+        self._embedded_only("advance_clock()")
+
+    def quiet_worker(self, wid: str) -> bool:
+        self._embedded_only("quiet_worker()")
+        return False
+
+    def terminate_worker(self, wid: str) -> bool:
+        self._embedded_only("terminate_worker()")
+        return False
+
+    def workers(self) -> list[dict[str, Any]]:
+        self._embedded_only("workers()")
+        return []
+
+
+@pytest.fixture
+def faktory_server() -> Iterator[Any]:
+    """A fresh Faktory server for one test: embedded and in memory, or ``KAFFI_TEST_URL``."""
+    url = os.environ.get(TEST_URL_ENV)
+    if url:
+        remote = RemoteServer(url)
+        remote.flush()
+        yield remote
+        return
+    from kaffi.server import EmbeddedServer
+
+    with EmbeddedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def kaffi_client(faktory_server: Any) -> Iterator[Client]:
+    """A :class:`kaffi.Client` on ``faktory_server``, closed after the test."""
+    from kaffi.client import Client
+
+    client = Client(faktory_server.url)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,318 @@
+"""``kaffi worker --processes N``: a supervisor process and N worker processes.
+
+The supervisor runs no jobs and opens no connection. It
+
+- starts N children with the ``spawn`` start method: each imports the app again by its
+  ``module:attribute`` path and runs a :class:`~kaffi.worker.Worker` with its own wid
+  (``<prefix>-<n>``: one random prefix shared by the children of a supervisor, so the
+  Faktory UI shows them together) and heartbeat. ``spawn`` rather than ``fork``: a fresh
+  interpreter inherits no sockets, pools, threads or locks from the parent;
+- forwards SIGTERM, SIGINT, SIGTSTP and SIGTTIN to every child. Children run in their own
+  process group so a Ctrl-C in a terminal reaches them once, through the supervisor
+  (a second Ctrl-C is forwarded as the second SIGINT that skips the wait);
+- restarts a child that dies (killed, crashed, exited non-zero) with a doubling backoff
+  and a log line; a child that exits 0 on its own (the server told it to terminate, or
+  burst mode finished) is not replaced;
+- recycles: a child that reaches ``max_jobs`` or passes ``max_memory_mb`` tells the
+  supervisor through its pipe and goes quiet, finishing what it holds; the supervisor
+  starts its replacement at once, so capacity stays and nothing is lost;
+- exits when every child has exited (0), killing children that outlive a shutdown by far.
+
+Children notice a supervisor that died (their parent pid changes) and shut down.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+__all__ = ["Supervisor", "EXIT_CONFIG"]
+
+log = logging.getLogger("kaffi.supervisor")
+
+#: Exit status of a child that cannot start (bad app, refused password): not restarted.
+EXIT_CONFIG = 78
+#: Restart backoff for a child that died: doubles from the first to the cap, and resets
+#: once a child has lived for RESTART_RESET seconds.
+RESTART_FIRST = 0.25
+RESTART_CAP = 30.0
+RESTART_RESET = 60.0
+#: After a shutdown is asked, how long past the job timeout children get before SIGKILL.
+KILL_GRACE = 20.0
+_FORWARDED = ("SIGTERM", "SIGINT", "SIGTSTP", "SIGTTIN")
+
+
+@dataclass
+class _Child:
+    number: int
+    process: BaseProcess
+    pipe: Connection
+    started: float = field(default_factory=time.monotonic)
+    retiring: bool = False
+
+
+def _child_main(
+    app_path: str,
+    options: dict[str, Any],
+    log_level: str,
+    log_format: str,
+    pipe: Connection,
+    parent_pid: int,
+) -> None:
+    """Entry point of a worker process (runs in a fresh interpreter)."""
+    # Own process group: a terminal's Ctrl-C reaches us only through the supervisor.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    from kaffi.errors import KaffiError
+    from kaffi.worker.loader import load_app
+    from kaffi.worker.logging import configure_logging
+    from kaffi.worker.worker import Worker
+
+    configure_logging(log_level, log_format)
+
+    def on_recycle(reason: str) -> None:
+        try:
+            pipe.send(("recycle", reason))
+        except OSError:
+            log.warning("cannot tell the supervisor about recycling (it may be gone)")
+
+    try:
+        app = load_app(app_path)
+        worker = Worker(app, on_recycle=on_recycle, parent_pid=parent_pid, **options)
+        worker.work()
+    except KaffiError as exc:
+        log.error("worker process %d cannot run: %s", os.getpid(), exc)
+        logging.shutdown()
+        os._exit(EXIT_CONFIG)
+    logging.shutdown()
+    if worker.abandoned_threads:
+        # Threads of jobs FAILed at shutdown may never end; the interpreter would wait.
+        os._exit(0)
+
+
+class Supervisor:
+    """Runs ``processes`` worker processes for the app at ``app_path``; see the module
+    docstring. ``worker_options`` are :class:`~kaffi.worker.Worker` keyword arguments
+    (plain values: they travel to the children by pickle); ``wid`` there becomes the
+    prefix of the children's wids."""
+
+    def __init__(
+        self,
+        app_path: str,
+        *,
+        processes: int,
+        worker_options: dict[str, Any],
+        log_level: str = "INFO",
+        log_format: str = "text",
+    ) -> None:
+        if processes < 1:
+            from kaffi.errors import ValidationError
+
+            raise ValidationError(
+                f"processes must be at least 1, got {processes}", field="processes"
+            )
+        self.app_path = app_path
+        self.processes = processes
+        options = dict(worker_options)
+        self.prefix = options.pop("wid", None) or secrets.token_hex(4)
+        self.worker_options = options
+        self.log_level = log_level
+        self.log_format = log_format
+        self.children: list[_Child] = []
+        self._ctx = multiprocessing.get_context("spawn")
+        self._started_count = 0
+        self._stopping = False
+        self._stop_deadline: float | None = None
+        self._restarts: list[tuple[float, float]] = []  # (when, backoff used)
+        self._backoff = RESTART_FIRST
+        self._previous_handlers: dict[int, Any] = {}
+
+    # -- children -------------------------------------------------------------------------
+
+    def _start_child(self) -> _Child:
+        self._started_count += 1
+        number = self._started_count
+        options = dict(self.worker_options, wid=f"{self.prefix}-{number}")
+        reader, writer = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=_child_main,
+            args=(self.app_path, options, self.log_level, self.log_format, writer, os.getpid()),
+            name=f"kaffi-worker-{number}",
+        )
+        process.start()
+        writer.close()
+        child = _Child(number, process, reader)
+        self.children.append(child)
+        log.info("started worker process %d (pid %s, wid %s)", number, process.pid, options["wid"])
+        return child
+
+    def _forward(self, signum: int, frame: FrameType | None = None) -> None:
+        name = signal.Signals(signum).name
+        if signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
+            self._stopping = True
+            timeout = float(self.worker_options.get("timeout", 8.0))
+            self._stop_deadline = time.monotonic() + timeout + KILL_GRACE
+            log.info("%s: stopping %d worker processes", name, len(self.children))
+        for child in list(self.children):
+            if child.process.pid is not None and child.process.is_alive():
+                try:
+                    os.kill(child.process.pid, signum)
+                except ProcessLookupError:
+                    continue
+
+    def _install_signals(self) -> None:
+        for name in _FORWARDED:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                self._previous_handlers[signum] = signal.signal(signum, self._forward)
+
+    def _restore_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the children, supervise them until all have exited; return 0."""
+        self._install_signals()
+        try:
+            log.info(
+                "supervisor %d starting %d worker processes for %s (wid prefix %s)",
+                os.getpid(),
+                self.processes,
+                self.app_path,
+                self.prefix,
+            )
+            for _ in range(self.processes):
+                self._start_child()
+            while self.children or (self._restarts and not self._stopping):
+                self._step()
+        finally:
+            self._restore_signals()
+        log.info("supervisor %d: all worker processes have exited", os.getpid())
+        return 0
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        timeout = 0.5
+        if self._restarts and not self._stopping:
+            timeout = max(0.0, min(timeout, min(t for t, _ in self._restarts) - now))
+        waitables: list[Any] = [c.process.sentinel for c in self.children]
+        waitables += [c.pipe for c in self.children if not c.pipe.closed]
+        if waitables:
+            multiprocessing.connection.wait(waitables, timeout=timeout)
+        else:
+            time.sleep(timeout)
+        for child in list(self.children):
+            self._read_messages(child)
+            if not child.process.is_alive():
+                self._reap(child)
+        now = time.monotonic()
+        due = [r for r in self._restarts if r[0] <= now]
+        if due and not self._stopping:
+            self._restarts = [r for r in self._restarts if r[0] > now]
+            for _ in due:
+                self._start_child()
+        if self._stopping:
+            self._restarts.clear()
+            if self._stop_deadline is not None and now > self._stop_deadline:
+                for child in self.children:
+                    if child.process.is_alive():
+                        log.error(
+                            "worker process %d (pid %s) did not stop: killing it",
+                            child.number,
+                            child.process.pid,
+                        )
+                        child.process.kill()
+                self._stop_deadline = None
+
+    def _read_messages(self, child: _Child) -> None:
+        try:
+            while not child.pipe.closed and child.pipe.poll():
+                kind, reason = child.pipe.recv()
+                if kind == "recycle" and not child.retiring:
+                    child.retiring = True
+                    log.info(
+                        "worker process %d (pid %s) recycling: %s",
+                        child.number,
+                        child.process.pid,
+                        reason,
+                    )
+                    if not self._stopping:
+                        self._start_child()
+        except (EOFError, OSError):
+            child.pipe.close()
+
+    def _reap(self, child: _Child) -> None:
+        child.process.join(0)
+        self.children.remove(child)
+        child.pipe.close()
+        code = child.process.exitcode
+        lived = time.monotonic() - child.started
+        if child.retiring or self._stopping:
+            log.info(
+                "worker process %d (pid %s) exited (%s)", child.number, child.process.pid, code
+            )
+            return
+        if code == 0:
+            log.info(
+                "worker process %d (pid %s) finished on its own; not replaced",
+                child.number,
+                child.process.pid,
+            )
+            return
+        if code == EXIT_CONFIG:
+            log.error("worker process %d cannot start (see above); not restarting it", child.number)
+            return
+        if lived > RESTART_RESET:
+            self._backoff = RESTART_FIRST
+        how = (
+            f"killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exit status {code}"
+        )
+        log.warning(
+            "worker process %d (pid %s) died (%s) after %.1fs; restarting in %.2fs",
+            child.number,
+            child.process.pid,
+            how,
+            lived,
+            self._backoff,
+        )
+        self._restarts.append((time.monotonic() + self._backoff, self._backoff))
+        self._backoff = min(self._backoff * 2, RESTART_CAP)
+
+
+def run_supervisor(
+    app_path: str,
+    *,
+    processes: int,
+    worker_options: dict[str, Any],
+    log_level: str = "INFO",
+    log_format: str = "text",
+) -> int:
+    """Run a :class:`Supervisor` to the end; returns the exit status."""
+    sup = Supervisor(
+        app_path,
+        processes=processes,
+        worker_options=worker_options,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    code = sup.run()
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,289 @@
+"""A scripted fake Faktory server for the client's unit tests.
+
+It listens on 127.0.0.1 port 0, runs one thread per connection, records every line a
+client sends, and answers like Faktory 1.10.0 does for the commands the client uses
+(HI/HELLO with the password hash, PUSH, PUSHB, FETCH, ACK, FAIL, BEAT, INFO, FLUSH, END,
+MUTATE, QUEUE). A test can script the next replies to a verb (raw bytes, or one of the
+actions CLOSE / SILENT), replace the greeting, speak TLS, or drop every connection at once
+to look like a server restart.
+
+Only the client tests use it; the real embedded server lives in ``kaffi.server``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kaffi.protocol.resp import CommandParser, encode_bulk
+
+__all__ = ["CLOSE", "SILENT", "FakeFaktory", "Session", "expected_pwdhash"]
+
+#: Close the connection instead of answering.
+CLOSE = "close"
+#: Never answer (the connection stays open).
+SILENT = "silent"
+
+#: A scripted reply: raw bytes, CLOSE, SILENT, or a tuple of those done in order
+#: (``(b"+O", CLOSE)``: half a reply, then hang up).
+Reply = bytes | str | tuple[bytes | str, ...]
+
+
+def expected_pwdhash(password: str, salt: str, iterations: int) -> str:
+    """Faktory's pwdhash, written independently of kaffi's for the tests."""
+    data = hashlib.sha256(password.encode() + salt.encode()).digest()
+    for _ in range(iterations - 1):
+        data = hashlib.sha256(data).digest()
+    return data.hex()
+
+
+@dataclass
+class Session:
+    """One accepted connection as the server sees it."""
+
+    number: int
+    sock: socket.socket
+    hello: dict[str, Any] | None = None
+    lines: list[str] = field(default_factory=list)
+    ended: bool = False
+    closed: bool = False
+
+
+class FakeFaktory:
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        salt: str = "pepper-salt",
+        iterations: int = 3,
+        tls: ssl.SSLContext | None = None,
+        greeting: bytes | None = None,
+    ) -> None:
+        self.password = password
+        self.salt = salt
+        self.iterations = iterations
+        self.tls = tls
+        self.greeting = greeting
+        self.sessions: list[Session] = []
+        self.queues: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+        self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._all_lines: list[tuple[int, str]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+
+    # -- control ----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        scheme = "tcp+tls" if self.tls else "tcp"
+        if self.password:
+            return f"{scheme}://:{self.password}@127.0.0.1:{self.port}"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeFaktory:
+        self._acceptor.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._acceptor.join(5)
+        self._listener.close()
+        self.drop_connections()
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> FakeFaktory:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def script(self, verb: str, *replies: Reply) -> None:
+        """The next replies to ``verb``, in order (then the default behaviour resumes)."""
+        with self._cond:
+            self._scripts[verb.upper()].extend(replies)
+
+    def drop_connections(self) -> None:
+        """Close every open connection from the server's side (a restart, as clients see it)."""
+        with self._cond:
+            sessions = list(self.sessions)
+        for session in sessions:
+            _hard_close(session.sock)
+            session.closed = True
+
+    @property
+    def lines(self) -> list[str]:
+        """Every line received (HELLO included), in arrival order across sessions."""
+        with self._cond:
+            return [line for _, line in sorted(self._all_lines)]
+
+    def commands(self, verb: str) -> list[str]:
+        """The lines received that start with ``verb``."""
+        return [line for line in self.lines if line.split(" ", 1)[0] == verb]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Block until ``predicate()`` holds (checked on every received line), or fail."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"condition not met within {timeout} s: {self.lines}")
+                self._cond.wait(left)
+
+    # -- serving ----------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                session = Session(len(self.sessions), sock)
+                self.sessions.append(session)
+                self._cond.notify_all()
+            thread = threading.Thread(target=self._serve, args=(session,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, session: Session) -> None:
+        sock = session.sock
+        try:
+            sock.settimeout(10)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+                session.sock = sock
+            self._greet(sock)
+            parser = CommandParser()
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                parser.feed(data)
+                while (command := parser.next_command()) is not None:
+                    line = command.verb + ("" if command.arg is None else " " + command.arg)
+                    with self._cond:
+                        session.lines.append(line)
+                        self._all_lines.append((len(self._all_lines), line))
+                        self._cond.notify_all()
+                    if not self._answer(session, command.verb, command.arg or ""):
+                        return
+        except (OSError, ValueError):
+            return
+        finally:
+            session.closed = True
+            _hard_close(sock)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _greet(self, sock: socket.socket) -> None:
+        if self.greeting is not None:
+            if self.greeting:
+                sock.sendall(self.greeting)
+            return
+        hi: dict[str, Any] = {"v": 2}
+        if self.password is not None:
+            hi.update(i=self.iterations, s=self.salt)
+        sock.sendall(b"+HI " + json.dumps(hi, separators=(",", ":")).encode() + b"\r\n")
+
+    def _answer(self, session: Session, verb: str, arg: str) -> bool:
+        """Send the reply to one command; False means: close the connection now."""
+        with self._cond:
+            scripted = self._scripts[verb].popleft() if self._scripts[verb] else None
+        if scripted is not None:
+            for step in scripted if isinstance(scripted, tuple) else (scripted,):
+                if step == CLOSE:
+                    return False
+                if step == SILENT:
+                    return True
+                assert isinstance(step, bytes)
+                session.sock.sendall(step)
+            return True
+        if session.hello is None and verb != "HELLO":
+            return False  # Faktory closes on a command before HELLO, without a word
+        reply = self._default(session, verb, arg)
+        if reply is None:
+            return False
+        session.sock.sendall(reply)
+        return not reply.startswith(b"-ERR Invalid password")
+
+    def _default(self, session: Session, verb: str, arg: str) -> bytes | None:
+        if verb == "HELLO":
+            hello = json.loads(arg)
+            if self.password is not None and hello.get("pwdhash") != expected_pwdhash(
+                self.password, self.salt, self.iterations
+            ):
+                return b"-ERR Invalid password\r\n"
+            session.hello = hello
+            return b"+OK\r\n"
+        if verb == "END":
+            session.ended = True
+            return None
+        if verb == "PUSH":
+            job = json.loads(arg)
+            if len(job.get("jid") or "") < 8:
+                return b"-ERR jobs must have a reasonable jid parameter\r\n"
+            self.queues[job.get("queue", "default")].append(job)
+            return b"+OK\r\n"
+        if verb == "PUSHB":
+            refused = {}
+            for job in json.loads(arg):
+                if len(job.get("jid") or "") < 8:
+                    refused[job.get("jid")] = "jobs must have a reasonable jid parameter"
+                else:
+                    self.queues[job.get("queue", "default")].append(job)
+            return encode_bulk(json.dumps(refused))
+        if verb == "FETCH":
+            for queue in arg.split(" "):
+                if self.queues.get(queue):
+                    return encode_bulk(json.dumps(self.queues[queue].popleft()))
+            return b"$-1\r\n"
+        if verb in ("ACK", "FAIL", "FLUSH", "MUTATE", "BEAT"):
+            if verb == "FLUSH":
+                self.queues.clear()
+            return b"+OK\r\n"
+        if verb == "INFO":
+            doc = {
+                "now": "2030-01-01T00:00:00Z",
+                "faktory": {
+                    "queues": {q: len(jobs) for q, jobs in self.queues.items()},
+                    "sets": {"scheduled": 0, "retries": 0, "dead": 0, "working": 0},
+                    "tasks": {},
+                    "total_processed": 7,
+                },
+                "server": {"faktory_version": "1.10.0", "connections": len(self.sessions)},
+            }
+            return encode_bulk(json.dumps(doc))
+        if verb == "QUEUE":
+            sub, _, names = arg.partition(" ")
+            if sub == "LATENCY":
+                return encode_bulk(json.dumps({name: 1.5 for name in names.split(" ")}))
+            return b"+OK\r\n"
+        return f"-ERR unknown command {verb}\r\n".encode()
+
+
+def _hard_close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass

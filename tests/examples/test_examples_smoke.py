@@ -1,0 +1,124 @@
+"""Every example in examples/ runs to completion as a subprocess, the way a user runs it.
+
+Each example starts its own embedded server (FAKTORY_URL is removed from its environment)
+and must stop by itself; a hung example fails the test at its timeout instead of hanging
+the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str, timeout: float = 50) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FAKTORY_URL", "FAKTORY_PROVIDER")}
+    env["PYTHONUNBUFFERED"] = "1"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, (
+        f"{name} exited {result.returncode}\n--- stdout\n{result.stdout}\n"
+        f"--- stderr\n{result.stderr}"
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def seconds_at(line_pattern: str, out: str) -> float:
+    """The ``[  1.2s]`` stamp of the first output line matching ``line_pattern``."""
+    match = re.search(r"\[\s*([\d.]+)s\] " + line_pattern, out)
+    assert match is not None, out
+    return float(match.group(1))
+
+
+def test_every_example_has_a_smoke_test() -> None:
+    tested = {
+        "quickstart.py",
+        "async_tasks.py",
+        "asyncio_producer.py",
+        "threaded_web_producer.py",
+        "middleware_pool.py",
+        "cpu_bound.py",
+        "cross_language.py",
+    }
+    examples = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
+    assert examples == tested
+
+
+def test_quickstart() -> None:
+    out = run_example("quickstart.py").stdout
+    assert re.search(r"add\(2, 3\) = 5", out)
+    assert "fetch_title('https://example.com') done" in out
+    assert "flaky(1042) attempt 1: raising ConnectionResetError" in out
+    assert "flaky is in the retries set" in out or "flaky failed" in out
+    assert "flaky(1042) attempt 2: succeeded" in out
+    assert "remind('stand up') ran" in out
+    assert out.rstrip().endswith("server stopped, bye")
+    # the scheduled job ran after its countdown, not at once
+    remind_at = seconds_at(r"remind\('stand up'\) ran", out)
+    pushed_at = seconds_at(r"pushed remind", out)
+    assert remind_at - pushed_at >= 2.5
+
+
+def test_async_tasks() -> None:
+    out = run_example("async_tasks.py").stdout
+    assert "pushed 20 download jobs" in out
+    assert "20 pages in" in out
+
+
+def test_asyncio_producer() -> None:
+    out = run_example("asyncio_producer.py").stdout
+    assert "30 concurrent requests each enqueued a job" in out
+    assert "burst worker sent 30 receipts" in out
+
+
+def test_threaded_web_producer() -> None:
+    out = run_example("threaded_web_producer.py").stdout
+    assert "8 sign-ups answered 202" in out
+    assert "burst worker sent 8 welcome mails" in out
+
+
+def test_middleware_pool() -> None:
+    out = run_example("middleware_pool.py").stdout
+    assert "the pool lent 6 connections, one per job" in out
+    assert "timing middleware saw 6 jobs" in out
+    assert re.search(r"\s/\s+3 visits", out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_cpu_bound() -> None:
+    out = run_example("cpu_bound.py", timeout=140).stdout
+    assert "--processes 1 drained them in" in out
+    assert "--processes 2 drained them in" in out
+
+
+@pytest.mark.compat
+@pytest.mark.slow
+@pytest.mark.timeout(330)
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None, reason="needs node and npm"
+)
+def test_cross_language() -> None:
+    out = run_example("cross_language.py", timeout=320).stdout
+    if out.startswith("skipped:") or "\nskipped:" in out:
+        pytest.skip(out.strip().splitlines()[-1])
+    assert "kaffi worker ran add_numbers(19, 23) = 42" in out
+    assert 'node worker ran greet_from_python("Ada", "Python")' in out
+    assert "both directions worked" in out

@@ -1,0 +1,86 @@
+"""Worker pieces that need no server: backtraces, options, RSS."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+from kaffi.app import App
+from kaffi.errors import ValidationError
+from kaffi.worker import Worker
+from kaffi.worker.worker import format_backtrace, rss_kb
+
+
+def _deep(n: int) -> None:
+    if n == 0:
+        raise ValueError("bottom")
+    _deep(n - 1)
+
+
+def _frames() -> list[traceback.FrameSummary]:
+    try:
+        _deep(60)
+    except ValueError as exc:
+        return list(traceback.extract_tb(exc.__traceback__))
+    raise AssertionError("not raised")
+
+
+def test_backtrace_is_innermost_first_and_capped_at_50() -> None:
+    lines = format_backtrace(_frames(), None)
+    assert len(lines) == 50
+    assert "in _deep" in lines[0]
+    assert 'raise ValueError("bottom")' in lines[0]
+    assert lines[0].startswith(__file__)
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(0, 0), (3, 3), (500, 50)])
+def test_backtrace_follows_the_jobs_field(limit: int, expected: int) -> None:
+    assert len(format_backtrace(_frames(), limit)) == expected
+
+
+def test_rss_is_a_plausible_number_of_kib() -> None:
+    assert 1_000 < rss_kb() < 10_000_000
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"timeout": -1}, "timeout"),
+        ({"beat_interval": 61}, "beat_interval"),
+        ({"beat_interval": 0}, "beat_interval"),
+        ({"max_jobs": 0}, "max_jobs"),
+        ({"queues": "bad queue"}, "queues"),
+    ],
+)
+def test_bad_options_name_the_field(options: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Worker(App(), **options)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_defaults_follow_the_seed() -> None:
+    worker = App().worker()
+    assert worker.queues.names == ("default",)
+    assert worker.concurrency == 20
+    assert worker.timeout == 8.0
+    assert worker.beat_interval == 15.0
+    assert len(worker.wid) == 16
+    assert worker.wid != App().worker().wid
+    assert "running" in repr(worker)
+
+
+def test_use_and_register_act_on_the_app() -> None:
+    app = App()
+
+    def mw(ctx: object, nxt: object) -> None:
+        return None
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = app.worker().use(mw).register("add", add)
+    assert mw in app.middleware
+    assert "add" in app.tasks
+    assert isinstance(worker, Worker)
