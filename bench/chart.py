@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.results import Results, Throughput
 from bench.names import CLIENT_ORDER, OPERATION_ORDER, RAW
+from bench.results import Results, Throughput
 
 __all__ = ["draw", "main"]
 

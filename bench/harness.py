@@ -17,7 +17,6 @@ Every wait here has a deadline; nothing loops without a bound.
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -25,13 +24,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from bench.results import Gauge, Results, Throughput
 from kaffi.protocol import (
     Reply,
     ReplyParser,
@@ -43,8 +43,6 @@ from kaffi.protocol import (
     encode_info,
     encode_pushb,
 )
-
-from bench.results import Gauge, Results, Throughput
 
 __all__ = [
     "FETCH_BLOCK_SECONDS",
@@ -60,10 +58,12 @@ __all__ = [
     "SyncConn",
     "Throughput",
     "child_env",
+    "cpu_seconds",
     "noop_jobs",
     "process_tree",
     "rss_mb",
     "stop_process",
+    "tree_cpu_seconds",
     "tree_rss_mb",
 ]
 
@@ -236,10 +236,17 @@ class ServerControl:
             raise BenchError(f"the server refused {len(refused)} jobs: {str(refused)[:200]}")
 
     def wait_drained(
-        self, queue: str, total: int, *, timeout: float, poll: float = 0.01
+        self,
+        queue: str,
+        total: int,
+        *,
+        timeout: float,
+        poll: float = 0.01,
+        on_first: Callable[[], None] | None = None,
     ) -> tuple[float, float]:
         """Wait until ``queue`` is empty and nothing is reserved; return the monotonic
-        times of the first job taken and of the drain. Raises BenchError on timeout."""
+        times of the first job taken and of the drain (``on_first`` is called as soon as
+        the first job is seen taken). Raises BenchError on timeout."""
         deadline = Deadline(timeout)
         first: float | None = None
         while not deadline.expired:
@@ -247,6 +254,8 @@ class ServerControl:
             now = time.monotonic()
             if first is None and size < total:
                 first = now
+                if on_first is not None:
+                    on_first()
             if size == 0 and working == 0:
                 return (first if first is not None else now), now
             time.sleep(poll)
@@ -347,23 +356,64 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
 
 
 def stop_process(
-    proc: subprocess.Popen[Any], *, timeout: float, sig: signal.Signals | None = signal.SIGTERM
+    proc: subprocess.Popen[Any],
+    *,
+    timeout: float,
+    sig: signal.Signals | None = signal.SIGTERM,
+    group: bool = False,
 ) -> int | None:
     """Signal ``proc`` (unless ``sig`` is None), wait up to ``timeout``, then SIGKILL.
-    Returns its exit code, or None when it had to be killed."""
-    if proc.poll() is not None:
-        return proc.returncode
-    if sig is not None:
+
+    ``group``: ``proc`` leads its own process group (``start_new_session=True``); once it
+    is gone, whatever is left in the group (a pool of job processes) is killed too, so a
+    peer's worker can never outlive its measurement. Returns the exit code, or None when
+    the process had to be killed."""
+    code: int | None = proc.poll()
+    if code is None:
+        if sig is not None:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
         try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            return proc.wait(1)
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc, group)
+            proc.wait(10)
+            code = None
+    if group:
+        _kill(proc, group)
+    return code
+
+
+def _kill(proc: subprocess.Popen[Any], group: bool) -> None:
     try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (from /proc; None where missing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """:func:`cpu_seconds` summed over ``pid`` and its living descendants."""
+    values = [cpu_seconds(p) for p in process_tree(pid)]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _read_status_kb(pid: int, key: str) -> int | None:
@@ -401,7 +451,8 @@ def process_tree(pid: int) -> list[int]:
         fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) > 1:
             children.setdefault(int(fields[1]), []).append(int(name))
-    tree, todo = [], [pid]
+    tree: list[int] = []
+    todo = [pid]
     while todo and len(tree) < 10000:
         p = todo.pop(0)
         tree.append(p)

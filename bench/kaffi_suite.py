@@ -68,13 +68,13 @@ def delay_single(url: str, n: int) -> Throughput:
     app, noop = _app(url)
     try:
         app.client.connect()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
             noop.delay()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         app.close()
-    return Throughput(OP_SINGLE, KAFFI_DELAY, n, elapsed)
+    return Throughput(OP_SINGLE, KAFFI_DELAY, n, elapsed, client_cpu=cpu)
 
 
 def push_single(url: str, n: int) -> Throughput:
@@ -82,25 +82,25 @@ def push_single(url: str, n: int) -> Throughput:
 
     with Client(url) as client:
         client.connect()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
             client.push(_NOOP)
-        elapsed = time.perf_counter() - start
-    return Throughput(OP_SINGLE, KAFFI_PUSH, n, elapsed)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Throughput(OP_SINGLE, KAFFI_PUSH, n, elapsed, client_cpu=cpu)
 
 
 def delay_many(url: str, n: int) -> Throughput:
     app, noop = _app(url)
     try:
         app.client.connect()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         rejected = noop.delay_many([()] * n)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         app.close()
     if rejected:
         raise BenchError(f".delay_many() had {len(rejected)} jobs refused: {rejected[0]!r:.200}")
-    return Throughput(OP_BULK, KAFFI_DELAY_MANY, n, elapsed)
+    return Throughput(OP_BULK, KAFFI_DELAY_MANY, n, elapsed, client_cpu=cpu)
 
 
 def push_bulk(url: str, n: int) -> Throughput:
@@ -108,12 +108,12 @@ def push_bulk(url: str, n: int) -> Throughput:
 
     with Client(url) as client:
         client.connect()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         rejected = client.push_bulk(dict(_NOOP) for _ in range(n))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     if rejected:
         raise BenchError(f"push_bulk had {len(rejected)} jobs refused: {rejected[0]!r:.200}")
-    return Throughput(OP_BULK, KAFFI_BULK, n, elapsed)
+    return Throughput(OP_BULK, KAFFI_BULK, n, elapsed, client_cpu=cpu)
 
 
 def delay_threads(url: str, n: int) -> Throughput:
@@ -137,35 +137,37 @@ def delay_threads(url: str, n: int) -> Throughput:
         for t in threads:
             t.start()
         ready.wait()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for t in threads:
             t.join(300)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         app.close()
     if errors:
         raise BenchError(f".delay() from threads failed: {errors[0]!r}")
     if any(t.is_alive() for t in threads):
         raise BenchError(".delay() from threads did not finish within 300 s")
-    return Throughput(OP_THREADS, KAFFI_DELAY, n, elapsed)
+    return Throughput(OP_THREADS, KAFFI_DELAY, n, elapsed, client_cpu=cpu)
 
 
-async def _lanes(n: int, push: Callable[[], Any]) -> float:
-    share = [n // ASYNC_IN_FLIGHT + (1 if i < n % ASYNC_IN_FLIGHT else 0) for i in range(ASYNC_IN_FLIGHT)]
+async def _lanes(n: int, push: Callable[[], Any]) -> tuple[float, float]:
+    share = [
+        n // ASYNC_IN_FLIGHT + (1 if i < n % ASYNC_IN_FLIGHT else 0) for i in range(ASYNC_IN_FLIGHT)
+    ]
 
     async def lane(count: int) -> None:
         for _ in range(count):
             await push()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.wait_for(asyncio.gather(*(lane(c) for c in share)), 300)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def delay_async(url: str, n: int) -> Throughput:
     """``await .delay_async()`` with 50 in flight over a pool of 50 connections."""
 
-    async def run() -> float:
+    async def run() -> tuple[float, float]:
         app, noop = _app(url, pool_size=ASYNC_IN_FLIGHT)
         try:
             await app.async_client.connect()
@@ -173,18 +175,20 @@ def delay_async(url: str, n: int) -> Throughput:
         finally:
             await app.aclose()
 
-    return Throughput(OP_ASYNC, KAFFI_DELAY_ASYNC, n, asyncio.run(run()))
+    elapsed, cpu = asyncio.run(run())
+    return Throughput(OP_ASYNC, KAFFI_DELAY_ASYNC, n, elapsed, client_cpu=cpu)
 
 
 def async_client_push(url: str, n: int) -> Throughput:
     from kaffi import AsyncClient
 
-    async def run() -> float:
+    async def run() -> tuple[float, float]:
         async with AsyncClient(url, pool_size=ASYNC_IN_FLIGHT) as client:
             await client.connect()
             return await _lanes(n, lambda: client.push(_NOOP))
 
-    return Throughput(OP_ASYNC, KAFFI_ASYNC_CLIENT, n, asyncio.run(run()))
+    elapsed, cpu = asyncio.run(run())
+    return Throughput(OP_ASYNC, KAFFI_ASYNC_CLIENT, n, elapsed, client_cpu=cpu)
 
 
 def worker_spawner(
@@ -223,6 +227,7 @@ def worker_spawner(
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
+                start_new_session=True,  # its own group: stop_process kills what it leaves
             )
 
     return spawn

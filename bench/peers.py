@@ -85,7 +85,14 @@ class Peer:
         lines = proc.stdout.decode().strip().splitlines()
         try:
             doc = json.loads(lines[-1])
-            return Throughput(operation, self.name, int(doc["jobs"]), float(doc["seconds"]))
+            cpu = doc.get("cpu")
+            return Throughput(
+                operation,
+                self.name,
+                int(doc["jobs"]),
+                float(doc["seconds"]),
+                client_cpu=None if cpu is None else float(cpu),
+            )
         except (IndexError, ValueError, KeyError, TypeError):
             raise BenchError(f"{self.name} {op} printed no timing line: {lines[-3:]!r}") from None
 
@@ -101,6 +108,7 @@ class Peer:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
+                    start_new_session=True,  # its own group: stop_process kills what it leaves
                 )
 
         return spawn

@@ -21,8 +21,6 @@ import os
 import threading
 import time
 
-from kaffi.protocol import ReplyParser, decode_hi, decode_ok, encode_hello, encode_push, encode_pushb
-
 from bench.harness import (
     BenchError,
     Deadline,
@@ -31,6 +29,7 @@ from bench.harness import (
     ServerControl,
     SyncConn,
     Throughput,
+    cpu_seconds,
     noop_jobs,
     rss_mb,
 )
@@ -40,6 +39,14 @@ from bench.names import (
     OP_RAW_PUSH_SEQUENTIAL,
     OP_RAW_PUSHB,
     RAW,
+)
+from kaffi.protocol import (
+    ReplyParser,
+    decode_hi,
+    decode_ok,
+    encode_hello,
+    encode_push,
+    encode_pushb,
 )
 
 __all__ = [
@@ -80,7 +87,7 @@ def push_pipelined(endpoint: Endpoint, n: int, *, timeout: float = 120.0) -> Thr
     deadline = Deadline(timeout)
     received = 0
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         writer.start()
         while received < expected:
             if deadline.expired or failures:
@@ -91,24 +98,24 @@ def push_pipelined(endpoint: Endpoint, n: int, *, timeout: float = 120.0) -> Thr
             if b"-" in chunk:
                 raise BenchError(f"the server refused a pipelined PUSH: {chunk[:200]!r}")
             received += len(chunk)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         writer.join(timeout)
         conn.close()
-    return Throughput(OP_PUSH_PIPELINED, CLIENT, n, elapsed)
+    return Throughput(OP_PUSH_PIPELINED, CLIENT, n, elapsed, client_cpu=cpu)
 
 
 def push_sequential(endpoint: Endpoint, n: int) -> Throughput:
     lines = [encode_push(job) for job in noop_jobs(n)]
     conn = SyncConn(endpoint)
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for line in lines:
             decode_ok(conn.request(line), "PUSH")
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         conn.close()
-    return Throughput(OP_PUSH_SEQUENTIAL, CLIENT, n, elapsed)
+    return Throughput(OP_PUSH_SEQUENTIAL, CLIENT, n, elapsed, client_cpu=cpu)
 
 
 def pushb(endpoint: Endpoint, n: int, *, batch: int = 1000) -> Throughput:
@@ -116,16 +123,16 @@ def pushb(endpoint: Endpoint, n: int, *, batch: int = 1000) -> Throughput:
     lines = [encode_pushb(jobs[i : i + batch]) for i in range(0, n, batch)]
     conn = SyncConn(endpoint, timeout=60.0)
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for line in lines:
             reply = conn.request(line)
             # All taken is the 2-byte body "{}"; anything else names refused jobs.
             if getattr(reply, "data", None) != b"{}":
                 raise BenchError(f"PUSHB answered {reply!r:.200}")
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         conn.close()
-    return Throughput(OP_PUSHB, CLIENT, n, elapsed)
+    return Throughput(OP_PUSHB, CLIENT, n, elapsed, client_cpu=cpu)
 
 
 def fetch_ack(
@@ -136,16 +143,24 @@ def fetch_ack(
     connections: int = 20,
     queue: str = "raw-fetch",
     timeout: float = 120.0,
+    server_pid: int | None = None,
 ) -> Throughput:
     """``n`` jobs queued first, then fetched and acknowledged by ``connections`` asyncio
     connections sharing one wid; each claims a ticket before a FETCH, so exactly ``n``
     FETCHes are sent and none blocks on an empty queue."""
     control.fill(n, queue=queue)
+    server_before = cpu_seconds(server_pid) if server_pid else None
+    cpu = time.process_time()
     elapsed = asyncio.run(_fetch_ack(endpoint, n, connections, queue, timeout))
+    cpu = time.process_time() - cpu
+    server_after = cpu_seconds(server_pid) if server_pid else None
+    server_cpu = None
+    if server_before is not None and server_after is not None:
+        server_cpu = server_after - server_before
     size, working = control.pending(queue)
     if size or working:
         raise BenchError(f"FETCH+ACK left {size} jobs queued and {working} reserved")
-    return Throughput(OP_FETCH_ACK, CLIENT, n, elapsed)
+    return Throughput(OP_FETCH_ACK, CLIENT, n, elapsed, client_cpu=cpu, server_cpu=server_cpu)
 
 
 async def _fetch_ack(
@@ -191,9 +206,7 @@ async def _fetch_ack(
         await asyncio.gather(*(w.wait_closed() for _, w in streams), return_exceptions=True)
 
 
-async def _open(
-    endpoint: Endpoint, wid: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open(endpoint: Endpoint, wid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
     parser = ReplyParser()
     parser.feed(await reader.readline())

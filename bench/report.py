@@ -54,6 +54,10 @@ def _fmt_rate(rate: float) -> str:
     return f"{rate:,.0f}"
 
 
+def _fmt_us(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def _fmt_ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
@@ -92,8 +96,9 @@ def ceiling_ratio(results: Results, t: Throughput) -> float | None:
 
 def throughput_table(results: Results) -> str:
     lines = [
-        "| operation | client | jobs | jobs/s | vs Node faktory-worker | vs raw ceiling |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| operation | client | jobs | jobs/s | vs Node faktory-worker | vs raw ceiling "
+        "| client CPU µs/job | server CPU µs/job |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     previous = None
     for t in _sorted(results):
@@ -104,7 +109,8 @@ def throughput_table(results: Results) -> str:
             client += f" ({t.note})"
         lines.append(
             f"| {operation} | {client} | {t.jobs:,} | {_fmt_rate(t.rate)} "
-            f"| {_fmt_ratio(node_ratio(results, t))} | {_fmt_ratio(ceiling_ratio(results, t))} |"
+            f"| {_fmt_ratio(node_ratio(results, t))} | {_fmt_ratio(ceiling_ratio(results, t))} "
+            f"| {_fmt_us(t.client_us_per_job)} | {_fmt_us(t.server_us_per_job)} |"
         )
     return "\n".join(lines)
 

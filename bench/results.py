@@ -15,13 +15,28 @@ __all__ = ["Gauge", "Results", "Throughput"]
 
 @dataclass
 class Throughput:
-    """``jobs`` done in ``seconds`` by ``client`` doing ``operation``."""
+    """``jobs`` done in ``seconds`` by ``client`` doing ``operation``.
+
+    ``client_cpu`` and ``server_cpu`` are the CPU seconds (user + system) the client's and
+    the server's processes spent over the same span, where they could be read: unlike
+    wall time, CPU per job hardly moves when neighbours load the machine.
+    """
 
     operation: str
     client: str
     jobs: int
     seconds: float
     note: str = ""
+    client_cpu: float | None = None
+    server_cpu: float | None = None
+
+    @property
+    def client_us_per_job(self) -> float | None:
+        return None if self.client_cpu is None else self.client_cpu / self.jobs * 1e6
+
+    @property
+    def server_us_per_job(self) -> float | None:
+        return None if self.server_cpu is None else self.server_cpu / self.jobs * 1e6
 
     @property
     def rate(self) -> float:

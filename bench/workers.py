@@ -32,8 +32,10 @@ from bench.harness import (
     Gauge,
     ServerControl,
     Throughput,
+    cpu_seconds,
     rss_mb,
     stop_process,
+    tree_cpu_seconds,
     tree_rss_mb,
 )
 
@@ -83,29 +85,55 @@ def drain(
     timeout: float = 300.0,
     stop_timeout: float = 15.0,
     wait_fetches: bool = True,
+    server_pid: int | None = None,
     note: str = "",
 ) -> Throughput:
     """Time ``spawn``'s worker draining ``jobs`` jobs. ``exits_when_done``: the worker
-    leaves by itself once the queue is empty (kaffi's ``--burst``); others get SIGTERM."""
+    leaves by itself once the queue is empty (kaffi's ``--burst``); others get SIGTERM.
+    The CPU the worker's processes (and the server, given ``server_pid``) used between the
+    first job taken and the drain is recorded too."""
     queue = fresh_queue("bench")
     control.flush()
     control.fill(jobs, jobtype=jobtype, queue=queue, args=args)
     proc = spawn(queue)
+    marks: list[float | None] = []
+
+    def at_first() -> None:
+        marks.append(tree_cpu_seconds(proc.pid))
+        marks.append(cpu_seconds(server_pid) if server_pid else None)
+
     try:
-        first, done = control.wait_drained(queue, jobs, timeout=timeout)
+        first, done = control.wait_drained(queue, jobs, timeout=timeout, on_first=at_first)
+        client_end = tree_cpu_seconds(proc.pid)
+        server_end = cpu_seconds(server_pid) if server_pid else None
         if exits_when_done:
             _wait_exit(proc, stop_timeout)
     finally:
-        stop_process(proc, timeout=stop_timeout)
+        stop_process(proc, timeout=stop_timeout, group=True)
         settle(control, wait_fetches=wait_fetches)
-    return Throughput(operation, client, jobs, max(done - first, 1e-6), note=note)
+    client_start, server_start = marks if marks else (None, None)
+    return Throughput(
+        operation,
+        client,
+        jobs,
+        max(done - first, 1e-6),
+        note=note,
+        client_cpu=_delta(client_start, client_end),
+        server_cpu=_delta(server_start, server_end),
+    )
+
+
+def _delta(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else max(end - start, 0.0)
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        raise BenchError(f"the worker did not exit within {timeout:.0f} s of its queue draining")
+        raise BenchError(
+            f"the worker did not exit within {timeout:.0f} s of its queue draining"
+        ) from None
     if code != 0:
         raise BenchError(f"the worker exited with code {code}")
 
@@ -137,14 +165,12 @@ def startup(
         own = rss_mb(proc.pid)
         tree = tree_rss_mb(proc.pid)
     finally:
-        stop_process(proc, timeout=stop_timeout)
+        stop_process(proc, timeout=stop_timeout, group=True)
         settle(control, wait_fetches=wait_fetches)
     gauges = [Gauge(STARTUP_METRIC, client, taken - started, "s")]
     if own is not None and tree is not None:
         total, count = tree
         if count > 1:
-            gauges.append(
-                Gauge(IDLE_TREE_METRIC, client, total, "MB", note=f"{count} processes")
-            )
+            gauges.append(Gauge(IDLE_TREE_METRIC, client, total, "MB", note=f"{count} processes"))
         gauges.append(Gauge(IDLE_RSS_METRIC, client, own, "MB"))
     return gauges

@@ -9,17 +9,24 @@
 //    push_async  N jobs with 50 pushes in flight (a pool of 50 connections)
 //    work        a worker at concurrency 20 on QUEUE until SIGTERM (N is ignored)
 //
-// The enqueue operations print one JSON line {"jobs": N, "seconds": S}; the clock starts
-// after the client is connected, as it does for every client in the suite.
+// The enqueue operations print one JSON line {"jobs": N, "seconds": S, "cpu": C} (C: this
+// process's CPU seconds); the clocks start after the client is connected, as they do for
+// every client in the suite.
 const faktory = require("faktory-worker");
 
 const op = process.argv[2];
 const n = Number(process.argv[3] || "0");
 const queue = process.argv[4] || "default";
 
+function startClock() {
+  return { wall: process.hrtime.bigint(), cpu: process.cpuUsage() };
+}
+
 function report(jobs, started) {
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  process.stdout.write(JSON.stringify({ jobs, seconds }) + "\n");
+  const seconds = Number(process.hrtime.bigint() - started.wall) / 1e9;
+  const used = process.cpuUsage(started.cpu);
+  const cpu = (used.user + used.system) / 1e6;
+  process.stdout.write(JSON.stringify({ jobs, seconds, cpu }) + "\n");
 }
 
 function newJob(client) {
@@ -31,7 +38,7 @@ function newJob(client) {
 async function push() {
   const client = await faktory.connect();
   try {
-    const started = process.hrtime.bigint();
+    const started = startClock();
     for (let i = 0; i < n; i++) {
       await newJob(client).push();
     }
@@ -44,7 +51,7 @@ async function push() {
 async function pushBulk() {
   const client = await faktory.connect();
   try {
-    const started = process.hrtime.bigint();
+    const started = startClock();
     for (let done = 0; done < n; done += 1000) {
       const batch = [];
       for (let i = done; i < Math.min(n, done + 1000); i++) {
@@ -65,7 +72,7 @@ async function pushAsync() {
   const lanes = 50;
   const client = await faktory.connect({ poolSize: lanes });
   try {
-    const started = process.hrtime.bigint();
+    const started = startClock();
     const lane = async (count) => {
       for (let i = 0; i < count; i++) {
         await newJob(client).push();

@@ -12,10 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import time
 from collections.abc import Callable
 
-from bench.drivers.common import noop, parse_args, report, run_threads
+from bench.drivers.common import noop, parse_args, report, run_threads, start_clock
 
 
 def main() -> int:
@@ -39,12 +38,12 @@ def main() -> int:
 
     if args.op == "push":
         push = pusher()
-        started = time.perf_counter()
+        started = start_clock()
         push(args.n)
         report(args.n, started)
     elif args.op == "push_bulk":
         producer = pf.Producer(client=connect("producer"))
-        started = time.perf_counter()
+        started = start_clock()
         for done in range(0, args.n, 1000):
             batch = [
                 pf.Job(jobtype="noop", args=[], queue=args.queue)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import time
 from collections.abc import Callable
 
-from bench.drivers.common import noop, parse_args, report, run_threads
+from bench.drivers.common import noop, parse_args, report, run_threads, start_clock
 
 
 def main() -> int:
@@ -35,7 +34,7 @@ def main() -> int:
 
     if args.op == "push":
         push = pusher()
-        started = time.perf_counter()
+        started = start_clock()
         push(args.n)
         report(args.n, started)
     elif args.op == "push_threads":

@@ -9,12 +9,14 @@ Workers (``app.worker()``) and the command line find their tasks and middleware 
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from kaffi.app.middleware import Middleware
 from kaffi.app.push import Delivery
+from kaffi.app.signature import TaskSignature
 from kaffi.app.task import Task, TaskOptions
 from kaffi.errors import ConfigurationError
 from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
@@ -70,7 +72,7 @@ class App:
         **client_options: Any,
     ) -> None:
         self.url = url
-        self.client_options = client_options
+        self.client_options = _check_client_options(client_options)
         #: jobtype -> Task.
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: Worker-side middleware, around every job, in registration order.
@@ -123,9 +125,12 @@ class App:
         jobtype can be registered once. Options are checked now, naming a bad one.
         """
 
+        localns = sys._getframe(1).f_locals
+
         def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
             return self._add(
                 func,
+                localns=localns,
                 name=name,
                 queue=queue,
                 retry=retry,
@@ -142,6 +147,7 @@ class App:
         self,
         fn: Callable[P, R],
         *,
+        localns: dict[str, Any] | None = None,
         name: str | None,
         queue: str | None = None,
         retry: int | None = None,
@@ -166,7 +172,8 @@ class App:
             backtrace=backtrace,
             custom=custom,
         )
-        task: Task[P, R] = Task(self, fn, jobtype, options)
+        signature = TaskSignature(fn, jobtype, localns)
+        task: Task[P, R] = Task(self, fn, jobtype, options, signature)
         with self._lock:
             existing = self.tasks.get(jobtype)
             if existing is not None:
@@ -180,7 +187,7 @@ class App:
     def register(self, name: str, fn: Callable[..., Any]) -> App:
         """Register ``fn`` under the jobtype ``name`` without decorating it (as in the Node
         client's ``faktory.register``); returns the App for chaining."""
-        self._add(fn, name=name)
+        self._add(fn, name=name, localns=sys._getframe(1).f_locals)
         return self
 
     # -- middleware ------------------------------------------------------------------------
@@ -205,12 +212,17 @@ class App:
         if self._settings is None:
             from kaffi.client import resolve_settings
 
-            accepted = inspect.signature(resolve_settings).parameters
-            options = {
-                k: v for k, v in self.client_options.items() if k in accepted and k != "environ"
-            }
-            self._settings = resolve_settings(self.url, **options)
+            given = self.client_options.get("settings")
+            if given is not None:
+                self._settings = given
+            else:
+                options = {k: v for k, v in self.client_options.items() if k in _SETTINGS_OPTIONS}
+                self._settings = resolve_settings(self.url, **options)
         return self._settings
+
+    def _pool_options(self) -> dict[str, Any]:
+        # What the clients take besides where to connect (resolved once, in settings).
+        return {k: v for k, v in self.client_options.items() if k not in _SETTINGS_OPTIONS}
 
     @property
     def client(self) -> Client:
@@ -221,7 +233,7 @@ class App:
                 if self._client is None:
                     from kaffi.client import Client
 
-                    self._client = Client(self.url, **self.client_options)
+                    self._client = Client(settings=self.settings, **self._pool_options())
                 client = self._client
         return client
 
@@ -236,7 +248,7 @@ class App:
                 if self._async_client is None:
                     from kaffi.client import AsyncClient
 
-                    self._async_client = AsyncClient(self.url, **self.client_options)
+                    self._async_client = AsyncClient(settings=self.settings, **self._pool_options())
                 client = self._async_client
         return client
 
@@ -285,6 +297,28 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App tasks={len(self.tasks)} middleware={len(self.middleware)}>"
+
+
+#: The client options that say where and how to connect (see kaffi.client.resolve_settings).
+_SETTINGS_OPTIONS = frozenset(
+    {"host", "port", "password", "tls", "timeout", "connect_timeout", "settings"}
+)
+
+
+def _check_client_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a misspelt client option now rather than at the first push."""
+    if not options:
+        return options
+    from kaffi.client import Client
+
+    accepted = set(inspect.signature(Client).parameters) - {"url"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigurationError(
+            f"App() got an unknown client option {unknown[0]!r}; the client options are"
+            f" {', '.join(sorted(accepted))}"
+        )
+    return options
 
 
 def _check_middleware(middleware: Middleware) -> Middleware:

@@ -125,9 +125,7 @@ async def perform(
     token = _current_job.set(ctx)
     try:
         if app.middleware:
-            await run_chain(
-                app.middleware, ctx, functools.partial(_core, app, ctx, task, run_sync), run_sync
-            )
+            await run_chain(app.middleware, ctx, functools.partial(_core, app, ctx, task), run_sync)
         else:
             await _core(app, ctx, task, run_sync)
     finally:

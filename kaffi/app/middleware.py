@@ -11,7 +11,8 @@ The same chain serves two callers:
 - :func:`run_chain` inside an event loop (the worker's ``perform`` and ``delay_async``).
   A plain middleware may block, so it runs through ``run_sync`` (the worker's thread pool);
   its ``next()`` hands the rest of the chain back to the loop and waits for it, so a plain
-  middleware wraps async jobs exactly as an async one does.
+  middleware wraps async jobs exactly as an async one does. While it waits, its thread
+  runs the rest of the chain's blocking calls, so one job never holds two pool threads.
 - :func:`run_chain_blocking` in plain synchronous code (``Task.delay``). Plain middleware
   are called directly; an async one gets a private event loop for its call.
 
@@ -24,6 +25,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
@@ -86,26 +88,30 @@ class _Once:
 async def run_chain(
     middleware: Sequence[Middleware],
     ctx: Any,
-    core: Callable[[], Awaitable[None]],
+    core: Callable[[RunSync | None], Awaitable[None]],
     run_sync: RunSync | None = None,
 ) -> None:
     """Run ``middleware`` around ``core`` inside the running event loop.
 
     Plain middleware run through ``run_sync`` (the loop's default executor when it is
-    None); their ``next()`` runs the rest of the chain on the loop and blocks their thread
-    until it is done.
+    None). Their ``next()`` runs the rest of the chain on the loop and blocks their thread
+    until it is done; meanwhile that thread serves the blocking calls the rest of the
+    chain makes (further plain middleware, a plain job function). A chain therefore holds
+    at most one pool thread however it mixes plain and async parts: a pool sized to the
+    concurrency can never run out of threads with every job waiting for one more.
+
+    ``core`` gets the ``run_sync`` to use for its own blocking work (None: call inline).
     """
     if not middleware:
-        await core()
+        await core(run_sync)
         return
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
-    offload: RunSync = run_sync if run_sync is not None else _default_run_sync
     count = len(middleware)
 
-    async def dispatch(i: int) -> None:
+    async def dispatch(i: int, current: RunSync | None) -> None:
         if i == count:
-            await core()
+            await core(current)
             return
         mw = middleware[i]
         once = _Once(i)
@@ -113,7 +119,7 @@ async def run_chain(
 
             async def next_async() -> None:
                 once.check()
-                await dispatch(i + 1)
+                await dispatch(i + 1, current)
 
             await mw(ctx, next_async)
             return
@@ -126,13 +132,58 @@ async def run_chain(
                     f"middleware #{i + 1} ({_name(mw)}) called next() on the event loop thread;"
                     " a plain middleware's next() must run in a worker thread: make it async"
                 )
-            asyncio.run_coroutine_threadsafe(dispatch(i + 1), loop).result()
+            _run_rest_from_thread(loop, functools.partial(dispatch, i + 1))
 
+        offload = current if current is not None else _default_run_sync
         result = await offload(functools.partial(mw, ctx, next_blocking))
         if inspect.isawaitable(result):
             await result
 
-    await dispatch(0)
+    await dispatch(0, run_sync)
+
+
+_DONE = object()
+
+
+def _run_rest_from_thread(
+    loop: asyncio.AbstractEventLoop,
+    rest: Callable[[RunSync], Coroutine[Any, Any, None]],
+) -> None:
+    """From a thread blocked in a plain middleware: run ``rest`` on ``loop`` and serve its
+    blocking calls in this thread until it is done, then return or raise its outcome."""
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def borrowed(fn: Callable[[], T]) -> Awaitable[T]:
+        # Called on the loop: hand ``fn`` to the waiting thread, with the caller's context.
+        future: asyncio.Future[T] = loop.create_future()
+        inbox.put((fn, future, contextvars.copy_context()))
+        return future
+
+    async def run_rest() -> None:
+        try:
+            await rest(borrowed)
+        finally:
+            inbox.put(_DONE)
+
+    outcome = asyncio.run_coroutine_threadsafe(run_rest(), loop)
+    while (item := inbox.get()) is not _DONE:
+        fn, future, context = item
+        try:
+            value = context.run(fn)
+        except BaseException as exc:  # handed to the loop, where the chain re-raises it
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, value, None)
+    outcome.result()
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
 
 
 def run_chain_blocking(

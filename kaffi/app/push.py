@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kaffi.app.middleware import run_chain, run_chain_blocking
+from kaffi.app.middleware import RunSync, run_chain, run_chain_blocking
 from kaffi.protocol.models import JobPayload, RejectedJob
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ async def deliver_async(
         return await _send_async(app, payload)
     ctx = PushContext(app, _payload_model(payload), task)
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         ctx.jid = await _send_async(app, ctx.job.to_wire())
 
     await run_chain(app.push_middleware, ctx, core)
@@ -151,7 +151,7 @@ async def collect_async(
     for payload in payloads:
         ctx = PushContext(app, _payload_model(payload), task)
 
-        async def core(ctx: PushContext = ctx) -> None:
+        async def core(run_sync: RunSync | None, ctx: PushContext = ctx) -> None:
             kept.append(ctx.job.to_wire())
             ctx.jid = ctx.job.jid
 

@@ -79,9 +79,17 @@ class _Encoder:
 class TaskSignature:
     """How one task's arguments are bound, validated, serialised and converted back."""
 
-    def __init__(self, fn: Callable[..., Any], task_name: str) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        task_name: str,
+        localns: Mapping[str, Any] | None = None,
+    ) -> None:
         self.task_name = task_name
         self._fn = fn
+        # The names visible where the task was declared: a type defined inside a function
+        # (a test, say) is not in the module's globals that string annotations resolve in.
+        self._localns = dict(localns) if localns else None
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError) as exc:
@@ -122,7 +130,9 @@ class TaskSignature:
         """The evaluated type hints, or None while a forward reference cannot be resolved
         yet (a model defined further down the module): it is tried again on first use."""
         try:
-            return typing.get_type_hints(self._fn, include_extras=True)
+            hints = typing.get_type_hints(self._fn, localns=self._localns, include_extras=True)
+            self._localns = None
+            return hints
         except NameError as exc:
             if strict:
                 raise ConfigurationError(

@@ -91,14 +91,22 @@ class TaskOptions:
                 custom=dict(custom) if custom is not None else None,
                 at=at,
             )
-            template = model.to_wire()
         except ValidationError as exc:
             raise ValidationError(
                 f"task {jobtype!r}: bad option {_strip_prefix(str(exc))}", field=exc.field
             ) from None
-        except (PydanticSerializationError, TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             raise ValidationError(
-                f"task {jobtype!r}: bad option custom: it must be a JSON object: {exc}",
+                f"task {jobtype!r}: bad option custom: it must be a mapping: {exc}",
+                field="custom",
+            ) from None
+        try:
+            # Only custom holds values of any type, so only it can fail to become JSON.
+            template = model.to_wire()
+        except (ValidationError, PydanticSerializationError) as exc:
+            reason = str(exc).rpartition("cannot be sent as JSON: ")[2]
+            raise ValidationError(
+                f"task {jobtype!r}: bad option custom: it must be a JSON object: {reason}",
                 field="custom",
             ) from None
         self.queue = model.queue
@@ -177,6 +185,9 @@ class Task(Generic[P, R]):
     name: str
     signature: TaskSignature
     is_async: bool
+    # Copied from the function by functools.update_wrapper.
+    __name__: str
+    __qualname__: str
 
     def __init__(
         self,
@@ -217,7 +228,9 @@ class Task(Generic[P, R]):
 
     @property
     def custom(self) -> dict[str, Any] | None:
-        return self._options.custom
+        # A copy: the options' dict is shared by every payload this task builds.
+        custom = self._options.custom
+        return dict(custom) if custom is not None else None
 
     @property
     def at(self) -> datetime | None:

@@ -127,7 +127,8 @@ def _confirm(question: str, yes: bool) -> None:
         return
     try:
         confirmed = click.confirm(question, default=False, err=True)
-    except click.Abort:
+    except click.Abort:  # end of input (no terminal): finish the prompt's line first
+        click.echo("", err=True)
         confirmed = False
     if not confirmed:
         fail("not confirmed; nothing was changed (pass --yes to skip the question)")

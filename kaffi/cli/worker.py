@@ -30,7 +30,7 @@ the rest so Faktory retries them, exit 0; a second INT skips the wait), TSTP qui
 """
 QUEUES_HELP = (
     "Queues to fetch from: strict order (critical,default) or weighted random order per"
-    " fetch (critical:3,default:1). Default: default."
+    " fetch (critical:3,default:1)."
 )
 CONCURRENCY_HELP = "Jobs held at once per process (async jobs on the loop, plain ones in threads)."
 PROCESSES_HELP = "Worker processes; more than 1 runs a supervisor that restarts and recycles them."

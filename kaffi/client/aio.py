@@ -1,9 +1,10 @@
 """The asyncio side of the client: :class:`AsyncConnection` and :class:`AsyncClient`.
 
 :class:`AsyncConnection` is the asyncio twin of :class:`~kaffi.client.connection.Connection`
-over asyncio streams: the same sans-IO core, the same HI/HELLO, the same rules. It is
+over an asyncio protocol: the same sans-IO core, the same HI/HELLO, the same rules. It is
 the asyncio transport boundary: OS errors become :class:`~kaffi.errors.TransportError`
-here, and every read and write has a deadline (``asyncio.wait_for``; no 3.11-only API).
+here, and every read and write has a deadline (a timer on the one future a wait needs;
+no 3.11-only API such as ``asyncio.timeout``).
 
 :class:`AsyncClient` has :class:`~kaffi.client.Client`'s API as coroutines and follows
 the same retry rules (see :mod:`kaffi.client.client`), sharing its helpers so both send
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import select
 import socket
 import ssl
 from collections.abc import Iterable, Sequence
@@ -76,50 +78,123 @@ from kaffi.protocol.resp import Reply, ReplyParser
 
 __all__ = ["AsyncConnection", "AsyncClient"]
 
-_READ_SIZE = 65536
 _CLOSE_TIMEOUT = 0.5
 
 
+class _ReplyProtocol(asyncio.Protocol):
+    """Feeds whatever arrives to the reply parser and wakes the one coroutine waiting.
+
+    A plain protocol rather than asyncio streams: a reply that is already complete costs
+    no future, and a wait costs one future and one timer instead of a task per read.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.parser = ReplyParser()
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.paused = False
+        self.eof = False
+        self.lost: BaseException | None = None
+        self.parse_error: RemoteProtocolError | None = None
+        self.received = False
+        #: Resolved by connection_lost: the socket is closed.
+        self.gone: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self.parse_error is None:
+            try:
+                self.parser.feed(data)
+            except RemoteProtocolError as exc:
+                self.parse_error = exc
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.lost = exc
+        self._wake()
+        if not self.gone.done():
+            self.gone.set_result(None)
+        drain = self.drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        drain = self.drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
+
+
 class AsyncConnection:
-    """A connected, greeted asyncio stream pair. Open with :meth:`open`; one user at a time."""
+    """A connected, greeted asyncio connection. Open with :meth:`open`; one user at a time."""
 
     __slots__ = (
-        "_parser",
-        "_reader",
+        "_protocol",
         "_timeout",
-        "_writer",
+        "_transport",
         "broken",
         "generation",
         "hi",
         "loop",
         "pid",
-        "reply_started",
         "settings",
         "wid",
     )
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
+        protocol: _ReplyProtocol,
         settings: ConnectionSettings,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._parser = ReplyParser()
+        self._transport = transport
+        self._protocol = protocol
         self._timeout = settings.timeout
         self.settings = settings
         self.hi = Hi(v=2)
         self.wid: str | None = None
+        #: True once a transport or parse error made the byte stream untrustworthy.
         self.broken = False
-        self.reply_started = False
+        #: The process that opened it; a forked child must never use it.
         self.pid = os.getpid()
+        #: Set by the pool that owns the connection.
         self.generation = 0
-        self.loop = asyncio.get_running_loop()
+        self.loop = protocol.loop
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else "open"
         return f"<AsyncConnection {self.settings.url} wid={self.wid!r} {state}>"
+
+    @property
+    def reply_started(self) -> bool:
+        """Whether any byte of a reply arrived for the last request/pipeline (the retry
+        rule looks at this; see :mod:`kaffi.client.client`)."""
+        return self._protocol.received
 
     @classmethod
     async def open(
@@ -136,9 +211,11 @@ class AsyncConnection:
         where = settings.url
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.connect_timeout
+        protocol = _ReplyProtocol(loop)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: protocol,
                     settings.host,
                     settings.port,
                     ssl=settings.tls,
@@ -154,9 +231,10 @@ class AsyncConnection:
             raise ConnectError(f"TLS handshake with {where} failed: {exc}") from None
         except OSError as exc:
             raise ConnectError(f"could not connect to {where}: {_describe(exc)}") from None
-        conn = cls(reader, writer, settings)
+        assert isinstance(transport, asyncio.Transport)
+        conn = cls(transport, protocol, settings)
         try:
-            sock = writer.get_extra_info("socket")
+            sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.hi = decode_hi(await conn._read_reply(deadline))
@@ -194,11 +272,12 @@ class AsyncConnection:
         """Send one command line and return the reply (an ErrorReply included)."""
         if self.broken:
             raise ReadError(f"connection to {self.settings.url} is broken; open a new one")
-        self.reply_started = False
+        self._protocol.received = False
         deadline = self.loop.time() + (self._timeout if timeout is None else timeout)
         await self._send(line, deadline)
         reply = await self._read_reply(deadline)
-        if self._parser.buffered:
+        if self._protocol.parser.buffered:
+            # More than we asked for: the reply stands, the connection is out of step.
             self.broken = True
         return reply
 
@@ -210,78 +289,152 @@ class AsyncConnection:
             raise ReadError(f"connection to {self.settings.url} is broken; open a new one")
         if not lines:
             return []
-        self.reply_started = False
+        self._protocol.received = False
         deadline = self.loop.time() + (self._timeout if timeout is None else timeout)
         await self._send(b"".join(lines), deadline)
         replies = [await self._read_reply(deadline) for _ in lines]
-        if self._parser.buffered:
+        if self._protocol.parser.buffered:
             self.broken = True
         return replies
 
     def is_stale(self) -> bool:
-        """True if the server closed this idle connection (seen by the event loop)."""
+        """True if the server closed this idle connection (or sent something unasked)."""
         if self.broken:
             return True
-        reader = self._reader
-        if reader.at_eof() or reader.exception() is not None or self._writer.is_closing():
+        protocol = self._protocol
+        if protocol.eof or protocol.parser.buffered or self._transport.is_closing():
             self.broken = True
             return True
+        # The loop may not have run since the server hung up (no await in between): an
+        # idle socket with bytes (or EOF) waiting is stale too. A zero-timeout poll.
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                readable, _, _ = select.select((sock.fileno(),), (), (), 0)
+            except (OSError, ValueError):
+                readable = [True]
+            if readable:
+                self.broken = True
+                return True
         return False
 
     async def close(self) -> None:
         """Send END (best effort, only on a healthy connection) and close."""
-        writer = self._writer
-        if not self.broken and self.pid == os.getpid() and not writer.is_closing():
+        if self.pid != os.getpid():
+            return  # the parent's connection: see AsyncConnectionPool
+        if asyncio.get_running_loop() is not self.loop:
+            self.dispose()
+            return
+        transport = self._transport
+        if not self.broken and not transport.is_closing():
             try:
-                writer.write(encode_end())
+                transport.write(encode_end())
             except (OSError, RuntimeError):
                 # Already torn down under us; END is only a courtesy.
                 pass
         self.broken = True
+        transport.close()
+        gone = self._protocol.gone
+        if gone.done():
+            return
+        # Wait (briefly) for connection_lost, so the socket is really closed when close()
+        # returns; a peer that never finishes a TLS close cannot hold us.
+        timer = self.loop.call_later(_CLOSE_TIMEOUT, _expire, gone)
         try:
-            writer.close()
-            await asyncio.wait_for(writer.wait_closed(), _CLOSE_TIMEOUT)
-        except (OSError, RuntimeError, asyncio.TimeoutError):
-            # A peer that vanished, or one that never answers the TLS close: done anyway.
-            pass
+            await gone
+        except asyncio.TimeoutError:
+            transport.abort()
+        finally:
+            timer.cancel()
+
+    def dispose(self) -> None:
+        """Close a connection left behind by an event loop that is gone (the client is now
+        used from a new loop, e.g. a second ``asyncio.run()``). Nothing will ever run on a
+        closed loop, so the transport cannot close itself: close its socket directly,
+        which is what the loop would have done, so no file descriptor leaks."""
+        self.broken = True
+        transport = self._transport
+        if not self.loop.is_closed():
+            transport.abort()
+            return
+        # asyncio internals, guarded: an SSL transport wraps the socket transport.
+        inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+        for layer in (transport, inner):
+            if layer is None:
+                continue
+            sock = getattr(layer, "_sock", None)
+            if sock is not None:
+                sock.close()
+                layer._sock = None  # type: ignore[union-attr]
+            if hasattr(layer, "_closing"):
+                layer._closing = True
+            if hasattr(layer, "_closed"):
+                layer._closed = True
 
     def _abort(self) -> None:
         self.broken = True
-        self._writer.transport.abort()
+        self._transport.abort()
 
     async def _send(self, data: bytes, deadline: float) -> None:
-        writer = self._writer
+        protocol = self._protocol
         try:
-            writer.write(data)
-            if writer.transport.get_write_buffer_size():
+            if protocol.eof or self._transport.is_closing():
+                # A write to a closed transport is silently dropped; say so instead.
+                raise ConnectionResetError("the connection was closed")
+            self._transport.write(data)
+            if protocol.paused:
                 # Only wait when the kernel did not take everything at once.
-                await asyncio.wait_for(writer.drain(), max(deadline - self.loop.time(), 0.001))
+                await self._wait_drain(deadline)
         except asyncio.TimeoutError:
             self.broken = True
             raise WriteTimeout(
                 f"{self.settings.url} did not accept our bytes within {self._timeout:g} s"
             ) from None
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             self.broken = True
-            raise WriteError(f"writing to {self.settings.url} failed: {_describe(exc)}") from None
+            text = _describe(exc) if isinstance(exc, OSError) else str(exc)
+            raise WriteError(f"writing to {self.settings.url} failed: {text}") from None
         except BaseException:
             self.broken = True
             raise
 
+    async def _wait_drain(self, deadline: float) -> None:
+        protocol = self._protocol
+        while protocol.paused and not protocol.eof:
+            waiter = self.loop.create_future()
+            protocol.drain_waiter = waiter
+            timer = self.loop.call_at(deadline, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                protocol.drain_waiter = None
+        if protocol.eof:
+            raise ConnectionResetError("the connection was closed while writing")
+
     async def _read_reply(self, deadline: float) -> Reply:
-        parser = self._parser
+        protocol = self._protocol
         try:
-            reply = parser.next_reply()
+            reply = protocol.parser.next_reply()
             while reply is None:
-                left = deadline - self.loop.time()
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                data = await asyncio.wait_for(self._reader.read(_READ_SIZE), left)
-                if not data:
+                if protocol.parse_error is not None:
+                    raise protocol.parse_error
+                if protocol.eof:
+                    lost = protocol.lost
+                    if isinstance(lost, OSError):
+                        raise ReadError(
+                            f"reading from {self.settings.url} failed: {_describe(lost)}"
+                        )
                     raise ReadError(f"{self.settings.url} closed the connection")
-                self.reply_started = True
-                parser.feed(data)
-                reply = parser.next_reply()
+                waiter = self.loop.create_future()
+                protocol.waiter = waiter
+                timer = self.loop.call_at(deadline, _expire, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    protocol.waiter = None
+                reply = protocol.parser.next_reply()
             return reply
         except asyncio.TimeoutError:
             self.broken = True
@@ -289,9 +442,6 @@ class AsyncConnection:
         except (ReadError, RemoteProtocolError):
             self.broken = True
             raise
-        except OSError as exc:
-            self.broken = True
-            raise ReadError(f"reading from {self.settings.url} failed: {_describe(exc)}") from None
         except BaseException:
             # Cancelled half way: the reply may still come, out of step with the next request.
             self.broken = True

@@ -339,9 +339,13 @@ class AsyncConnectionPool:
 
     async def release(self, conn: AsyncConnection, *, discard: bool = False) -> None:
         """Return a borrowed connection; ``discard`` (or a broken one) closes it."""
-        if conn.pid != os.getpid() or conn.loop is not self._loop:
-            # From before a fork or from another event loop: not ours to use or close.
+        if conn.pid != os.getpid():
+            # Borrowed before a fork: the parent's, not ours to use or close.
             _ORPHANS.append(conn)
+            return
+        if conn.loop is not self._loop:
+            # Borrowed on an event loop the pool has since left behind.
+            conn.dispose()
             return
         if discard or conn.broken or conn.generation != self._generation:
             self._hand_over(None)
@@ -368,10 +372,15 @@ class AsyncConnectionPool:
             await conn.close()
 
     def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A new process or a new loop: the old connections' transports cannot be used,
-        # and touching them could act on the parent's loop. Forget them.
-        _ORPHANS.extend(self._idle)
-        self._idle = []
+        # A new process or a new loop: the old connections' transports cannot be used.
+        # In a forked child they are the parent's (touching them could even act on the
+        # parent's event loop): forget them. After a loop change, close them.
+        old, self._idle = self._idle, []
+        if self._pid != os.getpid():
+            _ORPHANS.extend(old)
+        else:
+            for conn in old:
+                conn.dispose()
         self._in_use = 0
         self._waiters = deque()
         self._generation += 1

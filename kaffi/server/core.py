@@ -162,7 +162,7 @@ class Worker:
 class Waiter:
     """A blocked FETCH: the core calls ``deliver`` with the job it reserved for it."""
 
-    __slots__ = ("queues", "wid", "deliver", "done", "alive")
+    __slots__ = ("alive", "deliver", "done", "queues", "wid")
 
     def __init__(
         self,
@@ -188,7 +188,7 @@ class TimedEntry(NamedTuple):
 class TimedSet:
     """A set of jobs ordered by time: the retry, scheduled and dead sets."""
 
-    __slots__ = ("name", "entries", "_heap")
+    __slots__ = ("_heap", "entries", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -224,7 +224,7 @@ class TimedSet:
 
 
 class Queue:
-    __slots__ = ("name", "jobs", "paused")
+    __slots__ = ("jobs", "name", "paused")
 
     def __init__(self, name: str, paused: bool = False) -> None:
         self.name = name
@@ -417,7 +417,9 @@ class ServerCore:
                 rowid = self._rowid()
                 self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
                 if self.journal is not None:
-                    self.journal.put(rowid, job["jid"], STATE_SCHEDULED, job["queue"], when, data, "")
+                    self.journal.put(
+                        rowid, job["jid"], STATE_SCHEDULED, job["queue"], when, data, ""
+                    )
                 return
         job["enqueued_at"] = time_string(now_ns)
         data = encode_job(job)
@@ -575,10 +577,7 @@ class ServerCore:
             raise CoreError("invalid target for mutation command")
         if cmd not in ("clear", "kill", "discard", "requeue"):
             raise CoreError("unknown mutate operation")
-        if cmd == "clear":
-            selected = list(tset.entries.values())
-        else:
-            selected = self._select(tset, flt or {})
+        selected = list(tset.entries.values()) if cmd == "clear" else self._select(tset, flt or {})
         now = self.clock.now()
         for entry in selected:
             if cmd == "kill" and tset is self.dead:
@@ -770,7 +769,9 @@ class ServerCore:
             self.reservations[jid] = res
             heapq.heappush(self._expiry_heap, (score, rowid, jid))
         else:
-            tset = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled}.get(state, self.dead)
+            tset = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled}.get(
+                state, self.dead
+            )
             tset.add(TimedEntry(score, rowid, jid, data))
 
     def load_queue(self, name: str, paused: bool) -> None:

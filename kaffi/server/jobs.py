@@ -217,7 +217,9 @@ def decode_fields(value: dict[str, Any]) -> dict[str, Any]:
                 job["custom"] = raw
             else:
                 kind = gocompat.type_name(raw)
-                err = gocompat.unmarshal_type_error(kind, "Job", "custom", "map[string]interface {}")
+                err = gocompat.unmarshal_type_error(
+                    kind, "Job", "custom", "map[string]interface {}"
+                )
         else:  # failure
             failure, err = _failure(raw)
             if err is None:
@@ -273,8 +275,8 @@ def _encode_failure(failure: dict[str, Any]) -> str:
             parts.append(f'"{name}":' + _dump(failure[name]))
     if failure.get("backtrace"):
         parts.append('"backtrace":' + _dump(failure["backtrace"]))
-    parts.append('"retry_count":%d' % failure.get("retry_count", 0))
-    parts.append('"remaining":%d' % failure.get("remaining", 0))
+    parts.append(f'"retry_count":{int(failure.get("retry_count") or 0):d}')
+    parts.append(f'"remaining":{int(failure.get("remaining") or 0):d}')
     return "{" + ",".join(parts) + "}"
 
 
@@ -283,7 +285,7 @@ def encode_job(job: dict[str, Any]) -> bytes:
     parts: list[str] = []
     retry = job.get("retry")
     if retry is not None:
-        parts.append('"retry":%d' % retry)
+        parts.append(f'"retry":{retry:d}')
     failure = job.get("failure")
     if failure is not None:
         parts.append('"failure":' + _encode_failure(failure))
@@ -300,9 +302,9 @@ def encode_job(job: dict[str, Any]) -> bytes:
         parts.append('"at":' + _dump(job["at"]))
     parts.append('"args":' + _dump(job.get("args")))
     if job.get("reserve_for"):
-        parts.append('"reserve_for":%d' % job["reserve_for"])
+        parts.append(f'"reserve_for":{job["reserve_for"]:d}')
     if job.get("backtrace"):
-        parts.append('"backtrace":%d' % job["backtrace"])
+        parts.append(f'"backtrace":{job["backtrace"]:d}')
     return ("{" + ",".join(parts) + "}").encode("utf-8")
 
 

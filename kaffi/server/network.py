@@ -296,7 +296,9 @@ class Network:
         self._next_id += 1
         return ServerProtocol(self, conn_id)
 
-    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> tuple[str, int]:
+    async def listen(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None
+    ) -> tuple[str, int]:
         self._server = await self.loop.create_server(
             self._new_protocol, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
         )

@@ -61,15 +61,15 @@ class Session:
     """The protocol state of one connection."""
 
     __slots__ = (
-        "core",
         "conn_id",
-        "password",
-        "iterations",
-        "salt",
-        "greeted",
-        "wid",
+        "core",
         "fetch_queues",
+        "greeted",
+        "iterations",
+        "password",
         "quiet_fetch",
+        "salt",
+        "wid",
     )
 
     def __init__(self, core: ServerCore, conn_id: int, password: str | None = None) -> None:
@@ -129,7 +129,10 @@ class Session:
             or not isinstance(pwdhash, (str, type(None)))
             or (pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)))
             or (version is not None and (isinstance(version, bool) or not isinstance(version, int)))
-            or (labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)))
+            or (
+                labels is not None
+                and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels))
+            )
         ):
             return _CLOSE_SILENTLY
         if self.password:
@@ -345,13 +348,36 @@ class Session:
             if "*" in names:
                 return _error("QUEUE LATENCY does not support wildcards")
             latencies = self.core.latency(names)
-            body = "{" + ",".join(
-                json.dumps(name) + ":" + _go_float(value) for name, value in sorted(latencies.items())
-            ) + "}"
+            body = (
+                "{"
+                + ",".join(
+                    json.dumps(name) + ":" + _go_float(value)
+                    for name, value in sorted(latencies.items())
+                )
+                + "}"
+            )
             return Outcome(encode_bulk(body))
         else:
             return _error(f"no such QUEUE subcommand: {sub}")
         return _CONTINUE_OK
+
+    def _kaffi(self, arg: str | None) -> Outcome:
+        """kaffi's own admin verb (no Faktory client sends it; real Faktory answers
+        ``unknown command KAFFI``): ``KAFFI QUIET wid``, ``KAFFI TERMINATE wid`` ask a worker
+        to change state at its next BEAT; ``KAFFI WORKERS`` lists the known workers."""
+        sub, _, rest = (arg or "").partition(" ")
+        sub = sub.upper()
+        if sub in ("QUIET", "TERMINATE"):
+            wid = rest.strip()
+            if not wid:
+                return _error(f"KAFFI {sub} needs a worker id")
+            if not self.core.signal_worker(wid, sub.lower()):
+                return _error(f"unknown worker {wid}")
+            return _CONTINUE_OK
+        if sub == "WORKERS":
+            workers = [w.to_dict() for w in self.core.workers.values()]
+            return Outcome(encode_bulk(json.dumps(workers, separators=(",", ":"))))
+        return _error(f"no such KAFFI subcommand: {sub}")
 
     def _batch(self, arg: str | None) -> Outcome:
         return _error("batch subsystem is only available in Faktory Enterprise")
@@ -406,4 +432,5 @@ _HANDLERS = {
     "QUEUE": Session._queue,
     "BATCH": Session._batch,
     "TRACK": Session._track,
+    "KAFFI": Session._kaffi,
 }

@@ -151,7 +151,8 @@ class SqliteJournal:
         min_pos = 0.0
         max_pos = 1.0
         rows = db.execute(
-            "SELECT rowid_, jid, state, queue, score, data, wid FROM jobs ORDER BY state, queue, score"
+            "SELECT rowid_, jid, state, queue, score, data, wid FROM jobs "
+            "ORDER BY state, queue, score"
         )
         for rowid, jid, state, queue, score, data, wid in rows:
             core.load_row(rowid, jid, state, queue, score, bytes(data), wid)

@@ -42,7 +42,9 @@ class RemoteServer:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("tcp", "tcp+tls"):
-            raise pytest.UsageError(f"{TEST_URL_ENV} must be tcp://host:port or tcp+tls://..., got {url!r}")
+            raise pytest.UsageError(
+                f"{TEST_URL_ENV} must be tcp://host:port or tcp+tls://..., got {url!r}"
+            )
         self.url = url
         self.host = parts.hostname or "localhost"
         self.port = parts.port or 7419

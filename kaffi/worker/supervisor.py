@@ -74,7 +74,7 @@ def _child_main(
     # Own process group: a terminal's Ctrl-C reaches us only through the supervisor.
     try:
         os.setpgid(0, 0)
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: no process groups (Windows)
         pass
     from kaffi.errors import KaffiError
     from kaffi.worker.loader import load_app

@@ -57,7 +57,6 @@ import asyncio
 import contextvars
 import logging
 import os
-import resource
 import secrets
 import signal
 import socket
@@ -137,6 +136,8 @@ def rss_kb() -> int:
             return int(f.read().split()[1]) * _PAGE_KB
     except (OSError, ValueError, IndexError):
         # Not Linux: the peak RSS is the best the standard library offers.
+        import resource
+
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak // 1024 if sys.platform == "darwin" else peak
 
@@ -712,28 +713,30 @@ class Worker:
         started = slot.started = time.monotonic()
         error: BaseException | None = None
         try:
-            await perform(self.app, job, run_sync=self._run_sync)
-        except asyncio.CancelledError as exc:
-            if slot.abandoned:
-                raise  # shutdown gave up on this job and FAILed it already
-            error = exc  # the job itself raised CancelledError: an ordinary failure
-        except (
-            BaseException
-        ) as exc:  # SystemExit and KeyboardInterrupt too: a job never stops the worker
-            error = exc
+            try:
+                await perform(self.app, job, run_sync=self._run_sync)
+            except asyncio.CancelledError as exc:
+                if slot.abandoned:
+                    raise  # shutdown gave up on this job and FAILed it already
+                error = exc  # the job itself raised CancelledError: an ordinary failure
+            # SystemExit and KeyboardInterrupt too: a job never stops the worker.
+            except BaseException as exc:
+                error = exc
+            finally:
+                self._running -= 1
+                slot.job = None
+            duration = time.monotonic() - started
+            self.processed += 1
+            # Logged inside the job's context, so the line carries jid and jobtype.
+            if error is None:
+                line = encode_ack(job.jid)
+                log_job_done(job.jid, job.jobtype, duration, "ack")
+            else:
+                self.failed += 1
+                line = self._fail_line(job, error)
+                log_job_done(job.jid, job.jobtype, duration, "fail", error)
         finally:
             job_context.reset(token)
-            self._running -= 1
-            slot.job = None
-        duration = time.monotonic() - started
-        self.processed += 1
-        if error is None:
-            line = encode_ack(job.jid)
-            log_job_done(job.jid, job.jobtype, duration, "ack")
-        else:
-            self.failed += 1
-            line = self._fail_line(job, error)
-            log_job_done(job.jid, job.jobtype, duration, "fail", error)
         if self.max_jobs is not None and self.processed >= self.max_jobs and not self._recycling:
             self._recycle(f"{self.processed} jobs done (max {self.max_jobs})")
         return line
@@ -917,6 +920,12 @@ class Worker:
                 if not pending:
                     break
                 if remaining <= 0:
+                    log.error(
+                        "worker %s: %d connections still busy %gs into shutdown; closing them",
+                        self.wid,
+                        len(pending),
+                        FETCH_GRACE_SECONDS,
+                    )
                     for t in pending:
                         t.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
@@ -934,14 +943,13 @@ class Worker:
         task = slot.task
         if job is None or task is None:
             return
-        frames = self._frames_of(slot)
+        # Read the stack before cancelling: cancellation unwinds an async job's frames.
+        stack = self._stack_of(slot)
         slot.abandoned = True
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         ran = time.monotonic() - slot.started
-        backtrace = format_backtrace(
-            traceback.extract_stack(frames[-1]) if frames else [], job.backtrace
-        )
+        backtrace = format_backtrace(stack, job.backtrace)
         line = encode_fail(
             job.jid,
             SHUTDOWN_ERRTYPE,
@@ -959,15 +967,16 @@ class Worker:
         )
         await self._report(slot, line)
 
-    def _frames_of(self, slot: _Slot) -> list[FrameType]:
-        """Where the slot's job is now: its thread's frame, else its coroutine chain."""
+    def _stack_of(self, slot: _Slot) -> traceback.StackSummary:
+        """Where the slot's job is now: its thread's stack, else its coroutine chain."""
         if slot.thread_id is not None:
             frame = sys._current_frames().get(slot.thread_id)
             if frame is not None:
-                return [frame]
+                return traceback.extract_stack(frame)
         if slot.task is not None:
-            return _coroutine_frames(slot.task.get_coro())
-        return []
+            frames = _coroutine_frames(slot.task.get_coro())
+            return traceback.StackSummary.extract((f, f.f_lineno) for f in frames)
+        return traceback.StackSummary()
 
 
 def _in_thread(fn: Callable[[], T]) -> T:

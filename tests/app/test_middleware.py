@@ -13,6 +13,7 @@ import pytest
 
 from kaffi.app.middleware import (
     Middleware,
+    RunSync,
     is_async_callable,
     run_chain,
     run_chain_blocking,
@@ -56,7 +57,7 @@ def test_mixed_chain_runs_in_registration_order(with_pool: bool) -> None:
     _, b_async = recorder(log, "b")
     c_plain, _ = recorder(log, "c")
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         await asyncio.sleep(0)
         log.append("core")
 
@@ -78,7 +79,7 @@ def test_plain_middleware_runs_off_the_loop_thread_and_core_on_it() -> None:
         threads["mw"] = threading.get_ident()
         next()
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         threads["core"] = threading.get_ident()
 
     async def main() -> None:
@@ -102,7 +103,7 @@ def test_middleware_that_does_not_call_next_skips_the_rest(kind: str) -> None:
 
     after_plain, _ = recorder(log, "after")
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         log.append("core")
 
     asyncio.run(run_chain([plain if kind == "plain" else coro, after_plain], None, core))
@@ -128,7 +129,7 @@ def test_exceptions_propagate_unchanged_and_can_be_caught(kind: str) -> None:
             caught.append(exc)
             raise
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         raise error
 
     with pytest.raises(Boom) as info:
@@ -144,7 +145,7 @@ def test_middleware_can_swallow_an_error() -> None:
         except Boom:
             return
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         raise Boom
 
     asyncio.run(run_chain([plain], None, core))
@@ -162,7 +163,7 @@ def test_next_twice_is_refused(kind: str) -> None:
         await next()
         await next()
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         runs.append(1)
 
     with pytest.raises(JobError, match=r"middleware #1 called next\(\) more than once"):
@@ -177,7 +178,7 @@ def test_plain_next_on_the_loop_thread_is_refused_not_deadlocked() -> None:
     def plain(ctx: Any, next: Callable[[], None]) -> None:
         next()
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         return None
 
     with pytest.raises(JobError, match="called next\\(\\) on the event loop thread"):
@@ -194,7 +195,7 @@ def test_context_object_is_shared() -> None:
 
     seen: list[str] = []
 
-    async def core() -> None:
+    async def core(run_sync: RunSync | None) -> None:
         seen.append(ctx.db)
 
     ctx = Ctx()
@@ -292,3 +293,48 @@ def test_run_coroutine_blocking_keeps_contextvars_inside_a_loop() -> None:
         return run_coroutine_blocking(read)
 
     assert asyncio.run(main()) == "outer"
+
+
+def test_plain_middleware_lends_its_thread_to_the_rest_of_the_chain() -> None:
+    # One pool thread, two plain middleware and a blocking core: the thread blocked in
+    # the first middleware serves the rest, so nothing waits for a second thread.
+    threads: list[int] = []
+
+    def plain(ctx: Any, next: Callable[[], None]) -> None:
+        threads.append(threading.get_ident())
+        next()
+
+    async def async_mw(ctx: Any, next: Callable[[], Awaitable[None]]) -> None:
+        await next()
+
+    async def core(run_sync: RunSync | None) -> None:
+        assert run_sync is not None
+        threads.append(await run_sync(threading.get_ident))
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            await asyncio.wait_for(
+                run_chain([plain, async_mw, plain], None, core, pool_run_sync(pool)), 30
+            )
+
+    asyncio.run(main())
+    assert len(threads) == 3
+    assert len(set(threads)) == 1
+
+
+def test_lent_thread_reports_errors_of_blocking_calls() -> None:
+    error = Boom()
+
+    def plain(ctx: Any, next: Callable[[], None]) -> None:
+        next()
+
+    def explode() -> None:
+        raise error
+
+    async def core(run_sync: RunSync | None) -> None:
+        assert run_sync is not None
+        await run_sync(explode)
+
+    with pytest.raises(Boom) as info:
+        asyncio.run(run_chain([plain], None, core))
+    assert info.value is error

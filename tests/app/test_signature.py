@@ -104,7 +104,9 @@ def test_varargs_are_appended_and_validated() -> None:
     s = sig(fn)
     assert s.encode((1, 2, "3"), {}) == [1, 2, 3]
     assert s.decode([1, "2", 3]) == ([1, 2, 3], {})
-    with pytest.raises(ValidationError, match=r"argument '\*rest\[1\]': Input should be a valid integer"):
+    with pytest.raises(
+        ValidationError, match=r"argument '\*rest\[1\]': Input should be a valid integer"
+    ):
         s.encode((1, 2, "x"), {})
 
 
@@ -203,7 +205,7 @@ def test_annotated_constraints_apply() -> None:
 
 
 def test_none_default_widens_the_type() -> None:
-    def fn(a: int, limit: int = None) -> None:  # type: ignore[assignment]
+    def fn(a: int, limit: int = None) -> None:  # type: ignore[assignment]  # noqa: RUF013
         del a, limit
 
     assert sig(fn).encode((1,), {"limit": None}) == [1, None]
@@ -283,17 +285,23 @@ def test_rich_values_convert_back_to_the_annotated_types() -> None:
 
 
 def test_decode_too_many_arguments() -> None:
-    with pytest.raises(ArgumentsError, match=r"job has 4 arguments but the task takes at most 3 \(a, b, c\)"):
+    with pytest.raises(
+        ArgumentsError, match=r"job has 4 arguments but the task takes at most 3 \(a, b, c\)"
+    ):
         sig(three, "t").decode([1, 2, 3, 4])
 
 
 def test_decode_missing_arguments() -> None:
-    with pytest.raises(ArgumentsError, match="job has 0 arguments but the task requires 1: missing 'a'"):
+    with pytest.raises(
+        ArgumentsError, match="job has 0 arguments but the task requires 1: missing 'a'"
+    ):
         sig(three).decode([])
 
 
 def test_decode_wrong_type_names_the_parameter() -> None:
-    with pytest.raises(ArgumentsError, match=r"task 't': argument 'b': Input should be a valid integer"):
+    with pytest.raises(
+        ArgumentsError, match=r"task 't': argument 'b': Input should be a valid integer"
+    ):
         sig(three).decode([1, "nope"])
 
 

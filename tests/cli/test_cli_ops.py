@@ -423,10 +423,24 @@ def test_help_texts_are_the_constants() -> None:
         (["push", "--help"], ops.PUSH_HELP.splitlines()[0]),
         (["info", "--help"], ops.INFO_HELP.splitlines()[0]),
         (["mutate", "--help"], ops.MUTATE_HELP.splitlines()[0]),
-        (["queue", "--help"], ops.QUEUE_HELP.splitlines()[0]),
+        (["queue", "pause", "--help"], ops.QUEUE_PAUSE_HELP),
         (["flush", "--help"], ops.FLUSH_HELP.splitlines()[0]),
     ]:
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
         assert first_line in result.stdout
         assert "--url" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["info"], ["push", "x"], ["queue", "pause", "q"]])
+def test_wrong_password_is_one_line(args: list[str]) -> None:
+    from kaffi.server import EmbeddedServer
+
+    with EmbeddedServer(password="s3cret") as server:
+        wrong = f"tcp://:not-it@127.0.0.1:{server.port}"
+        result = CliRunner().invoke(main, [*args, "--url", wrong])
+        assert_one_line_error(result)
+        assert "password" in result.stderr
+        assert "not-it" not in result.stderr
+        right = CliRunner().invoke(main, [*args, "--url", server.url])
+        assert right.exit_code == 0, right.output

@@ -81,7 +81,8 @@ def test_destructive_commands_refuse_without_a_terminal(
     for args in (["flush"], ["queue", "remove", "keep"], ["mutate", "dead", "clear"]):
         result = kaffi(*args, "--url", server_url)
         assert result.returncode == 1, args
-        assert result.stderr.startswith("kaffi: error: not confirmed"), result.stderr
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith("kaffi: error: not confirmed"), result.stderr
     assert kaffi_client.info().faktory.queues["keep"] == 1
 
 

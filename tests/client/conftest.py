@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fake_faktory import FakeFaktory
 
 from kaffi.client import Client
+from tests.client.fake_faktory import FakeFaktory
 
 
 @pytest.fixture

@@ -273,7 +273,7 @@ class FakeFaktory:
         if verb == "QUEUE":
             sub, _, names = arg.partition(" ")
             if sub == "LATENCY":
-                return encode_bulk(json.dumps({name: 1.5 for name in names.split(" ")}))
+                return encode_bulk(json.dumps(dict.fromkeys(names.split(" "), 1.5)))
             return b"+OK\r\n"
         return f"-ERR unknown command {verb}\r\n".encode()
 

@@ -79,7 +79,7 @@ def test_quickstart() -> None:
 def test_async_tasks() -> None:
     out = run_example("async_tasks.py").stdout
     assert "pushed 20 download jobs" in out
-    assert "20 pages in" in out
+    assert "worker ran 20 pages" in out
 
 
 def test_asyncio_producer() -> None:

@@ -35,9 +35,8 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT
         time.sleep(0.01)
 
 
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker`` in a thread; stop it (and check it stopped cleanly) on exit."""
+def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``worker`` in a thread; the list gets whatever ``run()`` raised."""
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -48,6 +47,13 @@ def running(worker: Worker) -> Iterator[Worker]:
 
     thread = threading.Thread(target=target, name="test-worker", daemon=True)
     thread.start()
+    return thread, errors
+
+
+@contextmanager
+def running(worker: Worker) -> Iterator[Worker]:
+    """Run ``worker`` in a thread; stop it (and check it stopped cleanly) on exit."""
+    thread, errors = start(worker)
     assert worker.ready.wait(WAIT), "worker did not start"
     try:
         yield worker
@@ -57,12 +63,6 @@ def running(worker: Worker) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker thread did not end"
     if errors:
         raise errors[0]
-
-
-def finished(worker: Worker, thread_target: Callable[[], None]) -> threading.Thread:
-    thread = threading.Thread(target=thread_target, daemon=True)
-    thread.start()
-    return thread
 
 
 def stats(app: App) -> FaktoryInfo:
@@ -80,7 +80,7 @@ def app(faktory_server: Any) -> Iterator[App]:
 
 # -- the command line -----------------------------------------------------------------------
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import os
 import time
 
@@ -116,7 +116,7 @@ async def arecord(tag: str) -> None:
 def hang() -> None:
     _record("hanging")
     time.sleep(300)
-'''
+"""
 
 
 @pytest.fixture
@@ -164,12 +164,19 @@ class LogReader:
         )
         return [line for line in self.lines if needle in line]
 
+    def close(self) -> None:
+        self._thread.join(WAIT)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
     def text(self) -> str:
         return "\n".join(self.lines)
 
 
 @contextmanager
-def kaffi_worker(project: Path, url: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], LogReader]]:
+def kaffi_worker(
+    project: Path, url: str, *args: str
+) -> Iterator[tuple[subprocess.Popen[str], LogReader]]:
     """``python -m kaffi worker ARGS`` in ``project``; killed if a test leaves it running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "kaffi", "worker", *args],
@@ -185,4 +192,5 @@ def kaffi_worker(project: Path, url: str, *args: str) -> Iterator[tuple[subproce
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(WAIT)
+        proc.wait(WAIT)
+        reader.close()

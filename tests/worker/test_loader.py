@@ -38,9 +38,7 @@ def test_dotted_module_and_nested_attribute(project: Path) -> None:
     pkg = project / f"pkg_{uuid.uuid4().hex[:8]}"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "tasks.py").write_text(
-        "import kaffi\nclass Holder:\n    app = kaffi.App()\n"
-    )
+    (pkg / "tasks.py").write_text("import kaffi\nclass Holder:\n    app = kaffi.App()\n")
     app = load_app(f"{pkg.name}.tasks:Holder.app")
     assert isinstance(app, App)
 
@@ -54,7 +52,11 @@ def test_module_alone_finds_its_one_app(project: Path) -> None:
     ("source", "suffix", "needle"),
     [
         ("x = 1\n", "", "defines no kaffi.App"),
-        ("import kaffi\na = kaffi.App()\nb = kaffi.App()\n", "", r"several kaffi.App objects \(a, b\)"),
+        (
+            "import kaffi\na = kaffi.App()\nb = kaffi.App()\n",
+            "",
+            r"several kaffi.App objects \(a, b\)",
+        ),
         ("import kaffi\napp = kaffi.App()\n", ":nope", "has no attribute 'nope'"),
         ("app = 42\n", ":app", "is a int, not a kaffi.App"),
     ],

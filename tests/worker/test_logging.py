@@ -102,8 +102,13 @@ def test_a_job_line_costs_nothing_when_the_level_is_off() -> None:
     logger = logging.getLogger("kaffi.job")
     old = logger.level
     logger.setLevel(logging.ERROR)
-    calls: list[int] = []
-    logger.addFilter(lambda record: bool(calls.append(1)) or True)
+    calls: list[logging.LogRecord] = []
+
+    def spy(record: logging.LogRecord) -> bool:
+        calls.append(record)
+        return True
+
+    logger.addFilter(spy)
     try:
         log_job_done("jid-1", "add", 0.1, "ack")
     finally:

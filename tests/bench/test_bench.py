@@ -1,0 +1,179 @@
+"""The benchmark suite must not rot: its pieces work, and its quick mode runs end to end.
+
+Nothing here asserts a speed (speed targets live in ``python -m bench --targets``); the
+tests check that each measurement measures what it says (every job pushed arrives, every
+job fetched is acknowledged) and that the report reads the results right.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import raw, report
+from bench.harness import BenchError, Endpoint, ServerControl, process_tree, tree_rss_mb
+from bench.names import (
+    KAFFI_BULK,
+    KAFFI_DELAY,
+    KAFFI_WORKER,
+    OP_BULK,
+    OP_CPU_1,
+    OP_CPU_2,
+    OP_DRAIN_1,
+    OP_RAW_FETCH_ACK,
+    OP_RAW_PUSH,
+    OP_RAW_PUSHB,
+    OP_SINGLE,
+    RAW,
+)
+from bench.peers import NODE_CLIENT
+from bench.results import Gauge, Results, Throughput
+from bench.tasks import calibrate_spin, spin_loops
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sample() -> Results:
+    results = Results(meta={"date": "2026-01-01 00:00 UTC", "machine": "test"})
+    for t in (
+        Throughput(OP_SINGLE, KAFFI_DELAY, 1000, 0.1),  # 10,000/s
+        Throughput(OP_SINGLE, NODE_CLIENT, 1000, 0.2),  # 5,000/s
+        Throughput(OP_BULK, KAFFI_BULK, 10000, 0.2),  # 50,000/s
+        Throughput(OP_RAW_PUSHB, RAW, 10000, 0.125),  # 80,000/s
+        Throughput(OP_RAW_PUSH, RAW, 10000, 0.5),  # 20,000/s
+        Throughput(OP_DRAIN_1, KAFFI_WORKER, 1000, 0.1),  # 10,000/s
+        Throughput(OP_DRAIN_1, NODE_CLIENT, 1000, 0.2),  # 5,000/s
+        Throughput(OP_RAW_FETCH_ACK, RAW, 1000, 0.05),  # 20,000/s
+        Throughput(OP_CPU_1, KAFFI_WORKER, 100, 0.1),  # 1,000/s
+        Throughput(OP_CPU_2, KAFFI_WORKER, 100, 0.08),  # 1,250/s
+    ):
+        results.add(t)
+    return results
+
+
+def test_results_keep_the_best_repeat_and_round_trip_through_json() -> None:
+    results = _sample()
+    results.add(Throughput(OP_SINGLE, KAFFI_DELAY, 1000, 0.5))  # slower: ignored
+    results.add(Throughput(OP_SINGLE, NODE_CLIENT, 1000, 0.1))  # faster: kept
+    results.add(Gauge("start-up", KAFFI_WORKER, 0.4, "s"))
+    results.add(Gauge("start-up", KAFFI_WORKER, 0.3, "s"))
+    results.skipped.append("something: why")
+    again = Results.from_json(results.to_json())
+    assert again.rate(OP_SINGLE, KAFFI_DELAY) == pytest.approx(10_000)
+    assert again.rate(OP_SINGLE, NODE_CLIENT) == pytest.approx(10_000)
+    assert again.gauge("start-up", KAFFI_WORKER) == pytest.approx(0.3)
+    assert again.skipped == ["something: why"]
+    assert again.meta["machine"] == "test"
+
+
+def test_table_shows_ratios_to_node_and_to_the_ceiling() -> None:
+    table = report.throughput_table(_sample())
+    single = next(line for line in table.splitlines() if "kaffi .delay()" in line)
+    assert "10,000" in single
+    assert "2.00x" in single  # vs Node
+    assert "0.50x" in single  # vs raw pipelined PUSH (20,000/s)
+    bulk = next(line for line in table.splitlines() if "push_bulk" in line)
+    assert "0.62x" in bulk  # 50,000 / 80,000
+
+
+def test_targets_hold_miss_or_are_not_measured() -> None:
+    verdicts = {v.name: v for v in report.check_targets(_sample())}
+    assert verdicts[".delay() one at a time vs Node job().push()"].holds is True
+    assert verdicts["bulk enqueue (best of .delay_many / push_bulk) vs raw PUSHB"].holds is False
+    assert verdicts["drain, 1 process, concurrency 20, vs Node worker"].holds is True
+    assert verdicts["drain, 1 process, concurrency 20, vs raw FETCH+ACK"].holds is False
+    assert verdicts["CPU-bound, 2 processes vs 1 process"].holds is False
+    assert verdicts["server: pipelined PUSH"].holds is True
+    assert verdicts["server: RSS with 100,000 queued jobs"].holds is None
+
+
+def test_page_has_the_table_the_targets_and_what_was_skipped() -> None:
+    results = _sample()
+    results.skipped.append("pyfaktory: not installed")
+    page = report.render_page(results, chart="img/benchmarks.svg", notes="## Notes\n\nhand text")
+    assert page.startswith("# Benchmarks")
+    assert "![Jobs per second" in page
+    assert "| enqueue one at a time | **kaffi .delay()** |" in page
+    assert "**MISSED**" in page
+    assert "- pyfaktory: not installed" in page
+    assert "hand text" in page
+    assert "![" not in report.render_page(results, chart=None)
+
+
+@pytest.mark.parametrize(
+    "url", ["tcp://10.0.0.1:7419", "tcp://example.com:7419", "tcp+tls://127.0.0.1:7419"]
+)
+def test_only_plain_loopback_servers_are_accepted(url: str) -> None:
+    with pytest.raises(BenchError):
+        Endpoint.parse(url)
+
+
+def test_loopback_urls_parse_with_their_password() -> None:
+    ep = Endpoint.parse("tcp://:s%40cret@127.0.0.1:7500")
+    assert (ep.host, ep.port, ep.password) == ("127.0.0.1", 7500, "s@cret")
+    assert Endpoint.parse("tcp://localhost").port == 7419
+
+
+def test_spin_is_calibrated_and_pure() -> None:
+    loops = calibrate_spin(0.0005, rounds=2)
+    assert loops >= 1
+    assert spin_loops(10) == spin_loops(10)
+
+
+def test_process_tree_and_rss_include_children() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        assert child.pid in process_tree(os.getpid())
+        measured = tree_rss_mb(os.getpid())
+        assert measured is not None
+        assert measured[1] >= 2
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(30)
+
+
+def test_raw_ceilings_push_and_drain_every_job(faktory_server: Any) -> None:
+    endpoint = Endpoint.parse(faktory_server.url)
+    control = ServerControl(endpoint)
+    try:
+        control.flush()
+        t = raw.push_pipelined(endpoint, 300)
+        assert (t.jobs, control.pending("default")) == (300, (300, 0))
+        control.flush()
+        raw.push_sequential(endpoint, 20)
+        raw.pushb(endpoint, 2500)
+        assert control.pending("default") == (2520, 0)
+        control.flush()
+        t = raw.fetch_ack(endpoint, control, 200, connections=5, queue="raw-test")
+        assert t.jobs == 200
+        assert control.pending("raw-test") == (0, 0)
+    finally:
+        control.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_mode_runs_end_to_end() -> None:
+    # The same command CI runs (`.ci/run`), without peers so it needs no network or npm.
+    # A multi-process smoke run (server, workers, 2 s FETCH waits): hence its own timeout.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-write", "--no-peers", "--targets"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=170,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "FAKTORY_URL"},
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert "| enqueue one at a time | **kaffi .delay()** |" in out
+    assert "raw: FETCH+ACK, 20 asyncio connections" in out
+    assert "not asserted" in out

@@ -1,0 +1,165 @@
+"""Durability with ``--data``: every +OK'd job survives ``kill -9``; state comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kaffi.server import EmbeddedServer
+from tests.server.wire import Closed, Wire, push_line
+
+_LISTENING = re.compile(r"listening on tcp://([\d.]+):(\d+)")
+
+
+class ServerProcess:
+    """``python -m kaffi server --data PATH`` in a child process."""
+
+    def __init__(self, data: Path) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kaffi",
+                "server",
+                "--bind",
+                "127.0.0.1:0",
+                "--data",
+                str(data),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        match = _LISTENING.search(line)
+        if match is None:
+            self.kill()
+            raise AssertionError(f"server did not start: {line!r}")
+        self.host, self.port = match.group(1), int(match.group(2))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[[], ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start() -> ServerProcess:
+        proc = ServerProcess(tmp_path / "kaffi.sqlite3")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def test_state_survives_kill_9(
+    server_process: Callable[[], ServerProcess], wire: Callable[..., Wire]
+) -> None:
+    first = server_process()
+    w = wire("w-1", server=first)
+    for n in range(5):
+        assert w.send(push_line(jid=f"jid-queued-{n:03d}", queue="q")) == ["+OK"]
+    assert w.send(push_line(jid="jid-reserved-01", queue="r", reserve_for=600)) == ["+OK"]
+    assert w.send("FETCH r")[0].startswith("$")
+    assert w.send(push_line(jid="jid-retry-0001", queue="f", retry=5)) == ["+OK"]
+    w.send("FETCH f")
+    assert w.send('FAIL {"jid":"jid-retry-0001","errtype":"E","message":"m"}') == ["+OK"]
+    assert w.send(push_line(jid="jid-dead-00001", queue="f", retry=-1)) == ["+OK"]
+    w.send("FETCH f")
+    assert w.send('FAIL {"jid":"jid-dead-00001","errtype":"E","message":"m"}') == ["+OK"]
+    assert w.send(push_line(jid="jid-sched-0001", at="2099-01-01T00:00:00Z")) == ["+OK"]
+    assert w.send("QUEUE PAUSE q") == ["+OK"]
+    assert w.send("FETCH q") == ["$-1"]
+    first.kill()
+
+    second = server_process()
+    w2 = wire("w-2", server=second)
+    info = w2.value("INFO")["faktory"]
+    assert info["queues"] == {"f": 0, "q": 5, "r": 0}
+    assert info["sets"] == {"dead": 1, "retries": 1, "scheduled": 1, "working": 1}
+    assert w2.send("FETCH q") == ["$-1"]  # still paused
+    w2.send("QUEUE RESUME q")
+    jids = [json.loads(w2.send("FETCH q")[1])["jid"] for _ in range(5)]
+    assert jids == [f"jid-queued-{n:03d}" for n in range(5)]  # order kept
+    assert w2.send('ACK {"jid":"jid-reserved-01"}') == ["+OK"]
+    assert w2.value("INFO")["faktory"]["sets"]["working"] == 5
+
+
+def test_every_acknowledged_push_survives_kill_9_under_load(
+    server_process: Callable[[], ServerProcess], wire: Callable[..., Wire]
+) -> None:
+    first = server_process()
+    acked: list[str] = []
+    producer = wire(server=first)
+    enough = threading.Event()
+
+    def push_forever() -> None:
+        n = 0
+        try:
+            while True:
+                batch = [f"jid-load-{n + i:08d}" for i in range(50)]
+                producer.write(b"".join(push_line(jid=j).encode() + b"\r\n" for j in batch))
+                for jid in batch:
+                    if producer.reply() == ["+OK"]:
+                        acked.append(jid)
+                n += 50
+                if n >= 500:
+                    enough.set()
+        except (Closed, OSError):
+            enough.set()
+
+    thread = threading.Thread(target=push_forever, daemon=True)
+    thread.start()
+    assert enough.wait(30), "the producer made no progress"
+    first.kill()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(acked) >= 500
+
+    second = server_process()
+    w = wire(server=second)
+    stored = w.value("INFO")["faktory"]["queues"]["default"]
+    consumer = wire("w-drain", server=second)
+    found = set()
+    for _ in range(stored):
+        found.add(json.loads(consumer.send("FETCH default")[1])["jid"])
+    missing = set(acked) - found
+    assert not missing, f"pushed {len(acked)}, stored {stored}, lost {len(missing)}"
+
+
+def test_embedded_restart_keeps_jobs(tmp_path: Path, wire: Callable[..., Wire]) -> None:
+    data = tmp_path / "jobs.sqlite3"
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        w.send(push_line(jid="jid-keep-00001", queue="keep", custom={"a": [1, 2]}))
+        w.send(push_line(jid="jid-gone-00001", queue="keep"))
+        w.send("FETCH keep")
+        w.send('ACK {"jid":"jid-keep-00001"}')
+        w.send("FLUSH")
+        w.send(push_line(jid="jid-after-flush", queue="keep"))
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        assert json.loads(w.send("FETCH keep")[1])["jid"] == "jid-after-flush"
+        assert w.send("FETCH keep") == ["$-1"]

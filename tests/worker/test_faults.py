@@ -1,0 +1,80 @@
+"""The worker when things go wrong: lost connections, a refused password."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from kaffi.app import App
+from kaffi.client.aio import AsyncConnection
+from kaffi.errors import AuthenticationError, ReadError
+from kaffi.server import EmbeddedServer
+
+from .conftest import WAIT, running, start, stats, wait_until
+
+
+def test_an_ack_whose_connection_breaks_is_sent_again(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = AsyncConnection.pipeline
+    broken: list[bytes] = []
+
+    async def flaky(self: AsyncConnection, lines: Any, *, timeout: float | None = None) -> Any:
+        if not broken and lines[0].startswith(b"ACK"):
+            # The worst case: the bytes may have left, the replies never come back.
+            broken.append(lines[0])
+            self._abort()
+            raise ReadError("connection reset by the test")
+        return await original(self, lines, timeout=timeout)
+
+    monkeypatch.setattr(AsyncConnection, "pipeline", flaky)
+
+    @app.task
+    def noop(i: int) -> None:
+        return None
+
+    for i in range(3):
+        noop.delay(i)
+    with running(app.worker(concurrency=1)) as worker:
+        wait_until(lambda: worker.processed == 3, "three jobs")
+        wait_until(lambda: stats(app).sets["working"] == 0, "every ACK to arrive")
+    assert len(broken) == 1
+    info = stats(app)
+    assert info.sets["retries"] == 0
+    assert info.queues["default"] == 0
+
+
+def test_a_refused_password_stops_the_worker_with_a_clear_error() -> None:
+    with EmbeddedServer(password="right") as server:
+        url = f"tcp://:wrong@{server.host}:{server.port}"
+        app = App(url=url)
+        thread, outcome = start(app.worker(concurrency=2))
+        thread.join(WAIT)
+        assert not thread.is_alive(), "the worker kept retrying a wrong password"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], AuthenticationError)
+        assert "password" in str(outcome[0])
+
+
+def test_quiet_from_python_stops_fetching_but_finishes_held_jobs(app: App) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    @app.task
+    def held() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    held.delay()
+    with running(app.worker(concurrency=2)) as worker:
+        assert started.wait(WAIT)
+        worker.quiet()
+        wait_until(lambda: worker.state == "quiet", "quiet")
+        release.set()
+        wait_until(lambda: worker._live_slots == 0, "the slots to stop")
+        assert worker.processed == 1
+        held.delay()
+        assert stats(app).queues["default"] == 1
+        assert stats(app).sets["working"] == 0
