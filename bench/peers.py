@@ -3,7 +3,8 @@
 - Node ``faktory-worker`` 4.7.1 with npm into ``bench/.env/node`` (``npm install
   --prefix``), run as ``node bench/drivers/faktory_worker.js`` with ``NODE_PATH`` there;
 - the PyPI ``faktory`` 1.0.0 and ``pyfaktory`` 0.2.13 packages with pip into the virtualenv
-  ``bench/.env/venv``, which also gets matplotlib for the chart.
+  ``bench/.env/venv``, which also gets matplotlib for the chart and py-spy for
+  ``python -m bench.profile``.
 
 ``bench/.env/`` is gitignored and nothing is ever installed into the repository tree
 proper or into kaffi's own environment. Each peer runs in its own process, so its speed
@@ -42,11 +43,13 @@ VENV_DIR = ENV_DIR / "venv"
 NODE_VERSION = "4.7.1"
 PYPI_FAKTORY_VERSION = "1.0.0"
 PYFAKTORY_VERSION = "0.2.13"
-#: What the bench virtualenv gets: the two Python peers and the chart library.
+#: What the bench virtualenv gets: the two Python peers, the chart library and the
+#: profiler ``python -m bench.profile`` drives.
 VENV_REQUIREMENTS = (
     f"faktory=={PYPI_FAKTORY_VERSION}",
     f"pyfaktory=={PYFAKTORY_VERSION}",
     "matplotlib>=3.7",
+    "py-spy>=0.3.14",
 )
 
 NODE_CLIENT = f"Node faktory-worker {NODE_VERSION}"
@@ -191,7 +194,8 @@ def install(log: Callable[[str], None]) -> list[str]:
                 "npm install faktory-worker",
                 cwd=NODE_DIR,
             )
-    if not (_venv_has("faktory") and _venv_has("pyfaktory") and _venv_has("matplotlib")):
+    have_all = all(_venv_has(m) for m in ("faktory", "pyfaktory", "matplotlib"))
+    if not (have_all and (VENV_DIR / "bin" / "py-spy").is_file()):
         if not venv_python().is_file():
             log(f"creating the bench virtualenv {VENV_DIR}")
             problems += _run([sys.executable, "-m", "venv", str(VENV_DIR)], "python -m venv")

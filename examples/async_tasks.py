@@ -45,8 +45,8 @@ async def run(url: str) -> None:
     await worker.run()
     elapsed = max(pages_done) - started
     say(
-        f"worker ran {len(pages_done)} pages, the last one done {elapsed:.2f} s after it "
-        f"started (each job sleeps 0.5 s: one after another they would take {PAGES * 0.5:.0f} s)"
+        f"worker ran {len(pages_done)} pages, the last one done {elapsed:.2f} s after the worker "
+        f"started (each sleeps 0.5 s: one after another they would take {PAGES * 0.5:.0f} s)"
     )
     say("burst mode then saw the queue stay empty and the worker returned")
     await app.aclose()

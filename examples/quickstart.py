@@ -11,7 +11,7 @@ and stops with it. Four jobs are pushed:
   the same MUTATE command ``kaffi mutate retries requeue`` sends;
 - ``remind``: scheduled three seconds ahead; it waits in the scheduled set until due.
 
-Then the worker and the server stop and the script exits, in about ten seconds.
+Then the worker and the server stop and the script exits, after about five seconds.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -102,6 +103,8 @@ BULK_CHUNK = 1000
 MUTATE_TARGETS = ("retries", "scheduled", "dead")
 MUTATE_ACTIONS = ("clear", "kill", "discard", "requeue")
 _DESTRUCTIVE = frozenset({"clear", "kill", "discard"})
+#: The sets every Faktory INFO reports, shown first and always in this order.
+STANDARD_SETS = ("scheduled", "retries", "dead", "working")
 
 
 # -- shared pieces --------------------------------------------------------------------------
@@ -194,13 +197,9 @@ def render_info(info: Info, latencies: dict[str, float], where: str) -> str:
         lines.append("no queues yet")
     lines.append("")
     sets = info.faktory.sets
-    set_rows = [
-        [name, str(sets.get(name, 0))] for name in ("scheduled", "retries", "dead", "working")
-    ]
+    set_rows = [[name, str(sets.get(name, 0))] for name in STANDARD_SETS]
     set_rows += [
-        [name, str(size)]
-        for name, size in sorted(sets.items())
-        if name not in ("scheduled", "retries", "dead", "working")
+        [name, str(size)] for name, size in sorted(sets.items()) if name not in STANDARD_SETS
     ]
     lines += _table(["SET", "SIZE"], set_rows)
     lines.append("")
@@ -244,9 +243,12 @@ def _schedule(at: str | None, in_seconds: float | None) -> datetime | None:
         except ValueError as exc:
             fail(f"--at: {exc}")
     if in_seconds is not None:
-        if in_seconds < 0:
+        if not math.isfinite(in_seconds) or in_seconds < 0:
             fail(f"--in: must be zero or more seconds, got {in_seconds:g}")
-        return datetime.now(timezone.utc) + timedelta(seconds=in_seconds)
+        try:
+            return datetime.now(timezone.utc) + timedelta(seconds=in_seconds)
+        except OverflowError:
+            fail(f"--in: {in_seconds:g} seconds is further ahead than a date can be")
     return None
 
 
@@ -272,7 +274,7 @@ def _parse_custom(text: str | None) -> dict[str, Any] | None:
 @click.option("--custom", default=None, metavar="JSON", help=PUSH_CUSTOM_HELP)
 @click.option(
     "--bulk",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("rb"),
     default=None,
     metavar="FILE",
     help=PUSH_BULK_HELP,
@@ -286,7 +288,7 @@ def push(
     in_seconds: float | None,
     retry: int | None,
     custom: str | None,
-    bulk: IO[str] | None,
+    bulk: IO[bytes] | None,
     url: str | None,
 ) -> None:
     if bulk is not None:
@@ -324,7 +326,7 @@ def push(
 
 
 def _read_bulk_lines(
-    stream: IO[str], problems: list[str]
+    stream: IO[bytes], problems: list[str]
 ) -> Iterator[tuple[list[tuple[int, JobPayload]], int]]:
     """Yield the valid jobs in chunks of BULK_CHUNK, each job with its line number, and the
     bytes read so far (for the progress bar). Bad lines are recorded in ``problems``."""
@@ -332,9 +334,13 @@ def _read_bulk_lines(
 
     chunk: list[tuple[int, JobPayload]] = []
     consumed = 0
-    for number, line in enumerate(stream, start=1):
-        consumed += len(line.encode("utf-8", "surrogateescape"))
-        text = line.strip()
+    for number, raw in enumerate(stream, start=1):
+        consumed += len(raw)
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            problems.append(f"line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
         if not text:
             continue
         try:
@@ -360,7 +366,7 @@ def _read_bulk_lines(
         yield chunk, consumed
 
 
-def _stream_size(stream: IO[str]) -> int | None:
+def _stream_size(stream: IO[bytes]) -> int | None:
     """Bytes in a regular file (for the progress bar), None for pipes and terminals."""
     try:
         stat = os.fstat(stream.fileno())
@@ -371,11 +377,15 @@ def _stream_size(stream: IO[str]) -> int | None:
     return stat.st_size if stat_module.S_ISREG(stat.st_mode) else None
 
 
-def _push_bulk(stream: IO[str], url: str | None) -> None:
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _push_bulk(stream: IO[bytes], url: str | None) -> None:
     problems: list[str] = []
     pushed = 0
     size = _stream_size(stream)
-    show_bar = size is not None and sys.stderr.isatty()
+    show_bar = size is not None and _stderr_is_terminal()
     with _client(url) as client, contextlib.ExitStack() as stack:
         bar: ProgressBar[int] | None = (
             stack.enter_context(click.progressbar(length=size, label="pushing", file=sys.stderr))
@@ -458,15 +468,22 @@ def queue_latency(names: tuple[str, ...], url: str | None) -> None:
 # -- kaffi mutate ---------------------------------------------------------------------------
 
 
-def _describe_filter(jobtype: str | None, jids: Sequence[str], match: str | None) -> str:
+def _scope(action: str, jobtype: str | None, jids: Sequence[str], match: str | None) -> str:
+    """Which jobs a mutation touches, in words: "every job", "the jobs of type 'x'"..."""
+    if action == "clear":
+        return "every job"
     if jids:
-        return f"with jid {', '.join(jids)}"
+        return f"the job{'s' if len(jids) > 1 else ''} with jid {', '.join(jids)}"
     parts = []
     if jobtype is not None:
         parts.append(f"of type {jobtype!r}")
     if match is not None:
         parts.append(f"matching {match!r}")
-    return " ".join(parts) if parts else "(all of them)"
+    return "the jobs " + " ".join(parts) if parts else "every job"
+
+
+_CONFIRM_VERB = {"clear": "Delete", "discard": "Delete", "kill": "Move to the dead set"}
+_DONE = {"clear": "cleared", "kill": "killed", "discard": "discarded", "requeue": "requeued"}
 
 
 @main.command("mutate", help=MUTATE_HELP)
@@ -492,14 +509,9 @@ def mutate(
             "clear empties the whole set and ignores filters; use discard to delete only "
             "the matching jobs"
         )
+    scope = _scope(action, jobtype, jids, match)
     if action in _DESTRUCTIVE:
-        scope = (
-            "every job"
-            if action == "clear"
-            else "the jobs " + _describe_filter(jobtype, jids, match)
-        )
-        verb = {"clear": "Delete", "discard": "Delete", "kill": "Move to the dead set"}[action]
-        _confirm(f"{verb} {scope} in the {target} set?", yes)
+        _confirm(f"{_CONFIRM_VERB[action]} {scope} in the {target} set?", yes)
     with _client(url) as client:
         mutation = getattr(client, target)
         if jobtype is not None:
@@ -509,7 +521,7 @@ def mutate(
         if match is not None:
             mutation = mutation.matching(match)
         getattr(mutation, action)()
-    click.echo(f"{action} {target}: done")
+    click.echo(f"{_DONE[action]} {scope} in the {target} set")
 
 
 # -- kaffi flush ----------------------------------------------------------------------------

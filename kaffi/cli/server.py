@@ -96,6 +96,7 @@ def server_command(
     )
     if not memory and data is None:
         data = default_data_path()
+    _raise_file_limit()
     with handle_errors():
         server = EmbeddedServer(
             bind, data=data, password=password, tls_cert=tls_cert, tls_key=tls_key
@@ -125,6 +126,25 @@ async def _serve(server: object, data: Path | None) -> None:
     finally:
         await server.stop_async()
     click.echo("kaffi server stopped.")
+
+
+def _raise_file_limit() -> None:
+    """Make room for the server's 2000 connections when the soft limit is lower (a
+    common default is 1024 open files); never above the hard limit."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    from kaffi.server.embedded import DEFAULT_MAX_CONNECTIONS
+
+    wanted = DEFAULT_MAX_CONNECTIONS + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return
 
 
 def _url_from_bind(bind: str, password: str | None, tls_cert: str | None) -> str:

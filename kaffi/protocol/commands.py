@@ -20,11 +20,14 @@ Two protocol facts shape the encoders:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from pydantic import TypeAdapter
 
 from kaffi.errors import (
     AuthenticationError,
@@ -179,8 +182,21 @@ def encode_push(job: JobPayload | Mapping[str, Any]) -> bytes:
 
 def encode_pushb(jobs: Iterable[JobPayload | Mapping[str, Any]]) -> bytes:
     """``PUSHB [{job},...]``."""
-    body = ",".join(_payload_json(j) for j in jobs)
-    return encode_line("PUSHB", "[" + body + "]")
+    batch = jobs if isinstance(jobs, list) else list(jobs)
+    if batch and all(type(j) is JobPayload for j in batch):
+        # One call into pydantic-core for the whole batch: the same bytes as joining each
+        # job's to_json(), about 3x cheaper per job (bench/notes.md has the measurements).
+        body = _payload_list_adapter().dump_json(cast(list[JobPayload], batch), exclude_none=True)
+        if b"\n" in body or b"\r" in body:
+            raise LocalProtocolError("PUSHB argument cannot contain a line break")
+        return b"PUSHB " + body + b"\r\n"
+    return encode_line("PUSHB", "[" + ",".join(_payload_json(j) for j in batch) + "]")
+
+
+@functools.cache
+def _payload_list_adapter() -> TypeAdapter[list[JobPayload]]:
+    # Built on first use: building its schema at import would slow every `import kaffi`.
+    return TypeAdapter(list[JobPayload])
 
 
 def encode_fetch(*queues: str) -> bytes:

@@ -69,6 +69,16 @@ _FAIL_BACKTRACE_MAX = 50
 _WORKER_STATES = {"running": 0, "quiet": 1, "terminate": 2}
 
 
+def _rss_mb() -> int:
+    """Resident memory of this process in MB (Linux's /proc, else the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * resource.getpagesize() // (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 class CoreError(Exception):
     """A command the core refuses; ``str(exc)`` is the ``-ERR`` text."""
 
@@ -387,7 +397,10 @@ class ServerCore:
         wid: str,
         known: bool = True,
     ) -> Reservation:
-        seconds = max(reserve_for or jobs_mod.DEFAULT_RESERVE_FOR, jobs_mod.MIN_RESERVE_FOR)
+        seconds = min(
+            max(reserve_for or jobs_mod.DEFAULT_RESERVE_FOR, jobs_mod.MIN_RESERVE_FOR),
+            jobs_mod.MAX_RESERVE_FOR,
+        )
         expires = self.clock.now() + seconds
         res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
         old = self.reservations.get(jid)
@@ -470,6 +483,11 @@ class ServerCore:
             self.journal.delete(res.rowid)
 
     def fail(self, jid: str, errtype: str, message: str, backtrace: list[str] | None) -> None:
+        """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
+        if not jid:
+            raise CoreError("missing JID")
+        errtype = errtype.strip()[:_FAIL_ERRTYPE_MAX] or "unknown"
+        message = message.strip()[:_FAIL_MESSAGE_MAX] or "unknown"
         res = self.reservations.pop(jid, None)
         if res is None:
             raise CoreError(f"Job not found {jid}")
@@ -479,39 +497,42 @@ class ServerCore:
     def _failed(
         self, res: Reservation, errtype: str, message: str, backtrace: list[str] | None
     ) -> None:
+        """Faktory's processFailure: update the failure record, then retry, kill or drop."""
         self.total_failures += 1
         job = jobs_mod.decode_job(res.data)
-        failure = job.get("failure")
-        lines = list(backtrace[:_FAIL_BACKTRACE_MAX]) if backtrace else None
-        if failure:
-            failure["retry_count"] = int(failure.get("retry_count") or 0) + 1
-        else:
-            failure = job["failure"] = {"retry_count": 0}
-        failure["message"] = message[:_FAIL_MESSAGE_MAX]
-        failure["errtype"] = errtype[:_FAIL_ERRTYPE_MAX]
-        failure["backtrace"] = lines
-        now = self.clock.now()
-        failure["failed_at"] = self.clock.now_string()
-        failure["next_at"] = ""
         retry = job.get("retry")
         if retry is None:
-            retry = jobs_mod.DEFAULT_RETRY
-        count = failure["retry_count"]
-        failure["remaining"] = retry - count
+            retry = job["retry"] = jobs_mod.DEFAULT_RETRY
+        lines = list(backtrace[:_FAIL_BACKTRACE_MAX]) if backtrace else None
+        failure = job.get("failure")
+        if failure:
+            # As Faktory: failed_at keeps the first failure's time, remaining counts down.
+            failure["retry_count"] = int(failure.get("retry_count") or 0) + 1
+            if int(failure.get("remaining") or 0) > 0:
+                failure["remaining"] = int(failure["remaining"]) - 1
+        else:
+            failure = job["failure"] = {
+                "retry_count": 0,
+                "remaining": retry,
+                "failed_at": self.clock.now_string(),
+            }
+        failure["message"] = message
+        failure["errtype"] = errtype
+        failure["backtrace"] = lines
         if retry == 0:
+            # No retry and no death: the job is gone.
             if self.journal is not None:
                 self.journal.delete(res.rowid)
             return
-        if retry > 0 and count < retry:
-            when = now + retry_delay(count)
+        if failure["retry_count"] < retry:
+            when = self.clock.now() + retry_delay(failure["retry_count"])
             failure["next_at"] = time_string(int(when * 1e9))
             data = encode_job(job)
             self.retries.add(TimedEntry(when, res.rowid, res.jid, data))
             if self.journal is not None:
                 self.journal.put(res.rowid, res.jid, STATE_RETRY, res.queue, when, data, "")
             return
-        data = encode_job(job)
-        self._to_dead(res.rowid, res.jid, res.queue, data, now)
+        self._to_dead(res.rowid, res.jid, res.queue, encode_job(job), self.clock.now())
 
     def _to_dead(self, rowid: int, jid: str, queue: str, data: bytes, now: float) -> None:
         self.dead.add(TimedEntry(now, rowid, jid, data))
@@ -520,11 +541,14 @@ class ServerCore:
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _requeue_entry(self, entry: TimedEntry) -> None:
+    def _requeue_entry(self, entry: TimedEntry, *, touch: bool = True) -> None:
+        """Move a set entry to its queue; ``touch`` stamps a new ``enqueued_at``."""
         job = jobs_mod.decode_job(entry.data)
-        job["enqueued_at"] = self.clock.now_string()
         queue = job.get("queue") or "default"
-        data = encode_job(job)
+        data = entry.data
+        if touch:
+            job["enqueued_at"] = self.clock.now_string()
+            data = encode_job(job)
         if self.journal is not None:
             self.journal.put(entry.rowid, entry.jid, STATE_QUEUED, queue, 0.0, data, "")
         self._enqueue(queue, entry.rowid, entry.jid, data, job.get("reserve_for") or 0)
@@ -563,7 +587,7 @@ class ServerCore:
                 continue
             del self.reservations[jid]
             self.task_stats["Busy"]["reaped"] += 1
-            self._failed(res, "ReservationExpired", "Reservation expired", None)
+            self._failed(res, "ReservationExpired", "Faktory job reservation expired", None)
         if len(heap) > 2 * len(self.reservations) + 64:
             self._expiry_heap = [(r.expires, r.rowid, r.jid) for r in self.reservations.values()]
             heapq.heapify(self._expiry_heap)
@@ -572,11 +596,12 @@ class ServerCore:
 
     def mutate(self, cmd: str, target: str, flt: dict[str, Any] | None) -> None:
         sets = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled, STATE_DEAD: self.dead}
+        # Faktory looks at the command first, then at the target.
+        if cmd not in ("clear", "kill", "discard", "requeue"):
+            raise CoreError("unknown mutate operation")
         tset = sets.get(target)
         if tset is None:
             raise CoreError("invalid target for mutation command")
-        if cmd not in ("clear", "kill", "discard", "requeue"):
-            raise CoreError("unknown mutate operation")
         selected = list(tset.entries.values()) if cmd == "clear" else self._select(tset, flt or {})
         now = self.clock.now()
         for entry in selected:
@@ -590,7 +615,8 @@ class ServerCore:
                 queue = str(jobs_mod.decode_job(entry.data).get("queue") or "default")
                 self._to_dead(entry.rowid, entry.jid, queue, entry.data, now)
             else:
-                self._requeue_entry(entry)
+                # As Faktory: the job goes back to its queue as it was stored.
+                self._requeue_entry(entry, touch=False)
 
     @staticmethod
     def _select(tset: TimedSet, flt: dict[str, Any]) -> list[TimedEntry]:
@@ -670,9 +696,13 @@ class ServerCore:
         return worker
 
     def unregister(self, wid: str, conn_id: int) -> None:
+        """A worker's connection closed; with its last one the worker is forgotten (as
+        Faktory does: a later HELLO with that wid starts afresh, running)."""
         worker = self.workers.get(wid)
         if worker is not None:
             worker.connections.discard(conn_id)
+            if not worker.connections:
+                del self.workers[wid]
 
     def beat(self, wid: str, current_state: str, rss_kb: int) -> Worker:
         worker = self.workers.get(wid)
@@ -718,7 +748,7 @@ class ServerCore:
     def info(self) -> dict[str, Any]:
         queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
         now = self.clock.now_ns()
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        rss_mb = _rss_mb()
         return {
             "now": time_string(now),
             "server_utc_time": time.strftime("%H:%M:%S UTC", time.gmtime(now // 1_000_000_000)),

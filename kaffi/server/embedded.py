@@ -31,7 +31,7 @@ from urllib.parse import quote
 from kaffi.errors import ConfigurationError, KaffiError
 from kaffi.protocol.resp import DEFAULT_MAX_LINE
 from kaffi.server.core import ServerCore
-from kaffi.server.network import Network
+from kaffi.server.network import FETCH_TIMEOUT, Network
 from kaffi.server.storage import SqliteJournal
 
 __all__ = ["EmbeddedServer", "DEFAULT_MAX_CONNECTIONS", "parse_bind", "is_loopback"]
@@ -91,6 +91,7 @@ class EmbeddedServer:
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_line: int = DEFAULT_MAX_LINE,
+        fetch_timeout: float = FETCH_TIMEOUT,
     ) -> None:
         self._bind_host, self._bind_port = parse_bind(bind)
         self.password = password or None
@@ -101,6 +102,8 @@ class EmbeddedServer:
             )
         if (tls_cert is None) != (tls_key is None):
             raise ConfigurationError("TLS needs both a certificate (tls_cert) and a key (tls_key)")
+        if fetch_timeout <= 0:
+            raise ConfigurationError(f"fetch_timeout must be positive, got {fetch_timeout}")
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
         self.data = Path(data) if data is not None else None
@@ -108,6 +111,8 @@ class EmbeddedServer:
         self.tls_key = Path(tls_key) if tls_key is not None else None
         self.max_connections = max_connections
         self.max_line = max_line
+        #: How long a FETCH on empty queues waits (Faktory: 2 s); tests may lengthen it.
+        self.fetch_timeout = fetch_timeout
         self.host = ""
         self.port = 0
         self.core: ServerCore | None = None
@@ -117,6 +122,7 @@ class EmbeddedServer:
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
         self._owns_loop = False
+        self._loop_thread_id = 0
 
     def __repr__(self) -> str:
         state = f"listening on {self.host}:{self.port}" if self._net else "stopped"
@@ -176,6 +182,7 @@ class EmbeddedServer:
             journal=journal,
             max_connections=self.max_connections,
             max_line=self.max_line,
+            fetch_timeout=self.fetch_timeout,
         )
         try:
             self.host, self.port = await net.listen(self._bind_host, self._bind_port, ctx)
@@ -189,6 +196,7 @@ class EmbeddedServer:
         self._journal = journal
         self._net = net
         self._loop = loop
+        self._loop_thread_id = threading.get_ident()
         self._stopped = asyncio.Event()
         log.info("kaffi server listening on %s:%d", self.host, self.port)
 
@@ -214,6 +222,9 @@ class EmbeddedServer:
             await self._stopped.wait()
         finally:
             await self.stop_async()
+
+    #: The same as :meth:`serve_forever`.
+    serve = serve_forever
 
     async def __aenter__(self) -> EmbeddedServer:
         await self.start_async()
@@ -270,6 +281,8 @@ class EmbeddedServer:
         loop = self._loop
         if thread is None or loop is None:
             return
+        if threading.current_thread() is thread:
+            raise KaffiError("stop() waits for the server's thread: call it from another thread")
         if thread.is_alive() and self._net is not None:
             fut = asyncio.run_coroutine_threadsafe(self.stop_async(), loop)
             fut.result(timeout=_CALL_TIMEOUT)
@@ -295,7 +308,7 @@ class EmbeddedServer:
         loop = self._loop
         if loop is None or self._net is None:
             raise KaffiError("the server is not running")
-        if self._thread is None or threading.current_thread() is self._thread:
+        if threading.get_ident() == self._loop_thread_id:
             return fn()
         result: concurrent.futures.Future[_T] = concurrent.futures.Future()
 

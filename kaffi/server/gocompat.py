@@ -93,16 +93,16 @@ def _quote_char(c: str) -> str:
 
 
 def _go_quote(c: str) -> str:
+    # strconv.Quote's escapes for a character it does not print as itself.
     code = ord(c)
-    escapes = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    escapes["\v"] = "\\v"
-    if c in escapes:
-        return "'" + escapes[c] + "'"
-    if code < 0x10000 and code > 0xFF:
+    named = {"\a": "a", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t", "\v": "v"}
+    if c in named:
+        return "'\\" + named[c] + "'"
+    if code < 0x20 or code == 0x7F:
+        return f"'\\x{code:02x}'"
+    if code < 0x10000:
         return f"'\\u{code:04x}'"
-    if code > 0xFFFF:
-        return f"'\\U{code:08x}'"
-    return f"'\\x{code:02x}'"
+    return f"'\\U{code:08x}'"
 
 
 def _bad(c: str, context: str) -> str:
@@ -113,7 +113,10 @@ def syntax_error(text: str) -> str | None:
     """The message Go's JSON scanner gives for ``text``, or None when Go would accept it.
 
     Iterative (an explicit stack) so that hostile nesting cannot exhaust Python's stack.
+    Go's scanner reads bytes, and names an offending byte as the character of that code
+    (0xC3 is 'Ã'), so the text is looked at one UTF-8 byte per character.
     """
+    text = text.encode("utf-8", "surrogatepass").decode("latin-1")
     n = len(text)
     i = 0
     # Each stack entry is the container we are inside: "{" or "[".

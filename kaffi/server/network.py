@@ -44,8 +44,8 @@ FETCH_TIMEOUT = 2.0
 HANDSHAKE_TIMEOUT = 2.0
 #: How often the scheduled and retry sets, the reaper and heartbeats are checked.
 TICK_INTERVAL = 0.5
-#: Stop reading from a client when this many reply bytes wait for it.
-_HIGH_WATER = 1 << 20
+#: How long stopping waits for the listener's connections to be gone (seconds).
+_CLOSE_TIMEOUT = 5.0
 
 
 class ServerProtocol(asyncio.Protocol):
@@ -168,7 +168,7 @@ class ServerProtocol(asyncio.Protocol):
         if not session.quiet_fetch:
             self.net.core.add_waiter(waiter)
         # Reading goes on while blocked, so a client that goes away is noticed at once.
-        self.timer = self.net.loop.call_later(FETCH_TIMEOUT, self._fetch_timeout)
+        self.timer = self.net.loop.call_later(self.net.fetch_timeout, self._fetch_timeout)
 
     def _alive(self) -> bool:
         return (
@@ -276,8 +276,10 @@ class Network:
         journal: SqliteJournal | None,
         max_connections: int,
         max_line: int,
+        fetch_timeout: float = FETCH_TIMEOUT,
     ) -> None:
         self.core = core
+        self.fetch_timeout = fetch_timeout
         self.loop = loop
         self.password = password
         self.journal = journal
@@ -353,8 +355,16 @@ class Network:
         self.flush()
         for conn in list(self.connections.values()):
             conn.close_from_server()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-        # Let the transports run their close callbacks.
+        # Let the transports run their close callbacks; one whose client stopped reading
+        # would wait for its buffer forever, so what is left after that is aborted.
         await asyncio.sleep(0)
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.sleep(0)
+        if self._server is not None:
+            server, self._server = self._server, None
+            try:
+                await asyncio.wait_for(server.wait_closed(), _CLOSE_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("some connections were still closing when the server stopped")

@@ -11,19 +11,19 @@ Secrets: the password and the client's ``pwdhash`` are never logged or put in a 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import Command, encode_bulk, encode_error
 from kaffi.server import gocompat
 from kaffi.server.core import CoreError, ServerCore
 from kaffi.server.jobs import JobRejected, decode_fields, parse_job, validate
 
-__all__ = ["Session", "Outcome", "CONTINUE", "CLOSE", "WAIT", "OK", "NULL", "hash_password"]
+__all__ = ["Session", "Outcome", "CONTINUE", "CLOSE", "WAIT", "OK", "NULL"]
 
 CONTINUE = 0
 CLOSE = 1
@@ -42,14 +42,6 @@ class Outcome:
 _CONTINUE_OK = Outcome(OK)
 _CLOSE_SILENTLY = Outcome(None, CLOSE)
 _INTERNAL = Outcome(encode_error("internal error"))
-
-
-def hash_password(password: str, salt: str, iterations: int) -> str:
-    """Faktory's pwdhash: sha256(password + salt), re-hashed to ``iterations`` rounds."""
-    digest = hashlib.sha256((password + salt).encode("utf-8")).digest()
-    for _ in range(iterations - 1):
-        digest = hashlib.sha256(digest).digest()
-    return digest.hex()
 
 
 def _error(message: str) -> Outcome:
@@ -137,7 +129,7 @@ class Session:
             return _CLOSE_SILENTLY
         if self.password:
             rounds = self.iterations if (version or 0) >= 2 else 1
-            expected = hash_password(self.password, self.salt, rounds)
+            expected = password_hash(self.password, self.salt, rounds)
             if not hmac.compare_digest((pwdhash or "").encode(), expected.encode()):
                 return Outcome(encode_error("Invalid password"), CLOSE)
         self.greeted = True
@@ -306,27 +298,25 @@ class Session:
         return _CONTINUE_OK
 
     def _mutate(self, arg: str | None) -> Outcome:
-        # Faktory splits the whole line on spaces and wants exactly "MUTATE {json}".
+        # Faktory splits the whole line on spaces and wants exactly "MUTATE {json}"; its
+        # JSON errors come back bare (no "invalid JSON:" prefix, unlike PUSH).
         if arg is None or " " in arg:
             return _error("invalid format")
         try:
             doc = gocompat.loads(arg)
         except gocompat.GoJSONError as exc:
-            return _error(f"invalid JSON: {exc}")
+            return _error(str(exc))
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):
             kind = gocompat.type_name(doc)
-            return _error(
-                f"invalid JSON: json: cannot unmarshal {kind} into Go value of type "
-                "manager.Operation"
-            )
+            return _error(f"json: cannot unmarshal {kind} into Go value of type client.Operation")
         cmd = doc.get("cmd")
         target = doc.get("target")
         flt = doc.get("filter")
         problem = _operation_type_error(cmd, target, flt)
         if problem:
-            return _error(f"invalid JSON: {problem}")
+            return _error(problem)
         try:
             self.core.mutate(cmd or "", target or "", flt)
         except CoreError as exc:
@@ -405,7 +395,7 @@ def _operation_type_error(cmd: Any, target: Any, flt: Any) -> str | None:
         return None
     if not isinstance(flt, dict):
         kind = gocompat.type_name(flt)
-        return gocompat.unmarshal_type_error(kind, "Operation", "filter", "manager.JobFilter")
+        return gocompat.unmarshal_type_error(kind, "Operation", "filter", "client.JobFilter")
     for name in ("jobtype", "regexp"):
         value = flt.get(name)
         if value is not None and not isinstance(value, str):

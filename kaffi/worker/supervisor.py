@@ -30,6 +30,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -60,6 +61,8 @@ class _Child:
     pipe: Connection
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False
+    #: The child's worker loop runs (its own signal handlers are installed).
+    ready: bool = False
 
 
 def _child_main(
@@ -82,16 +85,29 @@ def _child_main(
     from kaffi.worker.worker import Worker
 
     configure_logging(log_level, log_format)
+    pipe_lock = threading.Lock()
+
+    def tell(kind: str, text: str) -> None:
+        try:
+            with pipe_lock:
+                pipe.send((kind, text))
+        except OSError:
+            log.warning("cannot tell the supervisor %r (it may be gone)", kind)
 
     def on_recycle(reason: str) -> None:
-        try:
-            pipe.send(("recycle", reason))
-        except OSError:
-            log.warning("cannot tell the supervisor about recycling (it may be gone)")
+        tell("recycle", reason)
 
     try:
         app = load_app(app_path)
         worker = Worker(app, on_recycle=on_recycle, parent_pid=parent_pid, **options)
+
+        # Tell the supervisor once our handlers are in place: a TSTP it forwarded while we
+        # were booting was ignored, and it sends it again then.
+        def announce() -> None:
+            if worker.ready.wait():
+                tell("ready", "")
+
+        threading.Thread(target=announce, daemon=True).start()
         worker.work()
     except KaffiError as exc:
         log.error("worker process %d cannot run: %s", os.getpid(), exc)
@@ -135,6 +151,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._started_count = 0
         self._stopping = False
+        self._quiet_requested = False
         self._stop_deadline: float | None = None
         self._restarts: list[tuple[float, float]] = []  # (when, backoff used)
         self._backoff = RESTART_FIRST
@@ -152,15 +169,31 @@ class Supervisor:
             args=(self.app_path, options, self.log_level, self.log_format, writer, os.getpid()),
             name=f"kaffi-worker-{number}",
         )
-        process.start()
+        # The child starts with TSTP and TTIN ignored (an ignored signal stays ignored
+        # across exec; a handled one would revert to its default, and TSTP's default
+        # suspends the process): one forwarded while it boots must not freeze it. The
+        # worker's own handlers replace these once its loop runs.
+        quiet_signals = [s for s in (getattr(signal, n, None) for n in ("SIGTSTP", "SIGTTIN")) if s]
+        saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in quiet_signals}
+        try:
+            process.start()
+        finally:
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
         writer.close()
         child = _Child(number, process, reader)
         self.children.append(child)
+        if self._stopping and process.pid is not None:
+            # A shutdown signal arrived while this child was starting: it missed the
+            # forwarding, so tell it now.
+            os.kill(process.pid, signal.SIGTERM)
         log.info("started worker process %d (pid %s, wid %s)", number, process.pid, options["wid"])
         return child
 
     def _forward(self, signum: int, frame: FrameType | None = None) -> None:
         name = signal.Signals(signum).name
+        if signum == getattr(signal, "SIGTSTP", None):
+            self._quiet_requested = True
         if signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
             self._stopping = True
             timeout = float(self.worker_options.get("timeout", 8.0))
@@ -244,7 +277,12 @@ class Supervisor:
         try:
             while not child.pipe.closed and child.pipe.poll():
                 kind, reason = child.pipe.recv()
-                if kind == "recycle" and not child.retiring:
+                if kind == "ready":
+                    child.ready = True
+                    if self._quiet_requested and child.process.pid is not None:
+                        # It was still booting when TSTP came (and ignored it).
+                        os.kill(child.process.pid, signal.SIGTSTP)
+                elif kind == "recycle" and not child.retiring:
                     child.retiring = True
                     log.info(
                         "worker process %d (pid %s) recycling: %s",

@@ -177,3 +177,29 @@ def test_quick_mode_runs_end_to_end() -> None:
     assert "| enqueue one at a time | **kaffi .delay()** |" in out
     assert "raw: FETCH+ACK, 20 asyncio connections" in out
     assert "not asserted" in out
+
+
+def test_pushb_fast_path_sends_the_same_bytes_as_one_job_at_a_time() -> None:
+    # encode_pushb serialises a list of JobPayloads in one call (an optimisation the
+    # benchmarks measured); the bytes must be exactly those of the per-job path.
+    from kaffi.protocol import JobPayload, encode_push, encode_pushb
+
+    jobs = [
+        JobPayload.create(jobtype="noop", args=[]),
+        JobPayload.create(jobtype="t", args=[1, "é", {"k": None}], custom={"a": "b\nc"}),
+        JobPayload.create(jobtype="t", args=[], at="2030-01-01T00:00:00Z", backtrace=3),
+    ]
+    one_by_one = b"PUSHB [" + b",".join(encode_push(j)[5:-2] for j in jobs) + b"]\r\n"
+    assert encode_pushb(jobs) == one_by_one
+    assert encode_pushb(iter(jobs)) == one_by_one
+    mixed: list[JobPayload | dict[str, Any]] = [
+        jobs[0],
+        {"jid": "x" * 12, "jobtype": "t", "args": []},
+    ]
+    assert (
+        encode_pushb(mixed)
+        == b"PUSHB ["
+        + encode_push(jobs[0])[5:-2]
+        + b',{"jid":"xxxxxxxxxxxx","jobtype":"t","args":[]}]\r\n'
+    )
+    assert encode_pushb([]) == b"PUSHB []\r\n"

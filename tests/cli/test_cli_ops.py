@@ -85,8 +85,7 @@ def test_info_shows_queues_sets_and_version(invoke: Invoke, client: Client) -> N
     result = invoke("info")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split()[1] or lines[0]
-    assert " up " in lines[0]
+    assert f" at {client.settings.url}, up " in lines[0]
     critical = next(line for line in lines if line.startswith("critical"))
     assert critical.split()[1] == "2"
     assert critical.split()[2].endswith("s")
@@ -182,6 +181,8 @@ def test_push_in_the_future_goes_to_the_scheduled_set(
         (["push", "x", "--at", "tomorrow"], "--at"),
         (["push", "x", "--at", "2030-01-01T00:00:00Z", "--in", "5"], "--at or --in"),
         (["push", "x", "--in", "-1"], "--in"),
+        (["push", "x", "--in", "inf"], "--in"),
+        (["push", "x", "--in", "1e300"], "--in"),
         (["push", "x", "--custom", "[1]"], "--custom"),
         (["push", "x", "--custom", "{oops"], "--custom"),
         (["push", "x", "--queue", "no spaces"], "queue"),
@@ -214,17 +215,20 @@ def test_push_bulk_reports_bad_lines_and_pushes_the_rest(
         json.dumps({"jobtype": "a", "args": [5], "queue": "bulk"}),
     ]
     path = tmp_path / "jobs.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = ("\n".join(lines) + "\n").encode() + b'{"jobtype":"\xff"}\n'
+    data += json.dumps({"jobtype": "a", "args": [6], "queue": "bulk"}).encode() + b"\n"
+    path.write_bytes(data)
     result = invoke("push", "--bulk", str(path))
     assert result.exit_code == 1, result.output
-    assert "pushed 3 jobs" in result.stdout
-    for number in (2, 5, 6, 7):
+    assert "pushed 4 jobs" in result.stdout
+    for number in (2, 5, 6, 7, 9):
         assert f"line {number}:" in result.stderr
-    for number in (1, 3, 4, 8):
+    for number in (1, 3, 4, 8, 10):
         assert f"line {number}:" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("kaffi: error: 4 lines not pushed")
+    assert "line 9: not valid UTF-8" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("kaffi: error: 5 lines not pushed")
     queues, _ = sizes(client)
-    assert queues["bulk"] == 3
+    assert queues["bulk"] == 4
 
 
 def test_push_bulk_from_stdin(invoke: Invoke, client: Client) -> None:
@@ -304,6 +308,7 @@ def test_mutate_requeue_by_jid(invoke: Invoke, client: Client) -> None:
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "requeue", "--jid", jid)
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"requeued the job with jid {jid} in the dead set"
     queues, sets = sizes(client)
     assert sets["dead"] == 1
     assert queues["mut"] == 1
@@ -321,6 +326,7 @@ def test_mutate_discard_by_jobtype_asks_first(invoke: Invoke, client: Client) ->
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "discard", "--jobtype", "drop_me", "--yes")
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "discarded the jobs of type 'drop_me' in the dead set"
     assert sizes(client)[1]["dead"] == 1
 
 
@@ -444,3 +450,52 @@ def test_wrong_password_is_one_line(args: list[str]) -> None:
         assert "not-it" not in result.stderr
         right = CliRunner().invoke(main, [*args, "--url", server.url])
         assert right.exit_code == 0, right.output
+
+
+def test_push_bulk_reports_jobs_the_server_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from collections.abc import Iterator, Sequence
+    from contextlib import contextmanager
+
+    from kaffi.protocol.models import RejectedJob
+
+    class RefusingClient:
+        """Stands in for a server that refuses every job of type 'nope' in a PUSHB."""
+
+        def push_bulk(self, jobs: Sequence[JobPayload]) -> list[RejectedJob]:
+            return [
+                RejectedJob(jid=job.jid, reason="jobs must be nicer", payload=job.to_wire())
+                for job in jobs
+                if job.jobtype == "nope"
+            ]
+
+    @contextmanager
+    def fake_client(url: str | None) -> Iterator[RefusingClient]:
+        yield RefusingClient()
+
+    monkeypatch.setattr(ops, "_client", fake_client)
+    path = tmp_path / "jobs.jsonl"
+    jobs = [{"jobtype": "ok", "args": []}, {"jobtype": "nope", "args": []}, {"jobtype": "ok"}]
+    path.write_text("".join(json.dumps(job) + "\n" for job in jobs), encoding="utf-8")
+    result = CliRunner().invoke(main, ["push", "--bulk", str(path)])
+    assert result.exit_code == 1
+    assert result.stdout.strip() == "pushed 2 jobs"
+    assert "line 2 (jid " in result.stderr
+    assert "server refused it: jobs must be nicer" in result.stderr
+
+
+def test_push_bulk_shows_progress_only_on_a_terminal(
+    invoke: Invoke, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"jobtype": "a", "args": [], "queue": "bar"}) + "\n", "utf-8")
+    quiet = invoke("push", "--bulk", str(path))
+    assert quiet.exit_code == 0, quiet.output
+    assert "pushing" not in quiet.stderr
+    monkeypatch.setattr(ops, "_stderr_is_terminal", lambda: True)
+    shown = invoke("push", "--bulk", str(path))
+    assert shown.exit_code == 0, shown.output
+    assert "pushing" in shown.stderr
+    assert shown.stdout.strip() == "pushed 1 job"
+    assert sizes(client)[0]["bar"] == 2

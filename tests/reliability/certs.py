@@ -111,9 +111,7 @@ def _with_cryptography(directory: Path) -> Pki:
             .not_valid_after(end)
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                 critical=False,
@@ -142,14 +140,14 @@ def _with_cryptography(directory: Path) -> Pki:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(
-        ["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30
-    )
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
 
 
 def _with_openssl(directory: Path) -> Pki:
     ca_key, ca_cert = directory / "ca-key.pem", directory / "ca.pem"
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(ca_key), cwd=directory)
+    _openssl(
+        "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(ca_key), cwd=directory
+    )
     _openssl(
         "req", "-x509", "-new", "-key", str(ca_key), "-sha256", "-days", "1",
         "-subj", "/CN=kaffi reliability test CA", "-out", str(ca_cert),
@@ -165,8 +163,12 @@ def _with_openssl(directory: Path) -> Pki:
             f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
             "extendedKeyUsage=serverAuth\n"
         )
-        _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=directory)
-        _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={stem}", "-out", str(csr), cwd=directory)
+        _openssl(
+            "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=directory
+        )
+        _openssl(
+            "req", "-new", "-key", str(key), "-subj", f"/CN={stem}", "-out", str(csr), cwd=directory
+        )
         _openssl(
             "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
             "-CAcreateserial", "-days", "1", "-sha256", "-extfile", str(ext), "-out", str(cert),

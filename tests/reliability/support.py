@@ -33,7 +33,9 @@ WAIT = 30.0
 POLL = 0.02
 
 
-def wait_until(predicate: Callable[[], object], what: str | Callable[[], str], timeout: float = WAIT) -> None:
+def wait_until(
+    predicate: Callable[[], object], what: str | Callable[[], str], timeout: float = WAIT
+) -> None:
     """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -103,7 +105,8 @@ class RawSession:
     def hello(self, *, password: str | None = None, wid: str | None = None) -> None:
         """Read HI and answer HELLO (with the pwdhash when the server asks for one)."""
         hi = self.reply()
-        assert isinstance(hi, SimpleReply) and hi.text.startswith("HI "), hi
+        assert isinstance(hi, SimpleReply), hi
+        assert hi.text.startswith("HI "), hi
         doc = json.loads(hi.text[3:])
         body: dict[str, Any] = {"v": 2, "hostname": "reliability", "pid": os.getpid()}
         if wid:
@@ -111,7 +114,9 @@ class RawSession:
             body["labels"] = ["reliability"]
         if "s" in doc:
             body["pwdhash"] = password_hash(password or "", doc["s"], int(doc["i"]))
-        answer = self.request(b"HELLO " + json.dumps(body, separators=(",", ":")).encode() + b"\r\n")
+        answer = self.request(
+            b"HELLO " + json.dumps(body, separators=(",", ":")).encode() + b"\r\n"
+        )
         assert answer == SimpleReply("OK"), answer
 
     def at_eof(self, timeout: float = 5.0) -> bool:
@@ -144,7 +149,8 @@ def is_err(reply: Reply, message: str | None = None) -> bool:
 
 
 def bulk_json(reply: Reply) -> Any:
-    assert isinstance(reply, BulkReply) and reply.data is not None, show(reply)
+    assert isinstance(reply, BulkReply), show(reply)
+    assert reply.data is not None, show(reply)
     return json.loads(reply.data)
 
 
@@ -213,7 +219,7 @@ def sets_and_queues(info: dict[str, Any]) -> tuple[dict[str, int], dict[str, int
 
 #: The task module the worker subprocesses run. Each task appends its jid to $RELIABILITY_OUT
 #: with one small O_APPEND write, atomic between processes, when (and only when) it finishes.
-APP_SOURCE = '''
+APP_SOURCE = """
 import os
 import resource
 import time
@@ -279,7 +285,7 @@ def exit_once(marker: str) -> None:
             f.write("exited")
         os._exit(3)
     _done("rerun")
-'''
+"""
 
 
 @dataclass
@@ -473,4 +479,13 @@ def wait_listening(port: int, proc: Proc | None = None, timeout: float = WAIT) -
 
 
 def server_args(port: int, data: Path, *extra: str) -> list[str]:
-    return ["server", "--bind", f"127.0.0.1:{port}", "--data", str(data), "--log-level", "info", *extra]
+    return [
+        "server",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(data),
+        "--log-level",
+        "info",
+        *extra,
+    ]

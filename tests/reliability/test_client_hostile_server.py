@@ -149,8 +149,18 @@ CASES = [
         bound=FETCH_FLOOR + MARGIN,
         operation="fetch",
     ),
-    Case("FETCH answered with a non-job", reply_with(b"$5\r\n[1,2]\r\n"), RemoteProtocolError, operation="fetch"),
-    Case("INFO answered with broken JSON", reply_with(b"$3\r\n{{{\r\n"), RemoteProtocolError, operation="info"),
+    Case(
+        "FETCH answered with a non-job",
+        reply_with(b"$5\r\n[1,2]\r\n"),
+        RemoteProtocolError,
+        operation="fetch",
+    ),
+    Case(
+        "INFO answered with broken JSON",
+        reply_with(b"$3\r\n{{{\r\n"),
+        RemoteProtocolError,
+        operation="info",
+    ),
 ]
 
 

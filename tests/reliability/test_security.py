@@ -51,7 +51,8 @@ def test_the_right_password_works(secured: EmbeddedServer) -> None:
     with kaffi.Client(f"tcp://:{PASSWORD}@127.0.0.1:{secured.port}", timeout=10) as client:
         jid = client.push({"jobtype": "secure", "args": [1]})
         job = client.fetch("default")
-        assert job is not None and job.jid == jid
+        assert job is not None
+        assert job.jid == jid
         client.ack(jid)
     assert secured.info()["faktory"]["sets"]["working"] == 0
 
@@ -67,7 +68,8 @@ def test_a_wrong_password_fails_at_once_and_does_not_storm(secured: EmbeddedServ
                 elapsed = time.monotonic() - started
                 assert elapsed < FAST, f"attempt {attempt} took {elapsed:.2f}s"
                 text = str(info.value)
-                assert "Invalid password" in text and "password" in text.lower(), text
+                assert "Invalid password" in text, text
+                assert "password" in text.lower(), text
                 assert "not-the-password" not in text, f"the error shows the password: {text}"
                 # One connection per call: the client never retries a refused password.
                 assert proxy.accepted == attempt, (
@@ -133,7 +135,8 @@ def test_a_worker_with_a_wrong_password_stops_with_the_error(secured: EmbeddedSe
             worker.stop(timeout=WAIT)
         app.close()
         assert not alive, f"the worker kept running for {elapsed:.1f}s on a refused password"
-        assert errors and isinstance(errors[0], AuthenticationError), errors
+        assert errors, errors
+        assert isinstance(errors[0], AuthenticationError), errors
         assert elapsed < 3 * FAST, f"the worker took {elapsed:.1f}s to give up"
         # Every slot and the heartbeat may try once; nothing may retry after the refusal.
         assert proxy.accepted <= concurrency + 2, (
@@ -190,14 +193,16 @@ def test_the_server_never_logs_the_password_or_a_pwdhash() -> None:
             # A wrong pwdhash, sent by hand so we know exactly what must not appear.
             with RawSession("127.0.0.1", server.port) as raw:
                 hi = raw.reply()
-                assert isinstance(hi, SimpleReply) and '"s":' in hi.text, show(hi)
+                assert isinstance(hi, SimpleReply), show(hi)
+                assert '"s":' in hi.text, show(hi)
                 line = b'HELLO {"v":2,"hostname":"h","pwdhash":"%s"}\r\n' % forged.encode()
                 answer = raw.request(line)
                 assert is_err(answer, "Invalid password"), show(answer)
                 assert raw.at_eof(), "the server kept the connection after a wrong password"
-            with kaffi.Client(
-                f"tcp://:{PASSWORD}-wrong@127.0.0.1:{server.port}", timeout=10
-            ) as bad, pytest.raises(AuthenticationError):
+            with (
+                kaffi.Client(f"tcp://:{PASSWORD}-wrong@127.0.0.1:{server.port}", timeout=10) as bad,
+                pytest.raises(AuthenticationError),
+            ):
                 bad.info()
             logged_url = repr(server)
     finally:
@@ -233,7 +238,9 @@ def test_the_server_command_never_prints_the_password(tmp_path: Path) -> None:
             client.push({"jobtype": "logged", "args": []})
         with RawSession("127.0.0.1", port) as raw:
             raw.reply()
-            answer = raw.request(b'HELLO {"v":2,"hostname":"h","pwdhash":"%s"}\r\n' % forged.encode())
+            answer = raw.request(
+                b'HELLO {"v":2,"hostname":"h","pwdhash":"%s"}\r\n' % forged.encode()
+            )
             assert is_err(answer, "Invalid password"), show(answer)
         proc.signal(15)
         proc.wait(WAIT)
@@ -264,7 +271,9 @@ def test_tls_verified_with_the_test_ca(pki: certs.Pki) -> None:
         with kaffi.Client(f"tcp+tls://127.0.0.1:{server.port}", tls=context, timeout=10) as client:
             jid = client.push({"jobtype": "tls", "args": ["over tls"]})
             job = client.fetch("default")
-            assert job is not None and job.jid == jid and job.args == ["over tls"]
+            assert job is not None
+            assert job.jid == jid
+            assert job.args == ["over tls"]
             client.ack(jid)
 
         async def through_async() -> None:
@@ -290,7 +299,8 @@ def test_tls_refused_without_the_ca(pki: certs.Pki) -> None:
         finally:
             client.close()
         text = str(info.value)
-        assert "TLS" in text and "certificate verify failed" in text, text
+        assert "TLS" in text, text
+        assert "certificate verify failed" in text, text
         assert server.info()["faktory"]["queues"].get("default", 0) == 0
 
 
@@ -307,11 +317,14 @@ def test_tls_refused_for_the_wrong_hostname(pki: certs.Pki) -> None:
         finally:
             client.close()
         text = str(info.value)
-        assert "TLS" in text and "mismatch" in text.lower(), text
+        assert "TLS" in text, text
+        assert "mismatch" in text.lower(), text
     # The same CA, the right name: the CA itself was fine, only the name was wrong.
-    with EmbeddedServer(tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
-        with kaffi.Client(f"tcp+tls://localhost:{server.port}", tls=context, timeout=10) as ok:
-            assert ok.info().faktory.sets["working"] == 0
+    with (
+        EmbeddedServer(tls_cert=pki.server_cert, tls_key=pki.server_key) as server,
+        kaffi.Client(f"tcp+tls://localhost:{server.port}", tls=context, timeout=10) as ok,
+    ):
+        assert ok.info().faktory.sets["working"] == 0
 
 
 @needs_pki
@@ -352,7 +365,8 @@ def test_the_server_command_refuses_a_non_loopback_bind(tmp_path: Path) -> None:
         output = proc.log.text()
     assert code != 0, f"exit status {code}; output:\n{output}"
     lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "password" in lines[0], output
+    assert len(lines) == 1, output
+    assert "password" in lines[0], output
     assert "Traceback" not in output, output
 
 
@@ -365,7 +379,8 @@ def test_a_line_over_the_cap_gets_err_and_a_close() -> None:
             # sent when it decides, so it closes with a FIN (our -ERR arrives), not a RST.
             raw.send(b"PUSH " + b"x" * (DEFAULT_MAX_LINE - 4))
             answer = raw.reply()
-            assert isinstance(answer, ErrorReply) and "longer than" in answer.message, show(answer)
+            assert isinstance(answer, ErrorReply), show(answer)
+            assert "longer than" in answer.message, show(answer)
             assert raw.at_eof(), "the server kept reading after the line passed the cap"
         with kaffi.Client(server.url, timeout=10) as client:
             client.push({"jobtype": "after-cap", "args": []})
@@ -380,7 +395,8 @@ def test_the_connection_count_is_capped_like_faktory() -> None:
         try:
             for raw in sessions:
                 hi = raw.reply()
-                assert isinstance(hi, SimpleReply) and hi.text.startswith("HI "), show(hi)
+                assert isinstance(hi, SimpleReply), show(hi)
+                assert hi.text.startswith("HI "), show(hi)
             with RawSession("127.0.0.1", server.port) as extra:
                 answer = extra.reply()
                 assert is_err(answer, f"too many connections: {limit}"), show(answer)
@@ -400,4 +416,3 @@ def test_the_connection_count_is_capped_like_faktory() -> None:
                         raise
                     time.sleep(0.05)
             assert client.info().faktory.queues["default"] == 1
-

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 
@@ -27,7 +28,7 @@ import kaffi
 from kaffi.protocol.resp import ErrorReply, Reply, ReplyParser, SimpleReply
 from kaffi.server import EmbeddedServer
 from kaffi.server.embedded import DEFAULT_MAX_CONNECTIONS
-from tests.reliability.support import show, wait_until
+from tests.reliability.support import RawSession, is_err, show, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -77,6 +78,8 @@ JOB_FIELDS = {
     "failure": ("client.Failure", "object"),
 }
 
+UNMARSHAL = "invalid JSON: json: cannot unmarshal"
+
 #: Expected answers: an exact ``-ERR`` text, or a predicate on the reply.
 Expect = str | Callable[[Reply], bool]
 
@@ -97,10 +100,59 @@ def _push_type_cases(jid: str) -> Iterator[tuple[bytes, Expect]]:
                 continue
             job = dict(base, **{name: value})
             if kind == "float" and go_type == "int":
-                text = f"invalid JSON: json: cannot unmarshal number {value} into Go struct field Job.{name} of type int"
+                text = f"{UNMARSHAL} number {value} into Go struct field Job.{name} of type int"
             else:
-                text = f"invalid JSON: json: cannot unmarshal {GO_KIND[kind]} into Go struct field Job.{name} of type {go_type}"
+                text = (
+                    f"{UNMARSHAL} {GO_KIND[kind]} into Go struct field Job.{name} of type {go_type}"
+                )
             yield b"PUSH " + _compact(job).encode() + b"\r\n", text
+
+
+def _jids_error(reply: Reply) -> bool:
+    return (
+        isinstance(reply, ErrorReply)
+        and reply.message.startswith("json: cannot unmarshal ")
+        and "JobFilter.filter.jids" in reply.message
+    )
+
+
+def _mutate_type_cases(kind: str, value: object) -> Iterator[tuple[bytes, Expect]]:
+    """MUTATE decodes into Faktory's ``client.Operation`` with Go's encoding/json and
+    answers its error as is (no ``invalid JSON:`` prefix): ``Cmd string``, ``Target``
+    (a string type), ``Filter *JobFilter{Jids []string, Regexp, Jobtype string}``.
+    A bad element of ``jids`` is reported with the element's type, as Go does."""
+    go = GO_KIND[kind]
+    prefix = f"json: cannot unmarshal {go} into Go"
+    arg = _compact(value)
+
+    def op(**fields: object) -> bytes:
+        return (
+            b"MUTATE " + _compact({"cmd": "clear", "target": "dead", **fields}).encode() + b"\r\n"
+        )
+
+    if kind != "object":
+        yield f"MUTATE {arg}\r\n".encode(), f"{prefix} value of type client.Operation"
+        yield op(filter=value), f"{prefix} struct field Operation.filter of type client.JobFilter"
+    if kind != "string":
+        yield op(cmd=value), f"{prefix} struct field Operation.cmd of type string"
+        target = f"{prefix} struct field Operation.target of type "
+
+        def target_error(reply: Reply, start: str = target) -> bool:
+            return isinstance(reply, ErrorReply) and reply.message.startswith(start)
+
+        yield op(target=value), target_error
+        for name in ("jobtype", "regexp"):
+            yield (
+                op(filter={name: value}),
+                f"{prefix} struct field JobFilter.filter.{name} of type string",
+            )
+        # The exact text for a bad element is pinned in its own test below.
+        yield op(filter={"jids": [value]}), _jids_error
+    if kind != "array":
+        yield (
+            op(filter={"jids": value}),
+            f"{prefix} struct field JobFilter.filter.jids of type []string",
+        )
 
 
 def _other_type_cases(rng: random.Random) -> Iterator[tuple[bytes, Expect]]:
@@ -130,42 +182,35 @@ def _other_type_cases(rng: random.Random) -> Iterator[tuple[bytes, Expect]]:
             yield f"FAIL {line}\r\n".encode(), f"invalid FAIL {line}"
             yield (
                 f"PUSHB {arg}\r\n".encode(),
-                f"invalid JSON: json: cannot unmarshal {GO_KIND[kind]} into Go value of type []client.Job",
+                f"{UNMARSHAL} {GO_KIND[kind]} into Go value of type []client.Job",
             )
         if kind not in ("object",):
             yield (
                 f"PUSHB [{arg}]\r\n".encode(),
-                f"invalid JSON: json: cannot unmarshal {GO_KIND[kind]} into Go value of type client.Job",
+                f"{UNMARSHAL} {GO_KIND[kind]} into Go value of type client.Job",
             )
-            yield (
-                f"MUTATE {arg}\r\n".encode(),
-                f"invalid JSON: json: cannot unmarshal {GO_KIND[kind]} into Go value of type manager.Operation",
-            )
-            yield (
-                f'MUTATE {{"cmd":"clear","target":"dead","filter":{arg}}}\r\n'.encode(),
-                f"invalid JSON: json: cannot unmarshal {GO_KIND[kind]} into Go struct field"
-                " Operation.filter of type manager.JobFilter",
-            )
-        if kind != "string":
-            for name in ("cmd", "target"):
-                line = _compact({"cmd": "clear", "target": "dead", name: value})
-                yield (
-                    f"MUTATE {line}\r\n".encode(),
-                    f"invalid JSON: json: cannot unmarshal {GO_KIND[kind]} into Go struct field"
-                    f" Operation.{name} of type string",
-                )
+        yield from _mutate_type_cases(kind, value)
     # Pinned by the transcript.
     yield b"PUSH\r\n", "internal error"
-    yield b"PUSH {not json\r\n", "invalid JSON: invalid character 'n' looking for beginning of object key string"
-    yield b"PUSH {\"jid\":\"short\",\"jobtype\":\"A\",\"args\":[]}\r\n", "jobs must have a reasonable jid parameter"
-    yield b'PUSH {"jid":"fuzz-args-object","jobtype":"A","args":{"a":1}}\r\n', (
-        "invalid JSON: json: cannot unmarshal object into Go struct field Job.args of type []interface {}"
+    yield (
+        b"PUSH {not json\r\n",
+        "invalid JSON: invalid character 'n' looking for beginning of object key string",
     )
-    yield b'PUSH {"jid":"fuzz-reserve-long","jobtype":"A","args":[],"reserve_for":90000}\r\n', (
-        "jobs cannot be reserved for more than one day"
+    yield (
+        b'PUSH {"jid":"short","jobtype":"A","args":[]}\r\n',
+        "jobs must have a reasonable jid parameter",
     )
-    yield b'PUSH {"jid":"fuzz-bad-queue","jobtype":"A","args":[],"queue":"bad queue!"}\r\n', (
-        'cannot get "bad queue!" queue: queue names must match \\A[a-zA-Z0-9._-]+\\z'
+    yield (
+        b'PUSH {"jid":"fuzz-args-object","jobtype":"A","args":{"a":1}}\r\n',
+        (f"{UNMARSHAL} object into Go struct field Job.args of type []interface {{}}"),
+    )
+    yield (
+        b'PUSH {"jid":"fuzz-reserve-long","jobtype":"A","args":[],"reserve_for":90000}\r\n',
+        ("jobs cannot be reserved for more than one day"),
+    )
+    yield (
+        b'PUSH {"jid":"fuzz-bad-queue","jobtype":"A","args":[],"queue":"bad queue!"}\r\n',
+        ('cannot get "bad queue!" queue: queue names must match \\A[a-zA-Z0-9._-]+\\z'),
     )
     yield b"FETCH\r\n", "must call fetch with at least one queue"
     yield b'MUTATE {"cmd": "kill", "target": "retries"}\r\n', "invalid format"
@@ -173,10 +218,19 @@ def _other_type_cases(rng: random.Random) -> Iterator[tuple[bytes, Expect]]:
     yield b'MUTATE {"cmd":"discard","target":"nowhere"}\r\n', "invalid target for mutation command"
     yield b"QUEUE LATENCY *\r\n", "QUEUE LATENCY does not support wildcards"
     yield b"QUEUE EXPLODE x\r\n", "no such QUEUE subcommand: EXPLODE"
-    yield b'FAIL {"jid":"fuzz-unknown-xx","errtype":"E","message":"m"}\r\n', "Job not found fuzz-unknown-xx"
+    yield (
+        b'FAIL {"jid":"fuzz-unknown-xx","errtype":"E","message":"m"}\r\n',
+        "Job not found fuzz-unknown-xx",
+    )
     yield f'BEAT {{"wid":"{wid}"}}\r\n'.encode(), f"unknown worker {wid}"
-    yield b'BATCH NEW {"description":"x"}\r\n', "batch subsystem is only available in Faktory Enterprise"
-    yield b"TRACK GET fuzz-aaaaaaaa\r\n", "tracking subsystem is only available in Faktory Enterprise"
+    yield (
+        b'BATCH NEW {"description":"x"}\r\n',
+        "batch subsystem is only available in Faktory Enterprise",
+    )
+    yield (
+        b"TRACK GET fuzz-aaaaaaaa\r\n",
+        "tracking subsystem is only available in Faktory Enterprise",
+    )
     yield b"NOSUCH cmd\r\n", "unknown command NOSUCH"
     yield b"HELLO {}\r\n", "unknown command HELLO"
     for verb in ("PUSHB", "ACK", "FAIL", "BEAT", "MUTATE", "QUEUE"):
@@ -236,7 +290,8 @@ class Peer:
 
     async def hello(self) -> None:
         hi = await self.reply()
-        assert isinstance(hi, SimpleReply) and hi.text == 'HI {"v":2}', hi
+        assert isinstance(hi, SimpleReply), hi
+        assert hi.text == 'HI {"v":2}', hi
         await self.send(b'HELLO {"v":2,"hostname":"fuzz","pid":1}\r\n')
         ok = await self.reply()
         assert ok == SimpleReply("OK"), ok
@@ -269,8 +324,14 @@ async def _typed(port: int, cases: list[tuple[bytes, Expect]], kind: str) -> Out
             if reply is None:
                 return Outcome(kind, f"{line[:80]!r} closed the connection")
             if isinstance(expect, str):
-                if not (isinstance(reply, ErrorReply) and reply.code == "ERR" and reply.message == expect):
-                    return Outcome(kind, f"{line[:120]!r} got {show(reply)!r}, Faktory says -ERR {expect}")
+                if not (
+                    isinstance(reply, ErrorReply)
+                    and reply.code == "ERR"
+                    and reply.message == expect
+                ):
+                    return Outcome(
+                        kind, f"{line[:120]!r} got {show(reply)!r}, Faktory says -ERR {expect}"
+                    )
             elif not expect(reply):
                 return Outcome(kind, f"{line[:120]!r} got {show(reply)!r}")
         await peer.send(PROBE)
@@ -370,34 +431,36 @@ def _plan(rng: random.Random, port: int) -> list[Callable[[], Awaitable[Outcome]
         roll = rng.random()
         if roll < 0.15:
             payload = _random_bytes(rng, 1, 300) + b"\n"
-            sessions.append(lambda p=payload: _before_hello(port, p, "random bytes before HELLO"))
+            sessions.append(partial(_before_hello, port, payload, "random bytes before HELLO"))
         elif roll < 0.22:
-            payload = b"HELLO {\"hostname\":\"\xff\xfe\"}\r\n"
-            sessions.append(lambda p=payload: _before_hello(port, p, "invalid UTF-8 before HELLO"))
+            payload = b'HELLO {"hostname":"\xff\xfe"}\r\n'
+            sessions.append(partial(_before_hello, port, payload, "invalid UTF-8 before HELLO"))
         elif roll < 0.35:
             verb = rng.choice([v for v in VERBS if v != "HELLO"])
             payload = f"{verb} {{}}\r\n".encode()
-            sessions.append(lambda p=payload: _before_hello(port, p, "command before HELLO"))
+            sessions.append(partial(_before_hello, port, payload, "command before HELLO"))
         elif roll < 0.43:
             payload = rng.choice(bad_hellos)
-            sessions.append(lambda p=payload: _before_hello(port, p, "malformed HELLO"))
+            sessions.append(partial(_before_hello, port, payload, "malformed HELLO"))
         elif roll < 0.63:
             cases = list(_push_type_cases(f"fuzz-{n:08d}"))
             chosen = rng.sample(cases, k=min(6, len(cases)))
-            sessions.append(lambda c=chosen: _typed(port, c, "wrong JSON types in PUSH"))
+            sessions.append(partial(_typed, port, chosen, "wrong JSON types in PUSH"))
         elif roll < 0.83:
             chosen = rng.sample(typed, k=min(6, len(typed)))
-            sessions.append(lambda c=chosen: _typed(port, c, "wrong JSON types, other commands"))
+            sessions.append(partial(_typed, port, chosen, "wrong JSON types, other commands"))
         elif roll < 0.92:
             payload = _random_bytes(rng, 0, 200).replace(b"\xff", b"") + b"\xff\xfe\r\n"
-            sessions.append(lambda p=payload: _garbage_after_hello(port, p, "invalid UTF-8 after HELLO"))
+            sessions.append(
+                partial(_garbage_after_hello, port, payload, "invalid UTF-8 after HELLO")
+            )
         elif roll < 0.95:
-            sessions.append(lambda: _huge_line(port, "line over the cap"))
+            sessions.append(partial(_huge_line, port, "line over the cap"))
         elif roll < 0.995:
             payload = rng.choice([b"", b"PU", b'PUSH {"jid":"half', _random_bytes(rng, 1, 50)])
-            sessions.append(lambda p=payload: _abrupt(port, p, "abrupt close"))
+            sessions.append(partial(_abrupt, port, payload, "abrupt close"))
         else:
-            sessions.append(lambda: _silent(port, "silent client"))
+            sessions.append(partial(_silent, port, "silent client"))
     return sessions
 
 
@@ -429,7 +492,9 @@ def _clean_round_trip(server: EmbeddedServer) -> None:
     with kaffi.Client(server.url, timeout=10) as client:
         jid = client.push({"jobtype": "clean", "args": [1, "two"], "queue": "clean"})
         job = client.fetch("clean")
-        assert job is not None and job.jid == jid and job.args == [1, "two"], job
+        assert job is not None, job
+        assert job.jid == jid, job
+        assert job.args == [1, "two"], job
         client.ack(jid)
         assert client.info().faktory.sets["working"] == 0
 
@@ -446,7 +511,9 @@ def test_thousands_of_hostile_sessions_then_a_clean_client_works() -> None:
             kinds = Counter(o.kind for o in outcomes)
             problems = [f"{o.kind}: {o.problem}" for o in outcomes if o.problem]
             summary = f"{len(outcomes)} sessions in {elapsed:.1f}s: {dict(kinds)}"
-            assert not problems, f"{len(problems)} bad answers ({summary}):\n" + "\n".join(problems[:15])
+            assert not problems, f"{len(problems)} bad answers ({summary}):\n" + "\n".join(
+                problems[:15]
+            )
             assert server.running, f"the server stopped ({summary})"
             # Every hostile connection is gone again.
             wait_until(
@@ -491,7 +558,8 @@ async def _flood(port: int, limit: int) -> str | None:
             async with gate:
                 peer = await Peer.open(port)
                 hi = await peer.reply()
-                assert isinstance(hi, SimpleReply) and hi.text.startswith("HI "), hi
+                assert isinstance(hi, SimpleReply), hi
+                assert hi.text.startswith("HI "), hi
                 return peer
 
         peers = list(await asyncio.gather(*(connect() for _ in range(limit))))
@@ -514,3 +582,26 @@ async def _flood(port: int, limit: int) -> str | None:
             peer.close()
         await asyncio.sleep(0)
 
+
+def test_a_bad_jid_in_a_mutate_filter_is_reported_like_go() -> None:
+    """Go's encoding/json names the element's type when one element of a ``[]string``
+    does not fit: ``... JobFilter.filter.jids of type string``, not ``[]string``."""
+    wrong: list[str] = []
+    with EmbeddedServer() as server, RawSession("127.0.0.1", server.port) as raw:
+        raw.hello()
+        for element, kind in (
+            ("5", "number"),
+            ("true", "bool"),
+            ("[1]", "array"),
+            ("{}", "object"),
+        ):
+            line = b'MUTATE {"cmd":"kill","target":"dead","filter":{"jids":[%s]}}\r\n' % (
+                element.encode()
+            )
+            reply = raw.request(line)
+            expected = f"{kind} into Go struct field JobFilter.filter.jids of type string"
+            if not is_err(reply, f"json: cannot unmarshal {expected}"):
+                wrong.append(
+                    f"{line!r} got {show(reply)!r}; Go: -ERR json: cannot unmarshal {expected}"
+                )
+    assert not wrong, "\n".join(wrong)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
             done.append((when.year, count))
 
         client = app.client
-        raw = {
+        raw: dict[str, dict[str, Any]] = {
             "unknown jobtype": {"jobtype": "no_such_task", "args": [1]},
             "too many args": {"jobtype": "add", "args": [1, 2, 3]},
             "too few args": {"jobtype": "add", "args": [1]},
@@ -81,10 +82,14 @@ def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
         worker = app.worker(queues=["bad"], concurrency=3, timeout=2)
         with running(worker):
             wait_until(
-                lambda: server.info()["faktory"]["sets"]["retries"] == len(jids)
-                and len(done) == len(good) + 1,
-                lambda: f"{len(jids)} failures and {len(good) + 1} successes; got"
-                f" sets={server.info()['faktory']['sets']} done={done}",
+                lambda: (
+                    server.info()["faktory"]["sets"]["retries"] == len(jids)
+                    and len(done) == len(good) + 1
+                ),
+                lambda: (
+                    f"{len(jids)} failures and {len(good) + 1} successes; got"
+                    f" sets={server.info()['faktory']['sets']} done={done}"
+                ),
             )
         sets = server.info()["faktory"]["sets"]
         figures = (
@@ -92,16 +97,19 @@ def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
             f" done={len(done)}, retries={sets['retries']}, working={sets['working']}"
         )
         assert sets["working"] == 0, figures
-        assert worker.processed == pushed and worker.failed == len(jids), figures
+        assert worker.processed == pushed, figures
+        assert worker.failed == len(jids), figures
         assert sorted(done) == sorted([(n, n) for n in range(5)] + [(2030, 1)]), figures
 
         client.retries.requeue()
         failures: dict[str, JobPayload] = {}
         for _ in jids:
-            job = client.fetch("bad")
-            assert job is not None, f"a failed job did not come back from the retry set ({figures})"
-            failures[job.jid] = job
-            client.ack(job.jid)
+            back = client.fetch("bad")
+            assert back is not None, (
+                f"a failed job did not come back from the retry set ({figures})"
+            )
+            failures[back.jid] = back
+            client.ack(back.jid)
         assert set(failures) == set(jids.values()), figures
         assert converted not in failures
 
@@ -113,24 +121,29 @@ def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
 
         errtype, message = failure("unknown jobtype")
         assert errtype == "UnknownJobType", (errtype, message)
-        assert "no_such_task" in message and "add" in message, message
+        assert "no_such_task" in message, message
+        assert "add" in message, message
 
         for label, needle in (("too many args", "at most 2"), ("too few args", "'y'")):
             errtype, message = failure(label)
             assert errtype == "ArgumentsError", (label, errtype, message)
-            assert "add" in message and needle in message, (label, message)
+            assert "add" in message, (label, message)
+            assert needle in message, (label, message)
 
         errtype, message = failure("not an int")
         assert errtype == "ArgumentsError", (errtype, message)
-        assert "'x'" in message and "one" in message, message
+        assert "'x'" in message, message
+        assert "one" in message, message
 
         errtype, message = failure("not a datetime")
         assert errtype == "ArgumentsError", (errtype, message)
-        assert "'when'" in message and "yesterday-ish" in message, message
+        assert "'when'" in message, message
+        assert "yesterday-ish" in message, message
 
         errtype, message = failure("wrong nested type")
         assert errtype == "ArgumentsError", (errtype, message)
-        assert "'x'" in message and "'y'" in message, message
+        assert "'x'" in message, message
+        assert "'y'" in message, message
         app.close()
 
 
@@ -158,19 +171,24 @@ def test_a_job_that_raises_system_exit_fails_and_the_worker_survives() -> None:
         worker = app.worker(concurrency=2, timeout=2)
         with running(worker):
             wait_until(
-                lambda: len(done) == len(later)
-                and server.info()["faktory"]["sets"]["retries"] == 2,
-                lambda: f"10 jobs after the exits; done={len(done)},"
-                f" sets={server.info()['faktory']['sets']}",
+                lambda: (
+                    len(done) == len(later) and server.info()["faktory"]["sets"]["retries"] == 2
+                ),
+                lambda: (
+                    f"10 jobs after the exits; done={len(done)},"
+                    f" sets={server.info()['faktory']['sets']}"
+                ),
             )
             assert worker.state == "running"
         client.retries.requeue()
         seen = {}
         for _ in range(2):
             job = client.fetch("default")
-            assert job is not None and job.failure is not None
+            assert job is not None
+            assert job.failure is not None
             seen[job.jid] = (job.failure.errtype, job.failure.message or "")
             client.ack(job.jid)
-        assert seen[exits][0] == "SystemExit" and "cannot stop the worker" in seen[exits][1], seen
+        assert seen[exits][0] == "SystemExit", seen
+        assert "cannot stop the worker" in seen[exits][1], seen
         assert seen[interrupted][0] == "KeyboardInterrupt", seen
         app.close()

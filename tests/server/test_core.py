@@ -6,16 +6,18 @@ import json
 
 import pytest
 
+from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import Command
 from kaffi.server.core import (
     HEARTBEAT_EXPIRY,
+    CoreError,
     ServerCore,
     Waiter,
     glob_to_regex,
     retry_delay,
 )
 from kaffi.server.jobs import JobRejected, encode_job, parse_job
-from kaffi.server.session import CLOSE, WAIT, Session, hash_password
+from kaffi.server.session import CLOSE, WAIT, Session
 
 
 def job(jid: str, **fields: object) -> dict[str, object]:
@@ -175,7 +177,7 @@ def test_password_handshake() -> None:
     bad = s.handle(Command("HELLO", '{"v":2,"pwdhash":"00"}'))
     assert bad.reply == b"-ERR Invalid password\r\n"
     assert bad.action == CLOSE
-    good = hash_password("sekrit", hi["s"], hi["i"])
+    good = password_hash("sekrit", hi["s"], hi["i"])
     s2 = Session(core, 3, password="sekrit")
     s2.salt, s2.iterations = hi["s"], hi["i"]
     ok = s2.handle(Command("HELLO", json.dumps({"v": 2, "pwdhash": good})))
@@ -253,3 +255,25 @@ def test_mutate_glob_and_filters() -> None:
     assert len(core.dead) == 0
     core.mutate("clear", "scheduled", {"jids": ["nothing"]})
     assert len(core.scheduled) == 0
+
+
+def test_mutate_checks_the_command_before_the_target() -> None:
+    s = session(ServerCore())
+    bad_both = s.handle(Command("MUTATE", '{"cmd":"explode","target":"nowhere"}')).reply
+    assert bad_both == b"-ERR unknown mutate operation\r\n"
+    assert s.handle(Command("MUTATE", None)).reply == b"-ERR invalid format\r\n"
+    broken = s.handle(Command("MUTATE", "{x")).reply
+    assert broken == b"-ERR invalid character 'x' looking for beginning of object key string\r\n"
+
+
+def test_fail_texts_are_cleaned_like_faktory() -> None:
+    core = ServerCore()
+    core.push(job("jid-clean-001", retry=2))
+    core.fetch(["default"], "w")
+    with pytest.raises(CoreError, match="missing JID"):
+        core.fail("", "E", "m", None)
+    core.fail("jid-clean-001", "  ", "", None)
+    failure = json.loads(next(iter(core.retries.entries.values())).data)["failure"]
+    assert failure["errtype"] == "unknown"
+    assert failure["message"] == "unknown"
+    assert failure["remaining"] == 2

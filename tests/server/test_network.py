@@ -10,13 +10,13 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kaffi.errors import ConfigurationError
+from kaffi.errors import ConfigurationError, KaffiError
 from kaffi.server import EmbeddedServer
 from tests.server.wire import Wire, push_line
 
@@ -39,24 +39,35 @@ def waiting_fetches(srv: EmbeddedServer) -> int:
     return srv._call(count)
 
 
-def test_blocked_fetch_is_woken_by_push(srv: EmbeddedServer, wire: Callable[..., Wire]) -> None:
-    worker = wire("w-1")
-    producer = wire()
+@pytest.fixture
+def patient() -> Iterator[EmbeddedServer]:
+    """A server whose FETCH waits 30 s, so a slow machine cannot turn a wake-up into $-1."""
+    with EmbeddedServer(fetch_timeout=30.0) as server:
+        yield server
+
+
+def test_blocked_fetch_is_woken_by_push(patient: EmbeddedServer, wire: Callable[..., Wire]) -> None:
+    srv = patient
+    worker = wire("w-1", server=srv)
+    producer = wire(server=srv)
+    started = time.monotonic()
     worker.write(b"FETCH q1 q2\r\n")
     wait_for(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
     assert producer.send(push_line(jid="jid-wake-0001", queue="q2")) == ["+OK"]
     reply = worker.reply()
     assert json.loads(reply[1])["jid"] == "jid-wake-0001"
+    assert time.monotonic() - started < 25, "the FETCH was not woken by the PUSH"
     assert srv.info()["faktory"]["sets"]["working"] == 1
 
 
 def test_commands_pipelined_behind_a_blocked_fetch_run_after_it(
-    srv: EmbeddedServer, wire: Callable[..., Wire]
+    patient: EmbeddedServer, wire: Callable[..., Wire]
 ) -> None:
-    worker = wire("w-1")
+    srv = patient
+    worker = wire("w-1", server=srv)
     worker.write(b'FETCH q1\r\nACK {"jid":"jid-pipe-00001"}\r\nINFO\r\n')
     wait_for(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
-    wire().send(push_line(jid="jid-pipe-00001", queue="q1"))
+    wire(server=srv).send(push_line(jid="jid-pipe-00001", queue="q1"))
     assert json.loads(worker.reply()[1])["jid"] == "jid-pipe-00001"
     assert worker.reply() == ["+OK"]
     assert json.loads(worker.reply()[1])["faktory"]["sets"]["working"] == 0
@@ -67,18 +78,20 @@ def test_empty_fetch_answers_null(wire: Callable[..., Wire]) -> None:
 
 
 def test_job_for_a_vanished_fetcher_goes_back_to_the_front(
-    srv: EmbeddedServer, wire: Callable[..., Wire]
+    patient: EmbeddedServer, wire: Callable[..., Wire]
 ) -> None:
-    gone = wire("w-gone")
+    srv = patient
+    gone = wire("w-gone", server=srv)
     gone.write(b"FETCH default\r\n")
     wait_for(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
     gone.close()
     wait_for(lambda: waiting_fetches(srv) == 0, "the server to notice the close")
-    producer = wire()
+    producer = wire(server=srv)
     producer.send(push_line(jid="jid-first-0001"))
     producer.send(push_line(jid="jid-second-001"))
     assert srv.info()["faktory"]["sets"]["working"] == 0
-    assert json.loads(wire("w-2").send("FETCH default")[1])["jid"] == "jid-first-0001"
+    fetched = wire("w-2", server=srv).send("FETCH default")
+    assert json.loads(fetched[1])["jid"] == "jid-first-0001"
 
 
 def test_reservation_expiry_retry_and_scheduled_with_advance_clock(
@@ -236,3 +249,28 @@ def test_serve_forever_stops_on_cancel() -> None:
         assert not server.running
 
     asyncio.run(main())
+
+
+def test_misuse_is_reported() -> None:
+    server = EmbeddedServer()
+    with pytest.raises(KaffiError, match="not running"):
+        _ = server.url
+    with pytest.raises(KaffiError, match="not running"):
+        server.info()
+    with server:
+        assert "listening on 127.0.0.1" in repr(server)
+        with pytest.raises(KaffiError, match="already running"):
+            server.start()
+    assert "stopped" in repr(server)
+    server.stop()  # a second stop is harmless
+
+
+def test_controls_from_another_thread_of_an_asyncio_host() -> None:
+    async def main() -> int:
+        async with EmbeddedServer() as server:
+            loop = asyncio.get_running_loop()
+            info = await loop.run_in_executor(None, server.info)
+            await loop.run_in_executor(None, server.advance_clock, 5)
+            return int(info["faktory"]["total_queues"])
+
+    assert asyncio.run(main()) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import signal
 import subprocess
 import sys
 import textwrap
@@ -157,11 +158,14 @@ class LogReader:
             self.lines.append(line.rstrip("\n"))
 
     def wait_for(self, needle: str, count: int = 1, timeout: float = WAIT) -> list[str]:
-        wait_until(
-            lambda: sum(needle in line for line in self.lines) >= count,
-            f"{count} log line(s) with {needle!r}; got:\n" + "\n".join(self.lines[-30:]),
-            timeout,
-        )
+        try:
+            wait_until(
+                lambda: sum(needle in line for line in self.lines) >= count,
+                f"{count} log line(s) with {needle!r}",
+                timeout,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the log:\n" + "\n".join(self.lines[-40:])) from None
         return [line for line in self.lines if needle in line]
 
     def close(self) -> None:
@@ -191,6 +195,12 @@ def kaffi_worker(
         yield proc, reader
     finally:
         if proc.poll() is None:
-            proc.kill()
+            # A graceful stop first: a supervisor passes it on to its children, which
+            # hold the stderr pipe open for as long as they live.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(WAIT / 2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.wait(WAIT)
         reader.close()

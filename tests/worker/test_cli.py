@@ -175,11 +175,13 @@ def test_processes_restart_a_killed_child(app: App, project: Path, faktory_serve
         logs.wait_for("started worker process 3")
         push(app, "record", "after-restart")
         wait_until(lambda: read_out(project) == ["after-restart"], "a job after the restart")
+        wids = {w["wid"] for w in faktory_server.workers()}
+        prefixes = {wid.rsplit("-", 1)[0] for wid in wids}
+        assert len(prefixes) == 1, wids
+        proc.send_signal(signal.SIGTSTP)  # forwarded: both children go quiet
+        logs.wait_for("quiet (asked to quiet)", 2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0, logs.text()
-    wids = {w["wid"] for w in faktory_server.workers()}
-    prefixes = {wid.rsplit("-", 1)[0] for wid in wids}
-    assert len(prefixes) == 1, wids
     assert "all worker processes have exited" in logs.text()
 
 
