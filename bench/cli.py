@@ -9,9 +9,12 @@ Options:
   ``bench/results/latest.json`` stay as they are.
 - ``--targets``: print whether each target holds; exit 1 when one is missed (never in
   ``--quick``, whose small N cannot support a verdict).
-- ``--repeat N``: run every measurement N times and keep the best (default 2; 1 quick).
+- ``--repeat N``: run every measurement N times and keep the best (default 3; 1 quick).
+- ``--only raw,drain``: run only these sections (memory, raw, enqueue, drain, startup),
+  for re-measuring one path while optimising it; combine with ``--no-write``.
 - ``--no-peers``: kaffi and the raw ceilings only. ``--url``: the server (default
-  ``FAKTORY_URL``, else an embedded server started for the run).
+  ``FAKTORY_URL``, else an embedded server started for the run). The suite FLUSHes that
+  server between runs, and refuses any address that is not a loopback one.
 
 A measurement that fails is reported under "Not measured in this run" with its reason,
 and the rest of the suite carries on.
@@ -115,6 +118,9 @@ QUICK = Sizes(
     timeout=60.0,
 )
 
+#: What ``--only`` can choose from.
+SECTIONS = ("memory", "raw", "enqueue", "drain", "startup")
+
 #: Driver operation -> the suite's operation name.
 PEER_ENQUEUE_OPS = {
     "push": OP_SINGLE,
@@ -123,9 +129,9 @@ PEER_ENQUEUE_OPS = {
     "push_async": OP_ASYNC,
 }
 
-#: How long a peer's worker gets to leave after SIGTERM before it is killed: how fast a
-#: peer shuts down is not measured, and pyfaktory's grace period alone is 25 s.
-PEER_STOP_TIMEOUT = 5.0
+#: How long a peer's worker gets to leave after SIGTERM before it is killed (full, quick):
+#: how fast a peer shuts down is not measured, and pyfaktory's grace period alone is 25 s.
+PEER_STOP_TIMEOUT = (5.0, 2.0)
 
 _T0 = time.monotonic()
 
@@ -146,6 +152,7 @@ class Runner:
         *,
         quick: bool,
         server_pid: int | None,
+        log_dir: Path,
     ) -> None:
         self.server_pid = server_pid
         self.results = results
@@ -153,16 +160,14 @@ class Runner:
         self.url = url
         self.sizes = sizes
         self.quick = quick
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        self.worker_log = RESULTS_DIR / "workers.log"
+        self.peer_stop_timeout = PEER_STOP_TIMEOUT[1 if quick else 0]
+        self.worker_log = log_dir / "workers.log"
         self.worker_log.write_bytes(b"")
 
     def attempt(self, label: str, fn: Callable[[], None]) -> None:
         try:
             fn()
-        except (BenchError, OSError, subprocess.SubprocessError, ImportError) as exc:
-            self._skip(label, exc)
-        except Exception as exc:  # a client under test failing must not stop the suite
+        except Exception as exc:  # a failing client or worker must not stop the suite
             self._skip(label, exc)
 
     def _skip(self, label: str, exc: BaseException) -> None:
@@ -249,12 +254,13 @@ class Runner:
             for op, operation in PEER_ENQUEUE_OPS.items():
                 if op not in peer.ops:
                     continue
-                self.enqueue(
-                    f"{peer.name} {op}",
-                    lambda peer=peer, op=op, operation=operation: peer.enqueue(  # type: ignore[misc]
+
+                def run(peer: Peer = peer, op: str = op, operation: str = operation) -> Throughput:
+                    return peer.enqueue(
                         op, counts[op], self.url, operation=operation, timeout=s.timeout
-                    ),
-                )
+                    )
+
+                self.enqueue(f"{peer.name} {op}", run)
 
     def kaffi_drains(self, spin_loops: int) -> None:
         s, url, wlog = self.sizes, self.url, self.worker_log
@@ -309,7 +315,7 @@ class Runner:
                         client=peer.name,
                         jobs=self.sizes.drain,
                         timeout=self.sizes.timeout,
-                        stop_timeout=PEER_STOP_TIMEOUT,
+                        stop_timeout=self.peer_stop_timeout,
                         wait_fetches=not self.quick,
                         server_pid=self.server_pid,
                     )
@@ -331,7 +337,7 @@ class Runner:
                     self.control,
                     spawn,
                     client=client,
-                    stop_timeout=15.0 if client == KAFFI_WORKER else PEER_STOP_TIMEOUT,
+                    stop_timeout=15.0 if client == KAFFI_WORKER else self.peer_stop_timeout,
                     wait_fetches=not self.quick,
                 ):
                     log(f"{g.metric} | {g.client}: {g.value:.2f} {g.unit} {g.note}")
@@ -388,7 +394,7 @@ def collect_meta(results: Results, *, quick: bool, repeat: int, server: str) -> 
     now = datetime.now(timezone.utc)
     results.meta.update(
         {
-            "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+            "date": now.strftime("%Y-%m-%d, %H:%M UTC"),
             "machine": (
                 f"{_cpu_model()}, {os.cpu_count()} cores, {_memory_gb()}, "
                 f"{platform.system()} {platform.release()}"
@@ -456,12 +462,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-peers", action="store_true", help="skip the other clients")
     parser.add_argument(
-        "--url", default=None, help="a loopback Faktory server (default: FAKTORY_URL)"
+        "--url",
+        default=None,
+        help="a loopback Faktory server, which the suite FLUSHes (default: FAKTORY_URL)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        metavar="LIST",
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
     )
     args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown section {sorted(unknown)[0]!r}")
+    if args.no_write:
+        # Print only: even the server's and workers' logs go to a directory that vanishes.
+        with tempfile.TemporaryDirectory(prefix="kaffi-bench-") as tmp:
+            return _run(args, Path(tmp))
+    return _run(args, RESULTS_DIR)
 
+
+def _run(args: argparse.Namespace, log_dir: Path) -> int:
+    sections = set(args.only.split(","))
     sizes = QUICK if args.quick else FULL
-    repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 2))
+    repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
     url = args.url or os.environ.get("FAKTORY_URL")
     results = Results()
 
@@ -476,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if url is None:
             log("starting the embedded server in its own process")
-            server = ServerProcess()
+            server = ServerProcess(log_dir=log_dir)
             url = server.url
         endpoint = Endpoint.parse(url)
         control = ServerControl(endpoint)
@@ -506,23 +531,29 @@ def main(argv: list[str] | None = None) -> int:
         sizes,
         quick=args.quick,
         server_pid=server.pid if server is not None else None,
+        log_dir=log_dir,
     )
     try:
-        if server is not None and sizes.memory:
+        if server is not None and sizes.memory and "memory" in sections:
             runner.memory(server.pid)
         for round_no in range(1, repeat + 1):
             log(f"round {round_no} of {repeat}")
-            runner.ceilings()
-            runner.kaffi_enqueue()
-            runner.peers_enqueue(peers)
-            runner.kaffi_drains(spin)
-            runner.peers_drain(peers)
-            runner.startups(peers)
+            if "raw" in sections:
+                runner.ceilings()
+            if "enqueue" in sections:
+                runner.kaffi_enqueue()
+                runner.peers_enqueue(peers)
+            if "drain" in sections:
+                runner.kaffi_drains(spin)
+                runner.peers_drain(peers)
+            if "startup" in sections:
+                runner.startups(peers)
     finally:
         control.close()
         if server is not None:
             server.stop()
     results.meta["load_end"] = _load()
+    results.meta["date"] += datetime.now(timezone.utc).strftime(" to %H:%M UTC")
     results.meta["load"] = (
         f"load average {results.meta['load_start']} at the start, "
         f"{results.meta['load_end']} at the end, on {os.cpu_count()} cores"

@@ -283,11 +283,13 @@ class ServerControl:
 
 
 class ServerProcess:
-    """``python -m bench.server`` in a child process; ``url`` once it listens."""
+    """``python -m bench.server`` in a child process; ``url`` once it listens. Its log goes
+    to ``log_dir/server.log`` (``bench/results/`` unless told otherwise)."""
 
-    def __init__(self, *, start_timeout: float = 30.0) -> None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        self._log = (RESULTS_DIR / "server.log").open("wb")
+    def __init__(self, *, start_timeout: float = 30.0, log_dir: Path = RESULTS_DIR) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / "server.log"
+        self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.server"],
             cwd=REPO_ROOT,
@@ -297,7 +299,7 @@ class ServerProcess:
             env=child_env(),
         )
         try:
-            self.url = _read_line(self.proc, start_timeout)
+            self.url = _read_line(self.proc, start_timeout, self.log_path)
         except BaseException:
             self.stop()
             raise
@@ -331,7 +333,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+def _read_line(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> str:
     assert proc.stdout is not None
     deadline = Deadline(timeout)
     buf = b""
@@ -344,10 +346,7 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
                 continue
             chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
-                raise BenchError(
-                    f"the embedded server exited (code {proc.wait(5)}); "
-                    f"see {RESULTS_DIR / 'server.log'}"
-                )
+                raise BenchError(f"the embedded server exited (code {proc.wait(5)}); see {log}")
             buf += chunk
     return buf.split(b"\n", 1)[0].decode().strip()
 

@@ -253,6 +253,7 @@ def _meta_lines(results: Results) -> str:
         ("date", "Measured"),
         ("machine", "Machine"),
         ("load", "Load"),
+        ("cpu_job", "CPU-bound job"),
         ("python", "Python"),
         ("kaffi", "kaffi"),
         ("server", "Server"),
@@ -280,7 +281,10 @@ python -m bench                # everything; installs the peers into bench/.env/
 python -m bench --targets      # the same, then checks the targets below (exit 1 on a miss)
 python -m bench --quick --no-write   # the smoke run CI does: small N, prints only
 FAKTORY_URL=tcp://127.0.0.1:7419 python -m bench   # against a real Faktory on this machine
+python -m bench.profile drain  # where a hot path spends its time (py-spy; see --help)
 ```
+
+The suite FLUSHes the server between runs: never point it at a server whose jobs matter.
 
 Without `FAKTORY_URL` the suite starts kaffi's embedded server in a process of its own, so
 the server never shares a GIL with the client being measured. The other clients (Node's
@@ -307,6 +311,11 @@ _METHOD = """\
   1 ms each on this machine.
 - **Start-up** is the time from spawning the worker process to its first job fetched (one
   job waiting); **idle RSS** is read from `/proc` one second after that job.
+- **CPU µs/job** is the CPU time (user + system) the client's processes and the server's
+  process used over the measured span, divided by the jobs: read from `/proc` for worker
+  and server processes, from each client's own process clock for enqueues. Wall-clock
+  rates move with whatever else the machine runs; CPU per job hardly does, so it is the
+  column to compare between runs on a busy machine.
 - **Raw ceilings** use the cheapest possible client: pre-built command bytes on a socket.
   Pipelined PUSH writes every line back to back while a reader counts the replies; PUSHB
   sends batches of 1000, one round trip each; FETCH+ACK runs 20 asyncio connections,
@@ -322,7 +331,7 @@ _METHOD = """\
 
 def render_page(results: Results, *, chart: str | None, notes: str = "") -> str:
     """The whole of ``docs/benchmarks.md``; ``chart`` is the image path relative to docs/."""
-    parts = [_INTRO, "## Results", _meta_lines(results), ""]
+    parts = [_INTRO, "## Results", "", _meta_lines(results), ""]
     if chart is not None:
         parts += [f"![Jobs per second, by operation and client]({chart})", ""]
     parts += [

@@ -402,9 +402,16 @@ def _operation_type_error(cmd: Any, target: Any, flt: Any) -> str | None:
             kind = gocompat.type_name(value)
             return gocompat.unmarshal_type_error(kind, "JobFilter", "filter." + name, "string")
     jids = flt.get("jids")
-    if jids is not None and not (isinstance(jids, list) and all(isinstance(j, str) for j in jids)):
-        kind = gocompat.type_name(jids) if not isinstance(jids, list) else "array"
+    if jids is None:
+        return None
+    if not isinstance(jids, list):
+        kind = gocompat.type_name(jids)
         return gocompat.unmarshal_type_error(kind, "JobFilter", "filter.jids", "[]string")
+    for jid in jids:
+        # Go names the element that does not fit, and the element's type.
+        if jid is not None and not isinstance(jid, str):
+            kind = gocompat.type_name(jid)
+            return gocompat.unmarshal_type_error(kind, "JobFilter", "filter.jids", "string")
     return None
 
 

@@ -54,10 +54,21 @@ class SqliteJournal:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=0.5
+        )
+        try:
+            # One server per file: an exclusive lock, taken now by a write, keeps a second
+            # server on the same file from starting (it sees "database is locked").
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.close()
+            raise
         self._puts: dict[int, _Put] = {}
         self._moves: dict[int, _Move] = {}
         self._deletes: set[int] = set()

@@ -183,7 +183,7 @@ async def _close(conn: AsyncConnection | None) -> None:
 class _Slot:
     """One of the worker's ``concurrency`` places for a job, with its own connection."""
 
-    __slots__ = ("abandoned", "conn", "fetching", "index", "job", "started", "task", "thread_id")
+    __slots__ = ("abandoned", "conn", "index", "job", "started", "task", "thread_id")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -192,7 +192,6 @@ class _Slot:
         self.started = 0.0
         self.thread_id: int | None = None
         self.task: asyncio.Task[None] | None = None
-        self.fetching = False
         #: Set when shutdown gave up on this slot's job (already FAILed): nothing more may
         #: be reported for it.
         self.abandoned = False
@@ -637,7 +636,6 @@ class Worker:
                     if conn is None:
                         break
                 fetch = self.queues.fetch_line()
-                slot.fetching = True
                 try:
                     if pending is not None:
                         report_reply, fetch_reply = await conn.pipeline((pending, fetch))
@@ -646,7 +644,6 @@ class Worker:
                     else:
                         fetch_reply = await conn.request(fetch)
                 except (TransportError, RemoteProtocolError) as exc:
-                    slot.fetching = False
                     await _close(conn)
                     slot.conn = None
                     if pending is not None:
@@ -658,9 +655,15 @@ class Worker:
                     await self._pause(delay)
                     delay = min(delay * 2, BACKOFF_CAP)
                     continue
-                slot.fetching = False
                 delay = BACKOFF_FIRST
-                job = self._decode_job(fetch_reply)
+                try:
+                    job = self._decode_job(fetch_reply)
+                except ServerError as exc:
+                    # The connection is fine but the server refuses (a paused server,
+                    # a proxy saying no): don't hammer it.
+                    log.warning("worker %s: FETCH refused: %s", self.wid, exc)
+                    await self._pause(1.0)
+                    continue
                 if job is None:
                     if self.burst and self.state == RUNNING:
                         await self._burst_check(slot)
@@ -681,12 +684,12 @@ class Worker:
             log.exception("worker %s: slot %d crashed", self.wid, slot.index)
             self._fatal_error(exc)
         finally:
-            slot.fetching = False
             self._live_slots -= 1
             self._check_idle()
 
     def _decode_job(self, reply: Reply) -> JobPayload | bytes | None:
-        """The fetched job, None for nothing, or the FAIL line for a job we cannot read."""
+        """The fetched job, None for nothing, or the FAIL line for a job we cannot read.
+        A ``-ERR`` reply raises ServerError."""
         try:
             return decode_fetch(reply)
         except RemoteProtocolError as exc:
@@ -698,9 +701,6 @@ class Worker:
             self.processed += 1
             self.failed += 1
             return encode_fail(jid, "InvalidJob", str(exc))
-        except ServerError as exc:
-            log.warning("worker %s: FETCH refused: %s", self.wid, exc)
-            return None
 
     async def _perform(self, slot: _Slot, job: JobPayload) -> bytes:
         """Run one job; return its ACK or FAIL line."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kaffi.protocol.commands import password_hash
-from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, ReplyParser, SimpleReply
+from kaffi.protocol.resp import ErrorReply, Reply, ReplyParser, SimpleReply
 
 #: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
 WAIT = 30.0
@@ -148,12 +147,6 @@ def is_err(reply: Reply, message: str | None = None) -> bool:
     return message is None or reply.message == message
 
 
-def bulk_json(reply: Reply) -> Any:
-    assert isinstance(reply, BulkReply), show(reply)
-    assert reply.data is not None, show(reply)
-    return json.loads(reply.data)
-
-
 # -- tallies -------------------------------------------------------------------------------
 
 
@@ -184,18 +177,22 @@ class Tally:
     def unexpected(self) -> set[str]:
         return set(self.runs) - self.pushed
 
-    def figures(self, **extra: object) -> str:
+    def figures(self, *, final: bool = True, **extra: object) -> str:
+        """pushed/processed/lost/duplicated and ``extra``, for assertion messages. Before
+        the end (``final=False``) a job that has not run yet is not lost: it is counted
+        as ``not_run_yet``."""
+        missing = "lost" if final else "not_run_yet"
         parts = [
             f"pushed={len(self.pushed)}",
             f"push_errors={self.push_errors}",
             f"processed={self.processed}",
-            f"lost={len(self.lost)}",
+            f"{missing}={len(self.lost)}",
             f"duplicated={self.duplicated}",
             f"runs={sum(self.runs.values())}",
         ]
         parts += [f"{k}={v}" for k, v in extra.items()]
         lost = sorted(self.lost)[:5]
-        if lost:
+        if lost and final:
             parts.append(f"lost e.g. {lost}")
         return ", ".join(parts)
 
@@ -394,13 +391,15 @@ class Proc:
             ) from None
 
     def kill(self) -> None:
-        """SIGKILL and reap (the process group too: a supervisor's children share it
-        unless they made their own)."""
+        """SIGKILL and reap, with any children it left (a supervisor's worker processes
+        run in their own process groups, so they are found through /proc)."""
         if self.alive():
+            children = child_pids(self.popen.pid)
             try:
                 os.kill(self.popen.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            kill_all(children)
         try:
             self.popen.wait(WAIT)
         except subprocess.TimeoutExpired:
@@ -442,21 +441,12 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def kill_tree(pids: Iterable[int]) -> None:
+def kill_all(pids: Iterable[int]) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue
-
-
-def drain_queue(q: queue.Queue[Any]) -> list[Any]:
-    items: list[Any] = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
 
 
 def wait_listening(port: int, proc: Proc | None = None, timeout: float = WAIT) -> None:

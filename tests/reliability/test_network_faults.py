@@ -13,11 +13,13 @@ forward instead of waiting, then the worker picks those jobs up again.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import kaffi
 from kaffi.server import EmbeddedServer
 from tests.reliability.load import Producers
 from tests.reliability.proxy import FaultProxy
@@ -207,3 +209,44 @@ def test_a_proxy_dropping_connections_at_random_loses_nothing(project: Project) 
     assert sets["working"] == 0, figures
     assert sets["retries"] == 0, figures
     assert not any(queues.values()), figures
+
+
+def test_a_worker_cut_off_backs_off_then_reconnects_by_itself(project: Project) -> None:
+    concurrency = 5
+    with EmbeddedServer() as server, FaultProxy("127.0.0.1", server.port) as proxy:
+        url = proxy.url()
+        with (
+            kaffi.Client(server.url, timeout=10) as client,
+            kaffi_process(
+                ["worker", "rel_app:app", "--concurrency", str(concurrency), "--timeout", "2"],
+                cwd=project.root,
+                env=project.env(url),
+            ) as worker,
+        ):
+            before = {client.push(_job(n)) for n in range(10)}
+            wait_until(lambda: before <= set(project.runs()), "the first jobs to run")
+            # Cut every link and refuse new ones: the worker must retry with backoff.
+            proxy.refusing = True
+            proxy.drop_all()
+            start = proxy.accepted
+            # A measurement window, not synchronisation: count attempts over a fixed time.
+            window = 3.0
+            threading.Event().wait(window)
+            attempts = proxy.accepted - start
+            proxy.refusing = False
+            after = {client.push(_job(n)) for n in range(10)}
+            wait_until(
+                lambda: after <= set(project.runs()),
+                lambda: f"jobs to run after the network came back ({attempts} attempts while cut)",
+            )
+            assert worker.alive(), "the worker died:\n" + worker.log.text()[-2000:]
+    # Each of the slots and the heartbeat retries with a backoff doubling from 50 ms;
+    # without one, 3 s of refusals would be thousands of attempts.
+    assert attempts >= concurrency, f"only {attempts} reconnect attempts in {window:g}s"
+    assert attempts <= 15 * (concurrency + 1), (
+        f"{attempts} connection attempts in {window:g}s from {concurrency} slots: a storm"
+    )
+
+
+def _job(n: int) -> dict[str, object]:
+    return {"jobtype": "work", "args": [n, 0.0], "reserve_for": 60}

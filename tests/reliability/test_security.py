@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import signal
 import ssl
 import threading
 import time
@@ -242,7 +243,7 @@ def test_the_server_command_never_prints_the_password(tmp_path: Path) -> None:
                 b'HELLO {"v":2,"hostname":"h","pwdhash":"%s"}\r\n' % forged.encode()
             )
             assert is_err(answer, "Invalid password"), show(answer)
-        proc.signal(15)
+        proc.signal(signal.SIGTERM)
         proc.wait(WAIT)
         output = proc.log.text()
     assert output.strip(), "the server printed nothing (it should say where it listens)"
@@ -325,6 +326,32 @@ def test_tls_refused_for_the_wrong_hostname(pki: certs.Pki) -> None:
         kaffi.Client(f"tcp+tls://localhost:{server.port}", tls=context, timeout=10) as ok,
     ):
         assert ok.info().faktory.sets["working"] == 0
+
+
+@needs_pki
+def test_a_worker_over_tls_with_a_password_runs_jobs(pki: certs.Pki, tmp_path: Path) -> None:
+    project = Project.create(tmp_path)
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with EmbeddedServer(
+        password=PASSWORD, tls_cert=pki.server_cert, tls_key=pki.server_key
+    ) as server:
+        url = f"tcp+tls://:{PASSWORD}@localhost:{server.port}"
+        with kaffi.Client(url, tls=context, timeout=10) as client:
+            jids = {
+                client.push({"jobtype": "work", "args": [n, 0.0], "reserve_for": 60})
+                for n in range(5)
+            }
+        env = project.env(url)
+        # The worker's default context trusts what OpenSSL's SSL_CERT_FILE names.
+        env["SSL_CERT_FILE"] = str(pki.ca_cert)
+        with kaffi_process(
+            ["worker", "rel_app:app", "--burst", "--concurrency", "2"], cwd=tmp_path, env=env
+        ) as proc:
+            code = proc.wait(WAIT)
+            output = proc.log.text()
+        assert code == 0, output
+        assert set(project.runs()) == jids, output
+        assert PASSWORD not in output, f"the worker printed the password:\n{output}"
 
 
 @needs_pki

@@ -107,13 +107,25 @@ def sigterm_and_time(proc: Proc, bound: float) -> float:
 # -- SIGTERM under load -------------------------------------------------------------------------
 
 
-def test_sigterm_under_load_loses_nothing(server: EmbeddedServer, project: Project) -> None:
-    jobs, seconds, concurrency, timeout = 800, 0.05, 20, 5.0
+@pytest.mark.parametrize(
+    ("processes", "concurrency"), [(1, 20), (2, 10)], ids=["one process", "supervisor"]
+)
+def test_sigterm_under_load_loses_nothing(
+    server: EmbeddedServer, project: Project, processes: int, concurrency: int
+) -> None:
+    jobs, seconds, timeout = 800, 0.05, 5.0
     tally = Tally()
     with kaffi.Client(server.url, timeout=10) as client:
         tally.pushed = set(push_jobs(client, "work", [[n, seconds] for n in range(jobs)]))
         with kaffi_process(
-            worker_args("--concurrency", str(concurrency), "--timeout", str(timeout)),
+            worker_args(
+                "--concurrency",
+                str(concurrency),
+                "--processes",
+                str(processes),
+                "--timeout",
+                str(timeout),
+            ),
             cwd=project.root,
             env=project.env(server.url),
         ) as proc:
@@ -123,6 +135,7 @@ def test_sigterm_under_load_loses_nothing(server: EmbeddedServer, project: Proje
         tally.record_runs(project.runs())
         sets, queues = stats(server)
         figures = tally.figures(
+            final=False,
             working_at_sigterm=busy,
             exit_seconds=f"{elapsed:.2f}",
             queued=queues.get("default", 0),
@@ -130,7 +143,6 @@ def test_sigterm_under_load_loses_nothing(server: EmbeddedServer, project: Proje
             dead=sets["dead"],
             working=sets["working"],
         )
-        print("TERM", figures)
         assert elapsed <= timeout + 2, f"the worker took too long to exit: {figures}"
         assert sets["working"] == 0, f"jobs left reserved after SIGTERM: {figures}"
         assert tally.duplicated == 0, figures
@@ -221,7 +233,6 @@ def test_a_job_hanging_past_the_timeout_is_failed_and_the_next_jobs_run(
             elapsed = sigterm_and_time(proc, timeout + 2)
         sets, queues = stats(server)
         figures = f"exit_seconds={elapsed:.2f}, sets={sets}, queues={queues}"
-        print("HANG", figures)
         assert elapsed <= timeout + 2, f"a hanging job kept the worker alive: {figures}"
         assert sets["working"] == 0, figures
         assert sets["retries"] == 1, figures

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kaffi.errors import ConfigurationError
 from kaffi.server import EmbeddedServer
 from tests.server.wire import Closed, Wire, push_line
 
@@ -163,3 +164,13 @@ def test_embedded_restart_keeps_jobs(tmp_path: Path, wire: Callable[..., Wire]) 
         w = wire(server=srv)
         assert json.loads(w.send("FETCH keep")[1])["jid"] == "jid-after-flush"
         assert w.send("FETCH keep") == ["$-1"]
+
+
+def test_one_server_per_data_file(tmp_path: Path) -> None:
+    data = tmp_path / "shared.sqlite3"
+    with EmbeddedServer(data=data):
+        second = EmbeddedServer(data=data)
+        with pytest.raises(ConfigurationError, match="locked"):
+            second.start()
+    with EmbeddedServer(data=data) as again:
+        assert again.running

@@ -7,7 +7,8 @@ import traceback
 import pytest
 
 from kaffi.app import App
-from kaffi.errors import ValidationError
+from kaffi.errors import ServerError, ValidationError
+from kaffi.protocol.resp import BulkReply, ErrorReply
 from kaffi.worker import Worker
 from kaffi.worker.worker import format_backtrace, rss_kb
 
@@ -84,3 +85,15 @@ def test_use_and_register_act_on_the_app() -> None:
     assert mw in app.middleware
     assert "add" in app.tasks
     assert isinstance(worker, Worker)
+
+
+def test_a_job_that_is_not_a_valid_payload_is_failed_by_jid() -> None:
+    worker = App().worker()
+    line = worker._decode_job(BulkReply(b'{"jid":"jid-12345678","jobtype":"","args":[]}'))
+    assert isinstance(line, bytes)
+    assert line.startswith(b'FAIL {"jid":"jid-12345678","errtype":"InvalidJob"')
+    assert b"jobtype" in line
+    assert worker._decode_job(BulkReply(b"not json")) is None
+    assert worker._decode_job(BulkReply(None)) is None
+    with pytest.raises(ServerError, match="nope"):
+        worker._decode_job(ErrorReply("ERR", "nope"))

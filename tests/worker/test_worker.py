@@ -415,3 +415,29 @@ def test_worker_cannot_run_twice(app: App) -> None:
         pass
     with pytest.raises(kaffi.ConfigurationError, match="already been started"):
         asyncio.run(worker.run())
+
+
+def test_an_asyncio_host_cancelling_run_gives_held_jobs_back(app: App) -> None:
+    started: list[asyncio.Event] = []
+
+    @app.task(retry=2)
+    async def forever() -> None:
+        started[0].set()
+        await asyncio.Event().wait()
+
+    forever.delay()
+    worker = app.worker(concurrency=1, timeout=60)
+
+    async def host() -> None:
+        started.append(asyncio.Event())
+        task = asyncio.ensure_future(worker.run())
+        await asyncio.wait_for(started[0].wait(), WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, WAIT)
+
+    asyncio.run(host())
+    assert worker.state == "stopped"
+    info = stats(app)
+    assert info.sets["working"] == 0
+    assert info.sets["retries"] == 1
