@@ -12,12 +12,16 @@ Options:
 - ``--repeat N``: run every measurement N times and keep the best (default 3; 1 quick).
 - ``--only raw,drain``: run only these sections (memory, raw, enqueue, drain, startup),
   for re-measuring one path while optimising it; combine with ``--no-write``.
+- ``--render``: measure nothing; redraw the chart and rewrite the page from
+  ``bench/results/latest.json`` (after editing ``bench/notes.md``, say).
 - ``--no-peers``: kaffi and the raw ceilings only. ``--url``: the server (default
   ``FAKTORY_URL``, else an embedded server started for the run). The suite FLUSHes that
   server between runs, and refuses any address that is not a loopback one.
 
 A measurement that fails is reported under "Not measured in this run" with its reason,
-and the rest of the suite carries on.
+and the rest of the suite carries on; the exit code is then 1 if it was one of kaffi's or
+the server's own (a peer that cannot be installed or run only costs its rows), so CI's
+quick run catches a suite or a worker that stopped working.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from bench.harness import (
 )
 from bench.names import (
     KAFFI_WORKER,
+    KAFFI_WORKER_2,
     KAFFI_WORKER_ASYNC,
     OP_ASYNC,
     OP_BULK,
@@ -69,6 +74,7 @@ __all__ = ["FULL", "QUICK", "Sizes", "main"]
 PAGE = REPO_ROOT / "docs" / "benchmarks.md"
 CHART = REPO_ROOT / "docs" / "img" / "benchmarks.svg"
 NOTES = REPO_ROOT / "bench" / "notes.md"
+LATEST = RESULTS_DIR / "latest.json"
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,8 @@ class Runner:
         self.peer_stop_timeout = PEER_STOP_TIMEOUT[1 if quick else 0]
         self.worker_log = log_dir / "workers.log"
         self.worker_log.write_bytes(b"")
+        #: Failed measurements of kaffi or the server (not of a peer): the run fails.
+        self.own_failures: list[str] = []
 
     def attempt(self, label: str, fn: Callable[[], None]) -> None:
         try:
@@ -175,6 +183,9 @@ class Runner:
         log(f"NOT MEASURED {reason}")
         if reason not in self.results.skipped:
             self.results.skipped.append(reason)
+        if label.startswith(("kaffi", "raw", "server")):
+            # kaffi's own measurements must work wherever kaffi does; a peer may be missing.
+            self.own_failures.append(reason)
 
     def _server_cpu(self) -> float | None:
         return cpu_seconds(self.server_pid) if self.server_pid else None
@@ -324,21 +335,26 @@ class Runner:
             self.attempt(f"{peer.name}: {OP_DRAIN_1}", run)
 
     def startups(self, peers: list[Peer]) -> None:
+        wlog = self.worker_log
         spawners = [
-            (KAFFI_WORKER, kaffi_suite.worker_spawner(self.url, self.worker_log, burst=False))
+            (KAFFI_WORKER, kaffi_suite.worker_spawner(self.url, wlog, burst=False)),
+            (
+                KAFFI_WORKER_2,
+                kaffi_suite.worker_spawner(self.url, wlog, processes=2, burst=False),
+            ),
         ]
-        spawners += [
-            (p.name, p.spawner(self.url, self.worker_log)) for p in peers if "work" in p.ops
-        ]
+        spawners += [(p.name, p.spawner(self.url, wlog)) for p in peers if "work" in p.ops]
         for client, spawn in spawners:
+            ours = client.startswith("kaffi")
 
-            def run(client: str = client, spawn: Spawner = spawn) -> None:
+            def run(client: str = client, spawn: Spawner = spawn, ours: bool = ours) -> None:
                 for g in startup(
                     self.control,
                     spawn,
                     client=client,
-                    stop_timeout=15.0 if client == KAFFI_WORKER else self.peer_stop_timeout,
+                    stop_timeout=15.0 if ours else self.peer_stop_timeout,
                     wait_fetches=not self.quick,
+                    largest_process=client == KAFFI_WORKER_2,
                 ):
                     log(f"{g.metric} | {g.client}: {g.value:.2f} {g.unit} {g.note}")
                     self.results.add(g)
@@ -472,7 +488,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LIST",
         help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: redraw the chart and rewrite the page from the last run",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        if not LATEST.is_file():
+            parser.error(f"--render: no results to render ({LATEST} is missing)")
+        results = Results.from_json(LATEST.read_text())
+        write_page(results)
+        return _verdict(args, results)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown section {sorted(unknown)[0]!r}")
@@ -568,20 +595,39 @@ def _run(args: argparse.Namespace, log_dir: Path) -> int:
 
     if not args.no_write:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / "latest.json").write_text(results.to_json())
-        problem = _draw_chart(results, CHART)
-        if problem:
-            results.skipped.append(problem)
-        chart = None if problem else CHART.relative_to(PAGE.parent).as_posix()
-        notes = NOTES.read_text() if NOTES.is_file() else ""
-        PAGE.write_text(render_page(results, chart=chart, notes=notes))
-        log(f"wrote {PAGE.relative_to(REPO_ROOT)}" + ("" if problem else f" and {chart}"))
+        LATEST.write_text(results.to_json())
+        write_page(results)
+    code = _verdict(args, results)
+    if runner.own_failures:
+        print(
+            f"bench: {len(runner.own_failures)} measurement(s) of kaffi or its server failed",
+            file=sys.stderr,
+        )
+        return 1
+    return code
 
+
+def write_page(results: Results) -> None:
+    """The chart and ``docs/benchmarks.md`` (with ``bench/notes.md``) from ``results``."""
+    problem = _draw_chart(results, CHART)
+    shown = Results(
+        throughputs=results.throughputs,
+        gauges=results.gauges,
+        meta=results.meta,
+        skipped=[*results.skipped, *([problem] if problem else [])],
+    )
+    chart = None if problem else CHART.relative_to(PAGE.parent).as_posix()
+    notes = NOTES.read_text() if NOTES.is_file() else ""
+    PAGE.write_text(render_page(shown, chart=chart, notes=notes))
+    log(f"wrote {PAGE.relative_to(REPO_ROOT)}" + ("" if problem else f" and {chart}"))
+
+
+def _verdict(args: argparse.Namespace, results: Results) -> int:
     if args.targets:
         verdicts = check_targets(results)
         print()
         print(targets_table(verdicts))
-        if args.quick:
+        if args.quick or results.meta.get("mode", "").startswith("quick"):
             print("(quick mode: small N, targets are shown but not asserted)")
         elif any(v.holds is False for v in verdicts):
             return 1

@@ -15,6 +15,7 @@ __all__ = [
     "KAFFI_DELAY_MANY",
     "KAFFI_PUSH",
     "KAFFI_WORKER",
+    "KAFFI_WORKER_2",
     "KAFFI_WORKER_ASYNC",
     "OPERATION_ORDER",
     "OP_ASYNC",
@@ -79,6 +80,7 @@ KAFFI_DELAY_ASYNC = "kaffi .delay_async()"
 KAFFI_ASYNC_CLIENT = "kaffi AsyncClient.push"
 KAFFI_WORKER = "kaffi worker"
 KAFFI_WORKER_ASYNC = "kaffi worker, async def job"
+KAFFI_WORKER_2 = "kaffi worker --processes 2"
 RAW = "raw protocol"
 
 #: Rows within an operation: kaffi first, then the peers, then the ceiling.

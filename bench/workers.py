@@ -33,6 +33,7 @@ from bench.harness import (
     ServerControl,
     Throughput,
     cpu_seconds,
+    process_tree,
     rss_mb,
     stop_process,
     tree_cpu_seconds,
@@ -147,8 +148,11 @@ def startup(
     timeout: float = 60.0,
     stop_timeout: float = 15.0,
     wait_fetches: bool = True,
+    largest_process: bool = False,
 ) -> list[Gauge]:
-    """Start-up to the first FETCH (one job waiting), then idle RSS ``idle_seconds`` later."""
+    """Start-up to the first FETCH (one job waiting), then idle RSS ``idle_seconds`` later:
+    of the process started, or (``largest_process``, for a supervisor and its workers) of
+    the largest process in its tree."""
     queue = fresh_queue("bench-start")
     control.flush()
     control.fill(1, queue=queue)
@@ -162,7 +166,11 @@ def startup(
         if proc.poll() is not None:
             raise BenchError(f"the worker exited with code {proc.returncode} while idle")
         time.sleep(idle_seconds)
-        own = rss_mb(proc.pid)
+        if largest_process:
+            sizes = [rss_mb(p) for p in process_tree(proc.pid)]
+            own = max((s for s in sizes if s is not None), default=None)
+        else:
+            own = rss_mb(proc.pid)
         tree = tree_rss_mb(proc.pid)
     finally:
         stop_process(proc, timeout=stop_timeout, group=True)

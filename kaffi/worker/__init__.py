@@ -5,6 +5,7 @@
 - :mod:`kaffi.worker.supervisor`: ``--processes N``, a supervisor and N worker processes;
 - :mod:`kaffi.worker.signals`: TERM/INT/TSTP/TTIN;
 - :mod:`kaffi.worker.logging`: per-job log context, text and JSON log lines;
+- :mod:`kaffi.worker.threads`: the threads that run plain (blocking) job functions;
 - :mod:`kaffi.worker.queues`: strict and weighted queue order;
 - :mod:`kaffi.worker.loader`: finding the App from ``module:attribute``.
 

@@ -74,16 +74,26 @@ def install_record_factory() -> None:
 def log_job_done(
     jid: str, jobtype: str, duration: float, outcome: str, error: BaseException | None = None
 ) -> None:
-    """The one line per job. Failures are warnings and carry the exception."""
+    """The one line per job. Failures are warnings and carry the exception.
+
+    The record is built directly rather than through ``logger.info``: the caller is
+    always this function, so the stack walk that finds it (a tenth of a line's cost on
+    the per-job path) is skipped.
+    """
     if error is None:
         if JOB_LOGGER.isEnabledFor(logging.INFO):
-            JOB_LOGGER.info(
-                "done %s %s in %.3fs: %s",
-                jobtype,
-                jid,
-                duration,
-                outcome,
-                extra={"duration": round(duration, 6), "outcome": outcome},
+            JOB_LOGGER.handle(
+                JOB_LOGGER.makeRecord(
+                    JOB_LOGGER.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    "done %s %s in %.3fs: %s",
+                    (jobtype, jid, duration, outcome),
+                    None,
+                    "log_job_done",
+                    {"duration": round(duration, 6), "outcome": outcome},
+                )
             )
     elif JOB_LOGGER.isEnabledFor(logging.WARNING):
         JOB_LOGGER.warning(

@@ -9,10 +9,10 @@ slot owns one connection (HELLO'd with the worker's wid) and holds at most one j
 
 So at most ``concurrency`` jobs are held at once, a slot fetches only when it is free (no
 prefetching that would starve long jobs), and every job after the first costs a single
-round trip. ``async def`` jobs run on the loop; plain functions run in a thread pool, with
-the caller's contextvars copied into the thread (``kaffi.current_job()`` works there). A
-separate connection carries BEAT, so a FETCH blocked on the server never delays the
-heartbeat.
+round trip. ``async def`` jobs run on the loop; plain functions run in job threads
+(:mod:`kaffi.worker.threads`), with the caller's contextvars copied into the thread
+(``kaffi.current_job()`` works there). A separate connection carries BEAT, so a FETCH
+blocked on the server never delays the heartbeat.
 
 What a job's outcome becomes
 ----------------------------
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import secrets
@@ -65,7 +66,6 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -93,6 +93,7 @@ from kaffi.protocol.resp import BulkReply, ErrorReply, Reply
 from kaffi.worker.logging import install_record_factory, job_context, log_job_done
 from kaffi.worker.queues import QueueOrder, parse_queues
 from kaffi.worker.signals import SignalHandlers, format_all_stacks, signal_name
+from kaffi.worker.threads import JobThreads
 
 if TYPE_CHECKING:
     from kaffi.app import App
@@ -114,6 +115,9 @@ BACKOFF_CAP = 5.0
 #: How long shutdown waits, past the job timeout, for FETCHes already on the wire. The
 #: server answers an empty FETCH after about 2 s; this only bounds a server that hangs.
 FETCH_GRACE_SECONDS = 12.0
+#: The least read deadline for a FETCH: the server holds an empty one for about 2 s, so a
+#: short client timeout (fine for PUSH) must not turn every idle FETCH into an error.
+MIN_FETCH_TIMEOUT = 7.0
 #: How often the memory limit and the parent process are checked, when asked for.
 MONITOR_INTERVAL = 1.0
 #: Errtype of a job FAILed because the worker shut down before or while running it.
@@ -287,7 +291,7 @@ class Worker:
         self._started = False
         self._fatal: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: JobThreads | None = None
         self._slots: list[_Slot] = []
         self._live_slots = 0
         self._beat_conn: AsyncConnection | None = None
@@ -303,6 +307,7 @@ class Worker:
         self.ready = threading.Event()
         self._sigint_count = 0
         self._stop_reason = ""
+        self._fetch_timeout = MIN_FETCH_TIMEOUT
 
     def __repr__(self) -> str:
         return (
@@ -415,13 +420,13 @@ class Worker:
             if self.state == TERMINATE:
                 self._stop_event.set()
         install_record_factory()
-        self.settings  # noqa: B018 - resolve now, so a bad URL fails before anything starts
+        # Resolved now, so a bad URL fails before anything starts.
+        self._fetch_timeout = max(self.settings.timeout, MIN_FETCH_TIMEOUT)
         plain_mw = sum(1 for mw in self.app.middleware if not _is_async(mw))
         # A plain middleware keeps its thread while the rest of the chain runs: each job
         # may hold 1 + (plain middleware) threads at once.
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.concurrency * (1 + plain_mw),
-            thread_name_prefix=f"kaffi-job-{self.wid}",
+        self._threads = JobThreads(
+            loop, self.concurrency * (1 + plain_mw), name=f"kaffi-job-{self.wid}"
         )
         handlers = SignalHandlers(
             loop, on_stop=self._on_stop_signal, on_quiet=self.quiet, on_dump=self._dump_stacks
@@ -465,7 +470,7 @@ class Worker:
             await _close(self._beat_conn)
             self._beat_conn = None
             handlers.remove()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
             self.state = STOPPED
             self._stopped.set()
             self._done.set()
@@ -638,11 +643,13 @@ class Worker:
                 fetch = self.queues.fetch_line()
                 try:
                     if pending is not None:
-                        report_reply, fetch_reply = await conn.pipeline((pending, fetch))
+                        report_reply, fetch_reply = await conn.pipeline(
+                            (pending, fetch), timeout=self._fetch_timeout
+                        )
                         _check_report(report_reply, pending)
                         pending = None
                     else:
-                        fetch_reply = await conn.request(fetch)
+                        fetch_reply = await conn.request(fetch, timeout=self._fetch_timeout)
                 except (TransportError, RemoteProtocolError) as exc:
                     await _close(conn)
                     slot.conn = None
@@ -754,11 +761,9 @@ class Worker:
         return encode_fail(job.jid, errtype, message, backtrace)
 
     async def _run_sync(self, fn: Callable[[], T]) -> T:
-        """perform()'s way to run a plain callable: the pool, with this context copied."""
-        assert self._loop is not None
-        assert self._executor is not None
-        ctx = contextvars.copy_context()
-        return await self._loop.run_in_executor(self._executor, ctx.run, _in_thread, fn)
+        """perform()'s way to run a plain callable: a job thread, with this context."""
+        assert self._threads is not None
+        return await self._threads.run(functools.partial(_in_thread, fn))
 
     async def _report(self, slot: _Slot, line: bytes) -> None:
         """Send one ACK/FAIL on the slot's connection, retrying over fresh connections

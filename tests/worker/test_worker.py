@@ -441,3 +441,17 @@ def test_an_asyncio_host_cancelling_run_gives_held_jobs_back(app: App) -> None:
     info = stats(app)
     assert info.sets["working"] == 0
     assert info.sets["retries"] == 1
+
+
+def test_a_sync_job_raising_stop_iteration_is_failed_not_hung(app: App) -> None:
+    @app.task(retry=1)
+    def empty_iterator() -> None:
+        next(iter([]))
+
+    empty_iterator.delay()
+    with running(app.worker(concurrency=1)) as worker:
+        wait_until(lambda: worker.failed == 1, "the failure")
+    failure = failure_of(app, "default")
+    assert failure.errtype == "RuntimeError"
+    assert failure.message is not None
+    assert "StopIteration" in failure.message
