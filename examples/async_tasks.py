@@ -22,6 +22,7 @@ PAGES = 20
 
 
 def build_app(url: str, pages_done: list[float]) -> App:
+    """An App with one async task that sleeps as an HTTP call would and notes when it ended."""
     app = App(url)
 
     @app.task(queue="crawl")
@@ -33,6 +34,7 @@ def build_app(url: str, pages_done: list[float]) -> App:
 
 
 async def run(url: str) -> None:
+    """Push the jobs with delay_async, then run a burst worker in this event loop."""
     pages_done: list[float] = []
     app = build_app(url, pages_done)
     download = app.tasks["download"]
@@ -55,6 +57,7 @@ async def run(url: str) -> None:
 
 
 def main() -> None:
+    """Run the example against FAKTORY_URL or an embedded server."""
     with faktory_url() as url:
         asyncio.run(run(url))
 

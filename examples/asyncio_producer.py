@@ -27,6 +27,7 @@ ORDERS = list(range(100, 130))
 
 
 def build_app(url: str, receipts: list[int]) -> App:
+    """An App with the task the web handler enqueues."""
     app = App(url)
 
     @app.task(queue="receipts")
@@ -38,6 +39,7 @@ def build_app(url: str, receipts: list[int]) -> App:
 
 
 async def serve(app: App) -> asyncio.Server:
+    """A tiny asyncio HTTP server whose handler enqueues a job with delay_async."""
     send_receipt = app.tasks["send_receipt"]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -66,6 +68,7 @@ async def serve(app: App) -> asyncio.Server:
 
 
 async def get(port: int, path: str) -> dict[str, str]:
+    """One GET request to the example server; returns its JSON body."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     await writer.drain()
@@ -78,6 +81,7 @@ async def get(port: int, path: str) -> dict[str, str]:
 
 
 async def run(url: str) -> None:
+    """Send concurrent requests, then drain the queue with a burst worker."""
     receipts: list[int] = []
     app = build_app(url, receipts)
     server = await serve(app)
@@ -95,6 +99,7 @@ async def run(url: str) -> None:
 
 
 def main() -> None:
+    """Run the example against FAKTORY_URL or an embedded server."""
     with faktory_url() as url:
         asyncio.run(run(url))
 

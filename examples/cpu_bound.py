@@ -40,6 +40,7 @@ def count_primes(limit: int) -> int:
 
 
 def drained() -> bool:
+    """True once the queue is empty and no job is running."""
     info = app.client.info().faktory
     return info.queues.get("cpu", 0) == 0 and info.sets.get("working", 0) == 0
 
@@ -66,6 +67,7 @@ def drain_with(processes: int, url: str) -> float:
 
 
 def main() -> None:
+    """Push the jobs twice and drain them with 1 and then 2 worker processes."""
     with faktory_url() as url:
         # The module-level App reads FAKTORY_URL when it first connects.
         os.environ["FAKTORY_URL"] = url

@@ -55,11 +55,13 @@ faktory.register("greet_from_python", async (name, language) => {
 
 
 def skip(reason: str) -> None:
+    """Say why the example cannot run here and exit 0."""
     print(f"skipped: {reason}")
     raise SystemExit(0)
 
 
 def install_faktory_worker(directory: Path) -> None:
+    """Install Node's faktory-worker into ``directory`` (never into this repository)."""
     npm = shutil.which("npm")
     assert npm is not None
     say(f"installing faktory-worker {FAKTORY_WORKER_VERSION} into a temporary directory")
@@ -84,6 +86,7 @@ def install_faktory_worker(directory: Path) -> None:
 
 
 def run_node(directory: Path, script: str, url: str) -> None:
+    """Run a Node script with faktory-worker against ``url``; exit if it fails."""
     node = shutil.which("node")
     assert node is not None
     path = directory / "script.js"
@@ -104,6 +107,7 @@ def run_node(directory: Path, script: str, url: str) -> None:
 
 
 def main() -> None:
+    """Node pushes and kaffi works, then kaffi pushes and Node works."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         skip("node and npm are needed for this example")
     with tempfile.TemporaryDirectory(prefix="kaffi-node-") as tmp, faktory_url() as url:

@@ -57,6 +57,7 @@ class ConnectionPool:
 
 
 def build_app(url: str, pool: ConnectionPool, timings: list[float]) -> App:
+    """An App whose middleware lends a pooled connection to each job and times it."""
     app = App(url)
 
     def with_connection(ctx: JobContext, next: Callable[[], None]) -> None:
@@ -86,6 +87,7 @@ def build_app(url: str, pool: ConnectionPool, timings: list[float]) -> App:
 
 
 def main() -> None:
+    """Push a few visits, run a burst worker and show what the pool and middleware saw."""
     with tempfile.TemporaryDirectory(prefix="kaffi-example-") as tmp, faktory_url() as url:
         path = Path(tmp) / "visits.db"
         with sqlite3.connect(path) as setup:

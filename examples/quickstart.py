@@ -42,6 +42,7 @@ class SayHandler(logging.Handler):
 
 
 def show_worker_log() -> None:
+    """Print the worker's one line per job, indented under the tasks' own output."""
     job_log = logging.getLogger("kaffi.job")
     job_log.addHandler(SayHandler())
     job_log.setLevel(logging.INFO)
@@ -49,6 +50,7 @@ def show_worker_log() -> None:
 
 
 def build_app(url: str) -> App:
+    """The four quickstart tasks: plain, async, failing once, scheduled."""
     app = App(url)
 
     @app.task
@@ -81,6 +83,7 @@ def build_app(url: str) -> App:
 
 
 def main() -> None:
+    """Start a server, push the tasks, run a worker until all four are done, stop."""
     with faktory_url() as url:
         say(f"Faktory server at {url}")
         show_worker_log()

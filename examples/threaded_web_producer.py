@@ -27,6 +27,7 @@ EMAILS = [f"user{n}@example.com" for n in range(8)]
 
 
 def build_app(url: str, sent: list[str]) -> App:
+    """An App with the task the sign-up handler enqueues."""
     app = App(url)
     lock = threading.Lock()
 
@@ -39,6 +40,7 @@ def build_app(url: str, sent: list[str]) -> App:
 
 
 def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
+    """A request handler class whose POST enqueues a welcome mail with delay."""
     send_welcome = app.tasks["send_welcome"]
 
     class SignupHandler(BaseHTTPRequestHandler):
@@ -67,6 +69,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
 
 
 def sign_up(base: str, email: str) -> str:
+    """POST one sign-up to the example server; returns the jid it answered with."""
     request = urllib.request.Request(f"{base}/signup?email={email}", method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         jid = json.load(response)["jid"]
@@ -75,6 +78,7 @@ def sign_up(base: str, email: str) -> str:
 
 
 def main() -> None:
+    """Serve sign-ups from threads, then drain the queue with a burst worker."""
     with faktory_url() as url:
         sent: list[str] = []
         app = build_app(url, sent)

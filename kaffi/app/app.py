@@ -44,14 +44,17 @@ class Mutate:
 
     @property
     def retries(self) -> Mutation:
+        """A Mutation over the retries set (jobs waiting for their next attempt)."""
         return self._app.client.retries
 
     @property
     def scheduled(self) -> Mutation:
+        """A Mutation over the scheduled set (jobs pushed with ``at`` or ``countdown``)."""
         return self._app.client.scheduled
 
     @property
     def dead(self) -> Mutation:
+        """A Mutation over the dead set (jobs that ran out of retries)."""
         return self._app.client.dead
 
 
@@ -229,12 +232,7 @@ class App:
         """The pooled, thread-safe :class:`~kaffi.client.Client`, created on first use."""
         client = self._client
         if client is None:
-            with self._lock:
-                if self._client is None:
-                    from kaffi.client import Client
-
-                    self._client = Client(settings=self.settings, **self._pool_options())
-                client = self._client
+            client = self._make_client("Client", "_client")
         return client
 
     @property
@@ -244,13 +242,21 @@ class App:
         ``await app.aclose()`` before that loop ends."""
         client = self._async_client
         if client is None:
-            with self._lock:
-                if self._async_client is None:
-                    from kaffi.client import AsyncClient
-
-                    self._async_client = AsyncClient(settings=self.settings, **self._pool_options())
-                client = self._async_client
+            client = self._make_client("AsyncClient", "_async_client")
         return client
+
+    def _make_client(self, class_name: str, attribute: str) -> Any:
+        """The client kept in ``attribute``, built once under the lock so that threads
+        racing on first use share one pool (the per-push path only reads the attribute)."""
+        import kaffi.client
+
+        with self._lock:
+            client = getattr(self, attribute)
+            if client is None:
+                factory = getattr(kaffi.client, class_name)
+                client = factory(settings=self.settings, **self._pool_options())
+                setattr(self, attribute, client)
+            return client
 
     @property
     def mutate(self) -> Mutate:

@@ -66,22 +66,27 @@ class JobContext:
 
     @property
     def jid(self) -> str:
+        """The job's id."""
         return self.job.jid
 
     @property
     def jobtype(self) -> str:
+        """The job's type (the task name)."""
         return self.job.jobtype
 
     @property
     def queue(self) -> str:
+        """The queue the job came from."""
         return self.job.queue
 
     @property
     def args(self) -> list[Any]:
+        """The job's arguments as they travelled (JSON values, before conversion)."""
         return self.job.args
 
     @property
     def custom(self) -> dict[str, Any] | None:
+        """The job's ``custom`` mapping, or None."""
         return self.job.custom
 
     def __repr__(self) -> str:

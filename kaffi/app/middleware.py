@@ -51,7 +51,8 @@ class RunSync(Protocol):
     """Runs a blocking callable off the event loop and awaits its result (the worker maps
     it to its thread pool, copying contextvars into the thread)."""
 
-    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]:
+        """Run ``fn`` off the event loop; the awaitable gives its result or raises its error."""
 
 
 def is_async_callable(fn: object) -> bool:

@@ -38,15 +38,17 @@ __all__ = [
 class Delivery(Protocol):
     """Where payloads go instead of the network (the testing modes implement this)."""
 
-    def push(self, payload: dict[str, Any]) -> str: ...
+    def push(self, payload: dict[str, Any]) -> str:
+        """Take one payload; return its jid."""
 
-    def push_async(self, payload: dict[str, Any]) -> Awaitable[str]: ...
+    def push_async(self, payload: dict[str, Any]) -> Awaitable[str]:
+        """:meth:`push` for asyncio code."""
 
-    def push_bulk(self, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]: ...
+    def push_bulk(self, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+        """Take many payloads; return the ones refused."""
 
-    def push_bulk_async(
-        self, payloads: Sequence[dict[str, Any]]
-    ) -> Awaitable[list[RejectedJob]]: ...
+    def push_bulk_async(self, payloads: Sequence[dict[str, Any]]) -> Awaitable[list[RejectedJob]]:
+        """:meth:`push_bulk` for asyncio code."""
 
 
 class PushContext:

@@ -24,9 +24,15 @@ enqueue path is measured against other clients. This module does no I/O.
 
 from __future__ import annotations
 
+import enum
 import inspect
+import math
+import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter
@@ -38,8 +44,18 @@ from kaffi.errors import ArgumentsError, ConfigurationError, ValidationError
 __all__ = ["Parameter", "TaskSignature"]
 
 _EMPTY = inspect.Parameter.empty
-# NaN and infinities are not JSON; Faktory would refuse the whole job.
-_ADAPTER_CONFIG = ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=False)
+# NaN and infinities are not JSON; Faktory would refuse the whole job. A float typed as
+# such is refused by the validator; one that travels inside ``Any``, a pydantic model or a
+# dataclass is kept as a float by the serializer ("constants", never a silent null) and
+# found by :func:`_non_finite` afterwards.
+_ADAPTER_CONFIG = ConfigDict(
+    allow_inf_nan=False, arbitrary_types_allowed=False, ser_json_inf_nan="constants"
+)
+#: Annotations whose serialised value can never hold a non-finite float (a plain float is
+#: refused by the validator), so the enqueue path skips the scan for them.
+_FINITE_TYPES: frozenset[Any] = frozenset(
+    {int, str, bool, float, bytes, datetime, date, time, timedelta, uuid.UUID, Decimal}
+)
 
 
 class Parameter:
@@ -56,6 +72,7 @@ class Parameter:
 
     @property
     def has_default(self) -> bool:
+        """Whether the parameter has a default (so a call may leave it out)."""
         return self.default is not _EMPTY
 
     def __repr__(self) -> str:
@@ -63,13 +80,15 @@ class Parameter:
 
 
 class _Encoder:
-    """The pydantic validator and serializer for one array length."""
+    """The pydantic validator and serializer for one array length, and which positions
+    may carry a non-finite float past them (``scan``)."""
 
-    __slots__ = ("serializer", "validator")
+    __slots__ = ("scan", "serializer", "validator")
 
     def __init__(self, types: Sequence[Any]) -> None:
         shape: Any = tuple.__class_getitem__(tuple(types)) if types else tuple[()]
         adapter: TypeAdapter[Any] = TypeAdapter(shape, config=_ADAPTER_CONFIG)
+        self.scan = tuple(i for i, t in enumerate(types) if not _always_finite(t))
         # The core validator/serializer directly: TypeAdapter's wrappers cost a few
         # microseconds per call on the hot enqueue path.
         self.validator = adapter.validator
@@ -276,6 +295,8 @@ class TaskSignature:
             raise self._validation_error(exc, offset=0) from None
         except PydanticSerializationError as exc:
             raise self._serialisation_error(values, 0, exc) from None
+        for index in encoder.scan:
+            self._check_finite(out[index], index)
         if extra:
             extra_encoder = self._extra_encoder()
             for i, value in enumerate(extra):
@@ -289,7 +310,20 @@ class TaskSignature:
                     raise self._validation_error(exc, offset=len(values) + i) from None
                 except PydanticSerializationError as exc:
                     raise self._serialisation_error([value], len(values) + i, exc) from None
+                if extra_encoder.scan:
+                    self._check_finite(out[-1], len(values) + i)
         return out
+
+    def _check_finite(self, value: Any, index: int) -> None:
+        path = _non_finite(value)
+        if path is not None:
+            name = self._label(index)
+            inner = "".join(f"[{part!r}]" for part in path[0])
+            raise ValidationError(
+                f"task {self.task_name!r}: argument {name!r}{inner} cannot become JSON"
+                f" ({path[1]!r} is not a finite number); nothing was sent",
+                field=name,
+            )
 
     def _label(self, index: int) -> str:
         if index < len(self.slots):
@@ -394,6 +428,41 @@ class TaskSignature:
 
     def __repr__(self) -> str:
         return f"<TaskSignature {self.task_name}({', '.join(self.names)})>"
+
+
+def _always_finite(annotation: Any) -> bool:
+    """True when a value of this type, once serialised, cannot hold NaN or an infinity."""
+    try:
+        if annotation in _FINITE_TYPES or annotation is None or annotation is type(None):
+            return True
+    except TypeError:  # an unhashable annotation object: scan to be safe
+        return False
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return all(not isinstance(m.value, float) for m in annotation)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _always_finite(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return all(_always_finite(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _non_finite(value: Any) -> tuple[list[Any], float] | None:
+    """The path to the first NaN or infinity in a JSON-compatible value, and the value."""
+    if isinstance(value, float):
+        return ([], value) if not math.isfinite(value) else None
+    if isinstance(value, list):
+        items: Iterable[tuple[Any, Any]] = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item)
+        if found is not None:
+            found[0].insert(0, key)
+            return found
+    return None
 
 
 def _optional(annotation: Any) -> Any:

@@ -212,32 +212,39 @@ class Task(Generic[P, R]):
 
     @property
     def queue(self) -> str:
+        """The queue jobs of this task go to."""
         return self._options.queue
 
     @property
     def retry(self) -> int:
+        """How many times Faktory retries a failed job (-1: straight to the dead set)."""
         return self._options.retry
 
     @property
     def reserve_for(self) -> int | None:
+        """Seconds a worker may hold a job before Faktory hands it out again."""
         return self._options.reserve_for
 
     @property
     def backtrace(self) -> int | None:
+        """Lines of a failure's backtrace the job asks to keep (None: the worker's default)."""
         return self._options.backtrace
 
     @property
     def custom(self) -> dict[str, Any] | None:
         # A copy: the options' dict is shared by every payload this task builds.
+        """A copy of the ``custom`` mapping every job of this task carries (or None)."""
         custom = self._options.custom
         return dict(custom) if custom is not None else None
 
     @property
     def at(self) -> datetime | None:
+        """The fixed time jobs are scheduled for (set with ``.options(at=...)``), or None."""
         return self._options.at
 
     @property
     def countdown(self) -> timedelta | None:
+        """The delay counted from each ``.delay()`` (``.options(countdown=...)``), or None."""
         return self._options.countdown
 
     def options(

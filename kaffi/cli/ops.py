@@ -218,6 +218,7 @@ def render_info(info: Info, latencies: dict[str, float], where: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help=INFO_JSON_HELP)
 @url_option
 def info(url: str | None, as_json: bool) -> None:
+    """``kaffi info [--json]`` (help: :data:`INFO_HELP`)."""
     settings = connection_settings(url)
     with _client(url) as client:
         doc = client.info()
@@ -291,6 +292,7 @@ def push(
     bulk: IO[bytes] | None,
     url: str | None,
 ) -> None:
+    """``kaffi push JOBTYPE [ARG...]`` or ``kaffi push --bulk FILE`` (help: :data:`PUSH_HELP`)."""
     if bulk is not None:
         if (
             jobtype is not None
@@ -423,6 +425,7 @@ _names_argument = click.argument("names", nargs=-1, required=True, metavar="NAME
 @_names_argument
 @url_option
 def queue_pause(names: tuple[str, ...], url: str | None) -> None:
+    """``kaffi queue pause NAME...``."""
     with _client(url) as client:
         client.queue_pause(*names)
     click.echo(f"paused {', '.join(names)}")
@@ -432,6 +435,7 @@ def queue_pause(names: tuple[str, ...], url: str | None) -> None:
 @_names_argument
 @url_option
 def queue_resume(names: tuple[str, ...], url: str | None) -> None:
+    """``kaffi queue resume NAME...``."""
     with _client(url) as client:
         client.queue_resume(*names)
     click.echo(f"resumed {', '.join(names)}")
@@ -442,6 +446,7 @@ def queue_resume(names: tuple[str, ...], url: str | None) -> None:
 @click.option("--yes", "-y", is_flag=True, help=YES_HELP)
 @url_option
 def queue_remove(names: tuple[str, ...], yes: bool, url: str | None) -> None:
+    """``kaffi queue remove NAME... [--yes]``."""
     what = (
         "every queue"
         if "*" in names
@@ -457,6 +462,7 @@ def queue_remove(names: tuple[str, ...], yes: bool, url: str | None) -> None:
 @_names_argument
 @url_option
 def queue_latency(names: tuple[str, ...], url: str | None) -> None:
+    """``kaffi queue latency NAME...``."""
     if "*" in names:
         fail("latency needs queue names: Faktory does not support '*' for QUEUE LATENCY")
     with _client(url) as client:
@@ -503,6 +509,7 @@ def mutate(
     yes: bool,
     url: str | None,
 ) -> None:
+    """``kaffi mutate TARGET ACTION [filters] [--yes]`` (help: :data:`MUTATE_HELP`)."""
     filtered = jobtype is not None or bool(jids) or match is not None
     if action == "clear" and filtered:
         fail(
@@ -531,6 +538,7 @@ def mutate(
 @click.option("--yes", "-y", is_flag=True, help=YES_HELP)
 @url_option
 def flush(yes: bool, url: str | None) -> None:
+    """``kaffi flush [--yes]``."""
     settings = connection_settings(url)
     _confirm(f"Delete every job, queue and set on the server at {settings.url}?", yes)
     with _client(url) as client:

@@ -89,6 +89,8 @@ def server_command(
         return
     if data is not None and memory:
         fail("give --data or --memory, not both")
+    if (tls_cert is None) != (tls_key is None):
+        fail("TLS needs both --tls-cert and --tls-key")
     from kaffi.server import EmbeddedServer
 
     logging.basicConfig(

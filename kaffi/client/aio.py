@@ -10,6 +10,9 @@ no 3.11-only API such as ``asyncio.timeout``).
 the same retry rules (see :mod:`kaffi.client.client`), sharing its helpers so both send
 the same bytes. A client belongs to one event loop at a time; used from a new loop it
 drops the old loop's connections and opens new ones.
+
+Nothing here may block the event loop: no blocking socket call, no ``time.sleep``; the
+only synchronous I/O is a zero-timeout ``select`` that checks an idle socket for EOF.
 """
 
 from __future__ import annotations
@@ -25,21 +28,18 @@ from types import TracebackType
 from typing import Any
 
 from kaffi.client.client import (
-    DEFAULT_POOL_TIMEOUT,
-    FETCH_TIMEOUT_FLOOR,
     PUSHB_CHUNK,
+    ClientBase,
     JobLike,
     check_jid,
-    check_labels,
-    check_wid,
     decode_raw,
     fail_line,
     raw_line,
     require_wid,
     should_retry,
 )
-from kaffi.client.config import ConnectionSettings, resolve_settings
-from kaffi.client.connection import default_hostname
+from kaffi.client.config import ConnectionSettings
+from kaffi.client.connection import hello_line, os_error_text
 from kaffi.client.job import AsyncJob, as_payload
 from kaffi.client.mutation import AsyncMutation
 from kaffi.client.pool import AsyncConnectionPool
@@ -67,7 +67,6 @@ from kaffi.protocol.commands import (
     encode_end,
     encode_fetch,
     encode_flush,
-    encode_hello,
     encode_info,
     encode_push,
     encode_pushb,
@@ -230,7 +229,7 @@ class AsyncConnection:
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise ConnectError(f"TLS handshake with {where} failed: {exc}") from None
         except OSError as exc:
-            raise ConnectError(f"could not connect to {where}: {_describe(exc)}") from None
+            raise ConnectError(f"could not connect to {where}: {os_error_text(exc)}") from None
         assert isinstance(transport, asyncio.Transport)
         conn = cls(transport, protocol, settings)
         try:
@@ -238,14 +237,7 @@ class AsyncConnection:
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.hi = decode_hi(await conn._read_reply(deadline))
-            hello = encode_hello(
-                conn.hi,
-                hostname=hostname or default_hostname(),
-                wid=wid,
-                pid=os.getpid() if pid is None else pid,
-                labels=labels,
-                password=settings.password,
-            )
+            hello = hello_line(conn.hi, settings, wid, labels, hostname, pid)
             await conn._send(hello, deadline)
             decode_ok(await conn._read_reply(deadline), "HELLO")
         except BaseException as exc:
@@ -262,7 +254,7 @@ class AsyncConnection:
                 raise
             if isinstance(exc, OSError):
                 raise ConnectError(
-                    f"connection to {where} failed during the handshake: {_describe(exc)}"
+                    f"connection to {where} failed during the handshake: {os_error_text(exc)}"
                 ) from None
             raise
         conn.wid = wid
@@ -392,7 +384,7 @@ class AsyncConnection:
             ) from None
         except (OSError, RuntimeError) as exc:
             self.broken = True
-            text = _describe(exc) if isinstance(exc, OSError) else str(exc)
+            text = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
             raise WriteError(f"writing to {self.settings.url} failed: {text}") from None
         except BaseException:
             self.broken = True
@@ -423,7 +415,7 @@ class AsyncConnection:
                     lost = protocol.lost
                     if isinstance(lost, OSError):
                         raise ReadError(
-                            f"reading from {self.settings.url} failed: {_describe(lost)}"
+                            f"reading from {self.settings.url} failed: {os_error_text(lost)}"
                         )
                     raise ReadError(f"{self.settings.url} closed the connection")
                 waiter = self.loop.create_future()
@@ -448,43 +440,13 @@ class AsyncConnection:
             raise
 
 
-def _describe(exc: OSError) -> str:
-    text = exc.strerror or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-
-
-class AsyncClient:
+class AsyncClient(ClientBase):
     """:class:`~kaffi.client.Client` for asyncio: the same arguments, the same methods as
     coroutines (``await client.push(job)``), ``async with AsyncClient() as client:``."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        password: str | None = None,
-        wid: str | None = None,
-        labels: Sequence[str] = (),
-        pool_size: int = 10,
-        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
-        tls: ssl.SSLContext | bool | None = None,
-        timeout: float | None = None,
-        connect_timeout: float | None = None,
-        hostname: str | None = None,
-        settings: ConnectionSettings | None = None,
-    ) -> None:
-        self.settings = settings or resolve_settings(
-            url,
-            host=host,
-            port=port,
-            password=password,
-            tls=tls,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-        )
-        self.wid = check_wid(wid)
-        self.labels = check_labels(labels)
+    pool: AsyncConnectionPool
+
+    def _new_pool(self, size: int, timeout: float, hostname: str | None) -> AsyncConnectionPool:
         opener = functools.partial(
             AsyncConnection.open,
             self.settings,
@@ -492,16 +454,7 @@ class AsyncClient:
             labels=self.labels,
             hostname=hostname,
         )
-        self.pool = AsyncConnectionPool(
-            opener, size=pool_size, timeout=pool_timeout, label=self.settings.url
-        )
-        self._fetch_timeout = (
-            None if self.settings.timeout >= FETCH_TIMEOUT_FLOOR else FETCH_TIMEOUT_FLOOR
-        )
-
-    def __repr__(self) -> str:
-        wid = f" wid={self.wid}" if self.wid else ""
-        return f"<AsyncClient {self.settings.url}{wid} {self.pool!r}>"
+        return AsyncConnectionPool(opener, size=size, timeout=timeout, label=self.settings.url)
 
     async def connect(self) -> AsyncClient:
         """Open one connection (HI/HELLO) to prove the server is reachable, then pool it."""
@@ -584,6 +537,7 @@ class AsyncClient:
         return decode_fetch(await self._call(line, retry=False, timeout=self._fetch_timeout))
 
     async def ack(self, jid: str) -> None:
+        """ACK: the job succeeded."""
         decode_ok(await self._call(encode_ack(check_jid(jid)), retry=True), "ACK")
 
     async def fail(
@@ -605,34 +559,44 @@ class AsyncClient:
         return decode_beat(await self._call(line, retry=True))
 
     async def info(self) -> Info:
+        """INFO: queues, set sizes and server details (``.raw`` has the whole document)."""
         return decode_info(await self._call(encode_info(), retry=True))
 
     async def flush(self) -> None:
+        """FLUSH: delete every job in every queue and set. For tests and development."""
         decode_ok(await self._call(encode_flush(), retry=True), "FLUSH")
 
     async def queue_pause(self, *names: str) -> None:
+        """Stop handing out jobs from these queues (``"*"``: all)."""
         decode_ok(await self._call(encode_queue("PAUSE", *names), retry=True), "QUEUE PAUSE")
 
     async def queue_resume(self, *names: str) -> None:
+        """Hand out jobs from these paused queues again (``"*"``: all)."""
         decode_ok(await self._call(encode_queue("RESUME", *names), retry=True), "QUEUE RESUME")
 
     async def queue_remove(self, *names: str) -> None:
+        """Delete these queues and their jobs (``"*"``: all)."""
         decode_ok(await self._call(encode_queue("REMOVE", *names), retry=True), "QUEUE REMOVE")
 
     async def queue_latency(self, *names: str) -> dict[str, float]:
+        """Seconds the oldest job of each queue has waited."""
         return decode_latency(await self._call(encode_queue("LATENCY", *names), retry=True))
 
     @property
     def retries(self) -> AsyncMutation:
+        """The retry set, for MUTATE: ``await client.retries.of_type("x").requeue()``."""
         return AsyncMutation(self, "retries")
 
     @property
     def scheduled(self) -> AsyncMutation:
+        """The scheduled set, for MUTATE."""
         return AsyncMutation(self, "scheduled")
 
     @property
     def dead(self) -> AsyncMutation:
+        """The dead set, for MUTATE."""
         return AsyncMutation(self, "dead")
 
     async def _mutate(self, line: bytes) -> None:
+        # Called by AsyncMutation with the line it built; MUTATE is idempotent, so retried.
         decode_ok(await self._call(line, retry=True), "MUTATE")

@@ -23,6 +23,10 @@ Timeouts are not retried (the server is alive but slow: a second try doubles the
 likely duplicates the work), nor is anything after part of a reply arrived, nor a failure
 to connect or authenticate (an :class:`~kaffi.errors.AuthenticationError` is raised at
 once: a wrong password must not turn into a reconnect storm).
+
+This module never touches a socket (connections do) and never builds command bytes
+itself (:mod:`kaffi.protocol.commands` does); it only decides which connection carries a
+command, whether to retry it, and what the reply means.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from kaffi.client.config import ConnectionSettings, resolve_settings
 from kaffi.client.connection import Connection
 from kaffi.client.job import Job, _JobBuilder, as_payload
 from kaffi.client.mutation import Mutation
-from kaffi.client.pool import ConnectionPool
+from kaffi.client.pool import AsyncConnectionPool, ConnectionPool
 from kaffi.errors import (
     ConfigurationError,
     ReadTimeout,
@@ -68,7 +72,7 @@ from kaffi.protocol.commands import (
 from kaffi.protocol.models import Info, JobPayload, RejectedJob
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
 
-__all__ = ["Client", "PUSHB_CHUNK", "DEFAULT_POOL_TIMEOUT", "JobLike"]
+__all__ = ["Client", "ClientBase", "PUSHB_CHUNK", "DEFAULT_POOL_TIMEOUT", "JobLike"]
 
 #: PUSHB sends at most this many jobs per command.
 PUSHB_CHUNK = 1000
@@ -80,18 +84,12 @@ FETCH_TIMEOUT_FLOOR = 5.0
 JobLike = _JobBuilder | JobPayload | Mapping[str, Any]
 
 
-class Client:
-    """A thread-safe Faktory client over a pool of 1..``pool_size`` lazily opened connections.
+class ClientBase:
+    """What :class:`Client` and :class:`~kaffi.client.AsyncClient` share: the
+    arguments (see :class:`Client`), where to connect, who they are (wid, labels), the
+    pool, and ``repr()``. Each subclass builds its own kind of pool."""
 
-    ``Client(url=None, *, host=None, port=None, password=None, wid=None, labels=(),
-    pool_size=10, pool_timeout=10.0, tls=None, timeout=None, connect_timeout=None)``:
-    where to connect is resolved by :func:`~kaffi.client.config.resolve_settings`
-    (explicit arguments, else ``FAKTORY_PROVIDER``, else ``FAKTORY_URL``, else
-    ``tcp://localhost:7419``).
-
-    With ``wid`` every pooled connection says HELLO as that worker (Faktory allows many
-    connections per wid), so :meth:`fetch` and :meth:`beat` work from any of them.
-    """
+    pool: ConnectionPool | AsyncConnectionPool
 
     def __init__(
         self,
@@ -121,19 +119,52 @@ class Client:
         )
         self.wid = check_wid(wid)
         self.labels = check_labels(labels)
-        opener = functools.partial(
-            Connection.open, self.settings, wid=self.wid, labels=self.labels, hostname=hostname
-        )
-        self.pool = ConnectionPool(
-            opener, size=pool_size, timeout=pool_timeout, label=self.settings.url
-        )
+        self.pool = self._new_pool(pool_size, pool_timeout, hostname)
+        # A read deadline shorter than the server's ~2 s FETCH wait would time out every
+        # empty FETCH: FETCH alone gets at least FETCH_TIMEOUT_FLOOR.
         self._fetch_timeout = (
             None if self.settings.timeout >= FETCH_TIMEOUT_FLOOR else FETCH_TIMEOUT_FLOOR
         )
 
+    def _new_pool(
+        self, size: int, timeout: float, hostname: str | None
+    ) -> ConnectionPool | AsyncConnectionPool:
+        """The pool of this client's kind of connection (each subclass builds its own)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
+        # settings.url never holds the password; the pool's repr shows only counts.
         wid = f" wid={self.wid}" if self.wid else ""
-        return f"<Client {self.settings.url}{wid} {self.pool!r}>"
+        return f"<{type(self).__name__} {self.settings.url}{wid} {self.pool!r}>"
+
+
+class Client(ClientBase):
+    """A thread-safe Faktory client over a pool of 1..``pool_size`` lazily opened connections.
+
+    Where to connect is resolved by :func:`~kaffi.client.config.resolve_settings`: ``url``
+    (``tcp://:PASSWORD@host:7419``, ``tcp+tls://`` for TLS) and ``host``/``port``/
+    ``password``, else ``FAKTORY_PROVIDER``, else ``FAKTORY_URL``, else
+    ``tcp://localhost:7419``; ``tls`` is an :class:`ssl.SSLContext`, True or False;
+    ``settings`` (already resolved) skips all that. ``timeout`` bounds every read and
+    write, ``connect_timeout`` the connect and HI/HELLO, ``pool_timeout`` the wait for a
+    free connection (then :class:`~kaffi.errors.PoolTimeout`).
+
+    With ``wid`` every pooled connection says HELLO as that worker (Faktory allows many
+    connections per wid), so :meth:`fetch` and :meth:`beat` work from any of them;
+    ``labels`` and ``hostname`` go into that HELLO too.
+
+    Every method borrows a pooled connection for one command; ``-ERR`` raises
+    :class:`~kaffi.errors.ServerError` and keeps the connection, a network failure throws
+    it away (see the module docstring for the retry-once rule).
+    """
+
+    pool: ConnectionPool
+
+    def _new_pool(self, size: int, timeout: float, hostname: str | None) -> ConnectionPool:
+        opener = functools.partial(
+            Connection.open, self.settings, wid=self.wid, labels=self.labels, hostname=hostname
+        )
+        return ConnectionPool(opener, size=size, timeout=timeout, label=self.settings.url)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -305,6 +336,7 @@ class Client:
         return Mutation(self, "dead")
 
     def _mutate(self, line: bytes) -> None:
+        # Called by Mutation with the line it built; MUTATE is idempotent, so retried.
         decode_ok(self._call(line, retry=True), "MUTATE")
 
 
@@ -317,6 +349,8 @@ def should_retry(exc: TransportError, reply_started: bool) -> bool:
 
 
 def check_wid(wid: str | None) -> str | None:
+    """``wid`` if it can name a worker (a non-empty string without spaces), else
+    ConfigurationError; None (a producer) passes."""
     if wid is None:
         return None
     if not isinstance(wid, str) or not wid or any(c.isspace() for c in wid):
@@ -325,6 +359,7 @@ def check_wid(wid: str | None) -> str | None:
 
 
 def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    """``labels`` as a tuple of strings, or ConfigurationError (a bare string included)."""
     if isinstance(labels, str):
         # labels="a" would otherwise become ("a",) by accident of iteration: be explicit.
         raise ConfigurationError(f"labels must be a sequence of strings, got the string {labels!r}")
@@ -335,6 +370,7 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
 
 
 def require_wid(wid: str | None) -> str:
+    """The client's wid for BEAT, or ConfigurationError saying how to give one."""
     if wid is None:
         raise ConfigurationError(
             "beat() needs a worker id: create the client with wid=... (a worker's client)"
@@ -343,6 +379,7 @@ def require_wid(wid: str | None) -> str:
 
 
 def check_jid(jid: str) -> str:
+    """``jid`` if it is a non-empty string, else ValidationError naming the field."""
     if not isinstance(jid, str) or not jid:
         raise ValidationError(f"jid must be a non-empty string, got {jid!r}", field="jid")
     return jid

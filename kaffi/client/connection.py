@@ -37,7 +37,7 @@ from kaffi.protocol.commands import decode_hi, decode_ok, encode_end, encode_hel
 from kaffi.protocol.models import Hi
 from kaffi.protocol.resp import Reply, ReplyParser
 
-__all__ = ["Connection", "default_hostname"]
+__all__ = ["Connection", "default_hostname", "os_error_text", "hello_line"]
 
 _RECV_SIZE = 65536
 #: END is a courtesy: never wait long for the kernel to take 5 bytes from a dying peer.
@@ -121,7 +121,7 @@ class Connection:
                 f"could not connect to {where} within {settings.connect_timeout:g} s"
             ) from None
         except OSError as exc:
-            raise ConnectError(f"could not connect to {where}: {_describe(exc)}") from None
+            raise ConnectError(f"could not connect to {where}: {os_error_text(exc)}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -142,7 +142,7 @@ class Connection:
                 raise ConnectError(f"TLS handshake with {where} failed: {exc}") from None
             if isinstance(exc, OSError):
                 raise ConnectError(
-                    f"connection to {where} failed during the handshake: {_describe(exc)}"
+                    f"connection to {where} failed during the handshake: {os_error_text(exc)}"
                 ) from None
             raise
         sock.settimeout(settings.timeout)
@@ -160,14 +160,7 @@ class Connection:
         self._sock.settimeout(_remaining(deadline, where))
         try:
             self.hi = decode_hi(self._read_reply(deadline, preset=False))
-            hello = encode_hello(
-                self.hi,
-                hostname=hostname or default_hostname(),
-                wid=wid,
-                pid=os.getpid() if pid is None else pid,
-                labels=labels,
-                password=self.settings.password,
-            )
+            hello = hello_line(self.hi, self.settings, wid, labels, hostname, pid)
             self._sock.settimeout(_remaining(deadline, where))
             self._sock.sendall(hello)
             decode_ok(self._read_reply(deadline, preset=False), "HELLO")
@@ -294,7 +287,9 @@ class Connection:
             ) from None
         except OSError as exc:
             self.broken = True
-            raise WriteError(f"writing to {self.settings.url} failed: {_describe(exc)}") from None
+            raise WriteError(
+                f"writing to {self.settings.url} failed: {os_error_text(exc)}"
+            ) from None
         except BaseException:
             # Interrupted half way (KeyboardInterrupt): nobody knows what was written.
             self.broken = True
@@ -332,7 +327,9 @@ class Connection:
             raise
         except OSError as exc:
             self.broken = True
-            raise ReadError(f"reading from {self.settings.url} failed: {_describe(exc)}") from None
+            raise ReadError(
+                f"reading from {self.settings.url} failed: {os_error_text(exc)}"
+            ) from None
         except BaseException:
             self.broken = True
             raise
@@ -352,6 +349,28 @@ def _remaining_read(deadline: float, where: str) -> float:
     return left
 
 
-def _describe(exc: OSError) -> str:
+def os_error_text(exc: OSError) -> str:
+    """``ConnectionRefusedError: Connection refused``: the class and the OS's words, for
+    messages (shared with the asyncio transport in :mod:`kaffi.client.aio`)."""
     text = exc.strerror or str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
+
+
+def hello_line(
+    hi: Hi,
+    settings: ConnectionSettings,
+    wid: str | None,
+    labels: Sequence[str],
+    hostname: str | None,
+    pid: int | None,
+) -> bytes:
+    """The HELLO both transports send after ``hi``: this host and process unless told
+    otherwise, and the password hashed the way ``hi`` asks."""
+    return encode_hello(
+        hi,
+        hostname=hostname or default_hostname(),
+        wid=wid,
+        pid=os.getpid() if pid is None else pid,
+        labels=labels,
+        password=settings.password,
+    )

@@ -8,6 +8,8 @@ Nothing is validated until :meth:`payload` (called by ``push``) builds the
 
 This module also owns :func:`as_payload`, the one place that turns whatever a caller hands
 to ``push``/``push_bulk`` (a builder, a payload or a dict) into a payload.
+
+A builder never talks to the server on its own: only ``push()`` does, through its client.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class _JobBuilder:
         )
 
     def to_json(self) -> str:
+        """The validated job as the compact JSON PUSH would send."""
         return self.payload().to_json()
 
     def __repr__(self) -> str:

@@ -33,7 +33,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kaffi.client.connection import Connection
 from kaffi.errors import ConfigurationError, PoolTimeout, RemoteProtocolError, TransportError
@@ -44,28 +44,80 @@ if TYPE_CHECKING:
 __all__ = ["ConnectionPool", "AsyncConnectionPool"]
 
 #: Every live pool, so the fork hook can reset them in the child.
-_POOLS: weakref.WeakSet[ConnectionPool | AsyncConnectionPool] = weakref.WeakSet()
+_POOLS: weakref.WeakSet[_PoolBase[Any]] = weakref.WeakSet()
 #: Async connections a forked child (or a new event loop) must neither use nor close: their
 #: transports belong to another process's (or a closed) event loop. Holding them here keeps
 #: their destructors from running and complaining; the memory is small and per child.
 _ORPHANS: list[Any] = []
 
 
-def _check_size(size: int, timeout: float) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigurationError(f"pool_size must be an integer of 1 or more, got {size!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigurationError(
-            f"pool_timeout must be a positive number of seconds, got {timeout!r}"
-        )
-
-
 def _poisoned(exc: BaseException) -> bool:
     return isinstance(exc, TransportError | RemoteProtocolError)
 
 
-class ConnectionPool:
-    """A thread-safe pool of :class:`~kaffi.client.connection.Connection`."""
+_C = TypeVar("_C", "Connection", "AsyncConnection")
+
+
+class _PoolBase(Generic[_C]):
+    """The state both pools keep, the checks of their options, and their ``repr()``."""
+
+    def __init__(self, *, size: int, timeout: float, label: str) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigurationError(f"pool_size must be an integer of 1 or more, got {size!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigurationError(
+                f"pool_timeout must be a positive number of seconds, got {timeout!r}"
+            )
+        self.size = size
+        self.timeout = float(timeout)
+        #: Where the connections go (the server URL, never with a password): for messages.
+        self.label = label
+        self._idle: list[_C] = []
+        self._in_use = 0
+        #: Bumped by close() and fork/loop resets: connections of an older generation are
+        #: closed when they come back instead of being pooled again.
+        self._generation = 0
+        self._pid = os.getpid()
+        _POOLS.add(self)
+
+    def __repr__(self) -> str:
+        where = f" {self.label}" if self.label else ""
+        return (
+            f"<{type(self).__name__}{where} idle={len(self._idle)} in_use={self._in_use} "
+            f"size={self.size}{self._repr_extra()}>"
+        )
+
+    def _repr_extra(self) -> str:
+        return ""
+
+    @property
+    def idle(self) -> int:
+        """How many open connections wait in the pool, unused."""
+        return len(self._idle)
+
+    @property
+    def in_use(self) -> int:
+        """How many connections are borrowed (or being opened for a borrower) right now."""
+        return self._in_use
+
+    def _timeout_error(self) -> PoolTimeout:
+        return PoolTimeout(
+            f"no free connection to {self.label or 'the server'} within "
+            f"{self.timeout:g} s: all {self.size} are in use "
+            "(raise pool_size or pool_timeout, or hold connections for less time)"
+        )
+
+    def _reset_after_fork(self) -> None:
+        raise NotImplementedError
+
+
+class ConnectionPool(_PoolBase[Connection]):
+    """A thread-safe pool of :class:`~kaffi.client.connection.Connection`.
+
+    ``opener`` opens one connection (HI/HELLO included); ``size`` caps how many are open
+    at once; ``timeout`` is how long :meth:`acquire` waits for a free one; ``label``
+    names the server in messages.
+    """
 
     def __init__(
         self,
@@ -75,32 +127,10 @@ class ConnectionPool:
         timeout: float = 10.0,
         label: str = "",
     ) -> None:
-        _check_size(size, timeout)
+        super().__init__(size=size, timeout=timeout, label=label)
         self._opener = opener
-        self.size = size
-        self.timeout = float(timeout)
-        self.label = label
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)
-        self._idle: list[Connection] = []
-        self._in_use = 0
-        self._generation = 0
-        self._pid = os.getpid()
-        _POOLS.add(self)
-
-    def __repr__(self) -> str:
-        where = f" {self.label}" if self.label else ""
-        return (
-            f"<ConnectionPool{where} idle={len(self._idle)} in_use={self._in_use} size={self.size}>"
-        )
-
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
 
     # -- borrowing --------------------------------------------------------------------
 
@@ -130,11 +160,7 @@ class ConnectionPool:
                     deadline = time.monotonic() + self.timeout
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise PoolTimeout(
-                        f"no free connection to {self.label or 'the server'} within "
-                        f"{self.timeout:g} s: all {self.size} are in use "
-                        "(raise pool_size or pool_timeout, or hold connections for less time)"
-                    )
+                    raise self._timeout_error()
                 self._available.wait(left)
             self._in_use += 1
             generation = self._generation
@@ -212,11 +238,12 @@ class ConnectionPool:
         self._pid = os.getpid()
 
 
-class AsyncConnectionPool:
+class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
     """An asyncio pool of :class:`~kaffi.client.aio.AsyncConnection`, for one event loop.
 
-    Used from a different event loop than before (a second ``asyncio.run()``), it forgets
-    the connections of the old loop and starts over.
+    The same arguments as :class:`ConnectionPool`, with an ``opener`` coroutine. Used
+    from a different event loop than before (a second ``asyncio.run()``), it forgets the
+    connections of the old loop and starts over.
     """
 
     def __init__(
@@ -227,34 +254,14 @@ class AsyncConnectionPool:
         timeout: float = 10.0,
         label: str = "",
     ) -> None:
-        _check_size(size, timeout)
+        super().__init__(size=size, timeout=timeout, label=label)
         self._opener = opener
-        self.size = size
-        self.timeout = float(timeout)
-        self.label = label
-        self._idle: list[AsyncConnection] = []
-        self._in_use = 0
         # Waiters get a connection handed over (or None: "a slot is free, open one").
         self._waiters: deque[asyncio.Future[AsyncConnection | None]] = deque()
-        self._generation = 0
-        self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None
-        _POOLS.add(self)
 
-    def __repr__(self) -> str:
-        where = f" {self.label}" if self.label else ""
-        return (
-            f"<AsyncConnectionPool{where} idle={len(self._idle)} in_use={self._in_use} "
-            f"size={self.size} waiting={len(self._waiters)}>"
-        )
-
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
+    def _repr_extra(self) -> str:
+        return f" waiting={len(self._waiters)}"
 
     async def acquire(self, *, fresh: bool = False) -> AsyncConnection:
         """Borrow a connection; with ``fresh`` always a newly opened one (the retry path)."""
@@ -300,13 +307,7 @@ class AsyncConnectionPool:
 
         def expire() -> None:
             if not waiter.done():
-                waiter.set_exception(
-                    PoolTimeout(
-                        f"no free connection to {self.label or 'the server'} within "
-                        f"{self.timeout:g} s: all {self.size} are in use "
-                        "(raise pool_size or pool_timeout, or hold connections for less time)"
-                    )
-                )
+                waiter.set_exception(self._timeout_error())
 
         # A timer instead of asyncio.wait_for: on Python 3.10 wait_for can drop a result
         # that arrives as the timeout fires, which here would leak a connection.

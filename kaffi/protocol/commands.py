@@ -209,6 +209,7 @@ def encode_fetch(*queues: str) -> bytes:
 
 
 def encode_ack(jid: str) -> bytes:
+    """``ACK {"jid":J}``: the job succeeded (the server answers +OK even for an unknown jid)."""
     return encode_line("ACK", dumps({"jid": jid}))
 
 
@@ -253,6 +254,8 @@ def encode_fail(
 
 
 def encode_beat(wid: str, current_state: str | None = None, rss_kb: int | None = None) -> bytes:
+    """``BEAT {"wid","current_state","rss_kb"}``: a worker's heartbeat; ``current_state``
+    (``"quiet"``/``"terminate"``) reports the state the worker is in, None leaves it out."""
     body: dict[str, Any] = {"wid": wid}
     if current_state is not None:
         if current_state not in BEAT_STATES:
@@ -267,14 +270,17 @@ def encode_beat(wid: str, current_state: str | None = None, rss_kb: int | None =
 
 
 def encode_info() -> bytes:
+    """``INFO``: ask for the server's state as a JSON document."""
     return b"INFO\r\n"
 
 
 def encode_flush() -> bytes:
+    """``FLUSH``: delete every job in every queue and set."""
     return b"FLUSH\r\n"
 
 
 def encode_end() -> bytes:
+    """``END``: the polite goodbye; the server closes the connection without a reply."""
     return b"END\r\n"
 
 
@@ -439,6 +445,7 @@ def decode_pushb(reply: Reply, jobs: Sequence[JobPayload | Mapping[str, Any]]) -
 
 
 def decode_info(reply: Reply) -> Info:
+    """The INFO document, typed (:class:`~kaffi.protocol.models.Info`; ``.raw`` keeps it all)."""
     doc = decode_json(reply, "INFO")
     if not isinstance(doc, dict):
         raise RemoteProtocolError(f"expected a JSON object to INFO, got {doc!r}")
@@ -446,6 +453,7 @@ def decode_info(reply: Reply) -> Info:
 
 
 def decode_latency(reply: Reply) -> dict[str, float]:
+    """``QUEUE LATENCY``'s ``{queue: seconds}``: how long each queue's oldest job has waited."""
     doc = decode_json(reply, "QUEUE LATENCY")
     if not isinstance(doc, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc.values()

@@ -284,6 +284,7 @@ class JobPayload(_Model):
             raise _unserialisable(self.jid, exc) from None
 
     def to_json(self) -> str:
+        """The compact JSON PUSH sends (fields that are None left out)."""
         try:
             return self.model_dump_json(exclude_none=True)
         except PydanticSerializationError as exc:
@@ -311,6 +312,7 @@ class Hi(_Model):
 
     @property
     def needs_password(self) -> bool:
+        """True when the server sent a salt: HELLO must carry a ``pwdhash``."""
         return self.s is not None
 
 
@@ -334,6 +336,8 @@ class RejectedJob(_Model):
 
 
 class FaktoryInfo(BaseModel):
+    """The ``faktory`` block of INFO: queue sizes, set sizes, counters and totals."""
+
     model_config = ConfigDict(extra="allow")
 
     queues: dict[str, int] = Field(default_factory=dict)
@@ -346,6 +350,8 @@ class FaktoryInfo(BaseModel):
 
 
 class ServerInfo(BaseModel):
+    """The ``server`` block of INFO: version, uptime, connections, commands, memory."""
+
     model_config = ConfigDict(extra="allow")
 
     description: str = ""
@@ -369,6 +375,8 @@ class Info(BaseModel):
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Info:
+        """Type the document a server sent, keeping it whole in ``raw``; a document of the
+        wrong shape raises RemoteProtocolError."""
         try:
             info = cls.model_validate(raw)
         except PydanticValidationError as exc:

@@ -107,25 +107,24 @@ def _parse_bulk_length(body: bytes) -> int | None:
     return int(body)
 
 
-class ReplyParser:
-    """Turns the bytes a server sends into :data:`Reply` frames.
+class _StreamBuffer:
+    """What both parsers share: the byte buffer, ``feed``, ``buffered``, and the rule
+    that a stream found broken stays broken."""
 
-    ``feed()`` bytes in any chunking, then call ``next_reply()`` until it returns ``None``
-    (more bytes needed).
-    """
+    __slots__ = ("_broken", "_buf", "_pos", "max_line")
+    #: Which stream this is, for messages ("reply" or "command").
+    _stream = "byte"
 
-    __slots__ = ("_broken", "_buf", "_pos", "max_bulk", "max_line")
-
-    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, max_bulk: int = DEFAULT_MAX_BULK):
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._broken = False
         self.max_line = max_line
-        self.max_bulk = max_bulk
 
     def feed(self, data: bytes) -> None:
+        """Add bytes as they arrived, in any chunking; refused once the stream is broken."""
         if self._broken:
-            raise RemoteProtocolError("the reply stream was already found broken")
+            raise RemoteProtocolError(f"the {self._stream} stream was already found broken")
         if self._pos:
             # Compact lazily: drop consumed bytes only when we are about to grow.
             del self._buf[: self._pos]
@@ -134,14 +133,31 @@ class ReplyParser:
 
     @property
     def buffered(self) -> int:
-        """How many bytes are held that no returned reply has consumed yet."""
+        """How many bytes are held that no returned frame has consumed yet."""
         return len(self._buf) - self._pos
 
     def _fail(self, message: str) -> RemoteProtocolError:
         self._broken = True
         return RemoteProtocolError(message)
 
+
+class ReplyParser(_StreamBuffer):
+    """Turns the bytes a server sends into :data:`Reply` frames.
+
+    ``feed()`` bytes in any chunking, then call ``next_reply()`` until it returns ``None``
+    (more bytes needed).
+    """
+
+    __slots__ = ("max_bulk",)
+    _stream = "reply"
+
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, max_bulk: int = DEFAULT_MAX_BULK):
+        super().__init__(max_line=max_line)
+        self.max_bulk = max_bulk
+
     def next_reply(self) -> Reply | None:
+        """The next whole reply, or None until more bytes are fed. Raises
+        RemoteProtocolError on bytes that are not RESP (and every call after that)."""
         if self._broken:
             raise RemoteProtocolError("the reply stream was already found broken")
         buf, pos = self._buf, self._pos
@@ -203,7 +219,7 @@ class ReplyParser:
             raise self._fail("reply line is not valid UTF-8") from None
 
 
-class CommandParser:
+class CommandParser(_StreamBuffer):
     """Turns the bytes a client sends into :class:`Command` frames (the server's side).
 
     A line over ``max_line`` bytes raises :class:`RemoteProtocolError` as soon as it is
@@ -211,27 +227,13 @@ class CommandParser:
     closes. Invalid UTF-8 is an error too. Empty lines are skipped, as Faktory does.
     """
 
-    __slots__ = ("_broken", "_buf", "_pos", "max_line")
-
-    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE):
-        self._buf = bytearray()
-        self._pos = 0
-        self._broken = False
-        self.max_line = max_line
-
-    def feed(self, data: bytes) -> None:
-        if self._broken:
-            raise RemoteProtocolError("the command stream was already found broken")
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
+    __slots__ = ()
+    _stream = "command"
 
     def next_command(self) -> Command | None:
+        """The next whole command line, or None until more bytes are fed. Raises
+        RemoteProtocolError for a line over ``max_line`` or invalid UTF-8 (and every call
+        after that)."""
         if self._broken:
             raise RemoteProtocolError("the command stream was already found broken")
         while True:
@@ -239,13 +241,11 @@ class CommandParser:
             end = buf.find(b"\n", pos)
             if end < 0:
                 if _pending_line_too_long(buf, pos, self.max_line):
-                    self._broken = True
-                    raise RemoteProtocolError(f"command line longer than {self.max_line} bytes")
+                    raise self._fail(f"command line longer than {self.max_line} bytes")
                 return None
             line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
             if line_end - pos > self.max_line:
-                self._broken = True
-                raise RemoteProtocolError(f"command line longer than {self.max_line} bytes")
+                raise self._fail(f"command line longer than {self.max_line} bytes")
             raw = bytes(buf[pos:line_end])
             self._pos = end + 1
             if not raw:
@@ -253,8 +253,7 @@ class CommandParser:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                self._broken = True
-                raise RemoteProtocolError("command line is not valid UTF-8") from None
+                raise self._fail("command line is not valid UTF-8") from None
             verb, sep, arg = line.partition(" ")
             return Command(verb, arg if sep else None)
 

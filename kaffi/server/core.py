@@ -92,15 +92,19 @@ class Clock:
         self.offset = 0.0
 
     def now(self) -> float:
+        """Seconds since the epoch, moved forward by :meth:`advance`."""
         return time.time() + self.offset
 
     def now_ns(self) -> int:
+        """Nanoseconds since the epoch, moved forward by :meth:`advance`."""
         return time.time_ns() + int(self.offset * 1e9)
 
     def now_string(self) -> str:
+        """Now as Faktory writes times: RFC 3339 with nanoseconds, UTC."""
         return time_string(self.now_ns())
 
     def advance(self, seconds: float) -> None:
+        """Move this clock forward (tests use it to make timers fall due)."""
         if seconds < 0:
             raise ValueError(f"the clock only moves forward, got {seconds} seconds")
         self.offset += seconds
@@ -111,18 +115,25 @@ class Journal(Protocol):
 
     def put(
         self, rowid: int, jid: str, state: str, queue: str, score: float, data: bytes, wid: str
-    ) -> None: ...
+    ) -> None:
+        """A job row was created or rewritten (its state, queue, time, body, owner)."""
 
-    def move(self, rowid: int, state: str, score: float, wid: str) -> None: ...
+    def move(self, rowid: int, state: str, score: float, wid: str) -> None:
+        """A job row changed state (queued, reserved, retries...) without a new body."""
 
-    def delete(self, rowid: int) -> None: ...
+    def delete(self, rowid: int) -> None:
+        """A job row is gone (acknowledged, discarded, dropped)."""
 
-    def clear(self) -> None: ...
+    def clear(self) -> None:
+        """Every job row is gone (FLUSH)."""
 
-    def queue(self, name: str, paused: bool | None) -> None: ...
+    def queue(self, name: str, paused: bool | None) -> None:
+        """A queue is known (paused or not), or forgotten when ``paused`` is None."""
 
 
 class QueuedJob(NamedTuple):
+    """A job waiting in a queue: its row, jid, encoded JSON, enqueue time, reservation."""
+
     rowid: int
     jid: str
     data: bytes
@@ -132,6 +143,8 @@ class QueuedJob(NamedTuple):
 
 @dataclass(slots=True)
 class Reservation:
+    """A job handed to a worker and not yet ACKed or FAILed; it expires at ``expires``."""
+
     rowid: int
     jid: str
     data: bytes
@@ -143,6 +156,8 @@ class Reservation:
 
 @dataclass(slots=True)
 class Worker:
+    """A worker the server knows by its wid: from HELLO, kept fresh by BEAT."""
+
     wid: str
     hostname: str
     pid: int
@@ -157,6 +172,7 @@ class Worker:
     first_connection: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The worker as ``EmbeddedServer.workers()`` and ``KAFFI WORKERS`` show it."""
         return {
             "wid": self.wid,
             "hostname": self.hostname,
@@ -189,6 +205,8 @@ class Waiter:
 
 
 class TimedEntry(NamedTuple):
+    """A job in a :class:`TimedSet`: due (or dying) at ``score`` seconds since the epoch."""
+
     score: float
     rowid: int
     jid: str
@@ -209,13 +227,16 @@ class TimedSet:
         return len(self.entries)
 
     def add(self, entry: TimedEntry) -> None:
+        """Put ``entry`` in the set (replacing a row of the same id)."""
         self.entries[entry.rowid] = entry
         heapq.heappush(self._heap, (entry.score, entry.rowid))
 
     def remove(self, rowid: int) -> TimedEntry | None:
+        """Take row ``rowid`` out, returning it, or None if it is not here."""
         return self.entries.pop(rowid, None)
 
     def pop_due(self, now: float) -> Iterator[TimedEntry]:
+        """Take out and yield, earliest first, every entry due at ``now`` or before."""
         heap = self._heap
         while heap and heap[0][0] <= now:
             score, rowid = heapq.heappop(heap)
@@ -229,11 +250,14 @@ class TimedSet:
             heapq.heapify(self._heap)
 
     def clear(self) -> None:
+        """Empty the set."""
         self.entries.clear()
         self._heap.clear()
 
 
 class Queue:
+    """A named queue: its jobs in FIFO order and whether it is paused."""
+
     __slots__ = ("jobs", "name", "paused")
 
     def __init__(self, name: str, paused: bool = False) -> None:
@@ -451,10 +475,12 @@ class ServerCore:
         return None
 
     def add_waiter(self, waiter: Waiter) -> None:
+        """Park a blocked FETCH: the next job pushed to one of its queues goes to it."""
         for name in waiter.queues:
             self._waiters.setdefault(name, deque()).append(waiter)
 
     def remove_waiter(self, waiter: Waiter) -> None:
+        """Forget a blocked FETCH (it timed out, or its connection went away)."""
         waiter.done = True
         for name in waiter.queues:
             waiters = self._waiters.get(name)
@@ -475,6 +501,7 @@ class ServerCore:
             self._enqueue(res.queue, res.rowid, res.jid, res.data, res.reserve_for, front=True)
 
     def ack(self, jid: str) -> None:
+        """ACK: the reserved job is done and forgotten (an unknown jid is fine, as in Faktory)."""
         res = self.reservations.pop(jid, None)
         if res is None:
             return
@@ -595,6 +622,8 @@ class ServerCore:
     # -- MUTATE ---------------------------------------------------------------------------
 
     def mutate(self, cmd: str, target: str, flt: dict[str, Any] | None) -> None:
+        """MUTATE ``cmd`` (clear, kill, discard, requeue) on ``target`` with Faktory's filters;
+        raises CoreError with Faktory's text for a bad cmd or target."""
         sets = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled, STATE_DEAD: self.dead}
         # Faktory looks at the command first, then at the target.
         if cmd not in ("clear", "kill", "discard", "requeue"):
@@ -642,12 +671,14 @@ class ServerCore:
         return [n for n in names if n in self.queues]
 
     def pause(self, names: list[str]) -> None:
+        """QUEUE PAUSE: FETCH skips these known queues (``*``: all); unknown names are ignored."""
         for name in self._names(names):
             self.queues[name].paused = True
             if self.journal is not None:
                 self.journal.queue(name, True)
 
     def resume(self, names: list[str]) -> None:
+        """QUEUE RESUME: FETCH takes from these queues again; waiting FETCHes are served."""
         for name in self._names(names):
             queue = self.queues[name]
             queue.paused = False
@@ -663,6 +694,7 @@ class ServerCore:
                     break
 
     def remove(self, names: list[str]) -> None:
+        """QUEUE REMOVE: delete these queues and their jobs, and forget their names."""
         for name in self._names(names):
             queue = self.queues.pop(name)
             if self.journal is not None:
@@ -671,6 +703,7 @@ class ServerCore:
                 self.journal.queue(name, None)
 
     def latency(self, names: list[str]) -> dict[str, float]:
+        """QUEUE LATENCY: seconds the oldest job of each named queue has waited (0 when empty)."""
         now = self.clock.now()
         out: dict[str, float] = {}
         for name in names:
@@ -686,6 +719,7 @@ class ServerCore:
     def register(
         self, wid: str, hostname: str, pid: int, labels: list[str], conn_id: int
     ) -> Worker:
+        """HELLO with a wid: know the worker (or add a connection to it)."""
         now = self.clock.now()
         worker = self.workers.get(wid)
         if worker is None:
@@ -705,6 +739,8 @@ class ServerCore:
                 del self.workers[wid]
 
     def beat(self, wid: str, current_state: str, rss_kb: int) -> Worker:
+        """BEAT: refresh the worker, record its state and rss_kb, return it (its ``state`` is
+        what the reply tells it); raises CoreError for an unknown wid."""
         worker = self.workers.get(wid)
         if worker is None:
             raise CoreError(f"unknown worker {wid}")
@@ -733,6 +769,8 @@ class ServerCore:
     # -- INFO and FLUSH -------------------------------------------------------------------
 
     def flush(self) -> None:
+        """FLUSH: delete every job in every queue and set (queue names are kept, as in
+        Faktory)."""
         for queue in self.queues.values():
             queue.jobs.clear()
         self.reservations.clear()
@@ -746,6 +784,7 @@ class ServerCore:
             self.journal.clear()
 
     def info(self) -> dict[str, Any]:
+        """The INFO document, with the same keys in the same order as Faktory 1.10.0."""
         queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
         now = self.clock.now_ns()
         rss_mb = _rss_mb()
@@ -805,6 +844,7 @@ class ServerCore:
             tset.add(TimedEntry(score, rowid, jid, data))
 
     def load_queue(self, name: str, paused: bool) -> None:
+        """Rebuild a queue read back from storage (with its paused flag)."""
         q = self.queues.get(name)
         if q is None:
             self.queues[name] = Queue(name, paused)

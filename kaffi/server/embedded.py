@@ -10,6 +10,10 @@ Two ways to run it:
 
 It refuses to listen on a non-loopback address without a password: an open Faktory port
 lets anyone run code in your workers.
+
+This module owns the server's lifecycle (storage, listener, loop thread) and its
+thread-safe control methods; it must never change the server's state itself other than
+through :class:`~kaffi.server.core.ServerCore`, on the server's own loop.
 """
 
 from __future__ import annotations
@@ -143,6 +147,7 @@ class EmbeddedServer:
 
     @property
     def running(self) -> bool:
+        """True while the server listens."""
         return self._net is not None
 
     # -- asyncio --------------------------------------------------------------------------
@@ -201,6 +206,8 @@ class EmbeddedServer:
         log.info("kaffi server listening on %s:%d", self.host, self.port)
 
     async def stop_async(self) -> None:
+        """Stop listening, close every connection, commit and close storage (on the loop
+        the server runs on); a server that is not running is left as it is."""
         net = self._net
         if net is None:
             return

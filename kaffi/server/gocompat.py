@@ -321,6 +321,7 @@ def type_name(value: Any) -> str:
 
 
 def unmarshal_type_error(kind: str, struct: str, field: str, go_type: str) -> str:
+    """Go's ``encoding/json`` text for a value of the wrong type in a struct field."""
     return f"json: cannot unmarshal {kind} into Go struct field {struct}.{field} of type {go_type}"
 
 

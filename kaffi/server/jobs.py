@@ -86,6 +86,7 @@ def time_string(ns: int) -> str:
 
 
 def now_string() -> str:
+    """Now, as Faktory writes ``created_at``/``enqueued_at`` (RFC 3339 nanoseconds, UTC)."""
     return time_string(time.time_ns())
 
 
@@ -260,6 +261,7 @@ def validate(job: dict[str, Any]) -> None:
 
 
 def at_of(job: dict[str, Any]) -> datetime | None:
+    """The job's ``at`` as a datetime (already validated), or None when it has none."""
     at = job.get("at")
     return gocompat.parse_rfc3339(at) if at else None
 

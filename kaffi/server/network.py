@@ -68,6 +68,7 @@ class ServerProtocol(asyncio.Protocol):
     # -- asyncio callbacks ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Greet with ``+HI`` (or refuse: too many connections) and start the HELLO timer."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         net = self.net
@@ -81,6 +82,7 @@ class ServerProtocol(asyncio.Protocol):
         self.timer = net.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
+        """Parse what arrived and run the whole commands it completes."""
         if self.closed or self.close_after_flush:
             return
         try:
@@ -91,6 +93,7 @@ class ServerProtocol(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool | None:
+        """The client stopped sending: answer what it sent, then close."""
         # The client finished sending; answer what it sent, then close.
         self.close_after_flush = True
         if self.waiter is not None:
@@ -100,6 +103,7 @@ class ServerProtocol(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection: its blocked FETCH, its timers, its part of a worker."""
         self.closed = True
         self.out.clear()
         if self.timer is not None:
@@ -115,10 +119,12 @@ class ServerProtocol(asyncio.Protocol):
             net.core.unregister(self.session.wid, self.conn_id)
 
     def pause_writing(self) -> None:
+        """The client does not read its replies: stop reading its commands."""
         self.write_paused = True
         self._pause_reading()
 
     def resume_writing(self) -> None:
+        """The client caught up: read its commands again."""
         self.write_paused = False
         self._resume_reading()
 
@@ -217,6 +223,7 @@ class ServerProtocol(asyncio.Protocol):
         self.net.schedule_flush()
 
     def flush_out(self) -> None:
+        """Write the queued replies in one go (and close, if the connection is ending)."""
         transport = self.transport
         if transport is None or self.closed:
             return
@@ -301,6 +308,8 @@ class Network:
     async def listen(
         self, host: str, port: int, ssl_context: ssl.SSLContext | None
     ) -> tuple[str, int]:
+        """Listen on ``host:port`` (TLS with ``ssl_context``), start the periodic tasks,
+        and return the address really bound (port 0 picks a free one)."""
         self._server = await self.loop.create_server(
             self._new_protocol, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
         )
@@ -309,6 +318,7 @@ class Network:
         return str(sockname[0]), int(sockname[1])
 
     def schedule_flush(self) -> None:
+        """Make sure :meth:`flush` runs once at the end of this loop turn."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -333,6 +343,8 @@ class Network:
             conn.flush_out()
 
     def tick_now(self) -> None:
+        """Run the periodic tasks now (due jobs, reaper, silent workers) and close the
+        connections of the workers the core forgot."""
         for conn_id in self.core.tick():
             conn = self.connections.get(conn_id)
             if conn is not None:
@@ -347,6 +359,7 @@ class Network:
         self._ticker = self.loop.call_later(TICK_INTERVAL, self._tick)
 
     async def close(self) -> None:
+        """Stop the timers and the listener, send what is queued, close every connection."""
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None

@@ -35,6 +35,8 @@ NULL = b"$-1\r\n"
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """What a command leads to: the reply bytes (None: none) and CONTINUE, CLOSE or WAIT."""
+
     reply: bytes | None
     action: int = CONTINUE
 
@@ -82,11 +84,13 @@ class Session:
         self.quiet_fetch = False
 
     def greeting(self) -> bytes:
+        """The ``+HI`` line, with this connection's salt and rounds when a password is set."""
         if self.password:
             return b'+HI {"v":2,"i":%d,"s":"%s"}\r\n' % (self.iterations, self.salt.encode())
         return b'+HI {"v":2}\r\n'
 
     def handle(self, cmd: Command) -> Outcome:
+        """Run one command: HELLO first (anything else closes silently), then the verbs."""
         if not self.greeted:
             return self._hello(cmd)
         self.core.command_count += 1
@@ -215,33 +219,19 @@ class Session:
         return Outcome(None, WAIT)
 
     def _ack(self, arg: str | None) -> Outcome:
-        if arg is None:
-            raise _MissingArgument
-        try:
-            doc = gocompat.loads(arg)
-        except gocompat.GoJSONError:
-            return _error(f"invalid ACK {arg}")
-        if doc is None:
-            return _error(f"invalid ACK {arg}")
-        if not isinstance(doc, dict) or not all(
-            isinstance(v, str) or v is None for v in doc.values()
+        doc = _json_object(arg)
+        if (
+            doc is None
+            or "jid" not in doc
+            or not all(isinstance(v, str) or v is None for v in doc.values())
         ):
-            return _error(f"invalid ACK {arg}")
-        if "jid" not in doc:
             return _error(f"invalid ACK {arg}")
         self.core.ack(doc["jid"] or "")
         return _CONTINUE_OK
 
     def _fail(self, arg: str | None) -> Outcome:
-        if arg is None:
-            raise _MissingArgument
-        try:
-            doc = gocompat.loads(arg)
-        except gocompat.GoJSONError:
-            return _error(f"invalid FAIL {arg}")
+        doc = _json_object(arg)
         if doc is None:
-            doc = {}
-        if not isinstance(doc, dict):
             return _error(f"invalid FAIL {arg}")
         fields: dict[str, Any] = {}
         for name in ("jid", "errtype", "message"):
@@ -262,15 +252,8 @@ class Session:
         return _CONTINUE_OK
 
     def _beat(self, arg: str | None) -> Outcome:
-        if arg is None:
-            raise _MissingArgument
-        try:
-            doc = gocompat.loads(arg)
-        except gocompat.GoJSONError:
-            return _error(f"invalid BEAT {arg}")
+        doc = _json_object(arg)
         if doc is None:
-            doc = {}
-        if not isinstance(doc, dict):
             return _error(f"invalid BEAT {arg}")
         wid = doc.get("wid")
         state = doc.get("current_state")
@@ -378,6 +361,21 @@ class Session:
 
 class _MissingArgument(Exception):
     """A verb that needs an argument came alone: Faktory 1.10.0 answers ``internal error``."""
+
+
+def _json_object(arg: str | None) -> dict[str, Any] | None:
+    """The argument of ACK, FAIL or BEAT as a JSON object (``null`` reads as ``{}``, as Go
+    decodes it into an empty struct), or None when it is not one; a missing argument is
+    Faktory's ``internal error``."""
+    if arg is None:
+        raise _MissingArgument
+    try:
+        doc = gocompat.loads(arg)
+    except gocompat.GoJSONError:
+        return None
+    if doc is None:
+        return {}
+    return doc if isinstance(doc, dict) else None
 
 
 def _go_float(value: float) -> str:

@@ -80,11 +80,13 @@ class SqliteJournal:
     def put(
         self, rowid: int, jid: str, state: str, queue: str, score: float, data: bytes, wid: str
     ) -> None:
+        """Buffer a new or rewritten job row until :meth:`commit`."""
         self._deletes.discard(rowid)
         self._moves.pop(rowid, None)
         self._puts[rowid] = (rowid, jid, state, queue, score, wid, data)
 
     def move(self, rowid: int, state: str, score: float, wid: str) -> None:
+        """Buffer a change of state of a job row until :meth:`commit`."""
         put = self._puts.get(rowid)
         if put is not None:
             self._puts[rowid] = (rowid, put[1], state, put[3], score, wid, put[6])
@@ -92,23 +94,27 @@ class SqliteJournal:
             self._moves[rowid] = (state, score, wid, rowid)
 
     def delete(self, rowid: int) -> None:
+        """Buffer the removal of a job row until :meth:`commit`."""
         self._puts.pop(rowid, None)
         self._moves.pop(rowid, None)
         self._deletes.add(rowid)
 
     def clear(self) -> None:
+        """Buffer the removal of every job row (FLUSH) until :meth:`commit`."""
         self._puts.clear()
         self._moves.clear()
         self._deletes.clear()
         self._clear = True
 
     def queue(self, name: str, paused: bool | None) -> None:
+        """Buffer a queue's paused flag (None: the queue was removed) until :meth:`commit`."""
         self._queues[name] = paused
 
     # -- writing and reading --------------------------------------------------------------
 
     @property
     def pending(self) -> bool:
+        """True when changes wait for :meth:`commit`."""
         return bool(self._puts or self._moves or self._deletes or self._queues or self._clear)
 
     def commit(self) -> None:
@@ -176,6 +182,7 @@ class SqliteJournal:
         return count
 
     def close(self) -> None:
+        """Commit what is buffered, then close the database (and its lock on the file)."""
         try:
             self.commit()
         finally:

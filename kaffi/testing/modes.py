@@ -53,21 +53,25 @@ class InlineDelivery:
         self.app = app
 
     def push(self, payload: dict[str, Any]) -> str:
+        """Run the job now, after a JSON round trip; return its jid (its exception propagates)."""
         job = _round_trip(payload)
         run_coroutine_blocking(lambda: perform(self.app, job))
         return job.jid
 
     async def push_async(self, payload: dict[str, Any]) -> str:
+        """:meth:`push` on the running event loop."""
         job = _round_trip(payload)
         await perform(self.app, job)
         return job.jid
 
     def push_bulk(self, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+        """Run every job now, in order; none is ever refused."""
         for payload in payloads:
             self.push(payload)
         return []
 
     async def push_bulk_async(self, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+        """:meth:`push_bulk` on the running event loop."""
         for payload in payloads:
             await self.push_async(payload)
         return []
@@ -85,21 +89,25 @@ class FakeJobs(Sequence[JobPayload]):
     # -- Delivery --------------------------------------------------------------------------
 
     def push(self, payload: dict[str, Any]) -> str:
+        """Keep the job (after a JSON round trip); return its jid."""
         job = _round_trip(payload)
         with self._lock:
             self._jobs.append(job)
         return job.jid
 
     async def push_async(self, payload: dict[str, Any]) -> str:
+        """:meth:`push` for asyncio code."""
         return self.push(payload)
 
     def push_bulk(self, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+        """Keep every job; none is ever refused."""
         jobs = [_round_trip(p) for p in payloads]
         with self._lock:
             self._jobs.extend(jobs)
         return []
 
     async def push_bulk_async(self, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+        """:meth:`push_bulk` for asyncio code."""
         return self.push_bulk(payloads)
 
     # -- inspecting ------------------------------------------------------------------------
@@ -124,6 +132,7 @@ class FakeJobs(Sequence[JobPayload]):
 
     @property
     def jids(self) -> list[str]:
+        """The jids of the collected jobs, oldest first."""
         return [job.jid for job in self]
 
     def of_type(self, jobtype: str | Task[Any, Any]) -> list[JobPayload]:
@@ -132,6 +141,7 @@ class FakeJobs(Sequence[JobPayload]):
         return [job for job in self if job.jobtype == name]
 
     def clear(self) -> None:
+        """Forget every collected job without running it."""
         with self._lock:
             self._jobs.clear()
 
@@ -174,6 +184,7 @@ class Testing:
 
     @property
     def mode(self) -> Literal["inline", "fake"] | None:
+        """``"inline"``, ``"fake"`` or None: the testing mode the App is in now."""
         delivery = self._app.delivery
         if isinstance(delivery, InlineDelivery):
             return "inline"

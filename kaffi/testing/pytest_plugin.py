@@ -81,26 +81,32 @@ class RemoteServer:
             return reply
 
     def flush(self) -> None:
+        """FLUSH the remote server (every test starts with no jobs)."""
         decode_ok(self._command(b"FLUSH\r\n"), "FLUSH")
 
     def info(self) -> dict[str, Any]:
+        """The remote server's INFO document."""
         return decode_info(self._command(b"INFO\r\n")).raw
 
     def _embedded_only(self, what: str) -> None:
         pytest.skip(f"{what} needs the embedded server; {TEST_URL_ENV} points to another one")
 
     def advance_clock(self, seconds: float) -> None:
+        """Skip the test: only the embedded server's clock can be moved."""
         self._embedded_only("advance_clock()")
 
     def quiet_worker(self, wid: str) -> bool:
+        """Skip the test: only the embedded server takes this order from a test."""
         self._embedded_only("quiet_worker()")
         return False
 
     def terminate_worker(self, wid: str) -> bool:
+        """Skip the test: only the embedded server takes this order from a test."""
         self._embedded_only("terminate_worker()")
         return False
 
     def workers(self) -> list[dict[str, Any]]:
+        """Skip the test: only the embedded server lists its workers to a test."""
         self._embedded_only("workers()")
         return []
 

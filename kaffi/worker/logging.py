@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import datetime, timezone
 from typing import IO, Any
 
 __all__ = [
@@ -40,6 +42,8 @@ JOB_LOGGER = logging.getLogger("kaffi.job")
 
 _factory_lock = threading.Lock()
 _factory_installed = False
+#: The record factory install_record_factory() set (a list: assigned in a function).
+_kaffi_factory: list[Callable[..., logging.LogRecord] | None] = [None]
 
 #: LogRecord attributes that are not "extra" fields a caller passed.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
@@ -47,6 +51,8 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x
     "asctime",
     "jid",
     "jobtype",
+    "job",
+    "taskName",
 }
 
 
@@ -68,7 +74,87 @@ def install_record_factory() -> None:
             return record
 
         logging.setLogRecordFactory(factory)
+        _kaffi_factory[0] = factory
         _factory_installed = True
+
+
+class _DoneRecords:
+    """Builds the per-job line's :class:`logging.LogRecord` cheaply.
+
+    ``LogRecord.__init__`` recomputes, for every record, what never changes between two
+    job lines from the same thread (file name and module from a path, thread and process
+    names, the pid). The first line is built the ordinary way and its attributes kept as a
+    template; later lines copy the template and fill in only what varies (time, message
+    arguments, jid, jobtype, duration, outcome). This is only done while the record
+    factory is kaffi's own (:func:`install_record_factory`): under any other factory every
+    line goes through it, so a user's factory always sees every record.
+    """
+
+    __slots__ = ("_factory", "_template", "_thread")
+
+    def __init__(self) -> None:
+        self._factory: Callable[..., logging.LogRecord] | None = None
+        self._template: dict[str, Any] | None = None
+        self._thread = 0
+
+    def reset(self) -> None:
+        self._template = None
+
+    def make(self, msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> logging.LogRecord:
+        template = self._template
+        if (
+            template is None
+            or self._thread != threading.get_ident()
+            or logging.getLogRecordFactory() is not self._factory
+        ):
+            return self._first(msg, args, extra)
+        record: logging.LogRecord = _new_record(logging.LogRecord)
+        fields = record.__dict__
+        fields.update(template)
+        now = time.time()
+        fields["created"] = now
+        fields["msecs"] = int((now - int(now)) * 1000) + 0.0
+        fields["relativeCreated"] = (now - _START_TIME) * 1000
+        fields["msg"] = msg
+        fields["args"] = args
+        ctx = job_context.get()
+        fields["jid"], fields["jobtype"] = (None, None) if ctx is None else ctx
+        fields.update(extra)
+        if "taskName" in template:  # Python 3.12+: the asyncio task logging
+            fields["taskName"] = _task_name()
+        return record
+
+    def _first(self, msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> logging.LogRecord:
+        record = JOB_LOGGER.makeRecord(
+            JOB_LOGGER.name, logging.INFO, __file__, 0, msg, args, None, "log_job_done", extra
+        )
+        factory = logging.getLogRecordFactory()
+        if factory is _kaffi_factory[0]:
+            self._factory = factory
+            self._thread = threading.get_ident()
+            self._template = dict(record.__dict__)
+        else:
+            self._template = None
+        return record
+
+
+_new_record = object.__new__
+_START_TIME: float = getattr(logging, "_startTime", time.time())
+_done_records = _DoneRecords()
+if hasattr(os, "register_at_fork"):
+    # A forked child has another pid (and only one thread): rebuild the template there.
+    os.register_at_fork(after_in_child=_done_records.reset)
+
+
+def _task_name() -> str | None:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return None if task is None else task.get_name()
 
 
 def log_job_done(
@@ -76,22 +162,16 @@ def log_job_done(
 ) -> None:
     """The one line per job. Failures are warnings and carry the exception.
 
-    The record is built directly rather than through ``logger.info``: the caller is
-    always this function, so the stack walk that finds it (a tenth of a line's cost on
-    the per-job path) is skipped.
+    A success line is INFO and built by :class:`_DoneRecords` (no stack walk to find the
+    caller, which is always this function, and no per-record recomputation of what
+    never changes); it costs nothing when the ``kaffi.job`` logger is above INFO.
     """
     if error is None:
         if JOB_LOGGER.isEnabledFor(logging.INFO):
             JOB_LOGGER.handle(
-                JOB_LOGGER.makeRecord(
-                    JOB_LOGGER.name,
-                    logging.INFO,
-                    __file__,
-                    0,
+                _done_records.make(
                     "done %s %s in %.3fs: %s",
                     (jobtype, jid, duration, outcome),
-                    None,
-                    "log_job_done",
                     {"duration": round(duration, 6), "outcome": outcome},
                 )
             )
@@ -113,46 +193,95 @@ def log_job_done(
         )
 
 
+class _SecondCache:
+    """A timestamp's text up to the second, formatted once per second rather than per
+    record (``time.strftime`` is a large share of a short log line's cost)."""
+
+    __slots__ = ("_format", "_second", "_text", "_utc")
+
+    def __init__(self, fmt: str, *, utc: bool) -> None:
+        self._format = fmt
+        self._utc = utc
+        self._second = -1
+        self._text = ""
+
+    def text(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            parts = time.gmtime(second) if self._utc else time.localtime(second)
+            self._text = time.strftime(self._format, parts)
+            self._second = second
+        return self._text
+
+
 class TextFormatter(logging.Formatter):
-    """``2026-01-01 12:00:00,000 INFO kaffi.job [jobtype jid] message``."""
+    """``2026-01-01 12:00:00,000 INFO kaffi.job [jobtype jid] message``.
+
+    The layout is fixed, so it is built directly rather than through a ``%``-style
+    template; the output is what ``logging.Formatter`` would produce with
+    ``"%(asctime)s %(levelname)s %(name)s%(job)s %(message)s"``.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(job)s %(message)s")
+        self._seconds = _SecondCache("%Y-%m-%d %H:%M:%S", utc=False)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{self._seconds.text(record.created)},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
         jid = getattr(record, "jid", None)
-        record.job = f" [{getattr(record, 'jobtype', None)} {jid}]" if jid else ""
-        return super().format(record)
+        job = f" [{getattr(record, 'jobtype', None)} {jid}]" if jid else ""
+        text = f"{record.asctime} {record.levelname} {record.name}{job} {record.message}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text = f"{text}\n{record.exc_text}"
+        if record.stack_info:
+            text = f"{text}\n{self.formatStack(record.stack_info)}"
+        return text
+
+
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, jid, jobtype, the extra
     fields the caller passed (``duration``, ``outcome`` ...) and ``exc`` when there is one."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _SecondCache("%Y-%m-%dT%H:%M:%S", utc=True)
+
     def format(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__
         doc: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": f"{self._seconds.text(record.created)}.{int(record.msecs):03d}+00:00",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
             "pid": record.process,
         }
-        jid = getattr(record, "jid", None)
+        jid = fields.get("jid")
         if jid:
             doc["jid"] = jid
-            doc["jobtype"] = getattr(record, "jobtype", None)
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in doc and key != "job":
-                doc[key] = value
+            doc["jobtype"] = fields.get("jobtype")
+        extra = fields.keys() - _STANDARD_ATTRS
+        if extra:
+            for key in sorted(extra):
+                if key not in doc:
+                    doc[key] = fields[key]
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             doc["exc"] = record.exc_text
         if record.stack_info:
             doc["stack"] = record.stack_info
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        return _JSON.encode(doc)
 
 
 def configure_logging(

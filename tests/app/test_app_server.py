@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -40,6 +41,14 @@ def fetch_all(app: App, client: Client, *queues: str) -> list[JobPayload]:
 
 def queue_size(app: App, queue: str) -> int:
     return app.client.info().faktory.queues.get(queue, 0)
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
 
 
 def test_delay_pushes_a_job_any_worker_can_run(app: App, kaffi_client: Client) -> None:
@@ -188,13 +197,8 @@ def test_seed_connect_returns_a_connected_client(faktory_server: Any) -> None:
 
 
 def test_seed_connect_fails_clearly_when_unreachable() -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with pytest.raises(ConnectError):
-        kaffi.connect(f"tcp://127.0.0.1:{port}", connect_timeout=2.0)
+        kaffi.connect(closed_port_url(), connect_timeout=2.0)
 
 
 def test_worker_runs_what_delay_pushed(app: App) -> None:
@@ -239,3 +243,73 @@ def test_delay_many_async(app: App, kaffi_client: Client) -> None:
     assert asyncio.run(main()) == []
     jobs = fetch_all(app, kaffi_client, "bulk")
     assert sorted(job.args[0] for job in jobs) == [1, 2]
+
+
+def clients_built(app: App) -> tuple[bool, bool]:
+    """Whether ``app.client`` and ``app.async_client`` exist yet (without building them)."""
+    return app._client is not None, app._async_client is not None
+
+
+def test_app_opens_nothing_until_a_client_is_used() -> None:
+    # Nothing listens at this URL: declaring tasks and building the App must not notice.
+    app = App(closed_port_url(), connect_timeout=2.0)
+
+    @app.task
+    def idle(x: int) -> None:
+        del x
+
+    assert clients_built(app) == (False, False)
+    with pytest.raises(ConnectError):
+        idle.delay(1)
+    assert clients_built(app) == (True, False)  # built on first use...
+    assert app.client is app.client  # ...and kept: one pool for the App
+    assert isinstance(app.client, Client)
+    assert app.async_client is app.async_client
+    assert isinstance(app.async_client, kaffi.AsyncClient)
+    app.close()
+    assert clients_built(app) == (False, True)
+
+
+def test_threads_racing_on_first_use_share_one_client(faktory_server: Any) -> None:
+    app = App(faktory_server.url)
+    start = threading.Barrier(8)
+    seen: list[Client] = []
+    lock = threading.Lock()
+
+    def grab() -> None:
+        start.wait(timeout=10)
+        client = app.client
+        with lock:
+            seen.append(client)
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    try:
+        assert len(seen) == 8
+        assert all(client is seen[0] for client in seen)
+    finally:
+        app.close()
+
+
+def test_mutate_matching_kills_only_the_matching_retries(app: App, kaffi_client: Client) -> None:
+    @app.task
+    def sync_user(tag: str) -> None:
+        del tag
+
+    sync_user.delay("uid:12345")
+    sync_user.delay("uid:99999")
+    for _ in range(2):
+        job = kaffi_client.fetch("default")
+        assert job is not None
+        kaffi_client.fail(job.jid, errtype="Boom", message="failed", backtrace=[])
+    app.mutate.retries.matching("*uid:12345*").kill()
+    sets = app.client.info().faktory.sets
+    assert (sets.get("retries"), sets.get("dead")) == (1, 1)
+    app.mutate.dead.with_jids("0" * 24).requeue()  # an unknown jid changes nothing
+    assert app.client.info().faktory.sets.get("dead") == 1
+    app.mutate.dead.of_type("sync_user").requeue()
+    [job] = fetch_all(app, kaffi_client)
+    assert job.args == ["uid:12345"]

@@ -195,6 +195,45 @@ def test_nan_is_refused_for_floats() -> None:
         sig(fn).encode((math.nan,), {})
 
 
+class Reading(BaseModel):
+    value: float
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        ((math.nan,), "argument 'loose'"),
+        (({"k": [1, math.inf]},), "argument 'loose'['k'][1]"),
+        ((None, Reading(value=-math.inf)), "argument 'model'['value']"),
+        ((None, None, Point(math.nan, 1.0)), "argument 'point'['x']"),
+        ((None, None, None, 1.0, math.nan), "argument '*rest[1]'"),
+    ],
+)
+def test_non_finite_floats_hidden_in_loose_types_are_refused(
+    args: tuple[Any, ...], where: str
+) -> None:
+    # Any, models and dataclasses do not refuse NaN themselves; it must not become a silent
+    # null (or invalid JSON such as Infinity) on the wire.
+    def fn(
+        loose: Any = None, model: Reading | None = None, point: Point | None = None, *rest: Any
+    ) -> None:
+        del loose, model, point, rest
+
+    with pytest.raises(
+        ValidationError, match=r"is not a finite number\); nothing was sent"
+    ) as info:
+        sig(fn).encode(args, {})
+    assert where in str(info.value)
+
+
+def test_finite_floats_in_loose_types_pass() -> None:
+    def fn(loose: Any, model: Reading, *rest: Any) -> None:
+        del loose, model, rest
+
+    out = sig(fn).encode(({"k": [1.5]}, Reading(value=2.5), 3.5), {})
+    assert out == [{"k": [1.5]}, {"value": 2.5}, 3.5]
+
+
 def test_annotated_constraints_apply() -> None:
     def fn(n: Annotated[int, Field(gt=0)]) -> None:
         del n

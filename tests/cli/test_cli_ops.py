@@ -266,6 +266,19 @@ def test_queue_pause_and_resume(invoke: Invoke, client: Client) -> None:
     assert job.jid == jid
 
 
+def test_queue_pause_wildcard_pauses_every_queue(invoke: Invoke, client: Client) -> None:
+    client.push(JobPayload.create(jobtype="a", args=[], queue="one"))
+    client.push(JobPayload.create(jobtype="a", args=[], queue="two"))
+    result = invoke("queue", "pause", "*")
+    assert result.exit_code == 0, result.output
+    assert client.fetch("one", "two") is None  # both paused
+    assert invoke("queue", "resume", "one").exit_code == 0
+    job = client.fetch("one", "two")
+    assert job is not None
+    assert job.queue == "one"
+    assert invoke("queue", "resume", "*").exit_code == 0
+
+
 def test_queue_remove_asks_first(invoke: Invoke, client: Client) -> None:
     client.push(JobPayload.create(jobtype="a", args=[], queue="gone"))
     client.push(JobPayload.create(jobtype="a", args=[], queue="kept"))

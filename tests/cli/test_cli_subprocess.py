@@ -99,6 +99,20 @@ def test_unreachable_server_is_one_line() -> None:
     assert f"127.0.0.1:{port}" in lines[0]
 
 
+def test_wrong_password_is_one_line() -> None:
+    from kaffi.server import EmbeddedServer
+
+    with EmbeddedServer(password="s3cret") as server:
+        result = kaffi("push", "x", "--url", f"tcp://:not-it@127.0.0.1:{server.port}")
+        assert result.returncode == 1
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("kaffi: error: ")
+        assert "password" in lines[0]
+        assert "not-it" not in lines[0]
+
+
 def test_bad_faktory_url_is_one_line() -> None:
     result = kaffi("info", env={"FAKTORY_URL": "redis://localhost:6379"})
     assert result.returncode == 1

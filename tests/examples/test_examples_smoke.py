@@ -76,22 +76,24 @@ def test_quickstart() -> None:
     assert remind_at - pushed_at >= 2.5
 
 
-def test_async_tasks() -> None:
-    out = run_example("async_tasks.py").stdout
-    assert "pushed 20 download jobs" in out
-    assert "worker ran 20 pages" in out
-
-
-def test_asyncio_producer() -> None:
-    out = run_example("asyncio_producer.py").stdout
-    assert "30 concurrent requests each enqueued a job" in out
-    assert "burst worker sent 30 receipts" in out
-
-
-def test_threaded_web_producer() -> None:
-    out = run_example("threaded_web_producer.py").stdout
-    assert "8 sign-ups answered 202" in out
-    assert "burst worker sent 8 welcome mails" in out
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("async_tasks.py", ["pushed 20 download jobs", "worker ran 20 pages"]),
+        (
+            "asyncio_producer.py",
+            ["30 concurrent requests each enqueued a job", "burst worker sent 30 receipts"],
+        ),
+        (
+            "threaded_web_producer.py",
+            ["8 sign-ups answered 202", "burst worker sent 8 welcome mails"],
+        ),
+    ],
+)
+def test_producer_and_async_examples(name: str, expected: list[str]) -> None:
+    out = run_example(name).stdout
+    for line in expected:
+        assert line in out
 
 
 def test_middleware_pool() -> None:

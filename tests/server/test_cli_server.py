@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,9 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import kaffi
 from kaffi.cli import main
 from kaffi.cli.server import default_data_path
+from kaffi.client import Client
+from kaffi.errors import AuthenticationError
 from kaffi.server import EmbeddedServer
+from tests.reliability import certs
 from tests.server.wire import Wire
 
 
@@ -47,6 +52,9 @@ def test_refusals_are_one_line() -> None:
     result = runner.invoke(main, ["server", "--memory", "--data", "x.db"])
     assert result.exit_code == 1
     assert "not both" in result.output
+    result = runner.invoke(main, ["server", "--memory", "--tls-cert", __file__])
+    assert result.exit_code == 1
+    assert result.output.strip() == "kaffi: error: TLS needs both --tls-cert and --tls-key"
 
 
 def test_default_data_path_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -102,3 +110,111 @@ def test_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
+
+
+# -- the server as a real process ------------------------------------------------------
+
+
+def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m kaffi server ...``; return it and its first line (where it listens)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kaffi", "server", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else ""
+    if "listening on" not in line:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"the server did not start: {line!r} {err!r}")
+    return proc, line
+
+
+def _stop(proc: subprocess.Popen[str], signum: int) -> tuple[str, str]:
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "kaffi server stopped." in out
+    return out, err
+
+
+def _port(line: str) -> int:
+    return int(line.split("://", 1)[1].split(",", 1)[0].rsplit(":", 1)[1])
+
+
+def test_default_data_location_is_printed_and_sigint_stops_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FAKTORY_PASSWORD"}
+    env["XDG_DATA_HOME"] = str(tmp_path)
+    expected = tmp_path / "kaffi" / "server.sqlite3"
+    proc, line = _start(["--bind", "127.0.0.1:0"], env)
+    try:
+        assert f"data in {expected}" in line, line
+        with Client(f"tcp://127.0.0.1:{_port(line)}") as client:
+            jid = client.push({"jobtype": "kept", "queue": "cli-q"})
+    finally:
+        _, err = _stop(proc, signal.SIGINT)
+    assert "INFO kaffi.server" in err  # --log-level defaults to info
+    assert expected.exists()
+    # The job is in the default file: a server started on it again hands it out.
+    with EmbeddedServer(data=expected) as srv, Client(srv.url) as client:
+        job = client.fetch("cli-q")
+        assert job is not None
+        assert job.jid == jid
+
+
+def test_tls_password_data_and_log_level_options(tmp_path: Path) -> None:
+    if certs.available() is None:
+        pytest.skip("neither the cryptography package nor the openssl command is available")
+    pki = certs.make_pki(tmp_path)
+    data = tmp_path / "jobs.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != "FAKTORY_PASSWORD"}
+    args = ["--bind", "127.0.0.1:0", "--data", str(data), "--password", "pw-cli"]
+    args += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    proc, line = _start([*args, "--log-level", "warning"], env)
+    try:
+        assert line.startswith("kaffi server listening on tcp+tls://127.0.0.1:"), line
+        assert f"data in {data}" in line
+        port = _port(line)
+        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+        with Client(f"tcp+tls://:pw-cli@127.0.0.1:{port}", tls=ctx) as client:
+            client.push({"jobtype": "secure"})
+            assert client.info().faktory.queues == {"default": 1}
+        with (
+            Client(f"tcp+tls://:wrong@127.0.0.1:{port}", tls=ctx) as client,
+            pytest.raises(AuthenticationError),
+        ):
+            client.connect()
+    finally:
+        out, err = _stop(proc, signal.SIGTERM)
+    assert "pw-cli" not in out + err
+    assert "INFO" not in err  # --log-level warning keeps the info lines out
+
+
+def test_console_script_and_python_m_kaffi() -> None:
+    script = Path(sys.executable).with_name("kaffi")
+    if not script.exists():
+        pytest.skip(f"the kaffi console script is not installed next to {sys.executable}")
+    version = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"kaffi {kaffi.__version__}"
+    helped = subprocess.run(
+        [sys.executable, "-m", "kaffi", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage: kaffi" in helped.stdout
+    assert "server" in helped.stdout

@@ -9,6 +9,7 @@ import pytest
 from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import Command
 from kaffi.server.core import (
+    DEAD_TTL,
     HEARTBEAT_EXPIRY,
     CoreError,
     ServerCore,
@@ -110,6 +111,22 @@ def test_fail_goes_to_retries_then_dead_and_reaper_expires() -> None:
     assert "jid-reaped-1" not in core.reservations
     data = next(e.data for e in core.retries.entries.values() if e.jid == "jid-reaped-1")
     assert json.loads(data)["failure"]["errtype"] == "ReservationExpired"
+
+
+def test_dead_jobs_are_kept_180_days() -> None:
+    assert DEAD_TTL == 180 * 86400
+    core = ServerCore()
+    core.push(job("jid-dead-0001", retry=-1))
+    assert core.fetch(["default"], "w") is not None
+    core.fail("jid-dead-0001", "E", "to dead", None)
+    assert len(core.dead) == 1
+    core.clock.advance(DEAD_TTL - 60)
+    core.tick()
+    assert len(core.dead) == 1
+    core.clock.advance(120)
+    core.tick()
+    assert len(core.dead) == 0
+    assert core.info()["faktory"]["sets"]["dead"] == 0
 
 
 def test_scheduled_job_enqueued_when_due() -> None:

@@ -34,7 +34,9 @@ def test_wrong_delay_calls_are_type_errors(tmp_path: Path, pytestconfig: pytest.
         pytest.skip("mypy is not installed next to this Python")
     source = tmp_path / "delay_cases.py"
     source.write_text(CASES.read_text())
-    cache = pytestconfig.cache.mkdir("kaffi-mypy") if pytestconfig.cache else tmp_path / "cache"
+    # pytest's cache plugin may be off (-p no:cacheprovider): then a cold cache in tmp_path.
+    cache_plugin = getattr(pytestconfig, "cache", None)
+    cache = cache_plugin.mkdir("kaffi-mypy") if cache_plugin is not None else tmp_path / "cache"
     result = subprocess.run(
         [
             sys.executable,

@@ -8,9 +8,17 @@ import pytest
 
 from kaffi.app import App
 from kaffi.errors import ServerError, ValidationError
+from kaffi.protocol.commands import encode_ack
 from kaffi.protocol.resp import BulkReply, ErrorReply
 from kaffi.worker import Worker
-from kaffi.worker.worker import format_backtrace, rss_kb
+from kaffi.worker.worker import (
+    BACKOFF_CAP,
+    BACKOFF_FIRST,
+    _ack_line,
+    format_backtrace,
+    next_backoff,
+    rss_kb,
+)
 
 
 def _deep(n: int) -> None:
@@ -52,6 +60,8 @@ def test_rss_is_a_plausible_number_of_kib() -> None:
         ({"beat_interval": 61}, "beat_interval"),
         ({"beat_interval": 0}, "beat_interval"),
         ({"max_jobs": 0}, "max_jobs"),
+        ({"max_memory_mb": 0}, "max_memory_mb"),
+        ({"concurrency": 4, "pool_size": 4}, "pool_size"),
         ({"queues": "bad queue"}, "queues"),
     ],
 )
@@ -67,6 +77,9 @@ def test_defaults_follow_the_seed() -> None:
     assert worker.concurrency == 20
     assert worker.timeout == 8.0
     assert worker.beat_interval == 15.0
+    assert worker.pool_size == 22  # concurrency + 2
+    assert App().worker(concurrency=5).pool_size == 7
+    assert App().worker(concurrency=5, pool_size=6).pool_size == 6
     assert len(worker.wid) == 16
     assert worker.wid != App().worker().wid
     assert "running" in repr(worker)
@@ -97,3 +110,20 @@ def test_a_job_that_is_not_a_valid_payload_is_failed_by_jid() -> None:
     assert worker._decode_job(BulkReply(None)) is None
     with pytest.raises(ServerError, match="nope"):
         worker._decode_job(ErrorReply("ERR", "nope"))
+
+
+def test_backoff_doubles_up_to_the_cap_and_stays_there() -> None:
+    delays = [BACKOFF_FIRST]
+    for _ in range(20):
+        delays.append(next_backoff(delays[-1]))
+    assert delays[1] == 2 * BACKOFF_FIRST
+    assert max(delays) == BACKOFF_CAP
+    assert delays[-3:] == [BACKOFF_CAP] * 3
+    assert delays == sorted(delays)
+
+
+@pytest.mark.parametrize(
+    "jid", ["9f2c1e7a6b5d4c3e2f1a0b9c", "a-b_c.d:e", "with space", 'q"uote', "ünïcode", "x\\y"]
+)
+def test_the_ack_template_sends_what_encode_ack_sends(jid: str) -> None:
+    assert _ack_line(jid) == encode_ack(jid)

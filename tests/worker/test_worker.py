@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -111,20 +112,23 @@ def test_unknown_jobtype_and_bad_args_fail_and_the_worker_goes_on(app: App) -> N
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_system_exit_in_a_job_fails_it_and_the_worker_keeps_running(app: App, kind: str) -> None:
+@pytest.mark.parametrize("exit_type", [SystemExit, KeyboardInterrupt])
+def test_system_exit_in_a_job_fails_it_and_the_worker_keeps_running(
+    app: App, kind: str, exit_type: type[BaseException]
+) -> None:
     after = threading.Event()
 
     if kind == "sync":
 
         @app.task(queue="exit", retry=1)
         def leave() -> None:
-            raise SystemExit(3)
+            raise exit_type(3)
 
     else:
 
         @app.task(queue="exit", retry=1)
         async def leave() -> None:
-            raise KeyboardInterrupt
+            raise exit_type(3)
 
     @app.task(queue="exit")
     def later() -> None:
@@ -135,9 +139,9 @@ def test_system_exit_in_a_job_fails_it_and_the_worker_keeps_running(app: App, ki
     with running(app.worker(queues=["exit"], concurrency=1)) as worker:
         assert after.wait(WAIT), "the worker stopped working after the exit"
         wait_until(lambda: worker.processed == 2, "both jobs")
+    assert worker.failed == 1
     failure = failure_of(app, "exit")
-    expected = "SystemExit" if kind == "sync" else "KeyboardInterrupt"
-    assert failure.errtype == expected
+    assert failure.errtype == exit_type.__name__
     assert failure.message is not None
     assert "cannot stop the worker" in failure.message
 
@@ -258,7 +262,8 @@ def test_middleware_and_context_provider_end_to_end(app: App) -> None:
     assert order[:4] == ["async-before", "sync-before provided", "sync-after", "async-after"]
 
 
-def test_a_middleware_that_skips_acks_and_one_that_raises_fails(app: App) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_middleware_that_skips_acks_and_one_that_raises_fails(app: App, kind: str) -> None:
     ran: list[int] = []
 
     def gatekeeper(ctx: Any, call_next: Any) -> None:
@@ -268,7 +273,14 @@ def test_a_middleware_that_skips_acks_and_one_that_raises_fails(app: App) -> Non
             raise PermissionError("not today")
         call_next()
 
-    app.use(gatekeeper)
+    async def agatekeeper(ctx: Any, call_next: Any) -> None:
+        if ctx.job.args[0] == 0:
+            return
+        if ctx.job.args[0] == 1:
+            raise PermissionError("not today")
+        await call_next()
+
+    app.use(gatekeeper if kind == "sync" else agatekeeper)
 
     @app.task(retry=1)
     def job(i: int) -> None:
@@ -280,8 +292,12 @@ def test_a_middleware_that_skips_acks_and_one_that_raises_fails(app: App) -> Non
         wait_until(lambda: worker.processed == 3, "three jobs")
     assert ran == [2]
     assert worker.failed == 1
+    wait_until(lambda: stats(app).sets["working"] == 0, "every report to arrive")
+    info = stats(app)
+    assert info.sets["retries"] == 1  # the skipped job was ACKed, not failed
     failure = failure_of(app, "default")
     assert failure.errtype == "PermissionError"
+    assert failure.message == "not today"
 
 
 def test_server_quiet_then_terminate(app: App, faktory_server: Any) -> None:
@@ -455,3 +471,136 @@ def test_a_sync_job_raising_stop_iteration_is_failed_not_hung(app: App) -> None:
     assert failure.errtype == "RuntimeError"
     assert failure.message is not None
     assert "StopIteration" in failure.message
+
+
+def test_log_records_inside_jobs_carry_jid_and_jobtype(app: App) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    user_log = logging.getLogger("tests.worker.jobs")
+    handler = Keep()
+    user_log.addHandler(handler)
+    user_log.setLevel(logging.INFO)
+    job_log = logging.getLogger("kaffi.job")
+    old_level = job_log.level
+    job_log.setLevel(logging.INFO)
+    job_log.addHandler(handler)
+
+    @app.task
+    def plain() -> None:
+        user_log.info("in a thread")
+
+    @app.task
+    async def coro() -> None:
+        user_log.info("on the loop")
+
+    try:
+        jids = {plain.delay(): "plain", coro.delay(): "coro"}
+        with running(app.worker(concurrency=2)) as worker:
+            wait_until(lambda: worker.processed == 2, "both jobs")
+    finally:
+        user_log.removeHandler(handler)
+        job_log.removeHandler(handler)
+        job_log.setLevel(old_level)
+    inside = {r.getMessage(): r for r in records if r.name == "tests.worker.jobs"}
+    for message, jobtype in (("in a thread", "plain"), ("on the loop", "coro")):
+        record = inside[message]
+        assert record.jobtype == jobtype  # type: ignore[attr-defined]
+        assert jids[record.jid] == jobtype  # type: ignore[attr-defined]
+    done = [r for r in records if r.name == "kaffi.job"]
+    assert sorted(r.jid for r in done) == sorted(jids)  # type: ignore[attr-defined]
+    for r in done:
+        assert r.levelno == logging.INFO
+        assert r.outcome == "ack"  # type: ignore[attr-defined]
+        assert r.duration >= 0  # type: ignore[attr-defined]
+        assert r.jobtype == jids[r.jid]  # type: ignore[attr-defined]
+        assert f"done {r.jobtype} {r.jid} in " in r.getMessage()  # type: ignore[attr-defined]
+
+
+def test_heartbeat_reports_state_and_rss_every_interval(app: App, faktory_server: Any) -> None:
+    def me() -> dict[str, Any]:
+        found = [w for w in faktory_server.workers() if w["wid"] == worker.wid]
+        return found[0] if found else {"rss_kb": 0, "last_beat": 0.0, "state": None}
+
+    with running(app.worker(concurrency=1, beat_interval=0.2, labels=["x", "y"])) as worker:
+        wait_until(lambda: me()["rss_kb"] > 0, "the first heartbeat")
+        first = me()
+        assert first["labels"] == ["x", "y"]
+        assert 1_000 < first["rss_kb"] < 10_000_000
+        wait_until(
+            lambda: me()["last_beat"] > first["last_beat"], "a second heartbeat, one interval on"
+        )
+        assert me()["state"] == "running"
+        worker.quiet()
+        wait_until(lambda: me()["state"] == "quiet", "a heartbeat saying quiet")
+
+
+def test_connections_stay_within_the_pool_size_and_end_at_shutdown(
+    app: App, faktory_server: Any
+) -> None:
+    def connections() -> int:
+        return sum(w["connections"] for w in faktory_server.workers() if w["wid"] == worker.wid)
+
+    worker = app.worker(concurrency=3)
+    with running(worker):
+        # One per slot and one for the heartbeat: concurrency + 1, within pool_size.
+        wait_until(lambda: connections() == 4, "every slot and the heartbeat to connect")
+        assert connections() <= worker.pool_size == 5
+    # Every connection was ENDed and closed.
+    wait_until(lambda: connections() == 0, "the connections to close")
+
+
+def test_plain_jobs_under_plain_middleware_use_at_most_concurrency_threads(app: App) -> None:
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def plain_mw(ctx: Any, call_next: Any) -> None:
+        call_next()
+
+    app.use(plain_mw)
+
+    @app.task
+    def where() -> None:
+        with lock:
+            names.add(threading.current_thread().name)
+
+    for _ in range(12):
+        where.delay()
+    with running(app.worker(concurrency=2)) as worker:
+        wait_until(lambda: worker.processed == 12, "twelve jobs")
+    assert worker.failed == 0
+    assert 1 <= len(names) <= 2, names
+
+
+def test_a_job_fetched_while_shutting_down_is_given_back(app: App, faktory_server: Any) -> None:
+    """A FETCH blocked on the server when stop() comes may still bring a job: it is FAILed
+    at once (or never taken), never left reserved by a worker that is leaving."""
+    ran: list[int] = []
+
+    @app.task(retry=3)
+    def late() -> None:
+        ran.append(1)
+
+    def slots_connected() -> bool:
+        return any(
+            w["wid"] == worker.wid and w["connections"] >= 3 for w in faktory_server.workers()
+        )
+
+    worker = app.worker(concurrency=2)
+    thread, errors = start(worker)
+    assert worker.ready.wait(WAIT)
+    wait_until(slots_connected, "the slots to connect")
+    worker.stop(timeout=0)  # starts the shutdown; the FETCHes stay on the wire
+    late.delay()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert errors == []
+    assert ran == []
+    info = stats(app)
+    assert info.sets["working"] == 0, "the job stayed reserved"
+    assert info.queues.get("default", 0) + info.sets["retries"] == 1, "the job was lost"
+    if info.sets["retries"]:
+        assert failure_of(app, "default").errtype == "WorkerShutdown"
