@@ -221,7 +221,9 @@ class EmbeddedServer:
             self._stopped.set()
 
     async def serve_forever(self) -> None:
-        """Start (if needed) and serve until :meth:`stop` or cancellation."""
+        """Start (if needed) and serve until :meth:`stop_async` (or :meth:`stop` from
+        another thread) or cancellation; run it as a task:
+        ``task = asyncio.create_task(server.serve_forever())``."""
         if self._net is None:
             await self.start_async()
         assert self._stopped is not None
@@ -283,10 +285,26 @@ class EmbeddedServer:
         return self
 
     def stop(self) -> None:
-        """Stop listening, close every connection, commit and close storage."""
+        """Stop listening, close every connection, commit and close storage.
+
+        Call it from any thread but the server's own. A server running on an asyncio
+        host's loop is stopped the same way from another thread; on that loop, use
+        ``await server.stop_async()`` instead (a blocking stop there would deadlock).
+        """
         thread = self._thread
         loop = self._loop
-        if thread is None or loop is None:
+        if loop is None:
+            return
+        if thread is None:
+            # Running on an asyncio host's loop (start_async / serve_forever / async with).
+            if self._net is None:
+                return
+            if threading.get_ident() == self._loop_thread_id:
+                raise KaffiError(
+                    "stop() would block the loop the server runs on: use await stop_async()"
+                )
+            fut = asyncio.run_coroutine_threadsafe(self.stop_async(), loop)
+            fut.result(timeout=_CALL_TIMEOUT)
             return
         if threading.current_thread() is thread:
             raise KaffiError("stop() waits for the server's thread: call it from another thread")

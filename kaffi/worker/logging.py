@@ -235,7 +235,7 @@ class TextFormatter(logging.Formatter):
         record.message = record.getMessage()
         record.asctime = self.formatTime(record)
         jid = getattr(record, "jid", None)
-        job = f" [{getattr(record, 'jobtype', None)} {jid}]" if jid else ""
+        job = record.job = f" [{getattr(record, 'jobtype', None)} {jid}]" if jid else ""
         text = f"{record.asctime} {record.levelname} {record.name}{job} {record.message}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

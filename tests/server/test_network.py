@@ -300,3 +300,21 @@ def test_controls_from_another_thread_of_an_asyncio_host() -> None:
             return int(info["faktory"]["total_queues"])
 
     assert asyncio.run(main()) == 0
+
+
+def test_serve_forever_as_a_task_stopped_from_another_thread() -> None:
+    async def main() -> None:
+        server = EmbeddedServer()
+        await server.start_async()
+        task = asyncio.ensure_future(server.serve_forever())
+        with pytest.raises(KaffiError, match="stop_async"):
+            server.stop()  # on the server's own loop it would deadlock
+        running = [server.running]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, server.stop)
+        await asyncio.wait_for(task, 30)  # serve_forever returned by itself
+        running.append(server.running)
+        assert running == [True, False]
+        server.stop()  # stopping again is harmless
+
+    asyncio.run(main())

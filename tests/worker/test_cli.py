@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,17 +16,24 @@ from click.testing import CliRunner
 
 from kaffi.app import App
 from kaffi.cli import main
+from kaffi.worker import Worker, supervisor
+from kaffi.worker.logging import JsonFormatter
 
 from .conftest import WAIT, kaffi_worker, read_out, stats, wait_until
 
 
 @pytest.fixture
 def fresh_tasks_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """CliRunner imports tasks_app into this process: never reuse another test's copy."""
+    """CliRunner imports tasks_app into this process: never reuse another test's copy, and
+    take back the log handler the command installs on the root logger."""
     monkeypatch.delitem(sys.modules, "tasks_app", raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
     yield
     sys.modules.pop("tasks_app", None)
+    root.handlers[:] = saved[1]
+    root.setLevel(saved[0])
 
 
 def push(app: App, jobtype: str, *args: Any, queue: str = "default", retry: int = 3) -> str:
@@ -33,8 +41,9 @@ def push(app: App, jobtype: str, *args: Any, queue: str = "default", retry: int 
 
 
 @pytest.mark.usefixtures("fresh_tasks_module")
-def test_module_colon_attribute_with_clirunner(
-    app: App, project: Path, faktory_server: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("spec", ["tasks_app:app", "tasks_app"])
+def test_both_app_forms_with_clirunner(
+    app: App, project: Path, faktory_server: Any, monkeypatch: pytest.MonkeyPatch, spec: str
 ) -> None:
     monkeypatch.chdir(project)
     monkeypatch.setenv("KAFFI_TEST_OUT", str(project / "out.txt"))
@@ -45,7 +54,7 @@ def test_module_colon_attribute_with_clirunner(
         main,
         [
             "worker",
-            "tasks_app:app",
+            spec,
             "--burst",
             "--queues",
             "default,other",
@@ -58,11 +67,14 @@ def test_module_colon_attribute_with_clirunner(
     assert stats(app).sets["working"] == 0
 
 
-def test_module_alone_as_a_subprocess(app: App, project: Path, faktory_server: Any) -> None:
-    push(app, "record", "critical-job", queue="critical")
+@pytest.mark.parametrize("spec", ["tasks_app", "tasks_app:app"])
+def test_both_app_forms_as_a_subprocess_with_strict_queues(
+    app: App, project: Path, faktory_server: Any, spec: str
+) -> None:
     push(app, "record", "default-job")
+    push(app, "record", "critical-job", queue="critical")
     with kaffi_worker(
-        project, faktory_server.url, "tasks_app", "-q", "critical,default", "-c", "1", "--burst"
+        project, faktory_server.url, spec, "-q", "critical,default", "-c", "1", "--burst"
     ) as (
         proc,
         logs,
@@ -162,7 +174,17 @@ def test_json_logs_with_one_line_per_job(app: App, project: Path, faktory_server
 
 def test_processes_restart_a_killed_child(app: App, project: Path, faktory_server: Any) -> None:
     with kaffi_worker(
-        project, faktory_server.url, "tasks_app:app", "--processes", "2", "-c", "2"
+        project,
+        faktory_server.url,
+        "tasks_app:app",
+        "--processes",
+        "2",
+        "-c",
+        "2",
+        "--wid",
+        "pfx",
+        "--labels",
+        "blue,green",
     ) as (
         proc,
         logs,
@@ -175,12 +197,14 @@ def test_processes_restart_a_killed_child(app: App, project: Path, faktory_serve
         logs.wait_for("started worker process 3")
         push(app, "record", "after-restart")
         wait_until(lambda: read_out(project) == ["after-restart"], "a job after the restart")
-        wids = {w["wid"] for w in faktory_server.workers()}
-        prefixes = {wid.rsplit("-", 1)[0] for wid in wids}
-        assert len(prefixes) == 1, wids
+        workers = faktory_server.workers()
+        wids = {w["wid"] for w in workers}
+        assert {wid.rsplit("-", 1)[0] for wid in wids} == {"pfx"}, wids
+        assert all(w["labels"] == ["blue", "green"] for w in workers), workers
         proc.send_signal(signal.SIGTSTP)  # forwarded: both children go quiet
         logs.wait_for("quiet (asked to quiet)", 2)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)  # forwarded too: both children shut down
+        logs.wait_for("SIGINT received", 2)
         assert proc.wait(WAIT) == 0, logs.text()
     assert "all worker processes have exited" in logs.text()
 
@@ -234,3 +258,170 @@ def test_processes_recycle_above_max_memory(app: App, project: Path, faktory_ser
     assert info.sets["working"] == 0
     assert len(done) == len(set(done))
     assert len(done) + info.queues.get("default", 0) + info.sets["retries"] == total
+
+
+@pytest.mark.usefixtures("fresh_tasks_module")
+def test_every_option_reaches_the_worker(
+    project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[Worker] = []
+    monkeypatch.setattr(Worker, "work", lambda self: seen.append(self))
+    monkeypatch.chdir(project)
+    health = tmp_path / "alive"
+    result = CliRunner().invoke(
+        main,
+        [
+            "worker",
+            "tasks_app:app",
+            "--queues",
+            "critical:3,default:1",
+            "--concurrency",
+            "7",
+            "--timeout",
+            "2.5",
+            "--beat-interval",
+            "4",
+            "--labels",
+            "a, b",
+            "--wid",
+            "my-wid",
+            "--url",
+            "tcp://127.0.0.1:7777",
+            "--burst",
+            "--health-file",
+            str(health),
+            "--log-level",
+            "warning",
+            "--log-format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (worker,) = seen
+    assert worker.queues.names == ("critical", "default")
+    assert worker.queues.weights == (3, 1)
+    assert worker.concurrency == 7
+    assert worker.pool_size == 9
+    assert worker.timeout == 2.5
+    assert worker.beat_interval == 4.0
+    assert worker.labels == ("a", "b")
+    assert worker.wid == "my-wid"
+    assert (worker.settings.host, worker.settings.port) == ("127.0.0.1", 7777)
+    assert worker.burst is True
+    assert worker.health_file == health
+    root = logging.getLogger()
+    assert root.level == logging.WARNING
+    ours = [h for h in root.handlers if getattr(h, "_kaffi", False)]
+    assert len(ours) == 1
+    assert isinstance(ours[0].formatter, JsonFormatter)
+
+
+@pytest.mark.usefixtures("fresh_tasks_module")
+@pytest.mark.parametrize(
+    ("args", "processes", "max_jobs", "max_memory"),
+    [
+        (["--processes", "3"], 3, None, None),
+        (["--max-jobs-per-child", "50"], 1, 50, None),
+        (["--max-memory-per-child", "200"], 1, None, 200.0),
+    ],
+)
+def test_processes_and_child_limits_run_the_supervisor(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    processes: int,
+    max_jobs: int | None,
+    max_memory: float | None,
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake_supervisor(app_path: str, **kwargs: Any) -> int:
+        calls.append(dict(kwargs, app_path=app_path))
+        return 0
+
+    monkeypatch.setattr(supervisor, "run_supervisor", fake_supervisor)
+    monkeypatch.setattr(Worker, "work", lambda self: pytest.fail("ran in the supervisor"))
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["worker", "tasks_app", "--wid", "pfx", *args])
+    assert result.exit_code == 0, result.output
+    (call,) = calls
+    assert call["app_path"] == "tasks_app"
+    assert call["processes"] == processes
+    options = call["worker_options"]
+    assert options["wid"] == "pfx"
+    assert options["max_jobs"] == max_jobs
+    assert options["max_memory_mb"] == max_memory
+
+
+def test_wid_labels_beat_interval_health_file_and_log_level_as_a_subprocess(
+    app: App, project: Path, faktory_server: Any
+) -> None:
+    health = project / "alive"
+
+    def me() -> dict[str, Any]:
+        found = [w for w in faktory_server.workers() if w["wid"] == "cli-wid-1"]
+        return found[0] if found else {"last_beat": 0.0, "labels": None}
+
+    with kaffi_worker(
+        project,
+        faktory_server.url,
+        "tasks_app:app",
+        "--wid",
+        "cli-wid-1",
+        "--labels",
+        "web,eu",
+        "--beat-interval",
+        "0.3",
+        "--health-file",
+        str(health),
+        "--log-level",
+        "warning",
+    ) as (proc, logs):
+        wait_until(lambda: me()["last_beat"] > 0, "the first heartbeat")
+        wait_until(health.exists, "the health file")
+        first = me()
+        assert first["labels"] == ["web", "eu"]
+        wait_until(lambda: me()["last_beat"] > first["last_beat"], "the next heartbeat")
+        push(app, "record", "quietly")
+        wait_until(lambda: read_out(project) == ["quietly"], "the job")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0, logs.text()
+    # --log-level warning: no INFO lines, so neither "starting" nor the per-job line.
+    assert "starting" not in logs.text()
+    assert "done record" not in logs.text()
+
+
+def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly() -> None:
+    class FakeProcess:
+        def __init__(self, exitcode: int) -> None:
+            self.exitcode = exitcode
+            self.pid = 4242
+
+        def join(self, timeout: float | None = None) -> None:
+            return None
+
+    class FakePipe:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    sup = supervisor.Supervisor("tasks_app:app", processes=1, worker_options={})
+
+    def die(code: int) -> None:
+        child = supervisor._Child(1, FakeProcess(code), FakePipe())  # type: ignore[arg-type]
+        sup.children.append(child)
+        sup._reap(child)
+
+    die(-signal.SIGKILL)
+    die(1)
+    die(-signal.SIGSEGV)
+    assert [backoff for _, backoff in sup._restarts] == [
+        supervisor.RESTART_FIRST,
+        supervisor.RESTART_FIRST * 2,
+        supervisor.RESTART_FIRST * 4,
+    ]
+    die(0)  # finished on its own (burst, terminate): not replaced
+    die(supervisor.EXIT_CONFIG)  # cannot start: restarting would not help
+    assert len(sup._restarts) == 3
+    assert sup.children == []

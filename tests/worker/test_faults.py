@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -11,6 +15,7 @@ from kaffi.app import App
 from kaffi.client.aio import AsyncConnection
 from kaffi.errors import AuthenticationError, ReadError
 from kaffi.server import EmbeddedServer
+from kaffi.worker import worker as worker_module
 
 from .conftest import WAIT, running, start, stats, wait_until
 
@@ -78,3 +83,69 @@ def test_quiet_from_python_stops_fetching_but_finishes_held_jobs(app: App) -> No
         held.delay()
         assert stats(app).queues["default"] == 1
         assert stats(app).sets["working"] == 0
+
+
+def test_a_fail_whose_connection_breaks_is_sent_again(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = AsyncConnection.pipeline
+    broken: list[bytes] = []
+
+    async def flaky(self: AsyncConnection, lines: Any, *, timeout: float | None = None) -> Any:
+        if not broken and lines[0].startswith(b"FAIL"):
+            broken.append(lines[0])
+            self._abort()
+            raise ReadError("connection reset by the test")
+        return await original(self, lines, timeout=timeout)
+
+    monkeypatch.setattr(AsyncConnection, "pipeline", flaky)
+
+    @app.task(retry=2)
+    def explode() -> None:
+        raise ValueError("kaboom")
+
+    @app.task
+    def after() -> None:
+        return None
+
+    explode.delay()
+    after.delay()
+    with running(app.worker(concurrency=1)) as worker:
+        wait_until(lambda: worker.processed == 2, "both jobs")
+        wait_until(lambda: stats(app).sets["working"] == 0, "the FAIL to arrive")
+    assert len(broken) == 1
+    assert stats(app).sets["retries"] == 1
+
+
+def test_a_report_that_cannot_be_sent_is_retried_then_given_up_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A port nobody listens on: every reconnect fails at once.
+    with EmbeddedServer() as server:
+        url = server.url
+    monkeypatch.setattr(worker_module, "REPORT_RETRY_SECONDS", 0.6)
+    worker = App(url=url).worker(concurrency=1)
+    opens: list[float] = []
+    original = worker._open
+
+    async def counting_open() -> AsyncConnection:
+        opens.append(time.monotonic())
+        return await original()
+
+    monkeypatch.setattr(worker, "_open", counting_open)
+    slot = worker_module._Slot(0)
+    line = b'ACK {"jid":"jid-12345678"}\r\n'
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="kaffi.worker"):
+        asyncio.run(asyncio.wait_for(worker._report(slot, line), WAIT))
+    elapsed = time.monotonic() - started
+    # Retried with backoff (0.05, 0.1, 0.2 ...) until the next wait would pass the limit.
+    assert len(opens) >= 3
+    gaps = [b - a for a, b in itertools.pairwise(opens)]
+    assert all(gap >= 0.04 for gap in gaps), gaps  # it waited between attempts
+    # It gives up when the next wait would pass the limit: after 0.05 + 0.1 + 0.2 s here.
+    assert elapsed >= 0.3
+    (record,) = [r for r in caplog.records if "GAVE UP" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert "jid-12345678" in record.getMessage()
+    assert slot.conn is None

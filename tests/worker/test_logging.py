@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -121,3 +124,76 @@ def test_a_job_line_costs_nothing_when_the_level_is_off() -> None:
 def test_bad_logging_options(level: str, fmt: str) -> None:
     with pytest.raises(ConfigurationError):
         configure_logging(level, fmt, stream=io.StringIO())
+
+
+def test_the_text_line_is_what_the_stdlib_formatter_would_write(
+    captured: list[logging.LogRecord],
+) -> None:
+    logger = logging.getLogger("user.code")
+    token = job_context.set(("jid-12345678", "send_email"))
+    try:
+        logger.info("plain %s", "line")
+        try:
+            raise KeyError("inner")
+        except KeyError:
+            logger.exception("with a traceback")
+        logger.warning("with a stack", stack_info=True)
+    finally:
+        job_context.reset(token)
+    logger.info("outside")
+    ours = TextFormatter()
+    stdlib = logging.Formatter("%(asctime)s %(levelname)s %(name)s%(job)s %(message)s")
+    for record in captured:
+        text = ours.format(record)
+        record.exc_text = None  # make the stdlib formatter format the exception afresh
+        assert text == stdlib.format(record)
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    line = ours.format(captured[0])
+    assert re.fullmatch(stamp + r" INFO user\.code \[send_email jid-12345678\] plain line", line)
+    assert ours.format(captured[-1]).endswith(" INFO user.code outside")
+
+
+def test_fast_job_lines_carry_what_an_ordinary_record_carries(
+    captured: list[logging.LogRecord],
+) -> None:
+    for i in range(3):  # the first is built the ordinary way, the rest from its template
+        log_job_done(f"jid-{i}0000000", "add", 0.25 * i, "ack")
+    ordinary = logging.getLogger("kaffi.job").makeRecord(
+        "kaffi.job", logging.INFO, __file__, 0, "x", (), None
+    )
+    first, second, third = captured
+    assert set(vars(second)) == set(vars(first)) >= set(vars(ordinary))
+    assert second.getMessage() == "done add jid-10000000 in 0.250s: ack"
+    assert (third.duration, third.outcome) == (0.5, "ack")  # type: ignore[attr-defined]
+    assert second.created >= first.created
+    assert second.thread == threading.get_ident()
+    assert second.process == os.getpid()
+    assert second.jid is None  # type: ignore[attr-defined]  # logged outside a job here
+    token = job_context.set(("jid-abcdefgh", "add"))
+    try:
+        log_job_done("jid-abcdefgh", "add", 0.1, "ack")
+    finally:
+        job_context.reset(token)
+    assert (captured[-1].jid, captured[-1].jobtype) == ("jid-abcdefgh", "add")  # type: ignore[attr-defined]
+    doc = json.loads(JsonFormatter().format(captured[-1]))
+    assert doc["jid"] == "jid-abcdefgh"
+    assert doc["duration"] == 0.1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", doc["time"])
+
+
+def test_a_foreign_record_factory_sees_every_job_line(captured: list[logging.LogRecord]) -> None:
+    seen: list[str] = []
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(record.getMessage())
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        for i in range(3):
+            log_job_done(f"jid-{i}0000000", "add", 0.0, "ack")
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert len(seen) == 3
