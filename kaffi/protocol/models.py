@@ -74,8 +74,15 @@ _RFC3339 = re.compile(
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, as every Faktory client sends it (no spaces after separators)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, as every Faktory client sends it (no spaces after separators).
+
+    NaN and infinities are refused (``ValidationError``): ``NaN`` is not JSON, and a Go
+    server would reject the whole line.
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise ValidationError(f"cannot send as JSON: {exc}") from None
 
 
 def new_jid() -> str:
@@ -138,7 +145,10 @@ def validation_message(exc: PydanticValidationError, prefix: str = "") -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    # Non-finite floats are written as NaN/Infinity so to_json can refuse them (see there).
+    model_config = ConfigDict(
+        extra="ignore", validate_assignment=True, ser_json_inf_nan="constants"
+    )
 
 
 class Failure(_Model):
@@ -284,11 +294,35 @@ class JobPayload(_Model):
             raise _unserialisable(self.jid, exc) from None
 
     def to_json(self) -> str:
-        """The compact JSON PUSH sends (fields that are None left out)."""
+        """The compact JSON PUSH sends (fields that are None left out).
+
+        A NaN or infinite float anywhere in the job is refused rather than sent as ``null``
+        (pydantic's default), which would silently change the job's arguments.
+        """
         try:
-            return self.model_dump_json(exclude_none=True)
+            text = self.model_dump_json(exclude_none=True)
         except PydanticSerializationError as exc:
             raise _unserialisable(self.jid, exc) from None
+        # The constants only appear as bare tokens when a float is non-finite; a string
+        # that merely contains the letters is told apart by parsing, which is rare.
+        if ("NaN" in text or "Infinity" in text) and _has_non_finite(text):
+            raise ValidationError(
+                f"invalid job: job {self.jid} cannot be sent as JSON: "
+                "NaN and infinite numbers are not JSON"
+            )
+        return text
+
+
+def _has_non_finite(text: str) -> bool:
+    found = False
+
+    def _constant(_name: str) -> float:
+        nonlocal found
+        found = True
+        return 0.0
+
+    json.loads(text, parse_constant=_constant)
+    return found
 
 
 def _unserialisable(jid: str, exc: PydanticSerializationError) -> ValidationError:

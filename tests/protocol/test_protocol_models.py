@@ -16,6 +16,7 @@ from kaffi.protocol.models import (
     Hi,
     Info,
     JobPayload,
+    dumps,
     format_rfc3339,
     new_jid,
     parse_rfc3339,
@@ -418,3 +419,17 @@ def test_info_from_raw_keeps_raw_and_types() -> None:
     assert Info.from_raw({}).raw == {}
     with pytest.raises(RemoteProtocolError):
         Info.from_raw({"server": {"uptime": "long"}})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_refused_not_sent_as_null(bad: float) -> None:
+    job = JobPayload.create(jobtype="A", args=[1, {"x": [bad]}])
+    with pytest.raises(ValidationError, match="NaN and infinite"):
+        job.to_json()
+    with pytest.raises(ValidationError, match="JSON"):
+        dumps({"args": [bad]})
+
+
+def test_strings_that_spell_nan_still_go_through() -> None:
+    job = JobPayload.create(jobtype="A", args=["NaN", "Infinity", 2.5])
+    assert json.loads(job.to_json())["args"] == ["NaN", "Infinity", 2.5]
