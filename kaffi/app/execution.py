@@ -158,7 +158,7 @@ async def _core(
         result = _call_plain(fn, args, kwargs, ctx)
     else:
         result = await run_sync(functools.partial(_call_plain, fn, args, kwargs, ctx))
-    if inspect.isawaitable(result):
+    if result is not None and inspect.isawaitable(result):  # None: most jobs, checked fast
         await result
 
 

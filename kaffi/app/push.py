@@ -3,6 +3,9 @@
 A task turns a call into a payload (a JSON-compatible dict, already validated); this
 module runs it through the app's push middleware (``app.use_push``) and hands it to the
 delivery: the network client, or a testing mode (inline or fake) when one is active.
+The client gets each job already checked, as an
+:class:`~kaffi.protocol.models.EncodedJob` (or the middleware's JobPayload), so it is
+validated and encoded once per push, never again by the client.
 
 Push middleware see a :class:`PushContext` whose ``job`` is the
 :class:`~kaffi.protocol.models.JobPayload` about to be sent; they may change it (stamp a
@@ -16,7 +19,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kaffi.app.middleware import RunSync, run_chain, run_chain_blocking
-from kaffi.protocol.models import JobPayload, RejectedJob
+from kaffi.protocol.models import EncodedJob, JobPayload, RejectedJob
 
 if TYPE_CHECKING:
     from kaffi.app.app import App
@@ -89,7 +92,12 @@ def deliver(app: App, payload: dict[str, Any], task: Task[Any, Any] | None = Non
     ctx = PushContext(app, _payload_model(payload), task)
 
     def core() -> None:
-        ctx.jid = _send(app, ctx.job.to_wire())
+        delivery = app.delivery
+        if delivery is not None:
+            ctx.jid = delivery.push(ctx.job.to_wire())
+        else:
+            # The model validated every assignment a middleware made: send it as it is.
+            ctx.jid = app.client.push(ctx.job)
 
     run_chain_blocking(app.push_middleware, ctx, core)
     return ctx.jid if ctx.jid is not None else ctx.job.jid
@@ -99,7 +107,7 @@ def _send(app: App, payload: dict[str, Any]) -> str:
     delivery = app.delivery
     if delivery is not None:
         return delivery.push(payload)
-    return app.client.push(payload)
+    return app.client.push(EncodedJob.from_checked(payload))
 
 
 async def deliver_async(
@@ -111,7 +119,11 @@ async def deliver_async(
     ctx = PushContext(app, _payload_model(payload), task)
 
     async def core(run_sync: RunSync | None) -> None:
-        ctx.jid = await _send_async(app, ctx.job.to_wire())
+        delivery = app.delivery
+        if delivery is not None:
+            ctx.jid = await delivery.push_async(ctx.job.to_wire())
+        else:
+            ctx.jid = await app.async_client.push(ctx.job)
 
     await run_chain(app.push_middleware, ctx, core)
     return ctx.jid if ctx.jid is not None else ctx.job.jid
@@ -121,7 +133,7 @@ async def _send_async(app: App, payload: dict[str, Any]) -> str:
     delivery = app.delivery
     if delivery is not None:
         return await delivery.push_async(payload)
-    return await app.async_client.push(payload)
+    return await app.async_client.push(EncodedJob.from_checked(payload))
 
 
 def collect(
@@ -162,28 +174,28 @@ async def collect_async(
 
 
 def deliver_many(app: App, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
-    """Send payloads with PUSHB, in chunks of :data:`BULK_CHUNK`; returns the rejected."""
+    """Send payloads with PUSHB, in chunks of :data:`BULK_CHUNK`; returns the rejected.
+
+    The client gets them all in one ``push_bulk`` call, encoded as it sends each chunk,
+    so it can build one chunk while the server stores the one before.
+    """
     delivery = app.delivery
+    if delivery is None:
+        return app.client.push_bulk(map(EncodedJob.from_checked, payloads))
     rejected: list[RejectedJob] = []
     for start in range(0, len(payloads), BULK_CHUNK):
-        chunk = payloads[start : start + BULK_CHUNK]
-        if delivery is not None:
-            rejected.extend(delivery.push_bulk(chunk))
-        else:
-            rejected.extend(app.client.push_bulk(chunk))
+        rejected.extend(delivery.push_bulk(payloads[start : start + BULK_CHUNK]))
     return rejected
 
 
 async def deliver_many_async(app: App, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
     """:func:`deliver_many` from asyncio."""
     delivery = app.delivery
+    if delivery is None:
+        return await app.async_client.push_bulk(map(EncodedJob.from_checked, payloads))
     rejected: list[RejectedJob] = []
     for start in range(0, len(payloads), BULK_CHUNK):
-        chunk = payloads[start : start + BULK_CHUNK]
-        if delivery is not None:
-            rejected.extend(await delivery.push_bulk_async(chunk))
-        else:
-            rejected.extend(await app.async_client.push_bulk(chunk))
+        rejected.extend(await delivery.push_bulk_async(payloads[start : start + BULK_CHUNK]))
     return rejected
 
 

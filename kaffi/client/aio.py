@@ -23,14 +23,18 @@ import os
 import select
 import socket
 import ssl
+from collections import deque
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 from kaffi.client.client import (
-    PUSHB_CHUNK,
+    BULK_IN_FLIGHT,
+    BulkChunks,
+    BulkJob,
     ClientBase,
     JobLike,
+    _Sent,
     check_jid,
     decode_raw,
     fail_line,
@@ -51,6 +55,7 @@ from kaffi.errors import (
     ReadTimeout,
     RemoteProtocolError,
     TransportError,
+    ValidationError,
     WriteError,
     WriteTimeout,
 )
@@ -69,7 +74,6 @@ from kaffi.protocol.commands import (
     encode_flush,
     encode_info,
     encode_push,
-    encode_pushb,
     encode_queue,
 )
 from kaffi.protocol.models import Hi, Info, JobPayload, RejectedJob
@@ -159,6 +163,7 @@ class AsyncConnection:
         "broken",
         "generation",
         "hi",
+        "idle_since",
         "loop",
         "pid",
         "settings",
@@ -184,6 +189,8 @@ class AsyncConnection:
         #: Set by the pool that owns the connection.
         self.generation = 0
         self.loop = protocol.loop
+        #: ``loop.time()`` when the pool last took it back (or it was opened).
+        self.idle_since = self.loop.time()
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else "open"
@@ -289,14 +296,40 @@ class AsyncConnection:
             self.broken = True
         return replies
 
-    def is_stale(self) -> bool:
-        """True if the server closed this idle connection (or sent something unasked)."""
+    async def write(self, data: bytes) -> None:
+        """Write command lines without reading their replies (see
+        :meth:`kaffi.client.connection.Connection.write`)."""
+        if self.broken:
+            raise ReadError(f"connection to {self.settings.url} is broken; open a new one")
+        protocol = self._protocol
+        protocol.received = protocol.parser.buffered > 0
+        await self._send(data, self.loop.time() + self._timeout)
+
+    async def read_reply(self, *, timeout: float | None = None) -> Reply:
+        """Read the next reply to a command sent with :meth:`write`; ``reply_started``
+        then says whether any byte of this reply had arrived when it failed."""
+        if self.broken:
+            raise ReadError(f"connection to {self.settings.url} is broken; open a new one")
+        protocol = self._protocol
+        protocol.received = protocol.parser.buffered > 0
+        return await self._read_reply(
+            self.loop.time() + (self._timeout if timeout is None else timeout)
+        )
+
+    def is_stale(self, *, probe: bool = True) -> bool:
+        """True if the server closed this idle connection (or sent something unasked).
+
+        What the event loop has already seen costs nothing to check; with ``probe`` the
+        socket itself is polled too (a system call), for what the loop has not seen yet.
+        """
         if self.broken:
             return True
         protocol = self._protocol
         if protocol.eof or protocol.parser.buffered or self._transport.is_closing():
             self.broken = True
             return True
+        if not probe:
+            return False
         # The loop may not have run since the server hung up (no await in between): an
         # idle socket with bytes (or EOF) waiting is stale too. A zero-timeout poll.
         sock = self._transport.get_extra_info("socket")
@@ -440,6 +473,72 @@ class AsyncConnection:
             raise
 
 
+class _AsyncPushbPipeline:
+    """:class:`kaffi.client.client._PushbPipeline` for asyncio: PUSHB chunks on one
+    borrowed connection, at most :data:`BULK_IN_FLIGHT` unanswered, resent once on a
+    fresh connection after a failure before any byte of a reply."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.conn: AsyncConnection | None = None
+        self.in_flight: deque[_Sent] = deque()
+
+    async def send(self, chunk: list[BulkJob], line: bytes) -> None:
+        sent = _Sent(chunk, line)
+        if self.conn is None:
+            self.conn = await self.pool.acquire()
+        self.in_flight.append(sent)
+        try:
+            await self.conn.write(sent.line)
+        except TransportError as exc:
+            await self._recover(exc)
+
+    async def receive(self) -> list[RejectedJob]:
+        while True:
+            assert self.conn is not None
+            try:
+                reply = await self.conn.read_reply()
+            except TransportError as exc:
+                await self._recover(exc)
+                continue
+            sent = self.in_flight.popleft()
+            return decode_pushb(reply, sent.jobs)
+
+    async def finish(self) -> list[RejectedJob]:
+        rejected: list[RejectedJob] = []
+        try:
+            while self.in_flight:
+                rejected.extend(await self.receive())
+        except BaseException:
+            await self.abort()
+            raise
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await self.pool.release(conn)
+        return rejected
+
+    async def abort(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await self.pool.release(conn, discard=bool(self.in_flight) or conn.broken)
+
+    async def _recover(self, exc: TransportError) -> None:
+        conn, self.conn = self.conn, None
+        assert conn is not None
+        await self.pool.release(conn, discard=True)
+        if not should_retry(exc, conn.reply_started) or any(s.resent for s in self.in_flight):
+            raise exc
+        for sent in self.in_flight:
+            sent.resent = True
+        self.conn = await self.pool.acquire(fresh=True)
+        try:
+            await self.conn.write(b"".join(sent.line for sent in self.in_flight))
+        except BaseException:
+            conn, self.conn = self.conn, None
+            await self.pool.release(conn, discard=True)
+            raise
+
+
 class AsyncClient(ClientBase):
     """:class:`~kaffi.client.Client` for asyncio: the same arguments, the same methods as
     coroutines (``await client.push(job)``), ``async with AsyncClient() as client:``."""
@@ -479,7 +578,8 @@ class AsyncClient(ClientBase):
 
     async def _call(self, line: bytes, *, retry: bool, timeout: float | None = None) -> Reply:
         pool = self.pool
-        conn = await pool.acquire()
+        # As in Client._call: only commands that are never retried need a checked socket.
+        conn = await pool.acquire(verify=not retry)
         try:
             reply = await conn.request(line, timeout=timeout)
         except TransportError as exc:
@@ -522,13 +622,24 @@ class AsyncClient(ClientBase):
         return payload.jid
 
     async def push_bulk(self, jobs: Iterable[JobLike]) -> list[RejectedJob]:
-        """PUSHB in chunks of 1000; returns the refused jobs with the server's reason."""
-        payloads = [as_payload(job) for job in jobs]
+        """PUSHB in chunks of 1000, two in flight; returns the refused jobs with the
+        server's reason. Validation, retries and errors as for
+        :meth:`kaffi.client.Client.push_bulk`."""
+        chunks = BulkChunks(jobs)
+        sender = _AsyncPushbPipeline(self.pool)
         rejected: list[RejectedJob] = []
-        for start in range(0, len(payloads), PUSHB_CHUNK):
-            chunk = payloads[start : start + PUSHB_CHUNK]
-            reply = await self._call(encode_pushb(chunk), retry=True)
-            rejected.extend(decode_pushb(reply, chunk))
+        try:
+            for chunk, line in chunks:
+                await sender.send(chunk, line)
+                if len(sender.in_flight) >= BULK_IN_FLIGHT:
+                    rejected.extend(await sender.receive())
+        except ValidationError as exc:
+            rejected.extend(await sender.finish())
+            raise chunks.error(exc, rejected) from None
+        except BaseException:
+            await sender.abort()
+            raise
+        rejected.extend(await sender.finish())
         return rejected
 
     async def fetch(self, *queues: str) -> JobPayload | None:

@@ -34,7 +34,8 @@ from __future__ import annotations
 import functools
 import ssl
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -69,19 +70,32 @@ from kaffi.protocol.commands import (
     encode_queue,
     raise_for_error,
 )
-from kaffi.protocol.models import Info, JobPayload, RejectedJob
+from kaffi.protocol.models import EncodedJob, Info, JobPayload, RejectedJob
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
 
-__all__ = ["Client", "ClientBase", "PUSHB_CHUNK", "DEFAULT_POOL_TIMEOUT", "JobLike"]
+__all__ = [
+    "Client",
+    "ClientBase",
+    "BulkChunks",
+    "BULK_IN_FLIGHT",
+    "PUSHB_CHUNK",
+    "DEFAULT_POOL_TIMEOUT",
+    "JobLike",
+]
 
 #: PUSHB sends at most this many jobs per command.
 PUSHB_CHUNK = 1000
+#: PUSHB commands ``push_bulk`` keeps unanswered: the next chunk is built and written
+#: while the server stores the previous one.
+BULK_IN_FLIGHT = 2
 #: How long borrowing a pooled connection may wait.
 DEFAULT_POOL_TIMEOUT = 10.0
 #: The server holds an empty FETCH for about 2 s; FETCH's read deadline never goes below this.
 FETCH_TIMEOUT_FLOOR = 5.0
 
-JobLike = _JobBuilder | JobPayload | Mapping[str, Any]
+JobLike = _JobBuilder | JobPayload | EncodedJob | Mapping[str, Any]
+#: A job ready for PUSHB: validated (JobPayload) or validated and encoded (EncodedJob).
+BulkJob = JobPayload | EncodedJob
 
 
 class ClientBase:
@@ -193,7 +207,9 @@ class Client(ClientBase):
 
     def _call(self, line: bytes, *, retry: bool, timeout: float | None = None) -> Reply:
         pool = self.pool
-        conn = pool.acquire()
+        # A command that is never retried must not run on a connection the server closed
+        # moments ago; the others may: their retry covers a connection found dead.
+        conn = pool.acquire(verify=not retry)
         try:
             reply = conn.request(line, timeout=timeout)
         except TransportError as exc:
@@ -247,17 +263,36 @@ class Client(ClientBase):
         return payload.jid
 
     def push_bulk(self, jobs: Iterable[JobLike]) -> list[RejectedJob]:
-        """PUSHB in chunks of 1000; returns the jobs the server refused, with its reason.
+        """PUSHB in chunks of 1000; returns the jobs the server refused, with its reason,
+        in the order they were given.
 
-        Every job is validated before the first chunk is sent. PUSHB is not atomic on the
-        server, and a chunk may be retried like PUSH (at least once).
+        Jobs are validated a chunk at a time, just before the chunk is sent, and the
+        next chunk is written before the reply to the last one is read (two in flight),
+        so building jobs and storing them overlap. A job that fails validation raises
+        ValidationError naming its position; nothing of its chunk or after it is sent,
+        and the message says which earlier jobs were already pushed (none when it is in
+        the first 1000). PUSHB is not atomic on the server; a chunk whose connection
+        fails before any byte of its reply is sent once more, like PUSH (at least once).
+        A chunk the server refuses whole (``-ERR``) raises ServerError; the chunk
+        written after it may have been stored too.
         """
-        payloads = [as_payload(job) for job in jobs]
+        chunks = BulkChunks(jobs)
+        sender = _PushbPipeline(self.pool)
         rejected: list[RejectedJob] = []
-        for start in range(0, len(payloads), PUSHB_CHUNK):
-            chunk = payloads[start : start + PUSHB_CHUNK]
-            reply = self._call(encode_pushb(chunk), retry=True)
-            rejected.extend(decode_pushb(reply, chunk))
+        try:
+            for chunk, line in chunks:
+                sender.send(chunk, line)
+                if len(sender.in_flight) >= BULK_IN_FLIGHT:
+                    rejected.extend(sender.receive())
+        except ValidationError as exc:
+            # Found before any byte of its chunk was written: report it after collecting
+            # the replies to what was already sent.
+            rejected.extend(sender.finish())
+            raise chunks.error(exc, rejected) from None
+        except BaseException:
+            sender.abort()
+            raise
+        rejected.extend(sender.finish())
         return rejected
 
     def fetch(self, *queues: str) -> JobPayload | None:
@@ -340,7 +375,139 @@ class Client(ClientBase):
         decode_ok(self._call(line, retry=True), "MUTATE")
 
 
+class _PushbPipeline:
+    """PUSHB chunks on one borrowed connection, at most :data:`BULK_IN_FLIGHT` unanswered.
+
+    A transport failure before any byte of the oldest unanswered chunk's reply arrived
+    sends every unanswered chunk again, once, on a fresh connection (the retry-once rule
+    of the module docstring, per chunk); anything else is raised.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.conn: Connection | None = None
+        #: Written, unanswered chunks: the jobs, the PUSHB line, and whether resent.
+        self.in_flight: deque[_Sent] = deque()
+
+    def send(self, chunk: list[BulkJob], line: bytes) -> None:
+        sent = _Sent(chunk, line)
+        if self.conn is None:
+            self.conn = self.pool.acquire()
+        self.in_flight.append(sent)
+        try:
+            self.conn.write(sent.line)
+        except TransportError as exc:
+            self._recover(exc)
+
+    def receive(self) -> list[RejectedJob]:
+        while True:
+            assert self.conn is not None
+            try:
+                reply = self.conn.read_reply()
+            except TransportError as exc:
+                self._recover(exc)
+                continue
+            sent = self.in_flight.popleft()
+            return decode_pushb(reply, sent.jobs)
+
+    def finish(self) -> list[RejectedJob]:
+        """Read every outstanding reply and give the connection back."""
+        rejected: list[RejectedJob] = []
+        try:
+            while self.in_flight:
+                rejected.extend(self.receive())
+        except BaseException:
+            self.abort()
+            raise
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            self.pool.release(conn)
+        return rejected
+
+    def abort(self) -> None:
+        """Give the connection back, thrown away if a reply is still owed on it."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            self.pool.release(conn, discard=bool(self.in_flight) or conn.broken)
+
+    def _recover(self, exc: TransportError) -> None:
+        conn, self.conn = self.conn, None
+        assert conn is not None
+        self.pool.release(conn, discard=True)
+        if not should_retry(exc, conn.reply_started) or any(s.resent for s in self.in_flight):
+            raise exc
+        for sent in self.in_flight:
+            sent.resent = True
+        self.conn = self.pool.acquire(fresh=True)
+        try:
+            self.conn.write(b"".join(sent.line for sent in self.in_flight))
+        except BaseException:
+            conn, self.conn = self.conn, None
+            self.pool.release(conn, discard=True)
+            raise
+
+
 # -- shared by Client and AsyncClient --------------------------------------------------
+
+
+class _Sent:
+    """One PUSHB chunk written and not answered yet."""
+
+    __slots__ = ("jobs", "line", "resent")
+
+    def __init__(self, jobs: list[BulkJob], line: bytes) -> None:
+        self.jobs = jobs
+        self.line = line
+        self.resent = False
+
+
+class BulkChunks:
+    """``push_bulk``'s jobs, validated lazily and handed out in chunks of :data:`PUSHB_CHUNK`
+    (so a large bulk never holds every payload at once); counts what it handed out, to
+    say precisely what was sent when a later job turns out invalid."""
+
+    def __init__(self, jobs: Iterable[JobLike]) -> None:
+        self._jobs = jobs
+        #: Jobs handed out in chunks so far (each chunk is sent as soon as it is handed out).
+        self.handed_out = 0
+
+    def __iter__(self) -> Iterator[tuple[list[BulkJob], bytes]]:
+        """Each chunk's jobs and its PUSHB line."""
+        chunk: list[BulkJob] = []
+        for job in self._jobs:
+            try:
+                chunk.append(as_payload(job))
+            except ValidationError as exc:
+                index = self.handed_out + len(chunk)
+                raise ValidationError(f"push_bulk job {index}: {exc}", field=exc.field) from None
+            if len(chunk) == PUSHB_CHUNK:
+                yield self._encoded(chunk)
+                chunk = []
+        if chunk:
+            yield self._encoded(chunk)
+
+    def _encoded(self, chunk: list[BulkJob]) -> tuple[list[BulkJob], bytes]:
+        try:
+            line = encode_pushb(chunk)
+        except ValidationError as exc:
+            # A value JSON cannot carry (a NaN): the message names the job's jid.
+            raise ValidationError(f"push_bulk: {exc}", field=exc.field) from None
+        self.handed_out += len(chunk)
+        return chunk, line
+
+    def error(self, exc: ValidationError, rejected: list[RejectedJob]) -> ValidationError:
+        """``exc``, saying which jobs were pushed before it was found."""
+        if not self.handed_out:
+            return ValidationError(f"{exc}; nothing was sent", field=exc.field)
+        refused = ""
+        if rejected:
+            jids = ", ".join(r.jid for r in rejected[:5]) + (", ..." if len(rejected) > 5 else "")
+            refused = f", of which the server refused {len(rejected)} ({jids})"
+        return ValidationError(
+            f"{exc}; jobs 0 to {self.handed_out - 1} were already pushed{refused}, "
+            f"nothing from job {self.handed_out} on",
+            field=exc.field,
+        )
 
 
 def should_retry(exc: TransportError, reply_started: bool) -> bool:

@@ -64,6 +64,7 @@ class Connection:
         "broken",
         "generation",
         "hi",
+        "idle_since",
         "pid",
         "reply_started",
         "settings",
@@ -87,6 +88,9 @@ class Connection:
         self.pid = os.getpid()
         #: Set by the pool that owns the connection (see ``kaffi.client.pool``).
         self.generation = 0
+        #: ``time.monotonic()`` when the pool last took it back (or it was opened): the
+        #: pool checks for a server-side close only after a long enough idle.
+        self.idle_since = time.monotonic()
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else "open"
@@ -211,6 +215,23 @@ class Connection:
         if self._parser.buffered:
             self.broken = True
         return replies
+
+    def write(self, data: bytes) -> None:
+        """Write command lines without reading their replies: with :meth:`read_reply`,
+        a caller can keep more than one command in flight (``push_bulk`` keeps two)."""
+        if self.broken:
+            raise ReadError(f"connection to {self.settings.url} is broken; open a new one")
+        self.reply_started = self._parser.buffered > 0
+        self._send(data)
+
+    def read_reply(self, *, timeout: float | None = None) -> Reply:
+        """Read the next reply to a command sent with :meth:`write`. ``reply_started``
+        then says whether any byte of *this* reply had arrived when it failed."""
+        if self.broken:
+            raise ReadError(f"connection to {self.settings.url} is broken; open a new one")
+        self.reply_started = self._parser.buffered > 0
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        return self._read_reply(deadline, preset=timeout is None)
 
     def is_stale(self) -> bool:
         """True if the server closed this idle connection (or sent something unasked).

@@ -19,7 +19,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kaffi.errors import ConfigurationError, ValidationError
-from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY, JobPayload, new_jid
+from kaffi.protocol.models import (
+    DEFAULT_RESERVE_FOR,
+    DEFAULT_RETRY,
+    EncodedJob,
+    JobPayload,
+    new_jid,
+)
 
 if TYPE_CHECKING:
     from kaffi.client.aio import AsyncClient
@@ -136,10 +142,13 @@ class AsyncJob(_JobBuilder):
         return await self.client.push(self)
 
 
-def as_payload(job: _JobBuilder | JobPayload | Mapping[str, Any]) -> JobPayload:
+def as_payload(
+    job: _JobBuilder | JobPayload | EncodedJob | Mapping[str, Any],
+) -> JobPayload | EncodedJob:
     """A validated payload from a builder, a payload or a dict (checked like the server
-    would, so a bad field raises ValidationError before anything is sent)."""
-    if isinstance(job, JobPayload):
+    would, so a bad field raises ValidationError before anything is sent). A JobPayload
+    or an EncodedJob was checked when it was built and is returned as it is."""
+    if isinstance(job, JobPayload | EncodedJob):
         return job
     if isinstance(job, _JobBuilder):
         return job.payload()

@@ -9,12 +9,18 @@ The rules both follow:
   (``-ERR``) returns the connection to the pool; a transport or protocol error, or any
   interruption that left the connection ``broken``, throws it away.
 - An idle connection the server closed (a restart) is noticed before it is handed out,
-  so only commands in flight at the time of a restart can fail.
+  so only commands in flight at the time of a restart can fail. Looking costs a system
+  call, so it is done only for connections idle longer than :data:`STALE_CHECK_AFTER`,
+  or when the borrower asks (``verify=True``: the client does for commands it never
+  retries, such as FETCH). A command that does run on a connection closed moments ago
+  fails before any reply byte, which the client's retry-once rule covers.
 - Borrowing waits at most ``timeout`` seconds for a free connection, then raises
   :class:`~kaffi.errors.PoolTimeout`.
 - After ``os.fork()`` the child forgets the parent's connections without closing them
   or sending END: those sockets still belong to the parent. The reset runs from an
-  ``os.register_at_fork`` hook (and a ``getpid()`` check backs it up).
+  ``os.register_at_fork`` hook, so borrowing makes no ``getpid()`` system call; a fork
+  that bypasses Python's fork hooks (a C library calling ``fork()`` itself) is not
+  covered.
 - The pool's state changes only under its lock, and no socket I/O happens under it.
 - :meth:`close` closes the idle connections; connections in use are closed when they come
   back. The pool stays usable afterwards (new connections are opened on demand).
@@ -41,7 +47,12 @@ from kaffi.errors import ConfigurationError, PoolTimeout, RemoteProtocolError, T
 if TYPE_CHECKING:
     from kaffi.client.aio import AsyncConnection
 
-__all__ = ["ConnectionPool", "AsyncConnectionPool"]
+__all__ = ["ConnectionPool", "AsyncConnectionPool", "STALE_CHECK_AFTER"]
+
+#: Seconds a connection may sit idle before the pool checks, when lending it, whether the
+#: server closed it. Shorter idles skip the check (a ``select()`` per borrow on the hot
+#: path): a connection closed within that window fails before any reply byte arrives.
+STALE_CHECK_AFTER = 0.5
 
 #: Every live pool, so the fork hook can reset them in the child.
 _POOLS: weakref.WeakSet[_PoolBase[Any]] = weakref.WeakSet()
@@ -134,14 +145,14 @@ class ConnectionPool(_PoolBase[Connection]):
 
     # -- borrowing --------------------------------------------------------------------
 
-    def acquire(self, *, fresh: bool = False) -> Connection:
+    def acquire(self, *, fresh: bool = False, verify: bool = False) -> Connection:
         """Borrow a connection; with ``fresh`` always a newly opened one (the retry path).
 
-        Raises PoolTimeout after ``timeout`` seconds without a free slot, or whatever
-        opening a connection raised.
+        ``verify`` checks that an idle connection is still open whatever its idle time
+        (for a command that cannot be retried); otherwise only connections idle for more
+        than :data:`STALE_CHECK_AFTER` are checked. Raises PoolTimeout after ``timeout``
+        seconds without a free slot, or whatever opening a connection raised.
         """
-        if self._pid != os.getpid():
-            self._reset_after_fork()
         deadline = 0.0
         discard: Connection | None = None
         conn: Connection | None = None
@@ -169,7 +180,11 @@ class ConnectionPool(_PoolBase[Connection]):
                 discard.close()
             # A server restart closes idle connections: notice it here rather than with
             # a failed command, and open a new connection in the stale one's slot.
-            if conn is not None and conn.is_stale():
+            if (
+                conn is not None
+                and (verify or time.monotonic() - conn.idle_since > STALE_CHECK_AFTER)
+                and conn.is_stale()
+            ):
                 conn.close()
                 conn = None
             if conn is None:
@@ -182,9 +197,9 @@ class ConnectionPool(_PoolBase[Connection]):
 
     def release(self, conn: Connection, *, discard: bool = False) -> None:
         """Return a borrowed connection; ``discard`` (or a broken one) closes it."""
-        if conn.pid != os.getpid():
-            # Borrowed before a fork: the parent's socket, and not counted in this
-            # process's pool.
+        if conn.pid != self._pid:
+            # Borrowed before a fork (the fork hook gave the pool the child's pid): the
+            # parent's socket, and not counted in this process's pool.
             conn.abandon()
             return
         close = False
@@ -193,6 +208,7 @@ class ConnectionPool(_PoolBase[Connection]):
             if discard or conn.broken or conn.generation != self._generation:
                 close = True
             else:
+                conn.idle_since = time.monotonic()
                 self._idle.append(conn)
             self._available.notify()
         if close:
@@ -200,8 +216,10 @@ class ConnectionPool(_PoolBase[Connection]):
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        """``with pool.connection() as conn:``; see the module docstring for the rules."""
-        conn = self.acquire()
+        """``with pool.connection() as conn:``; see the module docstring for the rules.
+        The connection is checked for a server-side close however briefly it was idle:
+        nothing retries what the caller sends on it."""
+        conn = self.acquire(verify=True)
         try:
             yield conn
         except BaseException as exc:
@@ -263,10 +281,12 @@ class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
     def _repr_extra(self) -> str:
         return f" waiting={len(self._waiters)}"
 
-    async def acquire(self, *, fresh: bool = False) -> AsyncConnection:
-        """Borrow a connection; with ``fresh`` always a newly opened one (the retry path)."""
+    async def acquire(self, *, fresh: bool = False, verify: bool = False) -> AsyncConnection:
+        """Borrow a connection; with ``fresh`` always a newly opened one (the retry path);
+        ``verify`` as for :meth:`ConnectionPool.acquire`."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._pid != os.getpid():
+        if self._loop is not loop:
+            # A new event loop, or a forked child (the fork hook cleared ``_loop``).
             self._rebind(loop)
         conn: AsyncConnection | None = None
         discard: AsyncConnection | None = None
@@ -289,8 +309,11 @@ class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
             if discard is not None:
                 await discard.close()
             # A server restart closes idle connections: notice it here rather than with
-            # a failed command, and open a new connection in the stale one's slot.
-            if conn is not None and conn.is_stale():
+            # a failed command, and open a new connection in the stale one's slot. What
+            # the event loop already saw is free to check; the socket only when needed.
+            if conn is not None and conn.is_stale(
+                probe=verify or loop.time() - conn.idle_since > STALE_CHECK_AFTER
+            ):
                 await conn.close()
                 conn = None
             if conn is None:
@@ -329,6 +352,8 @@ class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
     def _hand_over(self, conn: AsyncConnection | None) -> None:
         """Give a connection (or, with None, a free slot) to the first live waiter, or
         put it back: the slot's ``in_use`` count moves with it."""
+        if conn is not None:
+            conn.idle_since = conn.loop.time()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -340,7 +365,7 @@ class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
 
     async def release(self, conn: AsyncConnection, *, discard: bool = False) -> None:
         """Return a borrowed connection; ``discard`` (or a broken one) closes it."""
-        if conn.pid != os.getpid():
+        if conn.pid != self._pid:
             # Borrowed before a fork: the parent's, not ours to use or close.
             _ORPHANS.append(conn)
             return
@@ -356,8 +381,9 @@ class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
-        """``async with pool.connection() as conn:``; see the module docstring."""
-        conn = await self.acquire()
+        """``async with pool.connection() as conn:``; see the module docstring (the
+        connection is always checked, as with :meth:`ConnectionPool.connection`)."""
+        conn = await self.acquire(verify=True)
         try:
             yield conn
         except BaseException as exc:

@@ -37,11 +37,13 @@ from kaffi.errors import (
     ValidationError,
 )
 from kaffi.protocol.models import (
+    EncodedJob,
     Hello,
     Hi,
     Info,
     JobPayload,
     RejectedJob,
+    _has_non_finite,
     dumps,
     validate_queue_name,
 )
@@ -169,28 +171,47 @@ def encode_hello(
 # -- jobs ---------------------------------------------------------------------------------
 
 
-def _payload_json(job: JobPayload | Mapping[str, Any]) -> str:
+def _payload_json(job: JobPayload | EncodedJob | Mapping[str, Any]) -> bytes:
     if isinstance(job, JobPayload):
-        return job.to_json()
-    return dumps(dict(job))
+        return job.to_json_bytes()
+    if isinstance(job, EncodedJob):
+        return job.data
+    return _utf8("PUSHB", dumps(dict(job)))
 
 
-def encode_push(job: JobPayload | Mapping[str, Any]) -> bytes:
-    """``PUSH {job}``. A mapping is sent as it is (the server validates it)."""
-    return encode_line("PUSH", _payload_json(job))
+def _utf8(verb: str, text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (surrogateescape-decoded bytes) have no UTF-8 form.
+        raise LocalProtocolError(f"{verb} argument is not encodable as UTF-8") from None
 
 
-def encode_pushb(jobs: Iterable[JobPayload | Mapping[str, Any]]) -> bytes:
+def encode_push(job: JobPayload | EncodedJob | Mapping[str, Any]) -> bytes:
+    """``PUSH {job}``. A mapping is sent as it is (the server validates it); an
+    :class:`~kaffi.protocol.models.EncodedJob` is sent as it was encoded."""
+    # Compact JSON has no raw line breaks (they are escaped inside strings), so a job's
+    # JSON needs none of encode_line's checks.
+    if isinstance(job, JobPayload):
+        return b"PUSH " + job.to_json_bytes() + b"\r\n"
+    if isinstance(job, EncodedJob):
+        return b"PUSH " + job.data + b"\r\n"
+    return encode_line("PUSH", dumps(dict(job)))
+
+
+def encode_pushb(jobs: Iterable[JobPayload | EncodedJob | Mapping[str, Any]]) -> bytes:
     """``PUSHB [{job},...]``."""
     batch = jobs if isinstance(jobs, list) else list(jobs)
     if batch and all(type(j) is JobPayload for j in batch):
         # One call into pydantic-core for the whole batch: the same bytes as joining each
         # job's to_json(), about 3x cheaper per job (bench/notes.md has the measurements).
         body = _payload_list_adapter().dump_json(cast(list[JobPayload], batch), exclude_none=True)
-        if b"\n" in body or b"\r" in body:
-            raise LocalProtocolError("PUSHB argument cannot contain a line break")
+        if (b"NaN" in body or b"Infinity" in body) and _has_non_finite(body):
+            # Name the job, as PUSH would (this raises).
+            for job in cast(list[JobPayload], batch):
+                job.to_json_bytes()
         return b"PUSHB " + body + b"\r\n"
-    return encode_line("PUSHB", "[" + ",".join(_payload_json(j) for j in batch) + "]")
+    return b"PUSHB [" + b",".join([_payload_json(j) for j in batch]) + b"]\r\n"
 
 
 @functools.cache
@@ -425,7 +446,9 @@ def decode_beat(reply: Reply) -> str:
     return state
 
 
-def decode_pushb(reply: Reply, jobs: Sequence[JobPayload | Mapping[str, Any]]) -> list[RejectedJob]:
+def decode_pushb(
+    reply: Reply, jobs: Sequence[JobPayload | EncodedJob | Mapping[str, Any]]
+) -> list[RejectedJob]:
     """The jobs the server refused, each with its reason, in the order they were sent."""
     doc = decode_json(reply, "PUSHB")
     if not isinstance(doc, dict):
@@ -434,9 +457,9 @@ def decode_pushb(reply: Reply, jobs: Sequence[JobPayload | Mapping[str, Any]]) -
         return []
     rejected: list[RejectedJob] = []
     for job in jobs:
-        jid = job.jid if isinstance(job, JobPayload) else job.get("jid")
+        jid = job.jid if isinstance(job, JobPayload | EncodedJob) else job.get("jid")
         if isinstance(jid, str) and jid in doc:
-            payload = job.to_wire() if isinstance(job, JobPayload) else dict(job)
+            payload = job.to_wire() if isinstance(job, JobPayload | EncodedJob) else dict(job)
             rejected.append(RejectedJob(jid=jid, reason=str(doc.pop(jid)), payload=payload))
     # A jid the server names that we did not send (or sent twice) still gets reported.
     for jid, reason in doc.items():

@@ -90,24 +90,25 @@ class _DoneRecords:
     line goes through it, so a user's factory always sees every record.
     """
 
-    __slots__ = ("_factory", "_template", "_thread")
+    __slots__ = ("_state",)
 
     def __init__(self) -> None:
-        self._factory: Callable[..., logging.LogRecord] | None = None
-        self._template: dict[str, Any] | None = None
-        self._thread = 0
+        #: (the factory, the thread, the template), replaced as one so that two threads
+        #: logging at once never pair one thread's template with another's identity.
+        self._state: tuple[Callable[..., logging.LogRecord], int, dict[str, Any]] | None = None
 
     def reset(self) -> None:
-        self._template = None
+        self._state = None
 
     def make(self, msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> logging.LogRecord:
-        template = self._template
+        state = self._state
         if (
-            template is None
-            or self._thread != threading.get_ident()
-            or logging.getLogRecordFactory() is not self._factory
+            state is None
+            or state[1] != threading.get_ident()
+            or logging.getLogRecordFactory() is not state[0]
         ):
             return self._first(msg, args, extra)
+        template = state[2]
         record: logging.LogRecord = _new_record(logging.LogRecord)
         fields = record.__dict__
         fields.update(template)
@@ -130,11 +131,9 @@ class _DoneRecords:
         )
         factory = logging.getLogRecordFactory()
         if factory is _kaffi_factory[0]:
-            self._factory = factory
-            self._thread = threading.get_ident()
-            self._template = dict(record.__dict__)
+            self._state = (factory, threading.get_ident(), dict(record.__dict__))
         else:
-            self._template = None
+            self._state = None
         return record
 
 

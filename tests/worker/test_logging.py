@@ -186,7 +186,7 @@ def test_a_foreign_record_factory_sees_every_job_line(captured: list[logging.Log
     previous = logging.getLogRecordFactory()
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = previous(*args, **kwargs)  # type: ignore[arg-type]
+        record = previous(*args, **kwargs)
         seen.append(record.getMessage())
         return record
 
@@ -197,3 +197,26 @@ def test_a_foreign_record_factory_sees_every_job_line(captured: list[logging.Log
     finally:
         logging.setLogRecordFactory(previous)
     assert len(seen) == 3
+
+
+def test_job_lines_from_several_threads_name_their_own_thread(
+    captured: list[logging.LogRecord],
+) -> None:
+    barrier = threading.Barrier(3)
+
+    def lane(n: int) -> None:
+        barrier.wait(10)
+        for i in range(200):
+            log_job_done(f"jid-{n}-{i:08d}", "add", 0.0, "ack")
+
+    threads = [threading.Thread(target=lane, args=(n,), name=f"lane-{n}") for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(captured) == 600
+    idents = {f"lane-{n}": t.ident for n, t in enumerate(threads)}
+    for record in captured:
+        lane_name = "lane-" + record.args[1].split("-")[1]  # type: ignore[index,union-attr]
+        assert record.threadName == lane_name
+        assert record.thread == idents[lane_name]
