@@ -15,10 +15,11 @@ only built when there is push middleware, so the plain ``.delay()`` path stays l
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kaffi.app.middleware import RunSync, run_chain, run_chain_blocking
+from kaffi.errors import ValidationError
 from kaffi.protocol.models import EncodedJob, JobPayload, RejectedJob
 
 if TYPE_CHECKING:
@@ -137,28 +138,31 @@ async def _send_async(app: App, payload: dict[str, Any]) -> str:
 
 
 def collect(
-    app: App, payloads: Sequence[dict[str, Any]], task: Task[Any, Any] | None = None
-) -> list[dict[str, Any]]:
-    """Run each payload through the push middleware and return those to send. For bulk
-    pushes the chain's core only collects: the PUSHB happens after every chain returned."""
+    app: App, payloads: Iterable[dict[str, Any]], task: Task[Any, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Run each payload through the push middleware as it is taken, yielding those to
+    send. For bulk pushes the chain's core only collects: a chunk's PUSHB happens after
+    the chains of its jobs returned."""
     if not app.push_middleware:
-        return list(payloads)
-    kept: list[dict[str, Any]] = []
+        yield from payloads
+        return
     for payload in payloads:
         ctx = PushContext(app, _payload_model(payload), task)
+        kept: list[dict[str, Any]] = []
 
-        def core(ctx: PushContext = ctx) -> None:
+        def core(ctx: PushContext = ctx, kept: list[dict[str, Any]] = kept) -> None:
             kept.append(ctx.job.to_wire())
             ctx.jid = ctx.job.jid
 
         run_chain_blocking(app.push_middleware, ctx, core)
-    return kept
+        yield from kept
 
 
 async def collect_async(
-    app: App, payloads: Sequence[dict[str, Any]], task: Task[Any, Any] | None = None
+    app: App, payloads: Iterable[dict[str, Any]], task: Task[Any, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """:func:`collect` from asyncio."""
+    """:func:`collect` from asyncio (async middleware are awaited, so this one collects
+    every payload before returning)."""
     if not app.push_middleware:
         return list(payloads)
     kept: list[dict[str, Any]] = []
@@ -173,30 +177,57 @@ async def collect_async(
     return kept
 
 
-def deliver_many(app: App, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+def deliver_many(app: App, payloads: Iterable[dict[str, Any]]) -> list[RejectedJob]:
     """Send payloads with PUSHB, in chunks of :data:`BULK_CHUNK`; returns the rejected.
 
-    The client gets them all in one ``push_bulk`` call, encoded as it sends each chunk,
-    so it can build one chunk while the server stores the one before.
+    ``payloads`` is consumed a chunk at a time, each chunk sent before the next is taken,
+    so a ValidationError it raises (a bad item) leaves the earlier chunks sent: the error
+    then says which. The client gets them all in one ``push_bulk`` call, so it can build
+    one chunk while the server stores the one before.
     """
     delivery = app.delivery
     if delivery is None:
         return app.client.push_bulk(map(EncodedJob.from_checked, payloads))
     rejected: list[RejectedJob] = []
-    for start in range(0, len(payloads), BULK_CHUNK):
-        rejected.extend(delivery.push_bulk(payloads[start : start + BULK_CHUNK]))
+    for chunk in _chunks(payloads):
+        rejected.extend(delivery.push_bulk(chunk))
     return rejected
 
 
-async def deliver_many_async(app: App, payloads: Sequence[dict[str, Any]]) -> list[RejectedJob]:
+async def deliver_many_async(app: App, payloads: Iterable[dict[str, Any]]) -> list[RejectedJob]:
     """:func:`deliver_many` from asyncio."""
     delivery = app.delivery
     if delivery is None:
         return await app.async_client.push_bulk(map(EncodedJob.from_checked, payloads))
     rejected: list[RejectedJob] = []
-    for start in range(0, len(payloads), BULK_CHUNK):
-        rejected.extend(await delivery.push_bulk_async(payloads[start : start + BULK_CHUNK]))
+    for chunk in _chunks(payloads):
+        rejected.extend(await delivery.push_bulk_async(chunk))
     return rejected
+
+
+def _chunks(payloads: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    # The testing modes' twin of the client's chunking, with the same error wording. The
+    # caller delivers each chunk before asking for the next, so every chunk handed out
+    # before a bad item was sent.
+    handed_out = 0
+    chunk: list[dict[str, Any]] = []
+    try:
+        for payload in payloads:
+            chunk.append(payload)
+            if len(chunk) == BULK_CHUNK:
+                handed_out += len(chunk)
+                yield chunk
+                chunk = []
+    except ValidationError as exc:
+        if not handed_out:
+            raise ValidationError(f"{exc}; nothing was sent", field=exc.field) from None
+        raise ValidationError(
+            f"{exc}; jobs 0 to {handed_out - 1} were already pushed, "
+            f"nothing from job {handed_out} on",
+            field=exc.field,
+        ) from None
+    if chunk:
+        yield chunk
 
 
 #: Jobs per PUSHB command: large enough to amortise round trips, small enough that one

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -338,38 +338,49 @@ class Task(Generic[P, R]):
         task = self.options(**options) if options else self
         return push.deliver(self.app, task.payload(tuple(args or ()), kwargs or {}), task)
 
-    def _payloads(self, items: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        payloads = []
+    def _payloads(
+        self, items: Iterable[Sequence[Any] | Mapping[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
+        """Each item's payload, validated as it is taken (see :meth:`delay_many`)."""
         for index, item in enumerate(items):
             try:
                 if isinstance(item, Mapping):
-                    payloads.append(self.payload((), item))
+                    payload = self.payload((), item)
                 elif isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
                     raise ValidationError(
                         f"task {self.name!r}: expected a tuple of arguments or a dict of"
                         f" keyword arguments, got {item!r}",
                     )
                 else:
-                    payloads.append(self.payload(item, {}))
+                    payload = self.payload(item, {})
             except ValidationError as exc:
                 raise ValidationError(f"delay_many item {index}: {exc}", field=exc.field) from None
-        return payloads
+            yield payload
 
     def delay_many(self, items: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[RejectedJob]:
         """Push one job per item (a tuple of arguments, or a dict of keyword arguments)
         with PUSHB, in chunks of 1000; returns the jobs the server rejected.
 
-        Every item is validated before anything is sent. Push middleware run for each job,
-        but around collecting it: the PUSHB itself happens after every chain returned.
+        Items are validated a chunk at a time, each chunk before any of it is sent, and
+        the next chunk is prepared while the server stores the last one. A bad item
+        raises ValidationError naming its index; nothing of its chunk or after it is
+        sent, and the message says which items were already pushed ("nothing was sent"
+        when it is among the first 1000). Push middleware run for each job, around
+        collecting it: a chunk's PUSHB happens after the chains of its jobs returned.
         """
-        payloads = push.collect(self.app, self._payloads(items), self)
-        return push.deliver_many(self.app, payloads)
+        return push.deliver_many(self.app, push.collect(self.app, self._payloads(items), self))
 
     async def delay_many_async(
         self, items: Iterable[Sequence[Any] | Mapping[str, Any]]
     ) -> list[RejectedJob]:
-        """:meth:`delay_many` for asyncio code."""
-        payloads = await push.collect_async(self.app, self._payloads(items), self)
+        """:meth:`delay_many` for asyncio code (with async push middleware installed,
+        every item is validated and run through them before the first chunk is sent)."""
+        if self.app.push_middleware:
+            payloads: Iterable[dict[str, Any]] = await push.collect_async(
+                self.app, self._payloads(items), self
+            )
+        else:
+            payloads = self._payloads(items)
         return await push.deliver_many_async(self.app, payloads)
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:

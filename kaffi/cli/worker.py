@@ -24,6 +24,12 @@ WORKER_HELP = """Run the tasks of APP, fetching jobs from Faktory.
 APP is module:attribute (like myproj.tasks:app) or just a module holding exactly one
 kaffi.App; the current directory is importable.
 
+The worker first connects to the server, trying for up to the connect timeout (5 s).
+A server it cannot reach then, or a refused password, is one error line and exit
+status 1 (with --processes, the supervisor stops the other processes and exits 1 too).
+A server lost later is not fatal: the worker reconnects by itself with backoff (at most
+5 s apart) and logs the outage once, a reminder every 30 s, and when the server is back.
+
 Signals: TERM/INT shut down (stop fetching, wait up to --timeout for running jobs, FAIL
 the rest so Faktory retries them, exit 0; a second INT skips the wait), TSTP quiets
 (finish held jobs, fetch no more), TTIN logs every thread's and task's stack.

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 
 from kaffi.errors import (
     AuthenticationError,
@@ -217,7 +217,9 @@ def encode_pushb(jobs: Iterable[JobPayload | EncodedJob | Mapping[str, Any]]) ->
 @functools.cache
 def _payload_list_adapter() -> TypeAdapter[list[JobPayload]]:
     # Built on first use: building its schema at import would slow every `import kaffi`.
-    return TypeAdapter(list[JobPayload])
+    # The JSON float setting is the adapter's, not the model's: without it a NaN would be
+    # written as null, silently changing the job (encode_pushb refuses it instead).
+    return TypeAdapter(list[JobPayload], config=ConfigDict(ser_json_inf_nan="constants"))
 
 
 def encode_fetch(*queues: str) -> bytes:

@@ -13,10 +13,18 @@ The supervisor runs no jobs and opens no connection. It
 - restarts a child that dies (killed, crashed, exited non-zero) with a doubling backoff
   and a log line; a child that exits 0 on its own (the server told it to terminate, or
   burst mode finished) is not replaced;
+- gives up on a child that cannot start (exit status :data:`EXIT_CONFIG`: the app cannot
+  be loaded, the password is refused, or the server cannot be reached within the connect
+  timeout): restarting it would fail the same way, so the supervisor stops the other
+  children gracefully and :meth:`Supervisor.run` raises the child's error (one
+  ``kaffi: error:`` line and exit status 1 on the command line). The one exception: once
+  any child has reached the server, a replacement that finds it unreachable is living
+  through an outage, so it is restarted with the same backoff as a crashed one;
 - recycles: a child that reaches ``max_jobs`` or passes ``max_memory_mb`` tells the
   supervisor through its pipe and goes quiet, finishing what it holds; the supervisor
   starts its replacement at once, so capacity stays and nothing is lost;
-- exits when every child has exited (0), killing children that outlive a shutdown by far.
+- exits when every child has exited (0, unless a child could not start), killing
+  children that outlive a shutdown by far.
 
 Children notice a supervisor that died (their parent pid changes) and shut down.
 """
@@ -42,7 +50,8 @@ __all__ = ["Supervisor", "EXIT_CONFIG"]
 
 log = logging.getLogger("kaffi.supervisor")
 
-#: Exit status of a child that cannot start (bad app, refused password): not restarted.
+#: Exit status of a child that cannot start (bad app, refused password, unreachable
+#: server): not restarted; the supervisor stops and reports the child's error.
 EXIT_CONFIG = 78
 #: Restart backoff for a child that died: doubles from the first to the cap, and resets
 #: once a child has lived for RESTART_RESET seconds.
@@ -61,6 +70,8 @@ class _Child:
     pipe: Connection
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False
+    #: Why it could not start, as it said before exiting EXIT_CONFIG: (kind, message).
+    failure: tuple[str, str] | None = None
     #: The child's worker loop runs (its own signal handlers are installed).
     ready: bool = False
 
@@ -79,7 +90,7 @@ def _child_main(
         os.setpgid(0, 0)
     except (OSError, AttributeError):  # AttributeError: no process groups (Windows)
         pass
-    from kaffi.errors import KaffiError
+    from kaffi.errors import ConnectError, KaffiError
     from kaffi.worker.loader import load_app
     from kaffi.worker.logging import configure_logging
     from kaffi.worker.worker import Worker
@@ -87,12 +98,14 @@ def _child_main(
     configure_logging(log_level, log_format)
     pipe_lock = threading.Lock()
 
-    def tell(kind: str, text: str) -> None:
+    def tell(kind: str, text: str) -> bool:
         try:
             with pipe_lock:
                 pipe.send((kind, text))
         except OSError:
             log.warning("cannot tell the supervisor %r (it may be gone)", kind)
+            return False
+        return True
 
     def on_recycle(reason: str) -> None:
         tell("recycle", reason)
@@ -110,7 +123,11 @@ def _child_main(
         threading.Thread(target=announce, daemon=True).start()
         worker.work()
     except KaffiError as exc:
-        log.error("worker process %d cannot run: %s", os.getpid(), exc)
+        # The supervisor logs it and reports it as its own error; say it here only when
+        # it cannot hear us.
+        kind = "unreachable" if isinstance(exc, ConnectError) else "cannot-start"
+        if not tell(kind, str(exc) or type(exc).__name__):
+            log.error("worker process %d cannot run: %s", os.getpid(), exc)
         logging.shutdown()
         os._exit(EXIT_CONFIG)
     logging.shutdown()
@@ -155,7 +172,12 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._restarts: list[tuple[float, float]] = []  # (when, backoff used)
         self._backoff = RESTART_FIRST
+        # Set once any child has reached the server: from then on a child that cannot reach
+        # it is living through an outage, not showing a mistake in the set-up.
+        self._server_seen = False
         self._previous_handlers: dict[int, Any] = {}
+        #: The first child's start-up failure, raised by run() once every child is gone.
+        self._start_failure: tuple[str, str] | None = None
 
     # -- children -------------------------------------------------------------------------
 
@@ -220,7 +242,11 @@ class Supervisor:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Start the children, supervise them until all have exited; return 0."""
+        """Start the children, supervise them until all have exited; return 0.
+
+        When a child could not start (see the module docstring), the others are stopped
+        and the child's error is raised once they are gone: ConnectError when it could
+        not reach the server, ConfigurationError otherwise."""
         self._install_signals()
         try:
             log.info(
@@ -237,6 +263,11 @@ class Supervisor:
         finally:
             self._restore_signals()
         log.info("supervisor %d: all worker processes have exited", os.getpid())
+        if self._start_failure is not None:
+            from kaffi.errors import ConfigurationError, ConnectError
+
+            kind, message = self._start_failure
+            raise (ConnectError if kind == "unreachable" else ConfigurationError)(message)
         return 0
 
     def _step(self) -> None:
@@ -277,8 +308,11 @@ class Supervisor:
         try:
             while not child.pipe.closed and child.pipe.poll():
                 kind, reason = child.pipe.recv()
-                if kind == "ready":
+                if kind in ("unreachable", "cannot-start"):
+                    child.failure = (kind, reason)
+                elif kind == "ready":
                     child.ready = True
+                    self._server_seen = True
                     if self._quiet_requested and child.process.pid is not None:
                         # It was still booting when TSTP came (and ignored it).
                         os.kill(child.process.pid, signal.SIGTSTP)
@@ -296,11 +330,16 @@ class Supervisor:
             child.pipe.close()
 
     def _reap(self, child: _Child) -> None:
+        # What it said just before it exited (its reason for EXIT_CONFIG, say).
+        self._read_messages(child)
         child.process.join(0)
         self.children.remove(child)
         child.pipe.close()
         code = child.process.exitcode
         lived = time.monotonic() - child.started
+        if code == EXIT_CONFIG and not child.retiring and not self._outage(child):
+            self._give_up(child)
+            return
         if child.retiring or self._stopping:
             log.info(
                 "worker process %d (pid %s) exited (%s)", child.number, child.process.pid, code
@@ -312,9 +351,6 @@ class Supervisor:
                 child.number,
                 child.process.pid,
             )
-            return
-        if code == EXIT_CONFIG:
-            log.error("worker process %d cannot start (see above); not restarting it", child.number)
             return
         if lived > RESTART_RESET:
             self._backoff = RESTART_FIRST
@@ -334,6 +370,40 @@ class Supervisor:
         self._restarts.append((time.monotonic() + self._backoff, self._backoff))
         self._backoff = min(self._backoff * 2, RESTART_CAP)
 
+    def _outage(self, child: _Child) -> bool:
+        """A replacement child that found the server gone, after the server was reached
+        before: restart it with backoff like a crashed one (the server is expected back),
+        instead of taking the whole worker down in the middle of an outage."""
+        return self._server_seen and child.failure is not None and child.failure[0] == "unreachable"
+
+    def _give_up(self, child: _Child) -> None:
+        """A child could not start: restarting it would fail the same way, so stop the
+        others (gracefully, as on SIGTERM) and leave with its error."""
+        reason = child.failure[1] if child.failure is not None else "see the log above"
+        if self._start_failure is None:
+            self._start_failure = child.failure or (
+                "cannot-start",
+                f"worker process {child.number} could not start (exit status {EXIT_CONFIG});"
+                " see the log above",
+            )
+        others = [c for c in self.children if c.process.is_alive()]
+        log.error(
+            "worker process %d cannot start: %s; not restarting it%s",
+            child.number,
+            reason,
+            f", stopping the other {len(others)}" if others and not self._stopping else "",
+        )
+        if not self._stopping:
+            self._stopping = True
+            timeout = float(self.worker_options.get("timeout", 8.0))
+            self._stop_deadline = time.monotonic() + timeout + KILL_GRACE
+            for other in others:
+                if other.process.pid is not None:
+                    try:
+                        os.kill(other.process.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        continue
+
 
 def run_supervisor(
     app_path: str,
@@ -343,7 +413,8 @@ def run_supervisor(
     log_level: str = "INFO",
     log_format: str = "text",
 ) -> int:
-    """Run a :class:`Supervisor` to the end; returns the exit status."""
+    """Run a :class:`Supervisor` to the end; returns the exit status (raises what
+    :meth:`Supervisor.run` raises when a worker process could not start)."""
     sup = Supervisor(
         app_path,
         processes=processes,

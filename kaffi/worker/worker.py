@@ -29,6 +29,18 @@ What a job's outcome becomes
   with capped backoff for up to :data:`REPORT_RETRY_SECONDS`, then logged loudly (the
   job then runs again when its reservation lapses).
 
+Reaching the server
+-------------------
+- At start-up, before any slot exists, the heartbeat connection says HELLO. Attempts are
+  repeated with a short backoff for up to the connect timeout (5 s by default); a server
+  still unreachable then is a start-up failure: ``run()`` raises ``ConnectError`` naming
+  the server (never the password). A refused password is raised at once.
+- Once running, a lost server is an outage to ride out: every slot, the heartbeat and
+  the report retries reconnect by themselves with capped backoff. The outage is logged
+  once for the whole worker (:class:`_Outage`): a warning when a connect first fails, a
+  reminder every :data:`OUTAGE_REMINDER_SECONDS` while it lasts, an info line when a
+  connect succeeds again. A single dropped connection is only a debug line.
+
 States (Faktory's): running -> quiet -> terminate -> stopped, only ever forward.
 
 - *quiet* (SIGTSTP, ``worker.quiet()``, a BEAT reply ``quiet``, burst mode once the
@@ -74,6 +86,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kaffi.errors import (
     AuthenticationError,
     ConfigurationError,
+    ConnectError,
+    ConnectTimeout,
     KaffiError,
     RemoteProtocolError,
     ServerError,
@@ -102,7 +116,13 @@ if TYPE_CHECKING:
     from kaffi.client.aio import AsyncConnection
     from kaffi.client.config import ConnectionSettings
 
-__all__ = ["Worker", "REPORT_RETRY_SECONDS", "format_backtrace", "next_backoff"]
+__all__ = [
+    "Worker",
+    "REPORT_RETRY_SECONDS",
+    "OUTAGE_REMINDER_SECONDS",
+    "format_backtrace",
+    "next_backoff",
+]
 
 T = TypeVar("T")
 
@@ -119,6 +139,10 @@ FETCH_GRACE_SECONDS = 12.0
 #: The least read deadline for a FETCH: the server holds an empty one for about 2 s, so a
 #: short client timeout (fine for PUSH) must not turn every idle FETCH into an error.
 MIN_FETCH_TIMEOUT = 7.0
+#: While the server stays unreachable, the outage is logged again at most this often.
+OUTAGE_REMINDER_SECONDS = 30.0
+#: At start-up, the wait between attempts at the first connection doubles up to this.
+STARTUP_BACKOFF_CAP = 1.0
 #: How often the memory limit and the parent process are checked, when asked for.
 MONITOR_INTERVAL = 1.0
 #: Errtype of a job FAILed because the worker shut down before or while running it.
@@ -188,6 +212,87 @@ async def _close(conn: AsyncConnection | None) -> None:
         await conn.close()
     except (KaffiError, OSError) as exc:
         log.debug("closing %r: %s", conn, exc)
+
+
+class _Outage:
+    """Whether the worker reaches its server, so an outage is logged once per worker, not
+    once per slot and attempt.
+
+    Every connect (slots, heartbeat, report retries) tells it how it went: the first
+    failure logs a warning, further failures a reminder at most every
+    :data:`OUTAGE_REMINDER_SECONDS`, and the first success after that an info line. A
+    failed connect that began before the server came back is a leftover of the outage
+    that just ended, not a new one. No I/O; ``clock`` is there for tests.
+    """
+
+    __slots__ = ("_clock", "_reminded", "_up_since", "down_since", "failures", "url", "wid")
+
+    def __init__(self, wid: str, url: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.wid = wid
+        self.url = url
+        self._clock = clock
+        #: When the first connect of the current outage failed; None while reachable.
+        self.down_since: float | None = None
+        #: Failed connects in the current outage.
+        self.failures = 0
+        self._reminded = 0.0
+        self._up_since = float("-inf")
+
+    def now(self) -> float:
+        """The clock the outage is measured with (a connect attempt notes its start)."""
+        return self._clock()
+
+    def connect_failed(self, exc: BaseException, attempt_started: float) -> None:
+        """A connect that began at ``attempt_started`` failed with ``exc``."""
+        now = self._clock()
+        if self.down_since is None:
+            if attempt_started < self._up_since:
+                log.debug(
+                    "worker %s: a connect from before the server came back failed: %s",
+                    self.wid,
+                    exc,
+                )
+                return
+            self.down_since = self._reminded = now
+            self.failures = 1
+            log.warning(
+                "worker %s: cannot reach the Faktory server at %s (%s); jobs wait while the"
+                " worker reconnects by itself, backing off up to %gs",
+                self.wid,
+                self.url,
+                exc,
+                BACKOFF_CAP,
+            )
+            return
+        self.failures += 1
+        if now - self._reminded >= OUTAGE_REMINDER_SECONDS:
+            self._reminded = now
+            log.warning(
+                "worker %s: the Faktory server at %s is still unreachable after %.0fs"
+                " (%d failed connects): %s",
+                self.wid,
+                self.url,
+                now - self.down_since,
+                self.failures,
+                exc,
+            )
+        else:
+            log.debug("worker %s: connect failed again: %s", self.wid, exc)
+
+    def connected(self) -> None:
+        """A connect succeeded: ends the outage, if there was one."""
+        if self.down_since is None:
+            return
+        now = self._clock()
+        log.info(
+            "worker %s: the Faktory server at %s is back after %.1fs; carrying on",
+            self.wid,
+            self.url,
+            now - self.down_since,
+        )
+        self.down_since = None
+        self.failures = 0
+        self._up_since = now
 
 
 class _Slot:
@@ -334,6 +439,7 @@ class Worker:
         self._sigint_count = 0
         self._stop_reason = ""
         self._fetch_timeout = MIN_FETCH_TIMEOUT
+        self._outage_state: _Outage | None = None
 
     def __repr__(self) -> str:
         return (
@@ -427,7 +533,15 @@ class Worker:
 
     async def run(self, *, install_signal_handlers: bool = False) -> None:
         """Run in the current event loop until stopped. Raises only for errors that make
-        running pointless (a refused password, a bad configuration)."""
+        running pointless (a refused password, a bad configuration).
+
+        Before any slot starts, the heartbeat connection says HELLO; attempts are
+        repeated with a short backoff for up to the connect timeout (``connect_timeout``,
+        5 s by default). A server still unreachable then raises
+        :class:`~kaffi.errors.ConnectError` (``ConnectTimeout`` when it never answered);
+        a refused password raises :class:`~kaffi.errors.AuthenticationError`. A server
+        lost later is not fatal: every connection reconnects with capped backoff, and
+        the outage is logged once (plus a reminder every 30 s while it lasts)."""
         if self._started:
             raise ConfigurationError("this Worker has already been started; build a new one")
         self._started = True
@@ -465,26 +579,35 @@ class Worker:
             self.settings.url,
             os.getpid(),
         )
-        self._slots = [_Slot(i) for i in range(self.concurrency)]
-        self._live_slots = len(self._slots)
-        for slot in self._slots:
-            slot.task = loop.create_task(self._slot_loop(slot), name=f"kaffi-slot-{slot.index}")
-        beat_task = loop.create_task(self._heartbeat(), name="kaffi-heartbeat")
-        self.ready.set()
-        monitor_task = (
-            loop.create_task(self._monitor(), name="kaffi-monitor")
-            if self.max_memory_mb is not None or self._parent_pid is not None
-            else None
-        )
+        beat_task: asyncio.Task[None] | None = None
+        monitor_task: asyncio.Task[None] | None = None
         try:
-            await self._stop_event.wait()
+            # The first connection, before any slot: a server that cannot be reached
+            # now is a start-up failure (raised), not an outage to ride out.
+            if await self._first_connection():
+                self._slots = [_Slot(i) for i in range(self.concurrency)]
+                self._live_slots = len(self._slots)
+                for slot in self._slots:
+                    slot.task = loop.create_task(
+                        self._slot_loop(slot), name=f"kaffi-slot-{slot.index}"
+                    )
+                beat_task = loop.create_task(self._heartbeat(), name="kaffi-heartbeat")
+                self.ready.set()
+                if self.max_memory_mb is not None or self._parent_pid is not None:
+                    monitor_task = loop.create_task(self._monitor(), name="kaffi-monitor")
+                await self._stop_event.wait()
         except asyncio.CancelledError:
             # The host cancelled run(): still give back every job held, without waiting.
             self._hurry_requested = True
             self._hurry.set()
             raise
         finally:
-            await self._shutdown()
+            started = bool(self._slots)
+            if started:
+                await self._shutdown()
+            else:
+                # Nothing ran and nothing is held: there is nothing to shut down.
+                self.state = TERMINATE
             for task in (beat_task, monitor_task):
                 if task is not None:
                     task.cancel()
@@ -498,13 +621,14 @@ class Worker:
             self.state = STOPPED
             self._stopped.set()
             self._done.set()
-            log.info(
-                "worker %s stopped (%s): %d jobs processed, %d failed",
-                self.wid,
-                self._stop_reason or "done",
-                self.processed,
-                self.failed,
-            )
+            if started:
+                log.info(
+                    "worker %s stopped (%s): %d jobs processed, %d failed",
+                    self.wid,
+                    self._stop_reason or "done",
+                    self.processed,
+                    self.failed,
+                )
         if self._fatal is not None:
             raise self._fatal
 
@@ -600,7 +724,13 @@ class Worker:
 
     # -- connections ----------------------------------------------------------------------
 
-    async def _open(self) -> AsyncConnection:
+    def _outage(self) -> _Outage:
+        if self._outage_state is None:
+            self._outage_state = _Outage(self.wid, self.settings.url)
+        return self._outage_state
+
+    async def _connect(self) -> AsyncConnection:
+        """A new connection, HELLO'd with this worker's wid and labels."""
         from kaffi.client.aio import AsyncConnection
 
         return await AsyncConnection.open(
@@ -610,6 +740,78 @@ class Worker:
             hostname=self.hostname,
             pid=os.getpid(),
         )
+
+    async def _open(self) -> AsyncConnection:
+        """:meth:`_connect`, once running: the outcome feeds the outage log."""
+        outage = self._outage()
+        attempt_started = outage.now()
+        try:
+            conn = await self._connect()
+        except (TransportError, RemoteProtocolError) as exc:
+            outage.connect_failed(exc, attempt_started)
+            raise
+        outage.connected()
+        return conn
+
+    async def _first_connection(self) -> bool:
+        """Start-up: open the heartbeat connection (its HELLO registers the wid), trying
+        for up to the connect timeout. True once connected; False when a stop came first.
+
+        Raises ConnectError (ConnectTimeout if the server never answered) naming the
+        server, without its password, when every attempt failed; a refused password or
+        another ``-ERR`` to HELLO is raised as it is, at once: retrying cannot fix it.
+        """
+        assert self._stop_event is not None
+        loop = asyncio.get_running_loop()
+        window = self.settings.connect_timeout
+        deadline = loop.time() + window
+        delay = BACKOFF_FIRST
+        attempts = 0
+        while True:
+            if self.state in (TERMINATE, STOPPED):
+                return False
+            attempts += 1
+            remaining = max(deadline - loop.time(), 0.001)
+            opening = asyncio.ensure_future(asyncio.wait_for(self._connect(), remaining))
+            stopping = asyncio.ensure_future(self._stop_event.wait())
+            try:
+                await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not opening.done():
+                    opening.cancel()
+                await asyncio.gather(opening, stopping, return_exceptions=True)
+            if opening.cancelled():
+                return False  # the stop won the race
+            try:
+                self._beat_conn = opening.result()
+            except asyncio.TimeoutError:
+                error: KaffiError = ConnectTimeout(
+                    f"no answer within the connect timeout of {window:g}s"
+                )
+            except (TransportError, RemoteProtocolError) as exc:
+                error = exc
+            else:
+                return self.state not in (TERMINATE, STOPPED)
+            if self.state in (TERMINATE, STOPPED):
+                return False
+            wait = min(delay, deadline - loop.time())
+            if wait <= 0:
+                raise _unreachable(self.settings.url, error, attempts, window)
+            if attempts == 1:
+                log.info(
+                    "worker %s: cannot reach the Faktory server at %s yet (%s); trying for"
+                    " up to %gs",
+                    self.wid,
+                    self.settings.url,
+                    _reason(self.settings.url, error),
+                    window,
+                )
+            try:
+                await asyncio.wait_for(self._stop_event.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, STARTUP_BACKOFF_CAP)
 
     def _fatal_error(self, exc: BaseException) -> None:
         if self._fatal is None:
@@ -639,10 +841,20 @@ class Worker:
             except AuthenticationError as exc:
                 self._fatal_error(exc)
                 return None
-            except (TransportError, RemoteProtocolError, ServerError) as exc:
+            except (TransportError, RemoteProtocolError) as exc:
+                # Logged once for the whole worker by the outage tracker (_open).
+                log.debug(
+                    "worker %s: slot %d reconnecting in %.2fs: %s", self.wid, slot.index, delay, exc
+                )
+                await self._pause(delay)
+                delay = next_backoff(delay)
+            except ServerError as exc:
                 if slot.index == 0 or delay >= BACKOFF_CAP:
                     log.warning(
-                        "worker %s cannot connect (retrying in %.2fs): %s", self.wid, delay, exc
+                        "worker %s: the server refused HELLO (retrying in %.2fs): %s",
+                        self.wid,
+                        delay,
+                        exc,
                     )
                 await self._pause(delay)
                 delay = next_backoff(delay)
@@ -682,7 +894,14 @@ class Worker:
                         # repeat, so send it again rather than risk losing it.
                         await self._report(slot, pending)
                         pending = None
-                    log.warning("worker %s: connection lost, reconnecting: %s", self.wid, exc)
+                    # Not a warning: if the server is gone, the reconnect that fails
+                    # says so once for every slot (see _Outage).
+                    log.debug(
+                        "worker %s: slot %d lost its connection, reconnecting: %s",
+                        self.wid,
+                        slot.index,
+                        exc,
+                    )
                     await self._pause(delay)
                     delay = next_backoff(delay)
                     continue
@@ -850,7 +1069,10 @@ class Worker:
                 self._fatal_error(exc)
                 return
             except (TransportError, RemoteProtocolError, ServerError) as exc:
-                log.warning("worker %s: heartbeat failed (will retry): %s", self.wid, exc)
+                if self._outage().down_since is None:
+                    log.warning("worker %s: heartbeat failed (will retry): %s", self.wid, exc)
+                else:
+                    log.debug("worker %s: heartbeat failed during the outage: %s", self.wid, exc)
             await asyncio.sleep(self.beat_interval)
 
     async def _beat_once(self) -> str:
@@ -1006,6 +1228,20 @@ class Worker:
             frames = _coroutine_frames(slot.task.get_coro())
             return traceback.StackSummary.extract((f, f.f_lineno) for f in frames)
         return traceback.StackSummary()
+
+
+def _reason(url: str, error: KaffiError) -> str:
+    """``error``'s text for a message that already names the server at ``url``."""
+    return str(error).removeprefix(f"could not connect to {url}: ")
+
+
+def _unreachable(url: str, error: KaffiError, attempts: int, window: float) -> ConnectError:
+    """The start-up error: names the server (never its password) and the last failure."""
+    tried = f"{attempts} attempt{'s' if attempts != 1 else ''} in {window:g}s"
+    message = f"cannot reach the Faktory server at {url}: {_reason(url, error)} ({tried})"
+    if isinstance(error, ConnectTimeout):
+        return ConnectTimeout(message)
+    return ConnectError(message)
 
 
 def _in_thread(fn: Callable[[], T]) -> T:

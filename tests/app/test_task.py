@@ -296,7 +296,7 @@ def test_apply_async_celery_spelling(app: App, sent: Recorder) -> None:
         add.apply_async((1,), eta="2030-01-01T00:00:00Z", at="2030-01-01T00:00:00Z")
 
 
-def test_delay_many_validates_all_then_pushes_in_chunks(app: App, sent: Recorder) -> None:
+def test_delay_many_pushes_in_chunks(app: App, sent: Recorder) -> None:
     @app.task
     def square(n: int) -> None:
         del n
@@ -306,6 +306,25 @@ def test_delay_many_validates_all_then_pushes_in_chunks(app: App, sent: Recorder
     assert [p["args"] for p in sent.payloads[:3]] == [[0], [1], [2]]
     assert len(rejected) == 3
     assert rejected[0].reason == "test"
+
+
+def test_delay_many_bad_item_in_a_later_chunk_says_what_was_sent(app: App, sent: Recorder) -> None:
+    @app.task
+    def square(n: int) -> None:
+        del n
+
+    items: list[Any] = [(i,) for i in range(2500)]
+    items[2100] = ("x",)
+    message = (
+        r"delay_many item 2100: task 'square': argument 'n'.*; jobs 0 to 1999 were already "
+        r"pushed, nothing from job 2000 on"
+    )
+    with pytest.raises(ValidationError, match=message):
+        square.delay_many(iter(items))
+    assert sent.chunks == [1000, 1000]
+    with pytest.raises(ValidationError, match=r"delay_many item 5: .*; nothing was sent"):
+        square.delay_many([(1,)] * 5 + [("x",)])
+    assert sent.chunks == [1000, 1000]
 
 
 def test_delay_many_accepts_keyword_dicts(app: App, sent: Recorder) -> None:

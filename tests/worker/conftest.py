@@ -4,6 +4,7 @@ write an app module for the command line, and read a subprocess's log lines."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import signal
@@ -125,6 +126,20 @@ def project(tmp_path: Path) -> Path:
     """A directory with ``tasks_app.py`` (see APP_SOURCE) to run ``kaffi worker`` in."""
     (tmp_path / "tasks_app.py").write_text(textwrap.dedent(APP_SOURCE))
     return tmp_path
+
+
+@pytest.fixture
+def fresh_tasks_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """CliRunner imports tasks_app into this process: never reuse another test's copy, and
+    take back the log handler the command installs on the root logger."""
+    monkeypatch.delitem(sys.modules, "tasks_app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    yield
+    sys.modules.pop("tasks_app", None)
+    root.handlers[:] = saved[1]
+    root.setLevel(saved[0])
 
 
 def worker_env(project: Path, url: str) -> dict[str, str]:

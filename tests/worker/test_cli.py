@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +18,6 @@ from kaffi.worker import Worker, supervisor
 from kaffi.worker.logging import JsonFormatter
 
 from .conftest import WAIT, kaffi_worker, read_out, stats, wait_until
-
-
-@pytest.fixture
-def fresh_tasks_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """CliRunner imports tasks_app into this process: never reuse another test's copy, and
-    take back the log handler the command installs on the root logger."""
-    monkeypatch.delitem(sys.modules, "tasks_app", raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    root = logging.getLogger()
-    saved = (root.level, list(root.handlers))
-    yield
-    sys.modules.pop("tasks_app", None)
-    root.handlers[:] = saved[1]
-    root.setLevel(saved[0])
 
 
 def push(app: App, jobtype: str, *args: Any, queue: str = "default", retry: int = 3) -> str:
@@ -403,6 +387,9 @@ def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly
     class FakePipe:
         closed = False
 
+        def poll(self) -> bool:
+            return False
+
         def close(self) -> None:
             self.closed = True
 
@@ -422,6 +409,52 @@ def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly
         supervisor.RESTART_FIRST * 4,
     ]
     die(0)  # finished on its own (burst, terminate): not replaced
-    die(supervisor.EXIT_CONFIG)  # cannot start: restarting would not help
+    stopping = [sup._stopping]
+    die(supervisor.EXIT_CONFIG)  # cannot start: restarting would not help, so stop
+    stopping.append(sup._stopping)
     assert len(sup._restarts) == 3
     assert sup.children == []
+    assert stopping == [False, True], "a child that cannot start must stop the supervisor"
+    assert sup._start_failure is not None
+
+
+def test_a_replacement_child_that_meets_an_outage_is_restarted_not_fatal() -> None:
+    class FakeProcess:
+        exitcode = supervisor.EXIT_CONFIG
+        pid = 4343
+
+        def join(self, timeout: float | None = None) -> None:
+            return None
+
+    class FakePipe:
+        closed = False
+
+        def poll(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def fail(sup: supervisor.Supervisor, kind: str) -> None:
+        child = supervisor._Child(1, FakeProcess(), FakePipe())  # type: ignore[arg-type]
+        child.failure = (kind, "cannot reach the Faktory server at tcp://127.0.0.1:1")
+        sup.children.append(child)
+        sup._reap(child)
+
+    # Never reached the server: a set-up mistake, so the supervisor stops.
+    first = supervisor.Supervisor("tasks_app:app", processes=1, worker_options={})
+    fail(first, "unreachable")
+    assert first._stopping
+    assert first._start_failure is not None
+    assert first._restarts == []
+
+    # Reached it before: an outage, so the child is restarted with backoff.
+    later = supervisor.Supervisor("tasks_app:app", processes=1, worker_options={})
+    later._server_seen = True
+    fail(later, "unreachable")
+    assert (later._stopping, later._start_failure) == (False, None)
+    assert [backoff for _, backoff in later._restarts] == [supervisor.RESTART_FIRST]
+
+    # A child that cannot start for another reason (bad app, refused password) still stops it.
+    fail(later, "cannot-start")
+    assert (later._stopping, later._start_failure is not None) == (True, True)
