@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     BaseModel,
@@ -27,8 +27,11 @@ from pydantic import (
     field_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import CoreSchema, PydanticSerializationError, SchemaValidator
 from pydantic_core import to_json as _to_json
+
+if TYPE_CHECKING:
+    from pydantic.plugin._schema_validator import PluggableSchemaValidator
 
 from kaffi.errors import RemoteProtocolError, ValidationError
 
@@ -272,12 +275,16 @@ class JobPayload(_Model):
     @classmethod
     def from_wire(cls, data: bytes | str | dict[str, Any]) -> JobPayload:
         """Parse a job a server sent; lenient about values another client may have chosen."""
+        validator = _WIRE_VALIDATOR if cls is JobPayload else cls.__pydantic_validator__
         try:
             if isinstance(data, dict):
-                return cls.model_validate(data, context=_LENIENT)
-            return cls.model_validate_json(data, context=_LENIENT)
+                job = validator.validate_python(data, context=_LENIENT)
+            else:
+                job = validator.validate_json(data, context=_LENIENT)
         except PydanticValidationError as exc:
             raise RemoteProtocolError(validation_message(exc, "server sent a bad job: ")) from None
+        assert isinstance(job, cls)
+        return job
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Assignments are validated too (validate_assignment); keep kaffi's error type.
@@ -326,6 +333,41 @@ def _refuse_non_finite(data: bytes, jid: str) -> None:
 #: The model's own pydantic-core serializer: calling it directly skips model_dump_json's
 #: keyword handling, which is a measurable share of encoding a small job.
 _JOB_SERIALIZER = JobPayload.__pydantic_serializer__
+
+#: The checks the lenient context turns off; from_wire's validator leaves them out.
+_STRICT_ONLY_FIELDS = ("jid", "retry", "reserve_for", "backtrace")
+
+
+def _without_strict_checks(schema: CoreSchema) -> CoreSchema | None:
+    """JobPayload's core schema minus the Python validators of the strict-only fields.
+
+    Those validators do nothing in the lenient context but still cost a call into Python
+    each; a worker parses every job it fetches, so :meth:`JobPayload.from_wire` uses a
+    validator built from this schema (same class, same fields, same other checks).
+    None if pydantic laid the schema out otherwise: the model's own validator, given the
+    lenient context, then does the same job a little slower.
+    """
+    if schema["type"] != "model" or schema["schema"]["type"] != "model-fields":
+        return None
+    fields = dict(schema["schema"]["fields"])
+    for name in _STRICT_ONLY_FIELDS:
+        field = fields[name]
+        outer = field["schema"]
+        if outer["type"] != "default" or outer["schema"]["type"] != "function-after":
+            return None
+        plain = {**outer, "schema": outer["schema"]["schema"]}
+        fields[name] = {**field, "schema": plain}
+    return {**schema, "schema": {**schema["schema"], "fields": fields}}
+
+
+def _wire_validator() -> SchemaValidator | PluggableSchemaValidator:
+    schema = _without_strict_checks(JobPayload.__pydantic_core_schema__)
+    if schema is None:
+        return JobPayload.__pydantic_validator__
+    return SchemaValidator(schema)
+
+
+_WIRE_VALIDATOR = _wire_validator()
 
 
 class EncodedJob:

@@ -155,6 +155,34 @@ def test_connection_failures_mark_it_broken(fake: FakeFaktory) -> None:
     run(main())
 
 
+def test_every_read_keeps_its_own_deadline(fake: FakeFaktory) -> None:
+    # Reads share one lazily re-armed timer per connection: a shorter deadline must move
+    # it earlier, and a later one must be honoured after the timer fires at an old one.
+    fake.script("INFO", SILENT, SILENT)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        s = resolve_settings(fake.url, timeout=20)
+        conn = await AsyncConnection.open(s)
+        assert await conn.request(encode_fetch("q"), timeout=20) == BulkReply(None)
+        started = loop.time()
+        with pytest.raises(ReadTimeout):
+            await conn.request(encode_info(), timeout=0.3)
+        assert loop.time() - started < 5
+        await conn.close()
+
+        conn = await AsyncConnection.open(s)
+        assert await conn.request(encode_fetch("q"), timeout=0.2) == BulkReply(None)
+        started = loop.time()
+        with pytest.raises(ReadTimeout):
+            await conn.request(encode_info(), timeout=0.6)
+        assert 0.55 <= loop.time() - started < 10
+        assert conn.broken
+        await conn.close()
+
+    run(main())
+
+
 def test_cancelled_request_poisons_the_connection(fake: FakeFaktory) -> None:
     fake.script("INFO", SILENT)
 

@@ -272,6 +272,12 @@ def test_from_wire_is_lenient_about_what_another_client_may_send() -> None:
     assert (job.jid, job.reserve_for, job.retry, job.backtrace) == ("short", 10, -5, -1)
     assert not hasattr(job, "unknown")
     assert "unknown" not in job.to_wire()
+    # The lenient parse yields an ordinary JobPayload: later assignments are strict again.
+    assert type(job) is JobPayload
+    with pytest.raises(ValidationError, match="reserve_for"):
+        job.reserve_for = 10
+    with pytest.raises(ValidationError, match="jid"):
+        job.jid = "short"
 
 
 @pytest.mark.parametrize(
