@@ -31,6 +31,7 @@ command, whether to retry it, and what the reply means.
 
 from __future__ import annotations
 
+import abc
 import functools
 import ssl
 import traceback
@@ -98,7 +99,7 @@ JobLike = _JobBuilder | JobPayload | EncodedJob | Mapping[str, Any]
 BulkJob = JobPayload | EncodedJob
 
 
-class ClientBase:
+class ClientBase(abc.ABC):
     """What :class:`Client` and :class:`~kaffi.client.AsyncClient` share: the
     arguments (see :class:`Client`), where to connect, who they are (wid, labels), the
     pool, and ``repr()``. Each subclass builds its own kind of pool."""
@@ -140,11 +141,11 @@ class ClientBase:
             None if self.settings.timeout >= FETCH_TIMEOUT_FLOOR else FETCH_TIMEOUT_FLOOR
         )
 
+    @abc.abstractmethod
     def _new_pool(
         self, size: int, timeout: float, hostname: str | None
     ) -> ConnectionPool | AsyncConnectionPool:
         """The pool of this client's kind of connection (each subclass builds its own)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         # settings.url never holds the password; the pool's repr shows only counts.

@@ -31,6 +31,7 @@ knows nothing about HELLO, wids or TLS.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import threading
@@ -69,7 +70,7 @@ def _poisoned(exc: BaseException) -> bool:
 _C = TypeVar("_C", "Connection", "AsyncConnection")
 
 
-class _PoolBase(Generic[_C]):
+class _PoolBase(abc.ABC, Generic[_C]):
     """The state both pools keep, the checks of their options, and their ``repr()``."""
 
     def __init__(self, *, size: int, timeout: float, label: str) -> None:
@@ -118,8 +119,9 @@ class _PoolBase(Generic[_C]):
             "(raise pool_size or pool_timeout, or hold connections for less time)"
         )
 
+    @abc.abstractmethod
     def _reset_after_fork(self) -> None:
-        raise NotImplementedError
+        """Forget the parent's connections in a forked child (each pool kind its own way)."""
 
 
 class ConnectionPool(_PoolBase[Connection]):
