@@ -375,28 +375,38 @@ def test_wid_labels_beat_interval_health_file_and_log_level_as_a_subprocess(
     assert "done record" not in logs.text()
 
 
+class _ExitedProcess:
+    """What the supervisor reads of a child process that has already exited."""
+
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+        self.pid = 4242
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+class _SilentPipe:
+    """A child's pipe with nothing left to read."""
+
+    closed = False
+
+    def poll(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _exited_child(code: int) -> supervisor._Child:
+    return supervisor._Child(1, _ExitedProcess(code), _SilentPipe())  # type: ignore[arg-type]
+
+
 def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly() -> None:
-    class FakeProcess:
-        def __init__(self, exitcode: int) -> None:
-            self.exitcode = exitcode
-            self.pid = 4242
-
-        def join(self, timeout: float | None = None) -> None:
-            return None
-
-    class FakePipe:
-        closed = False
-
-        def poll(self) -> bool:
-            return False
-
-        def close(self) -> None:
-            self.closed = True
-
     sup = supervisor.Supervisor("tasks_app:app", processes=1, worker_options={})
 
     def die(code: int) -> None:
-        child = supervisor._Child(1, FakeProcess(code), FakePipe())  # type: ignore[arg-type]
+        child = _exited_child(code)
         sup.children.append(child)
         sup._reap(child)
 
@@ -419,24 +429,8 @@ def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly
 
 
 def test_a_replacement_child_that_meets_an_outage_is_restarted_not_fatal() -> None:
-    class FakeProcess:
-        exitcode = supervisor.EXIT_CONFIG
-        pid = 4343
-
-        def join(self, timeout: float | None = None) -> None:
-            return None
-
-    class FakePipe:
-        closed = False
-
-        def poll(self) -> bool:
-            return False
-
-        def close(self) -> None:
-            self.closed = True
-
     def fail(sup: supervisor.Supervisor, kind: str) -> None:
-        child = supervisor._Child(1, FakeProcess(), FakePipe())  # type: ignore[arg-type]
+        child = _exited_child(supervisor.EXIT_CONFIG)
         child.failure = (kind, "cannot reach the Faktory server at tcp://127.0.0.1:1")
         sup.children.append(child)
         sup._reap(child)
