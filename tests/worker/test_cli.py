@@ -131,9 +131,15 @@ def test_second_sigint_skips_the_wait(app: App, project: Path, faktory_server: A
 def test_tstp_quiets_and_ttin_dumps_stacks(app: App, project: Path, faktory_server: Any) -> None:
     with kaffi_worker(project, faktory_server.url, "tasks_app:app", "-c", "2") as (proc, logs):
         logs.wait_for("starting")
-        proc.send_signal(signal.SIGTTIN)
-        logs.wait_for("stacks of worker")
-        wait_until(lambda: "--- task kaffi-heartbeat" in logs.text(), "the task stacks")
+        wait_until(lambda: faktory_server.workers(), "the worker's HELLO")
+        # "starting" and even the HELLO come before the worker's tasks exist, so a dump
+        # may show none yet: ask again until one shows the heartbeat task.
+        for dumps in range(1, 21):
+            proc.send_signal(signal.SIGTTIN)
+            logs.wait_for("stacks of worker", dumps)
+            if "--- task kaffi-heartbeat" in logs.text():
+                break
+        assert "--- task kaffi-heartbeat" in logs.text(), logs.text()
         proc.send_signal(signal.SIGTSTP)
         logs.wait_for("quiet (asked to quiet)")
         proc.send_signal(signal.SIGTERM)
@@ -335,6 +341,7 @@ def test_processes_and_child_limits_run_the_supervisor(
     assert options["wid"] == "pfx"
     assert options["max_jobs"] == max_jobs
     assert options["max_memory_mb"] == max_memory
+    assert call["cpu_affinity"] == "auto"
 
 
 def test_wid_labels_beat_interval_health_file_and_log_level_as_a_subprocess(
@@ -413,7 +420,7 @@ def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly
     die(-signal.SIGKILL)
     die(1)
     die(-signal.SIGSEGV)
-    assert [backoff for _, backoff in sup._restarts] == [
+    assert [backoff for _, backoff, _ in sup._restarts] == [
         supervisor.RESTART_FIRST,
         supervisor.RESTART_FIRST * 2,
         supervisor.RESTART_FIRST * 4,
@@ -447,8 +454,106 @@ def test_a_replacement_child_that_meets_an_outage_is_restarted_not_fatal() -> No
     later._server_seen = True
     fail(later, "unreachable")
     assert (later._stopping, later._start_failure) == (False, None)
-    assert [backoff for _, backoff in later._restarts] == [supervisor.RESTART_FIRST]
+    assert [backoff for _, backoff, _ in later._restarts] == [supervisor.RESTART_FIRST]
 
     # A child that cannot start for another reason (bad app, refused password) still stops it.
     fail(later, "cannot-start")
     assert (later._stopping, later._start_failure is not None) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "processes", "allowed", "expected"),
+    [
+        ("auto", 2, {0, 1}, [0, 1]),
+        ("auto", 4, {0, 1}, [0, 1, 0, 1]),
+        ("auto", 3, {2, 5, 7}, [2, 5, 7]),
+        ("auto", 2, {0, 1, 2, 3}, None),  # CPUs to spare: the kernel places them well
+        ("on", 2, {0, 1, 2, 3}, [0, 1]),
+        ("on", 5, {3, 1}, [1, 3, 1, 3, 1]),
+        ("off", 4, {0, 1}, None),
+        ("on", 4, {0}, None),  # one CPU: nothing to choose
+        ("auto", 2, None, None),  # the platform cannot pin
+    ],
+)
+def test_plan_affinity(
+    mode: str, processes: int, allowed: set[int] | None, expected: list[int] | None
+) -> None:
+    assert supervisor.plan_affinity(mode, processes, allowed) == expected
+
+
+def test_plan_affinity_names_a_bad_mode() -> None:
+    from kaffi.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="cpu_affinity must be one of auto, on, off"):
+        supervisor.plan_affinity("sometimes", 2, {0, 1})
+
+
+@pytest.mark.usefixtures("fresh_tasks_module")
+def test_cpu_affinity_option_reaches_the_supervisor_and_refuses_bad_values(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake_supervisor(app_path: str, **kwargs: Any) -> int:
+        calls.append(kwargs)
+        return 0
+
+    monkeypatch.setattr(supervisor, "run_supervisor", fake_supervisor)
+    monkeypatch.chdir(project)
+    ok = CliRunner().invoke(main, ["worker", "tasks_app", "-p", "2", "--cpu-affinity", "off"])
+    assert ok.exit_code == 0, ok.output
+    assert [call["cpu_affinity"] for call in calls] == ["off"]
+    bad = CliRunner().invoke(main, ["worker", "tasks_app", "-p", "2", "--cpu-affinity", "often"])
+    assert bad.exit_code == 2
+    assert "--cpu-affinity" in bad.output
+    assert "often" in bad.output
+    assert len(calls) == 1
+
+
+def _child_pids(lines: list[str]) -> list[tuple[int, int]]:
+    """(pid, CPU) of each "started worker process" line."""
+    found = []
+    for line in lines:
+        pid = int(line.split("(pid ")[1].split(",")[0])
+        cpu = int(line.split(", CPU ")[1].split(")")[0])
+        found.append((pid, cpu))
+    return found
+
+
+@pytest.mark.skipif(
+    not (supervisor.allowed_cpus() and len(supervisor.allowed_cpus() or ()) >= 2),
+    reason="needs a platform that pins processes and two usable CPUs",
+)
+def test_cpu_affinity_on_pins_each_child_and_its_replacement(
+    app: App, project: Path, faktory_server: Any
+) -> None:
+    cpus = sorted(supervisor.allowed_cpus() or ())
+    with kaffi_worker(
+        project,
+        faktory_server.url,
+        "tasks_app:app",
+        "--processes",
+        "2",
+        "-c",
+        "2",
+        "--cpu-affinity",
+        "on",
+    ) as (proc, logs):
+        started = _child_pids(logs.wait_for("started worker process", 2))
+        assert [cpu for _, cpu in started] == cpus[:2]
+        wait_until(lambda: len(faktory_server.workers()) >= 2, "both children to say HELLO")
+        for pid, cpu in started:
+            # The child pins itself first thing; by its HELLO that is long done.
+            assert os.sched_getaffinity(pid) == {cpu}
+        # A child killed on the second CPU is replaced on that same CPU.
+        os.kill(started[1][0], signal.SIGKILL)
+        logs.wait_for("died (killed by SIGKILL)")
+        (line,) = logs.wait_for("started worker process 3")
+        ((pid, cpu),) = _child_pids([line])
+        assert cpu == started[1][1]
+        push(app, "record", "pinned")
+        wait_until(lambda: read_out(project) == ["pinned"], "a job after the restart")
+        wait_until(lambda: os.sched_getaffinity(pid) == {cpu}, "the replacement to pin itself")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0, logs.text()
+    assert "pinning each worker process to one CPU" in logs.text()
