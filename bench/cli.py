@@ -95,13 +95,16 @@ class Sizes:
     timeout: float
 
 
+# Sized so a run lasts a second or more: the one-at-a-time enqueue swung by ~10% at 5,000
+# jobs (0.4 s), and the second process of a 2-process CPU-bound drain starts ~40 ms after
+# the first, which cost 3-4% of a 2,000-job run (1.1 s) and ~1.5% of a 5,000-job one.
 FULL = Sizes(
-    single=5_000,
+    single=20_000,
     bulk=50_000,
     threads=8_000,
     asyncio=10_000,
     drain=10_000,
-    cpu=2_000,
+    cpu=5_000,
     raw_push=50_000,
     raw_sequential=5_000,
     raw_pushb=100_000,

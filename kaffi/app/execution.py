@@ -151,6 +151,8 @@ async def _core(
     fn = task.fn
     if task.is_async:
         result = await fn(*args, **kwargs)
+        if result is None:  # most jobs: nothing to check
+            return
         if _is_provider(result):
             # A provider returned by an async job is cheap glue code: call it on the loop.
             result = result(ctx)
@@ -169,6 +171,8 @@ def _call_plain(
     returns. An awaitable result (an async provider, or a function that wraps an async
     one) goes back to the caller to be awaited on the loop."""
     result = fn(*args, **kwargs)
+    if result is None:  # most jobs: nothing to check
+        return None
     if _is_provider(result):
         if is_async_callable(result):
             return result(ctx)

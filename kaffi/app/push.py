@@ -10,12 +10,14 @@ validated and encoded once per push, never again by the client.
 Push middleware see a :class:`PushContext` whose ``job`` is the
 :class:`~kaffi.protocol.models.JobPayload` about to be sent; they may change it (stamp a
 trace id into ``custom``, say) or not call ``next`` to drop the job. The payload model is
-only built when there is push middleware, so the plain ``.delay()`` path stays lean.
+only built when there is push middleware, so the plain ``.delay()`` path stays lean; with
+neither middleware nor a testing mode, :func:`deliver_call` has the task encode the job
+straight to bytes (:meth:`~kaffi.app.task.Task.encoded_job`), with no dict in between.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kaffi.app.middleware import RunSync, run_chain, run_chain_blocking
@@ -34,6 +36,8 @@ __all__ = [
     "collect_async",
     "deliver",
     "deliver_async",
+    "deliver_call",
+    "deliver_call_async",
     "deliver_many",
     "deliver_many_async",
 ]
@@ -84,6 +88,24 @@ def _payload_model(payload: dict[str, Any]) -> JobPayload:
     # Validated already (task options at declaration, args at the call), so no second check;
     # the model still validates assignments a middleware makes.
     return JobPayload.model_validate(payload)
+
+
+def deliver_call(task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """Push one call of ``task`` synchronously (``.delay()``); returns the jid."""
+    app = task.app
+    if app.push_middleware or app.delivery is not None:
+        return deliver(app, task.payload(args, kwargs), task)
+    return app.client.push(task.encoded_job(args, kwargs))
+
+
+async def deliver_call_async(
+    task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> str:
+    """:func:`deliver_call` from asyncio (``.delay_async()``)."""
+    app = task.app
+    if app.push_middleware or app.delivery is not None:
+        return await deliver_async(app, task.payload(args, kwargs), task)
+    return await app.async_client.push(task.encoded_job(args, kwargs))
 
 
 def deliver(app: App, payload: dict[str, Any], task: Task[Any, Any] | None = None) -> str:

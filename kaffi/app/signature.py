@@ -293,7 +293,7 @@ class TaskSignature:
             )
         except PydanticValidationError as exc:
             raise self._validation_error(exc, offset=0) from None
-        except PydanticSerializationError as exc:
+        except (PydanticSerializationError, UnicodeDecodeError) as exc:
             raise self._serialisation_error(values, 0, exc) from None
         for index in encoder.scan:
             self._check_finite(out[index], index)
@@ -308,11 +308,40 @@ class TaskSignature:
                     )
                 except PydanticValidationError as exc:
                     raise self._validation_error(exc, offset=len(values) + i) from None
-                except PydanticSerializationError as exc:
+                except (PydanticSerializationError, UnicodeDecodeError) as exc:
                     raise self._serialisation_error([value], len(values) + i, exc) from None
                 if extra_encoder.scan:
                     self._check_finite(out[-1], len(values) + i)
         return out
+
+    def encode_json(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes | None:
+        """:meth:`encode`'s array as compact JSON bytes, serialised straight from the
+        validated values (no Python list in between): the ``.delay()`` fast path.
+
+        Bad arguments raise exactly as :meth:`encode` does. None means "use encode()":
+        a ``*args`` tail, a value the serializer refuses, or a ``NaN``/``Infinity`` token
+        that encode() must either report or show to be inside a string.
+        """
+        values: Sequence[Any]
+        if not kwargs and type(args) is tuple and self.required <= len(args) <= self._n_positional:
+            # A plain positional call (bind's own shortcut), without copying the tuple.
+            values = args
+        else:
+            values, extra = self.bind(args, kwargs)
+            if extra:
+                return None
+            values = tuple(values)
+        encoder = self._encoders.get(len(values)) or self._encoder(len(values))
+        try:
+            data: bytes = encoder.serializer.to_json(encoder.validator.validate_python(values))
+        except PydanticValidationError as exc:
+            raise self._validation_error(exc, offset=0) from None
+        except (PydanticSerializationError, UnicodeDecodeError):
+            # bytes that are not UTF-8 raise the latter; encode() reports either clearly.
+            return None
+        if encoder.scan and (data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0):
+            return None
+        return data
 
     def _check_finite(self, value: Any, index: int) -> None:
         path = _non_finite(value)
@@ -352,13 +381,16 @@ class TaskSignature:
         )
 
     def _serialisation_error(
-        self, values: Sequence[Any], offset: int, exc: PydanticSerializationError
+        self,
+        values: Sequence[Any],
+        offset: int,
+        exc: PydanticSerializationError | UnicodeDecodeError,
     ) -> ValidationError:
         # The serializer does not say which element failed: find it, on this rare path only.
         for i, value in enumerate(values):
             try:
                 TypeAdapter(Any).dump_python(value, mode="json")
-            except PydanticSerializationError:
+            except (PydanticSerializationError, UnicodeDecodeError):
                 name = self._label(offset + i)
                 return ValidationError(
                     f"task {self.task_name!r}: argument {name!r} cannot become JSON"

@@ -9,6 +9,9 @@ Options (queue, retry, reserve_for, at, countdown, custom, jid, backtrace) are c
 once, when the task is declared or ``.options()`` is called, against the server's own
 rules, and kept as a ready payload template; each ``.delay()`` then only binds and
 validates its arguments (see :mod:`kaffi.app.signature`), fills in a jid and sends.
+The template is also kept as JSON, so a ``.delay()`` that goes straight to the client
+(no push middleware, no testing mode) joins bytes instead of building and encoding a
+dict: :meth:`Task.encoded_job` gives the same bytes as encoding :meth:`Task.payload`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_json
 
 from kaffi.app import push
 from kaffi.app.middleware import is_async_callable
@@ -28,6 +31,7 @@ from kaffi.errors import ValidationError
 from kaffi.protocol.models import (
     DEFAULT_RESERVE_FOR,
     DEFAULT_RETRY,
+    EncodedJob,
     JobPayload,
     RejectedJob,
     format_rfc3339,
@@ -55,6 +59,7 @@ class TaskOptions:
         "countdown",
         "custom",
         "jid",
+        "json_head",
         "queue",
         "reserve_for",
         "retry",
@@ -120,6 +125,8 @@ class TaskOptions:
         if jid is None:
             template.pop("jid")
         self.template = template
+        #: The template as JSON without its closing brace (see the module docstring).
+        self.json_head = _json_head(template)
 
     def replace(self, jobtype: str, **changes: Any) -> TaskOptions:
         """A copy with ``changes`` applied (None means: keep the current value)."""
@@ -141,6 +148,19 @@ class TaskOptions:
             current["at"] = None
         current.update(given)
         return TaskOptions(jobtype, **current)
+
+
+def _json_head(template: dict[str, Any]) -> bytes | None:
+    """``template`` as compact JSON minus the closing ``}``, as the job encoder writes it;
+    None when a job of this template must take the dict path (a NaN or Infinity token, or
+    text that only looks like one, which the dict path tells apart)."""
+    try:
+        data = to_json(template)
+    except (PydanticSerializationError, ValueError, TypeError):
+        return None
+    if len(data) < 3 or data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0:
+        return None
+    return data[:-1]
 
 
 def _strip_prefix(message: str) -> str:
@@ -206,7 +226,9 @@ class Task(Generic[P, R]):
         self._options = options
         self._template = options.template
         self._countdown = options.countdown
+        self._json_head = options.json_head
         self._encode = self.signature.encode
+        self._encode_json = self.signature.encode_json
 
     # -- options ---------------------------------------------------------------------------
 
@@ -277,6 +299,7 @@ class Task(Generic[P, R]):
         configured._options = options
         configured._template = options.template
         configured._countdown = options.countdown
+        configured._json_head = options.json_head
         return configured
 
     # -- running here ----------------------------------------------------------------------
@@ -301,6 +324,27 @@ class Task(Generic[P, R]):
             payload["at"] = format_rfc3339(datetime.now(timezone.utc) + self._countdown)
         return payload
 
+    def encoded_job(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> EncodedJob:
+        """The job a call would push, validated and encoded: the bytes are those of
+        ``EncodedJob.from_checked(self.payload(args, kwargs))``, built without the dict."""
+        head = self._json_head
+        data = self._encode_json(args, kwargs) if head is not None else None
+        if head is None or data is None:
+            # Anything out of the ordinary: the dict path, which reports what is wrong.
+            return EncodedJob.from_checked(self.payload(args, kwargs))
+        # The dict path's key order: the template's keys, then jid (unless an option fixed
+        # it), args and a countdown's at.
+        if self._countdown is None:
+            tail = b"}"
+        else:
+            at = format_rfc3339(datetime.now(timezone.utc) + self._countdown)
+            tail = b',"at":"%b"}' % at.encode()
+        jid = self._options.jid
+        if jid is None:
+            jid = new_jid()
+            return EncodedJob(jid, b'%b,"jid":"%b","args":%b%b' % (head, jid.encode(), data, tail))
+        return EncodedJob(jid, b'%b,"args":%b%b' % (head, data, tail))
+
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Push a job calling this task with these arguments; returns its jid.
 
@@ -308,11 +352,11 @@ class Task(Generic[P, R]):
         or extra argument, or a value that cannot become JSON raises
         :class:`~kaffi.errors.ValidationError` and nothing is sent.
         """
-        return push.deliver(self.app, self.payload(args, kwargs), self)
+        return push.deliver_call(self, args, kwargs)
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """:meth:`delay` for asyncio code (uses ``app.async_client``)."""
-        return await push.deliver_async(self.app, self.payload(args, kwargs), self)
+        return await push.deliver_call_async(self, args, kwargs)
 
     def apply_async(
         self,
@@ -336,7 +380,7 @@ class Task(Generic[P, R]):
                 field=unknown[0],
             )
         task = self.options(**options) if options else self
-        return push.deliver(self.app, task.payload(tuple(args or ()), kwargs or {}), task)
+        return push.deliver_call(task, tuple(args or ()), kwargs or {})
 
     def _payloads(
         self, items: Iterable[Sequence[Any] | Mapping[str, Any]]

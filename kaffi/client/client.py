@@ -259,7 +259,8 @@ class Client(ClientBase):
         If the connection fails before the server answers, the job is sent once more on a
         new connection with the same jid: delivery is at least once.
         """
-        payload = as_payload(job)
+        # An EncodedJob (every .delay()) needs no conversion: skip the call.
+        payload = job if type(job) is EncodedJob else as_payload(job)
         decode_ok(self._call(encode_push(payload), retry=True), "PUSH")
         return payload.jid
 

@@ -144,6 +144,9 @@ class ConnectionPool(_PoolBase[Connection]):
         self._opener = opener
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)
+        #: Threads waiting on ``_available``: a release notifies only when there are any
+        #: (Condition.notify costs about as much as the rest of a release).
+        self._waiting = 0
 
     # -- borrowing --------------------------------------------------------------------
 
@@ -155,26 +158,15 @@ class ConnectionPool(_PoolBase[Connection]):
         than :data:`STALE_CHECK_AFTER` are checked. Raises PoolTimeout after ``timeout``
         seconds without a free slot, or whatever opening a connection raised.
         """
-        deadline = 0.0
         discard: Connection | None = None
         conn: Connection | None = None
         with self._lock:
-            while True:
-                if self._idle and not fresh:
-                    conn = self._idle.pop()
-                    break
-                if self._in_use + len(self._idle) < self.size:
-                    break
-                if self._idle:
-                    # Full, but an idle connection can give up its slot to a fresh one.
-                    discard = self._idle.pop(0)
-                    break
-                if not deadline:
-                    deadline = time.monotonic() + self.timeout
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self._timeout_error()
-                self._available.wait(left)
+            idle = self._idle
+            if idle and not fresh:
+                # The common case: an idle connection, nothing to wait for.
+                conn = idle.pop()
+            else:
+                conn, discard = self._wait_for_slot(fresh)
             self._in_use += 1
             generation = self._generation
         try:
@@ -182,20 +174,44 @@ class ConnectionPool(_PoolBase[Connection]):
                 discard.close()
             # A server restart closes idle connections: notice it here rather than with
             # a failed command, and open a new connection in the stale one's slot.
-            if (
-                conn is not None
-                and (verify or time.monotonic() - conn.idle_since > STALE_CHECK_AFTER)
-                and conn.is_stale()
-            ):
-                conn.close()
-                conn = None
-            if conn is None:
-                conn = self._opener()
-                conn.generation = generation
+            if conn is not None:
+                if (
+                    verify or time.monotonic() - conn.idle_since > STALE_CHECK_AFTER
+                ) and conn.is_stale():
+                    conn.close()
+                    conn = None
+                else:
+                    return conn
+            conn = self._opener()
+            conn.generation = generation
         except BaseException:
             self._give_back_slot()
             raise
         return conn
+
+    def _wait_for_slot(self, fresh: bool) -> tuple[Connection | None, Connection | None]:
+        """With the lock held, wait for a slot: ``(idle connection to use, None)``,
+        ``(None, None)`` (open a new one) or ``(None, idle connection to close first)``.
+        Raises PoolTimeout after ``timeout`` seconds."""
+        deadline = 0.0
+        while True:
+            if self._idle and not fresh:
+                return self._idle.pop(), None
+            if self._in_use + len(self._idle) < self.size:
+                return None, None
+            if self._idle:
+                # Full, but an idle connection can give up its slot to a fresh one.
+                return None, self._idle.pop(0)
+            if not deadline:
+                deadline = time.monotonic() + self.timeout
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._timeout_error()
+            self._waiting += 1
+            try:
+                self._available.wait(left)
+            finally:
+                self._waiting -= 1
 
     def release(self, conn: Connection, *, discard: bool = False) -> None:
         """Return a borrowed connection; ``discard`` (or a broken one) closes it."""
@@ -212,7 +228,8 @@ class ConnectionPool(_PoolBase[Connection]):
             else:
                 conn.idle_since = time.monotonic()
                 self._idle.append(conn)
-            self._available.notify()
+            if self._waiting:
+                self._available.notify()
         if close:
             conn.close()
 
@@ -243,13 +260,15 @@ class ConnectionPool(_PoolBase[Connection]):
     def _give_back_slot(self) -> None:
         with self._lock:
             self._in_use -= 1
-            self._available.notify()
+            if self._waiting:
+                self._available.notify()
 
     def _reset_after_fork(self) -> None:
         # Runs in the child only. The parent's lock may have been held by a thread that
         # does not exist here, so it is replaced, not acquired.
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)
+        self._waiting = 0
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.abandon()

@@ -6,7 +6,9 @@
   ``ContextVar.get`` per record and nothing per job.
 - After each job the worker logs one line on the ``kaffi.job`` logger with ``jid``,
   ``jobtype``, ``duration`` (seconds) and ``outcome`` (``ack`` or ``fail``). When that
-  level is off nothing is formatted.
+  level is off nothing is formatted; when the handler :func:`configure_logging`
+  installed is the only code that would see the line, it is written straight to that
+  handler's stream, as the record would have been, without building the record.
 - :func:`configure_logging` sets up the root logger for the command line: ``text`` for
   people, ``json`` (one object per line) for machines.
 
@@ -28,6 +30,7 @@ from typing import IO, Any
 __all__ = [
     "JOB_LOGGER",
     "JsonFormatter",
+    "KaffiStreamHandler",
     "TextFormatter",
     "configure_logging",
     "install_record_factory",
@@ -114,7 +117,7 @@ class _DoneRecords:
         fields.update(template)
         now = time.time()
         fields["created"] = now
-        fields["msecs"] = int((now - int(now)) * 1000) + 0.0
+        fields["msecs"] = _msecs(now) + 0.0
         fields["relativeCreated"] = (now - _START_TIME) * 1000
         fields["msg"] = msg
         fields["args"] = args
@@ -135,6 +138,11 @@ class _DoneRecords:
         else:
             self._state = None
         return record
+
+
+def _msecs(created: float) -> int:
+    """The milliseconds of ``created`` as a record's ``msecs`` shows them."""
+    return int((created - int(created)) * 1000)
 
 
 _new_record = object.__new__
@@ -161,19 +169,20 @@ def log_job_done(
 ) -> None:
     """The one line per job. Failures are warnings and carry the exception.
 
-    A success line is INFO and built by :class:`_DoneRecords` (no stack walk to find the
-    caller, which is always this function, and no per-record recomputation of what
-    never changes); it costs nothing when the ``kaffi.job`` logger is above INFO.
+    A success line is INFO. When the only handler that would see it is the one
+    :func:`configure_logging` installed (what ``kaffi worker`` runs with), the line is
+    written straight to that handler's stream, formatted as its formatter would format
+    the record, without building a :class:`logging.LogRecord` (:func:`_sole_kaffi_handler`
+    says when that is exact). Otherwise the record is built by :class:`_DoneRecords` (no
+    stack walk to find the caller, which is always this function, and no per-record
+    recomputation of what never changes) and handled as usual. Either way it costs
+    nothing when the ``kaffi.job`` logger is above INFO.
     """
     if error is None:
         if JOB_LOGGER.isEnabledFor(logging.INFO):
-            JOB_LOGGER.handle(
-                _done_records.make(
-                    "done %s %s in %.3fs: %s",
-                    (jobtype, jid, duration, outcome),
-                    {"duration": round(duration, 6), "outcome": outcome},
-                )
-            )
+            handler = _sole_kaffi_handler()
+            if handler is None or not handler.write_done(jid, jobtype, duration, outcome):
+                JOB_LOGGER.handle(_done_record(jid, jobtype, duration, outcome))
     elif JOB_LOGGER.isEnabledFor(logging.WARNING):
         JOB_LOGGER.warning(
             "done %s %s in %.3fs: %s (%s: %s)",
@@ -190,6 +199,46 @@ def log_job_done(
                 "errtype": type(error).__name__,
             },
         )
+
+
+_DONE_MESSAGE = "done %s %s in %.3fs: %s"
+
+
+def _done_record(jid: str, jobtype: str, duration: float, outcome: str) -> logging.LogRecord:
+    return _done_records.make(
+        _DONE_MESSAGE,
+        (jobtype, jid, duration, outcome),
+        {"duration": round(duration, 6), "outcome": outcome},
+    )
+
+
+def _sole_kaffi_handler() -> KaffiStreamHandler | None:
+    """The handler :func:`configure_logging` installed, when handling a ``kaffi.job``
+    record at INFO would reach that handler and no other code at all: kaffi's record
+    factory is the one in place (a user's factory sees every record), no logger on the
+    way and no handler has a filter, and the handler takes INFO (its formatter is checked
+    by :meth:`KaffiStreamHandler.write_done`). None otherwise, and for no handler at all
+    (``lastResort``)."""
+    if logging.getLogRecordFactory() is not _kaffi_factory[0] or JOB_LOGGER.disabled:
+        return None
+    found: KaffiStreamHandler | None = None
+    logger: logging.Logger | None = JOB_LOGGER
+    while logger is not None:
+        if logger.filters:
+            return None
+        for handler in logger.handlers:
+            if (
+                found is not None
+                or type(handler) is not KaffiStreamHandler
+                or handler.filters
+                or handler.level > logging.INFO
+            ):
+                return None
+            found = handler
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return found
 
 
 class _SecondCache:
@@ -224,6 +273,9 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(job)s %(message)s")
         self._seconds = _SecondCache("%Y-%m-%d %H:%M:%S", utc=False)
+        #: (second * 1000 + msecs, asctime) of the last job line: the lines of one
+        #: millisecond share their time text.
+        self._done_time: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
@@ -243,6 +295,25 @@ class TextFormatter(logging.Formatter):
         if record.stack_info:
             text = f"{text}\n{self.formatStack(record.stack_info)}"
         return text
+
+    def format_done(
+        self, created: float, jid: str, jobtype: str, duration: float, outcome: str
+    ) -> str:
+        """What :meth:`format` gives for the record of a job line (:func:`log_job_done`)
+        created at ``created`` in the current job context."""
+        second = int(created)
+        msecs = int((created - second) * 1000)  # what _msecs() gives, inlined
+        key = second * 1000 + msecs
+        cached_key, asctime = self._done_time
+        if key != cached_key:
+            asctime = f"{self._seconds.text(created)},{msecs:03d}"
+            self._done_time = (key, asctime)
+        ctx = job_context.get()
+        job = "" if ctx is None or not ctx[0] else f" [{ctx[1]} {ctx[0]}]"
+        return (
+            f"{asctime} {logging.getLevelName(logging.INFO)} {JOB_LOGGER.name}{job}"
+            f" done {jobtype} {jid} in {duration:.3f}s: {outcome}"
+        )
 
 
 _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
@@ -282,6 +353,52 @@ class JsonFormatter(logging.Formatter):
             doc["stack"] = record.stack_info
         return _JSON.encode(doc)
 
+    def format_done(
+        self, created: float, jid: str, jobtype: str, duration: float, outcome: str
+    ) -> str:
+        """What :meth:`format` gives for the record of a job line (:func:`log_job_done`)
+        created at ``created`` in the current job context: its only extra fields are
+        ``duration`` and ``outcome``, in that (sorted) order."""
+        doc: dict[str, Any] = {
+            "time": f"{self._seconds.text(created)}.{_msecs(created):03d}+00:00",
+            "level": logging.getLevelName(logging.INFO).lower(),
+            "logger": JOB_LOGGER.name,
+            "message": f"done {jobtype} {jid} in {duration:.3f}s: {outcome}",
+            "pid": os.getpid() if logging.logProcesses else None,
+        }
+        ctx = job_context.get()
+        if ctx is not None and ctx[0]:
+            doc["jid"], doc["jobtype"] = ctx
+        doc["duration"] = round(duration, 6)
+        doc["outcome"] = outcome
+        return _JSON.encode(doc)
+
+
+class KaffiStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs: a :class:`logging.StreamHandler`
+    that can also write a job line without a record (see :func:`log_job_done`)."""
+
+    def write_done(self, jid: str, jobtype: str, duration: float, outcome: str) -> bool:
+        """Write the job line as :meth:`handle` would for its record, and say True; False
+        (nothing written) when this handler's formatter is not one of kaffi's own."""
+        formatter = self.formatter
+        if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
+            return False
+        created = time.time()
+        # StreamHandler.emit and flush, under the handler's lock as handle() takes it.
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                text = formatter.format_done(created, jid, jobtype, duration, outcome)
+                stream = self.stream
+                stream.write(text + self.terminator)
+                if stream and hasattr(stream, "flush"):
+                    stream.flush()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(_done_record(jid, jobtype, duration, outcome))
+        return True
+
 
 def configure_logging(
     level: str | int = "INFO", fmt: str = "text", stream: IO[str] | None = None
@@ -308,7 +425,7 @@ def configure_logging(
     for handler in list(root.handlers):
         if getattr(handler, "_kaffi", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = KaffiStreamHandler(stream if stream is not None else sys.stderr)
     handler._kaffi = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)

@@ -1003,10 +1003,12 @@ class Worker:
         backtrace = format_backtrace(traceback.extract_tb(exc.__traceback__), job.backtrace)
         return encode_fail(job.jid, errtype, message, backtrace)
 
-    async def _run_sync(self, fn: Callable[[], T]) -> T:
-        """perform()'s way to run a plain callable: a job thread, with this context."""
+    def _run_sync(self, fn: Callable[[], T]) -> Awaitable[T]:
+        """perform()'s way to run a plain callable: a job thread, with this context.
+        (A plain function handing back the threads' coroutine: no coroutine of its own
+        to create and step through per job.)"""
         assert self._threads is not None
-        return await self._threads.run(functools.partial(_in_thread, fn))
+        return self._threads.run(functools.partial(_in_thread, fn))
 
     async def _report(self, slot: _Slot, line: bytes) -> None:
         """Send one ACK/FAIL on the slot's connection, retrying over fresh connections
@@ -1269,7 +1271,8 @@ _PLAIN_JID = re.compile(r"[A-Za-z0-9_.:-]+")
 def _ack_line(jid: str) -> bytes:
     """``ACK {"jid":J}``, from a byte template when the jid needs no escaping (a twentieth
     of ``encode_ack``'s cost, and the same bytes); ``encode_ack`` otherwise."""
-    if _PLAIN_JID.fullmatch(jid):
+    # isalnum() alone admits non-ASCII letters and digits; isascii() rules them out.
+    if (jid.isalnum() and jid.isascii()) or _PLAIN_JID.fullmatch(jid):
         return b'ACK {"jid":"' + jid.encode("ascii") + b'"}\r\n'
     return encode_ack(jid)
 

@@ -180,6 +180,26 @@ def test_value_that_cannot_become_json_names_the_parameter() -> None:
     assert info.value.field == "payload"
 
 
+@pytest.mark.parametrize("annotation", [bytes, Any])
+def test_bytes_that_are_not_utf8_name_the_parameter(annotation: Any) -> None:
+    def fn(a: int, blob: bytes, *rest: Any) -> None:
+        del a, blob, rest
+
+    fn.__annotations__["blob"] = annotation
+    signature = sig(fn)
+    assert signature.encode((1, b"ok"), {}) == [1, "ok"]
+    assert signature.encode_json((1, b"ok"), {}) == b'[1,"ok"]'
+    # The JSON fast path hands the call back to encode(), which names the problem.
+    assert signature.encode_json((1, b"\xff\xfe"), {}) is None
+    with pytest.raises(ValidationError, match="argument 'blob' cannot become JSON") as info:
+        signature.encode((1, b"\xff\xfe"), {})
+    assert info.value.field == "blob"
+    assert "utf-8" in str(info.value)
+    # In the *args tail too (encode_json hands such calls to encode).
+    with pytest.raises(ValidationError, match=r"argument '\*rest\[0\]' cannot become JSON"):
+        signature.encode((1, b"ok", b"\xff"), {})
+
+
 def test_unannotated_parameters_accept_json_values() -> None:
     def fn(a, b):  # type: ignore[no-untyped-def]
         del a, b

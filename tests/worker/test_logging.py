@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -15,7 +16,11 @@ import pytest
 from kaffi.errors import ConfigurationError
 from kaffi.worker.logging import (
     JsonFormatter,
+    KaffiStreamHandler,
     TextFormatter,
+    _done_record,
+    _msecs,
+    _sole_kaffi_handler,
     configure_logging,
     install_record_factory,
     job_context,
@@ -220,3 +225,150 @@ def test_job_lines_from_several_threads_name_their_own_thread(
         lane_name = "lane-" + record.args[1].split("-")[1]  # type: ignore[index,union-attr]
         assert record.threadName == lane_name
         assert record.thread == idents[lane_name]
+
+
+# -- the job line written without a record ---------------------------------------------
+
+
+@pytest.fixture
+def configured() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    """The handler configure_logging() makes (text, into a StringIO), moved from the root
+    logger to ``kaffi.job`` with propagation off: pytest's own capture handler sits on
+    the root logger while a test runs, and would rightly stop the direct path."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    job_logger = logging.getLogger("kaffi.job")
+    saved = (root.level, list(root.handlers), job_logger.level, job_logger.propagate)
+    configure_logging("info", "text", stream=stream)
+    (handler,) = [h for h in root.handlers if h not in saved[1]]
+    root.removeHandler(handler)
+    root.setLevel(saved[0])
+    job_logger.addHandler(handler)
+    job_logger.setLevel(logging.INFO)
+    job_logger.propagate = False
+    try:
+        yield stream, handler
+    finally:
+        job_logger.removeHandler(handler)
+        job_logger.setLevel(saved[2])
+        job_logger.propagate = saved[3]
+
+
+@contextlib.contextmanager
+def sole(handler: logging.Handler) -> Iterator[None]:
+    """``handler`` alone on ``kaffi.job`` meanwhile: pytest hangs its capture handlers on
+    loggers while a test runs, and those would rightly stop the direct path."""
+    job_logger = logging.getLogger("kaffi.job")
+    saved = job_logger.handlers
+    job_logger.handlers = [handler]
+    try:
+        yield
+    finally:
+        job_logger.handlers = saved
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()])
+@pytest.mark.parametrize("in_job", [True, False])
+def test_the_direct_job_line_is_what_the_formatter_makes_of_the_record(
+    formatter: logging.Formatter, in_job: bool
+) -> None:
+    install_record_factory()
+    token = job_context.set(("jid-abcdefgh", "resize")) if in_job else None
+    try:
+        times = [1764340481.0, 1764340481.999, 1764340481.9995, 1764340481.9995, 7.5, 7.0]
+        for created, duration in zip(times, [0.0, 12.3456789, 3.0, 0.25, 1e-7, 2.5], strict=True):
+            record = _done_record("jid-abcdefgh", "resize", duration, "ack")
+            record.created = created
+            record.msecs = _msecs(created) + 0.0
+            direct = formatter.format_done(  # type: ignore[attr-defined]
+                created, "jid-abcdefgh", "resize", duration, "ack"
+            )
+            assert direct == formatter.format(record)
+    finally:
+        if token is not None:
+            job_context.reset(token)
+
+
+def test_a_job_line_goes_straight_to_the_configured_stream(
+    configured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = configured
+    assert isinstance(handler, KaffiStreamHandler)
+    token = job_context.set(("jid-abcdefgh", "resize"))
+    try:
+        with sole(handler):
+            assert _sole_kaffi_handler() is handler
+            log_job_done("jid-abcdefgh", "resize", 0.0125, "ack")
+    finally:
+        job_context.reset(token)
+    (line,) = stream.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(
+        stamp
+        + r" INFO kaffi\.job \[resize jid-abcdefgh\] done resize jid-abcdefgh in 0\.013s: ack",
+        line,
+    )
+
+
+def test_anything_else_that_would_see_the_record_gets_it(
+    configured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = configured
+    seen: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    class Custom(TextFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return "custom " + record.getMessage()
+
+    job_logger = logging.getLogger("kaffi.job")
+    setups = [
+        (handler.addFilter, handler.removeFilter, keep),
+        (job_logger.addFilter, job_logger.removeFilter, keep),
+        (job_logger.addHandler, job_logger.removeHandler, Keep()),
+        (logging.getLogger().addHandler, logging.getLogger().removeHandler, Keep()),
+    ]
+    with sole(handler):
+        for add, remove, thing in setups:
+            add(thing)  # type: ignore[arg-type]
+            job_logger.propagate = True  # the root logger's handlers see the record too
+            try:
+                assert _sole_kaffi_handler() is None
+                log_job_done("jid-12345678", "add", 0.5, "ack")
+            finally:
+                job_logger.propagate = False
+                remove(thing)  # type: ignore[arg-type]
+        assert _sole_kaffi_handler() is handler
+        log_job_done("jid-12345678", "add", 0.5, "ack")  # straight to the stream
+        assert len(seen) == len(setups)
+        assert all(r.getMessage() == "done add jid-12345678 in 0.500s: ack" for r in seen)
+        assert len(stream.getvalue().splitlines()) == len(setups) + 1
+        # A formatter of the user's own formats the record, not kaffi's direct line.
+        handler.setFormatter(Custom())
+        log_job_done("jid-12345678", "add", 0.5, "ack")
+        assert stream.getvalue().splitlines()[-1] == "custom done add jid-12345678 in 0.500s: ack"
+        # A handler that does not take INFO gets nothing, by either path.
+        handler.setLevel(logging.WARNING)
+        log_job_done("jid-12345678", "add", 0.5, "ack")
+        assert len(stream.getvalue().splitlines()) == len(setups) + 2
+
+
+def test_a_direct_line_that_cannot_be_written_is_reported_like_any_log_error(
+    configured: tuple[io.StringIO, logging.Handler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream, handler = configured
+    reported: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", reported.append)
+    stream.close()
+    with sole(handler):
+        assert _sole_kaffi_handler() is handler
+        log_job_done("jid-12345678", "add", 0.5, "ack")
+    (record,) = reported
+    assert record.getMessage() == "done add jid-12345678 in 0.500s: ack"
