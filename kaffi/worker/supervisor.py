@@ -112,10 +112,9 @@ class _Child:
     number: int
     process: BaseProcess
     pipe: Connection
-    #: Which of the ``processes`` places it fills; its replacement fills the same one.
+    #: Which of the ``processes`` places it fills; its replacement fills the same one
+    #: (and is pinned to the same CPU).
     slot: int = 0
-    #: The CPU it is pinned to, if any.
-    cpu: int | None = None
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False
     #: Why it could not start, as it said before exiting EXIT_CONFIG: (kind, message).
@@ -273,7 +272,7 @@ class Supervisor:
             for signum, handler in saved.items():
                 signal.signal(signum, handler)
         writer.close()
-        child = _Child(number, process, reader, slot=slot, cpu=cpu)
+        child = _Child(number, process, reader, slot=slot)
         self.children.append(child)
         if self._stopping and process.pid is not None:
             # A shutdown signal arrived while this child was starting: it missed the

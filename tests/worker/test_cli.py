@@ -181,7 +181,7 @@ def test_processes_restart_a_killed_child(app: App, project: Path, faktory_serve
     ):
         started = logs.wait_for("started worker process", 2)
         wait_until(lambda: len(faktory_server.workers()) >= 2, "both children to say HELLO")
-        pid = int(started[0].split("(pid ")[1].split(",")[0])
+        pid = _child_pids(started)[0][0]
         os.kill(pid, signal.SIGKILL)
         logs.wait_for("died (killed by SIGKILL)")
         logs.wait_for("started worker process 3")
@@ -510,12 +510,12 @@ def test_cpu_affinity_option_reaches_the_supervisor_and_refuses_bad_values(
     assert len(calls) == 1
 
 
-def _child_pids(lines: list[str]) -> list[tuple[int, int]]:
-    """(pid, CPU) of each "started worker process" line."""
-    found = []
+def _child_pids(lines: list[str]) -> list[tuple[int, int | None]]:
+    """(pid, CPU or None when unpinned) of each "started worker process" line."""
+    found: list[tuple[int, int | None]] = []
     for line in lines:
         pid = int(line.split("(pid ")[1].split(",")[0])
-        cpu = int(line.split(", CPU ")[1].split(")")[0])
+        cpu = int(line.split(", CPU ")[1].split(")")[0]) if ", CPU " in line else None
         found.append((pid, cpu))
     return found
 
