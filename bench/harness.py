@@ -46,6 +46,7 @@ from kaffi.protocol import (
 )
 
 __all__ = [
+    "DRAIN_POLL_MAX",
     "FETCH_BLOCK_SECONDS",
     "REPO_ROOT",
     "RESULTS_DIR",
@@ -60,6 +61,7 @@ __all__ = [
     "Throughput",
     "child_env",
     "cpu_seconds",
+    "drain_poll_delay",
     "noop_jobs",
     "process_tree",
     "rss_mb",
@@ -213,6 +215,20 @@ def noop_jobs(
         }
 
 
+#: The longest a drain goes unobserved (see :meth:`ServerControl.wait_drained`).
+DRAIN_POLL_MAX = 0.25
+
+
+def drain_poll_delay(poll: float, first: float | None, now: float, total: int, left: int) -> float:
+    """How long to sleep before the next look at a drain: ``poll`` until it starts and
+    as it ends, and half the time its rate so far says is left in between."""
+    done = total - left
+    if first is None or done <= 0 or now <= first:
+        return poll
+    eta = left * (now - first) / done
+    return min(max(eta / 2, poll), DRAIN_POLL_MAX)
+
+
 class ServerControl:
     """The harness's own view of the server: flush, fill, count, wait for drains."""
 
@@ -265,7 +281,13 @@ class ServerControl:
     ) -> tuple[float, float]:
         """Wait until ``queue`` is empty and nothing is reserved; return the monotonic
         times of the first job taken and of the drain (``on_first`` is called as soon as
-        the first job is seen taken). Raises BenchError on timeout."""
+        the first job is seen taken). Raises BenchError on timeout.
+
+        Both ends are seen to within ``poll``; in between, the harness looks less often
+        the further the drain is from its end (half the time the rate so far says is left,
+        at most :data:`DRAIN_POLL_MAX`). Each look is an INFO that costs the server about
+        65 us and the harness about 30 us, on the cores the workers are measured on: ten
+        a second cost a 2-process CPU-bound drain ~1% of its throughput."""
         deadline = Deadline(timeout)
         first: float | None = None
         while not deadline.expired:
@@ -277,7 +299,7 @@ class ServerControl:
                     on_first()
             if size == 0 and working == 0:
                 return (first if first is not None else now), now
-            time.sleep(poll)
+            time.sleep(drain_poll_delay(poll, first, now, total, size + working))
         size, working = self.pending(queue)
         raise BenchError(
             f"queue {queue!r} did not drain within {timeout:.0f} s "

@@ -305,8 +305,10 @@ _METHOD = """\
 - **Drain** figures fill a fresh queue with the jobs first (raw PUSHB, so filling costs the
   worker nothing), start the worker as its users would (`kaffi worker bench.tasks:app
   --concurrency 20 [--processes 2] --burst`, `node`, the PyPI workers), and time from
-  the first job taken to the queue empty with nothing reserved, watching INFO every 10 ms.
-  Start-up is measured on its own and does not count against a drain.
+  the first job taken to the queue empty with nothing reserved. INFO is read every 10 ms
+  at both ends of a drain and more rarely in between (at most every 0.25 s), so the
+  harness's own requests cost the machine under test next to nothing. Start-up is
+  measured on its own and does not count against a drain.
 - **CPU-bound** jobs are pure Python loops calibrated at the start of the run to about
   1 ms each on this machine.
 - **Start-up** is the time from spawning the worker process to its first job fetched (one

@@ -6,7 +6,8 @@ kaffi's worker and to every peer's:
 
 - :func:`drain`: fill a fresh queue with the jobs first (raw PUSHB, so filling costs the
   client under test nothing), start the worker, and time from the first job taken to the
-  queue empty with nothing reserved, watching INFO every 10 ms. Start-up is measured
+  queue empty with nothing reserved, reading INFO every 10 ms near both ends and more
+  rarely in between (:meth:`ServerControl.wait_drained`). Start-up is measured
   separately, so it does not count against a drain.
 - :func:`startup`: with one job waiting, the time from spawning the process to the job
   being fetched: interpreter start, imports, connecting and the first FETCH.

@@ -1047,8 +1047,10 @@ class Worker:
         )
 
     async def _burst_check(self, slot: _Slot) -> None:
-        """Burst mode: once nothing runs and every listed queue is empty, quiet and leave."""
-        if self._running or slot.conn is None:
+        """Burst mode: once nothing runs and every listed queue is empty, quiet and leave.
+        Every slot whose FETCH came back empty gets here at about the same time; the first
+        to conclude decides for all (one INFO each at most, one log line in all)."""
+        if self._exit_when_idle or self._running or slot.conn is None:
             return
         try:
             info = decode_info(await slot.conn.request(encode_info()))
@@ -1056,7 +1058,12 @@ class Worker:
             log.warning("worker %s: INFO failed in burst mode: %s", self.wid, exc)
             return
         sizes = info.faktory.queues
-        if self._running == 0 and all(sizes.get(q, 0) == 0 for q in self.queues.names):
+        # _exit_when_idle again: another slot may have concluded while this INFO was out.
+        if (
+            not self._exit_when_idle
+            and self._running == 0
+            and all(sizes.get(q, 0) == 0 for q in self.queues.names)
+        ):
             log.info("worker %s: queues empty and nothing running: burst done", self.wid)
             self._exit_when_idle = True
             self._enter_quiet("burst: queues empty")

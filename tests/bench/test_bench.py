@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from bench import raw, report
-from bench.harness import BenchError, Endpoint, ServerControl, process_tree, tree_rss_mb
+from bench.harness import (
+    DRAIN_POLL_MAX,
+    BenchError,
+    Endpoint,
+    ServerControl,
+    drain_poll_delay,
+    process_tree,
+    tree_rss_mb,
+)
 from bench.names import (
     KAFFI_BULK,
     KAFFI_DELAY,
@@ -123,6 +131,20 @@ def test_spin_is_calibrated_and_pure() -> None:
     loops = calibrate_spin(0.0005, rounds=2)
     assert loops >= 1
     assert spin_loops(10) == spin_loops(10)
+
+
+def test_drain_is_watched_closely_at_its_ends_and_sparsely_between() -> None:
+    poll = 0.01
+    # Not started yet, or nothing finished: look again soon.
+    assert drain_poll_delay(poll, None, 5.0, 1000, 1000) == poll
+    assert drain_poll_delay(poll, 5.0, 5.0, 1000, 1000) == poll
+    # 100 of 1000 done in 0.1 s: 0.9 s left by that rate, so look again in half of it,
+    # capped.
+    assert drain_poll_delay(poll, 5.0, 5.1, 1000, 900) == DRAIN_POLL_MAX
+    # 800 done in 0.8 s: 0.2 s left, look in 0.1 s.
+    assert drain_poll_delay(poll, 5.0, 5.8, 1000, 200) == pytest.approx(0.1)
+    # 5 left at 1,000 a second: near the end, back to ``poll``.
+    assert drain_poll_delay(poll, 5.0, 5.995, 1000, 5) == poll
 
 
 def test_process_tree_and_rss_include_children() -> None:

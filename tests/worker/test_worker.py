@@ -348,7 +348,8 @@ def test_health_file_is_touched_by_each_beat(app: App, tmp_path: Path) -> None:
         assert health.exists()
 
 
-def test_burst_mode_drains_and_returns(app: App) -> None:
+def test_burst_mode_drains_and_returns(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kaffi.worker")
     seen: list[int] = []
 
     @app.task(queue="a")
@@ -369,6 +370,9 @@ def test_burst_mode_drains_and_returns(app: App) -> None:
     assert sorted(seen) == list(range(10)) + list(range(100, 110))
     info = stats(app)
     assert info.sets["working"] == 0
+    # All four slots see their queues empty at about the same moment: one verdict, said once.
+    verdicts = [r for r in caplog.records if "burst done" in r.getMessage()]
+    assert len(verdicts) == 1, [r.getMessage() for r in verdicts]
 
 
 def test_weighted_queues_take_from_both(app: App) -> None:
