@@ -208,7 +208,16 @@ def render_info(info: Info, latencies: dict[str, float], where: str) -> str:
         f"processed {totals.total_processed}, failed {totals.total_failures}, "
         f"enqueued {totals.total_enqueued}, queues {totals.total_queues}"
     )
+    lines.append(
+        f"worker processes {_count(totals.registered_workers)}, "
+        f"jobs in progress {_count(totals.busy_jobs)}"
+    )
     return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    # A server older than Faktory 1.x's task sizes does not say: show that, not a 0.
+    return "unknown" if value is None else str(value)
 
 
 # -- kaffi info -----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ __all__ = [
     "Hello",
     "RejectedJob",
     "FaktoryInfo",
+    "TaskStats",
     "ServerInfo",
     "Info",
     "dumps",
@@ -541,18 +542,52 @@ class RejectedJob(_Model):
     payload: dict[str, Any]
 
 
+class TaskStats(BaseModel):
+    """One background task of the server, as INFO's ``faktory.tasks`` reports it.
+
+    Faktory 1.10.0 has scanners (``Scheduled``, ``Retries``, ``Dead``: ``cycles`` runs,
+    ``enqueued`` jobs moved (purged, for Dead), ``wall_time_sec`` spent) and reapers
+    (``Busy`` for expired reservations, ``Workers`` for silent heartbeats: ``reaped``
+    entries). Each has ``size``: its set's size, the reserved jobs (Busy) or the
+    registered worker processes (Workers). Fields a server leaves out are None."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cycles: int | None = None
+    enqueued: int | None = None
+    reaped: int | None = None
+    size: int | None = None
+    wall_time_sec: float | None = None
+
+
 class FaktoryInfo(BaseModel):
-    """The ``faktory`` block of INFO: queue sizes, set sizes, counters and totals."""
+    """The ``faktory`` block of INFO: queue sizes, set sizes, background tasks, totals."""
 
     model_config = ConfigDict(extra="allow")
 
     queues: dict[str, int] = Field(default_factory=dict)
     sets: dict[str, int] = Field(default_factory=dict)
-    tasks: dict[str, Any] = Field(default_factory=dict)
+    tasks: dict[str, TaskStats] = Field(default_factory=dict)
     total_failures: int = 0
     total_processed: int = 0
     total_enqueued: int = 0
     total_queues: int = 0
+
+    def task_size(self, name: str) -> int | None:
+        """``tasks[name].size`` (``"Retries"``, ``"Workers"``...), or None when the server
+        did not report it."""
+        task = self.tasks.get(name)
+        return None if task is None else task.size
+
+    @property
+    def registered_workers(self) -> int | None:
+        """Worker processes the server knows (``tasks.Workers.size``), None if not said."""
+        return self.task_size("Workers")
+
+    @property
+    def busy_jobs(self) -> int | None:
+        """Jobs reserved by workers right now (``tasks.Busy.size``), None if not said."""
+        return self.task_size("Busy")
 
 
 class ServerInfo(BaseModel):

@@ -19,6 +19,7 @@ layer commits the journal before it sends the replies of the commands it ran.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 import re
@@ -204,6 +205,37 @@ class Waiter:
         self.done = False
 
 
+@dataclass(slots=True)
+class ScannerStats:
+    """One background scanner's counters, as Faktory's ``scanner`` keeps them: how often
+    it ran, how many jobs it moved and the wall time it spent (real time, whatever the
+    core's clock says, since it measures the server's own work)."""
+
+    cycles: int = 0
+    enqueued: int = 0
+    wall_time_ns: int = 0
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[ScannerStats]:
+        """Count one run of the scanner and the time it takes; the body adds to
+        ``enqueued`` for each job it moves."""
+        start = time.perf_counter_ns()
+        try:
+            yield self
+        finally:
+            self.cycles += 1
+            self.wall_time_ns += time.perf_counter_ns() - start
+
+    def info(self, size: int) -> dict[str, int | float]:
+        """The scanner's INFO entry, with ``size`` the size of the set it scans."""
+        return {
+            "cycles": self.cycles,
+            "enqueued": self.enqueued,
+            "size": size,
+            "wall_time_sec": self.wall_time_ns / 1e9,
+        }
+
+
 class TimedEntry(NamedTuple):
     """A job in a :class:`TimedSet`: due (or dying) at ``score`` seconds since the epoch."""
 
@@ -332,13 +364,14 @@ class ServerCore:
         self.started = time.time()
         self.command_count = 0
         self.connections = 0
-        self.task_stats: dict[str, dict[str, int]] = {
-            "Busy": {"reaped": 0, "cycles": 0},
-            "Dead": {"removed": 0, "cycles": 0},
-            "Retries": {"enqueued": 0, "cycles": 0},
-            "Scheduled": {"enqueued": 0, "cycles": 0},
-            "Workers": {"expired": 0, "cycles": 0},
-        }
+        # The background tasks' counters, as Faktory's task runner keeps them (INFO's
+        # ``tasks`` block). Faktory's scanners (Scheduled, Retries, Dead) count their runs,
+        # the jobs they moved and the wall time they spent; its reapers (Busy for expired
+        # reservations, Workers for silent heartbeats) count what they reaped. Every task
+        # here runs on each tick, so ``cycles`` counts ticks.
+        self.scanner_stats = {name: ScannerStats() for name in ("Scheduled", "Retries", "Dead")}
+        self.reaped_reservations = 0
+        self.reaped_workers = 0
 
     # -- row ids and positions ------------------------------------------------------------
 
@@ -583,25 +616,27 @@ class ServerCore:
     def tick(self) -> list[int]:
         """Run the periodic tasks; return the connection ids of forgotten workers."""
         now = self.clock.now()
-        stats = self.task_stats
-        for name in stats:
-            stats[name]["cycles"] += 1
-        for entry in list(self.scheduled.pop_due(now)):
-            stats["Scheduled"]["enqueued"] += 1
-            self._requeue_entry(entry)
-        for entry in list(self.retries.pop_due(now)):
-            stats["Retries"]["enqueued"] += 1
-            self._requeue_entry(entry)
+        scanners = self.scanner_stats
+        with scanners["Scheduled"].run() as scheduled:
+            for entry in list(self.scheduled.pop_due(now)):
+                scheduled.enqueued += 1
+                self._requeue_entry(entry)
+        with scanners["Retries"].run() as retries:
+            for entry in list(self.retries.pop_due(now)):
+                retries.enqueued += 1
+                self._requeue_entry(entry)
         self._reap(now)
-        for entry in list(self.dead.pop_due(now - DEAD_TTL)):
-            stats["Dead"]["removed"] += 1
-            if self.journal is not None:
-                self.journal.delete(entry.rowid)
+        # Faktory's Dead scanner counts the jobs it purged (180 days old) as "enqueued".
+        with scanners["Dead"].run() as dead:
+            for entry in list(self.dead.pop_due(now - DEAD_TTL)):
+                dead.enqueued += 1
+                if self.journal is not None:
+                    self.journal.delete(entry.rowid)
         closing: list[int] = []
         for wid, worker in list(self.workers.items()):
             if now - worker.last_beat > HEARTBEAT_EXPIRY:
                 del self.workers[wid]
-                stats["Workers"]["expired"] += 1
+                self.reaped_workers += 1
                 closing.extend(worker.connections)
         return closing
 
@@ -613,7 +648,7 @@ class ServerCore:
             if res is None or res.rowid != rowid or res.expires != expires:
                 continue
             del self.reservations[jid]
-            self.task_stats["Busy"]["reaped"] += 1
+            self.reaped_reservations += 1
             self._failed(res, "ReservationExpired", "Faktory job reservation expired", None)
         if len(heap) > 2 * len(self.reservations) + 64:
             self._expiry_heap = [(r.expires, r.rowid, r.jid) for r in self.reservations.values()]
@@ -783,6 +818,19 @@ class ServerCore:
         if self.journal is not None:
             self.journal.clear()
 
+    def task_info(self) -> dict[str, dict[str, int | float]]:
+        """INFO's ``tasks`` block: Faktory 1.10.0's keys in its order (Go sorts map keys),
+        each ``size`` being the set's size, the reserved jobs (Busy) or the registered
+        worker processes (Workers)."""
+        scanners = self.scanner_stats
+        return {
+            "Busy": {"reaped": self.reaped_reservations, "size": len(self.reservations)},
+            "Dead": scanners["Dead"].info(len(self.dead)),
+            "Retries": scanners["Retries"].info(len(self.retries)),
+            "Scheduled": scanners["Scheduled"].info(len(self.scheduled)),
+            "Workers": {"reaped": self.reaped_workers, "size": len(self.workers)},
+        }
+
     def info(self) -> dict[str, Any]:
         """The INFO document, with the same keys in the same order as Faktory 1.10.0."""
         queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
@@ -799,7 +847,7 @@ class ServerCore:
                     "scheduled": len(self.scheduled),
                     "working": len(self.reservations),
                 },
-                "tasks": {name: dict(sorted(s.items())) for name, s in self.task_stats.items()},
+                "tasks": self.task_info(),
                 "total_failures": self.total_failures,
                 "total_processed": self.total_processed,
                 "total_enqueued": sum(queues.values()),

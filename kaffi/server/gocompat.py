@@ -10,7 +10,9 @@ JSON decoder, with no I/O:
 - :func:`loads`: JSON to Python values the way Go decodes into ``interface{}``: every
   number is a float64, so ``1.0`` reads back as ``1`` and ``NaN`` is refused;
 - :func:`parse_rfc3339`: ``time.Parse(time.RFC3339Nano, value)`` with Go's error texts;
-- :func:`type_name`, :func:`unmarshal_type_error`: the words of Go's ``UnmarshalTypeError``.
+- :func:`type_name`, :func:`unmarshal_type_error`: the words of Go's ``UnmarshalTypeError``;
+- :func:`dumps`: a document of dicts, lists, strings and numbers encoded the way Go's
+  ``json.Marshal`` writes it (floats in Go's notation, no spaces).
 
 It must never do I/O or import anything from kaffi outside the standard library.
 """
@@ -25,6 +27,8 @@ from typing import Any
 
 __all__ = [
     "GoJSONError",
+    "dumps",
+    "format_float",
     "loads",
     "syntax_error",
     "parse_rfc3339",
@@ -60,6 +64,54 @@ def _number(text: str) -> int | float:
     if value.is_integer() and abs(value) < 1e21:
         return int(Decimal(repr(value)))
     return value
+
+
+def format_float(value: float) -> str:
+    """A float64 as Go's ``encoding/json`` writes it: the shortest digits that read back
+    the same, in plain notation (``0.0000045``, ``2``), switching to an exponent only
+    below 1e-6 or from 1e21 on, where it writes ``1e-7`` rather than C's ``1e-07``.
+
+    Python's ``repr`` picks the same digits but switches to an exponent below 1e-4, so a
+    scanner's ``wall_time_sec`` of a few microseconds would read differently from Go's."""
+    if math.isnan(value) or math.isinf(value):
+        raise GoJSONError(f"json: unsupported value: {value!r}")
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-6 or abs(value) >= 1e21:
+        text = repr(value)
+        mantissa, _, exponent = text.partition("e")
+        sign, digits = exponent[0], exponent[1:].lstrip("0") or "0"
+        return f"{mantissa}e{sign}{digits}"
+    text = format(Decimal(repr(value)), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+#: What Go's json.Marshal escapes in strings beyond what Python's json.dumps does (it
+#: keeps other non-ASCII text as UTF-8, like json.dumps(ensure_ascii=False)).
+_GO_STRING_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def _go_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False).translate(_GO_STRING_ESCAPES)
+
+
+def dumps(value: Any) -> str:
+    """``value`` (dicts with string keys in the order to write, lists, strings, ints,
+    floats, bools and None) as compact JSON the way Go's ``json.Marshal`` writes it:
+    floats in Go's notation, strings in UTF-8 with ``<``, ``>`` and ``&`` escaped. Keys
+    are written in the dict's order: Go sorts map keys, so callers build dicts in that
+    order where Faktory encodes a map."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_go_string(k)}:{dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(dumps(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _go_string(value)
+    if isinstance(value, float):
+        return format_float(value)
+    return json.dumps(value)
 
 
 def _constant(text: str) -> Any:

@@ -280,7 +280,7 @@ class Session:
         return Outcome(encode_bulk(b'{"state":"%s"}' % worker.state.encode()))
 
     def _info(self, arg: str | None) -> Outcome:
-        body = json.dumps(self.core.info(), separators=(",", ":"))
+        body = gocompat.dumps(self.core.info())
         return Outcome(encode_bulk(body))
 
     def _flush(self, arg: str | None) -> Outcome:
@@ -328,14 +328,7 @@ class Session:
             if "*" in names:
                 return _error("QUEUE LATENCY does not support wildcards")
             latencies = self.core.latency(names)
-            body = (
-                "{"
-                + ",".join(
-                    json.dumps(name) + ":" + _go_float(value)
-                    for name, value in sorted(latencies.items())
-                )
-                + "}"
-            )
+            body = gocompat.dumps({name: float(v) for name, v in sorted(latencies.items())})
             return Outcome(encode_bulk(body))
         else:
             return _error(f"no such QUEUE subcommand: {sub}")
@@ -388,12 +381,6 @@ def _json_object(arg: str | None) -> dict[str, Any] | None:
     if doc is None:
         return {}
     return doc if isinstance(doc, dict) else None
-
-
-def _go_float(value: float) -> str:
-    if value == 0:
-        return "0"
-    return repr(float(value))
 
 
 def _operation_type_error(cmd: Any, target: Any, flt: Any) -> str | None:

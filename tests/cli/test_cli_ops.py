@@ -122,6 +122,35 @@ def test_render_info_formats_uptime_and_missing_latency() -> None:
     assert rows["b"] == ["3", "1.500s"]
     assert rows["dead"] == ["2"]
     assert rows["retries"] == ["0"]
+    # An INFO without Faktory's task sizes says so instead of showing zeros.
+    assert text.splitlines()[-1] == "worker processes unknown, jobs in progress unknown"
+
+
+def test_info_shows_worker_processes_and_jobs_in_progress(invoke: Invoke, client: Client) -> None:
+    """The sizes of INFO's ``tasks`` block (issue 20) reach ``Info`` and ``kaffi info``."""
+    from kaffi.client import Connection
+    from kaffi.protocol.commands import encode_fetch
+
+    # Workers of earlier tests may still be registered (FLUSH keeps them): count from here.
+    before = client.info().faktory.registered_workers
+    assert before is not None
+    client.push(JobPayload.create(jobtype="a", args=[], queue="tasks-q"))
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    client.push(JobPayload.create(jobtype="a", args=[], queue="tasks-q", at=future))
+    worker = Connection.open(client.settings, wid="wid-tasks-0001")
+    try:
+        assert worker.request(encode_fetch("tasks-q")) is not None
+        doc = client.info()
+        assert doc.faktory.registered_workers == before + 1
+        assert doc.faktory.busy_jobs == 1
+        assert doc.faktory.task_size("Scheduled") == 1
+        assert doc.faktory.tasks["Retries"].size == 0
+        result = invoke("info")
+        assert result.exit_code == 0, result.output
+        expected = f"worker processes {before + 1}, jobs in progress 1"
+        assert result.stdout.splitlines()[-1] == expected
+    finally:
+        worker.close()
 
 
 # -- push ---------------------------------------------------------------------------------

@@ -665,7 +665,8 @@ INFO_DOC = (  # transcript, masked values filled in
     b'{"now":"2026-11-28T13:38:24.123456Z","server_utc_time":"13:38:24 UTC",'
     b'"faktory":{"queues":{"default":0,"q1":0},'
     b'"sets":{"dead":1,"retries":1,"scheduled":0,"working":0},'
-    b'"tasks":{"Busy":{"reaped":0,"size":0},"Retries":{"cycles":3,"enqueued":0}},'
+    b'"tasks":{"Busy":{"reaped":0,"size":0},"Retries":{"cycles":3,"enqueued":0,"size":1,'
+    b'"wall_time_sec":0.0000045},"Workers":{"reaped":0,"size":2},"Scheduled":{"cycles":3}},'
     b'"total_failures":3,"total_processed":7,"total_enqueued":9,"total_queues":2},'
     b'"server":{"description":"Faktory","faktory_version":"1.10.0","uptime":12,'
     b'"connections":3,"command_count":58,"used_memory_mb":11}}'
@@ -677,7 +678,15 @@ def test_decode_info() -> None:
     assert isinstance(info, Info)
     assert info.faktory.queues == {"default": 0, "q1": 0}
     assert info.faktory.sets == {"dead": 1, "retries": 1, "scheduled": 0, "working": 0}
-    assert info.faktory.tasks["Retries"] == {"cycles": 3, "enqueued": 0}
+    retries = info.faktory.tasks["Retries"]
+    assert (retries.cycles, retries.enqueued, retries.size) == (3, 0, 1)
+    assert retries.wall_time_sec == 4.5e-06
+    assert retries.reaped is None
+    assert info.faktory.registered_workers == 2
+    assert info.faktory.busy_jobs == 0
+    # A server that leaves a size (or a whole task) out: None, not a made-up zero.
+    assert info.faktory.task_size("Scheduled") is None
+    assert info.faktory.task_size("Dead") is None
     assert (info.faktory.total_failures, info.faktory.total_processed) == (3, 7)
     assert (info.faktory.total_enqueued, info.faktory.total_queues) == (9, 2)
     assert info.server.faktory_version == "1.10.0"
