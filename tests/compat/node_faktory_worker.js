@@ -11,7 +11,11 @@ async function main() {
     await client.job("compat.add", i, i).push();
   }
   await client.push({ jobtype: "compat.fail", args: [], queue: "compat-node", retry: 0 });
-  await client.close();
+  // The Node client's own tests read set sizes from INFO's tasks block: a scheduled job
+  // shows in tasks.Scheduled.size, a failed job with retries left in tasks.Retries.size.
+  const later = new Date(Date.now() + 3600 * 1000).toISOString();
+  await client.push({ jobtype: "compat.later", args: [], queue: "compat-node", at: later });
+  const scheduledSize = (await client.info()).faktory.tasks.Scheduled.size;
 
   let done = 0;
   let failed = 0;
@@ -30,7 +34,13 @@ async function main() {
   await finished;
   clearTimeout(timer);
   await worker.stop();
-  console.log(JSON.stringify({ done, failed, sum }));
+  await client.push({ jobtype: "compat.retry", args: [], queue: "compat-retry", retry: 3 });
+  const fetched = await client.fetch("compat-retry");
+  await client.fail(fetched.jid, new Error("retry me"));
+  const tasks = (await client.info()).faktory.tasks;
+  await client.close();
+  const sizes = { scheduled: scheduledSize, retries: tasks.Retries.size };
+  console.log(JSON.stringify({ done, failed, sum, sizes }));
 }
 
 main().catch((err) => { console.error(err); process.exit(1); });

@@ -111,6 +111,9 @@ def node_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_node_faktory_worker(srv: EmbeddedServer, node_modules: Path) -> None:
     env = {**os.environ, "NODE_PATH": str(node_modules)}
     summary = _run(["node", str(HERE / "node_faktory_worker.js"), srv.url, str(TOTAL)], env=env)
+    sizes = summary.pop("sizes")
     assert summary == {"done": TOTAL, "failed": 1, "sum": 2 * sum(range(TOTAL))}
+    # Read by the Node client from INFO's tasks block, as its own tests do (issue 20).
+    assert sizes == {"scheduled": 1, "retries": 1}
     _drained(srv, "default")
-    assert srv.info()["faktory"]["total_failures"] == 1
+    assert srv.info()["faktory"]["total_failures"] == 2
