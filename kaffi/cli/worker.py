@@ -10,19 +10,24 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kaffi.cli import main
 from kaffi.cli.common import handle_errors, url_option
 
+if TYPE_CHECKING:
+    from kaffi.app import App
+
 __all__ = ["worker"]
 
 WORKER_HELP = """Run the tasks of APP, fetching jobs from Faktory.
 
-APP is module:attribute (like myproj.tasks:app) or just a module holding exactly one
-kaffi.App; the current directory is importable.
+APP is module:attribute (like myproj.tasks:app), just a module holding exactly one
+kaffi.App, or the path of its file (myproj/tasks.py, with :attribute if needed); the
+current directory is importable. An app that fails to import is one error line naming
+the file and line (--traceback shows your code's frames).
 
 The worker first connects to the server, trying for up to the connect timeout (5 s).
 A server it cannot reach then, or a refused password, is one error line and exit
@@ -54,6 +59,7 @@ AFFINITY_HELP = (
 )
 LOG_LEVEL_HELP = "debug, info, warning, error or critical."
 LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
+TRACEBACK_HELP = "When APP fails to import, print its traceback (your code's frames) too."
 
 
 @main.command("worker", help=WORKER_HELP)
@@ -128,6 +134,7 @@ LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
     show_default=True,
     help=LOG_FORMAT_HELP,
 )
+@click.option("--traceback", "show_traceback", is_flag=True, help=TRACEBACK_HELP)
 def worker(
     app: str,
     queues: str,
@@ -145,14 +152,14 @@ def worker(
     health_file: str | None,
     log_level: str,
     log_format: str,
+    show_traceback: bool,
 ) -> None:
     with handle_errors():
-        from kaffi.worker.loader import load_app
         from kaffi.worker.logging import configure_logging
         from kaffi.worker.worker import Worker
 
         configure_logging(log_level, log_format)
-        application = load_app(app)
+        application = _load(app, show_traceback)
         options: dict[str, Any] = {
             "queues": queues,
             "concurrency": concurrency,
@@ -187,3 +194,17 @@ def worker(
             logging.shutdown()
             sys.stdout.flush()
             os._exit(0)
+
+
+def _load(spec: str, show_traceback: bool) -> App:
+    """The App of ``spec``; with ``--traceback``, an import failure prints the user's own
+    frames before the one error line."""
+    from kaffi.errors import AppImportError
+    from kaffi.worker.loader import load_app
+
+    try:
+        return load_app(spec)
+    except AppImportError as exc:
+        if show_traceback:
+            click.echo(exc.user_traceback.rstrip("\n"), err=True)
+        raise
