@@ -25,10 +25,13 @@ import click
 from kaffi.cli import main
 from kaffi.cli.common import fail, handle_errors
 
-__all__ = ["server_command", "default_data_path"]
+__all__ = ["server_command", "default_data_path", "DEFAULT_BIND"]
 
 BIND_HELP = "Address to listen on, HOST:PORT. Non-loopback addresses need --password."
-DATA_HELP = "SQLite file to keep jobs in (created if missing). Default: a per-user file."
+DATA_HELP = (
+    "SQLite file to keep jobs in (created if missing). Default: a per-user file for each"
+    " bind address."
+)
 MEMORY_HELP = "Keep everything in memory: nothing survives a restart."
 PASSWORD_HELP = "Password clients must send (also read from FAKTORY_PASSWORD)."
 TLS_CERT_HELP = "PEM certificate (chain) to serve TLS with; needs --tls-key."
@@ -39,18 +42,27 @@ TERMINATE_HELP = "Do not serve: ask worker WID of the running server to terminat
 URL_HELP = "With --quiet-worker/--terminate-worker: the server's URL (default: from --bind)."
 
 
-def default_data_path() -> Path:
-    """``$XDG_DATA_HOME/kaffi/server.sqlite3`` (``~/.local/share`` by default; on Windows
-    ``%LOCALAPPDATA%``)."""
+DEFAULT_BIND = "127.0.0.1:7419"
+
+
+def default_data_path(host: str = "127.0.0.1", port: int = 7419) -> Path:
+    """The data file of a server bound to ``host:port`` when no ``--data`` is given:
+    ``$XDG_DATA_HOME/kaffi/server.sqlite3`` for the default 127.0.0.1:7419 and
+    ``server-HOST-PORT.sqlite3`` beside it for any other address (``~/.local/share`` by
+    default; on Windows ``%LOCALAPPDATA%``). One file per address, because a data file
+    holds one server: two servers on two ports would otherwise lock each other out."""
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "kaffi" / "server.sqlite3"
+    if (host, port) == ("127.0.0.1", 7419):
+        return base / "kaffi" / "server.sqlite3"
+    safe_host = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
+    return base / "kaffi" / f"server-{safe_host}-{port}.sqlite3"
 
 
-@main.command("server")
-@click.option("--bind", default="127.0.0.1:7419", show_default=True, help=BIND_HELP)
+@main.command("server", short_help="Run kaffi's embedded Faktory-compatible server.")
+@click.option("--bind", default=DEFAULT_BIND, show_default=True, help=BIND_HELP)
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help=DATA_HELP)
 @click.option("--memory", is_flag=True, help=MEMORY_HELP)
 @click.option("--password", envvar="FAKTORY_PASSWORD", default=None, help=PASSWORD_HELP)
@@ -92,12 +104,15 @@ def server_command(
     if (tls_cert is None) != (tls_key is None):
         fail("TLS needs both --tls-cert and --tls-key")
     from kaffi.server import EmbeddedServer
+    from kaffi.server.embedded import parse_bind
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    with handle_errors():
+        host, port = parse_bind(bind)
     if not memory and data is None:
-        data = default_data_path()
+        data = default_data_path(host, port)
     _raise_file_limit()
     with handle_errors():
         server = EmbeddedServer(
@@ -112,17 +127,19 @@ async def _serve(server: object, data: Path | None) -> None:
     assert isinstance(server, EmbeddedServer)
     with handle_errors():
         await server.start_async()
-    where = f"data in {data}" if data is not None else "in memory (nothing is kept)"
-    scheme = "tcp+tls" if server.tls_cert else "tcp"
-    click.echo(f"kaffi server listening on {scheme}://{server.host}:{server.port}, {where}")
-    click.echo("Press Ctrl-C to stop.")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # The handlers go in before the "listening" line: whoever reads that line (a test, a
+    # supervisor) may signal at once, and must get a clean stop, not click's "Aborted!".
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):
             signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+    where = f"data in {data}" if data is not None else "in memory (nothing is kept)"
+    scheme = "tcp+tls" if server.tls_cert else "tcp"
+    click.echo(f"kaffi server listening on {scheme}://{server.host}:{server.port}, {where}")
+    click.echo("Press Ctrl-C to stop.")
     try:
         await stop.wait()
     finally:

@@ -23,7 +23,9 @@ import concurrent.futures
 import ipaddress
 import logging
 import os
+import re
 import socket
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
@@ -47,23 +49,44 @@ _T = TypeVar("_T")
 _CALL_TIMEOUT = 30.0
 
 
+#: What a host name may be made of (RFC 1123 labels); IP addresses are checked apart.
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
 def parse_bind(bind: str) -> tuple[str, int]:
-    """``"host:port"`` (``[v6]:port`` too; a bare ``host`` means port 7419) to a pair."""
+    """``"HOST:PORT"`` (``[v6]:PORT`` for IPv6; an empty host, ``":7419"``, is 127.0.0.1)
+    to a pair; anything else raises ConfigurationError saying what was wrong."""
     text = bind.strip()
+    usage = "give HOST:PORT, like 127.0.0.1:7419 ([::1]:7419 for IPv6)"
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        host, closed, rest = text[1:].partition("]")
+        if not closed or not rest.startswith(":"):
+            raise ConfigurationError(f"bad bind address {bind!r}: {usage}")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigurationError(
+                f"bad bind address {bind!r}: {host!r} is not an IPv6 address"
+            ) from None
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     elif ":" in text:
-        host, port_text = text, ""
+        raise ConfigurationError(
+            f"bad bind address {bind!r}: IPv6 addresses go in brackets, {usage}"
+        )
     else:
-        host, port_text = text, ""
+        raise ConfigurationError(f"bad bind address {bind!r}: no port; {usage}")
     host = host or "127.0.0.1"
-    try:
-        port = int(port_text) if port_text else 7419
-    except ValueError:
-        raise ConfigurationError(f"bad bind address {bind!r}: the port must be a number") from None
+    if not text.startswith("[") and not _HOSTNAME.fullmatch(host):
+        raise ConfigurationError(
+            f"bad bind address {bind!r}: {host!r} is not a host name or address"
+        )
+    if not port_text.isdigit():
+        raise ConfigurationError(f"bad bind address {bind!r}: the port must be a number; {usage}")
+    port = int(port_text)
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"bad bind address {bind!r}: port {port} is out of range")
     return host, port
@@ -82,6 +105,17 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+def _resolves(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            return bool(socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+    return True
+
+
 class EmbeddedServer:
     """A Faktory-compatible server (protocol of Faktory 1.10.0) running in this process."""
 
@@ -98,6 +132,10 @@ class EmbeddedServer:
         fetch_timeout: float = FETCH_TIMEOUT,
     ) -> None:
         self._bind_host, self._bind_port = parse_bind(bind)
+        if not _resolves(self._bind_host):
+            raise ConfigurationError(
+                f"bad bind address {bind!r}: cannot resolve host {self._bind_host!r}"
+            )
         self.password = password or None
         if not self.password and not is_loopback(self._bind_host):
             raise ConfigurationError(
@@ -177,6 +215,11 @@ class EmbeddedServer:
             except Exception as exc:
                 if journal is not None:
                     journal.close()
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise ConfigurationError(
+                        f"cannot open the data file {self.data}: another server is using it; "
+                        "give this one a file of its own (--data FILE) or none (--memory)"
+                    ) from exc
                 raise ConfigurationError(f"cannot open the data file {self.data}: {exc}") from exc
             core.journal = journal
         loop = asyncio.get_running_loop()
@@ -203,7 +246,8 @@ class EmbeddedServer:
         self._loop = loop
         self._loop_thread_id = threading.get_ident()
         self._stopped = asyncio.Event()
-        log.info("kaffi server listening on %s:%d", self.host, self.port)
+        # Debug, not info: `kaffi server` prints its own line saying where it listens.
+        log.debug("kaffi server listening on %s:%d", self.host, self.port)
 
     async def stop_async(self) -> None:
         """Stop listening, close every connection, commit and close storage (on the loop
