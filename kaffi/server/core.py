@@ -728,6 +728,11 @@ class ServerCore:
                 if len(queue.jobs) > before:
                     break
 
+    def paused(self) -> list[str]:
+        """The names of the paused queues, sorted (kaffi's ``KAFFI PAUSED``: Faktory's
+        protocol has no way to ask)."""
+        return sorted(name for name, queue in self.queues.items() if queue.paused)
+
     def remove(self, names: list[str]) -> None:
         """QUEUE REMOVE: delete these queues and their jobs, and forget their names."""
         for name in self._names(names):
@@ -804,10 +809,15 @@ class ServerCore:
     # -- INFO and FLUSH -------------------------------------------------------------------
 
     def flush(self) -> None:
-        """FLUSH: delete every job in every queue and set (queue names are kept, as in
-        Faktory)."""
-        for queue in self.queues.values():
+        """FLUSH: delete every job in every queue and set. Queue names are kept and every
+        queue is un-paused, as Faktory 1.10.0 does (its pause flags live in the Redis
+        database FLUSH empties)."""
+        for name, queue in self.queues.items():
             queue.jobs.clear()
+            if queue.paused:
+                queue.paused = False
+                if self.journal is not None:
+                    self.journal.queue(name, False)
         self.reservations.clear()
         self._expiry_heap.clear()
         self.retries.clear()

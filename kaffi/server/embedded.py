@@ -217,7 +217,8 @@ class EmbeddedServer:
                     journal.close()
                 if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                     raise ConfigurationError(
-                        f"cannot open the data file {self.data}: another server is using it; "
+                        f"cannot open the data file {self.data}: another server is using it "
+                        "(the database is locked); "
                         "give this one a file of its own (--data FILE) or none (--memory)"
                     ) from exc
                 raise ConfigurationError(f"cannot open the data file {self.data}: {exc}") from exc

@@ -166,6 +166,20 @@ def test_embedded_restart_keeps_jobs(tmp_path: Path, wire: Callable[..., Wire]) 
         assert w.send("FETCH keep") == ["$-1"]
 
 
+def test_flush_unpauses_queues_for_good(tmp_path: Path, wire: Callable[..., Wire]) -> None:
+    data = tmp_path / "paused.sqlite3"
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        w.send(push_line(jid="jid-held-00001", queue="held"))
+        w.send("QUEUE PAUSE held")
+        w.send("FLUSH")
+        w.send(push_line(jid="jid-held-00002", queue="held"))
+    # The un-pause was written down too: after a restart the queue still serves.
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        assert json.loads(w.send("FETCH held")[1])["jid"] == "jid-held-00002"
+
+
 def test_one_server_per_data_file(tmp_path: Path) -> None:
     data = tmp_path / "shared.sqlite3"
     with EmbeddedServer(data=data):
