@@ -560,7 +560,11 @@ def mutate(
     scope = _scope(action, jobtype, jids, match)
     if action in _DESTRUCTIVE:
         _confirm(f"{_CONFIRM_VERB[action]} {scope} in the {target} set?", yes)
+    # MUTATE answers a bare +OK, never a count: the set sizes from INFO before and after
+    # are what there is to show (other clients may change them in between).
+    watched = [target] + (["dead"] if action == "kill" and target != "dead" else [])
     with _client(url) as client:
+        before = client.info().faktory.sets
         mutation = getattr(client, target)
         if jobtype is not None:
             mutation = mutation.of_type(jobtype)
@@ -569,7 +573,9 @@ def mutate(
         if match is not None:
             mutation = mutation.matching(match)
         getattr(mutation, action)()
-    click.echo(f"{_DONE[action]} {scope} in the {target} set")
+        after = client.info().faktory.sets
+    change = ", ".join(f"{s} {before.get(s, 0)} -> {after.get(s, 0)}" for s in watched)
+    click.echo(f"{_DONE[action]} {scope} in the {target} set ({change})")
 
 
 # -- kaffi flush ----------------------------------------------------------------------------

@@ -368,7 +368,7 @@ def test_mutate_requeue_by_jid(invoke: Invoke, client: Client) -> None:
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "requeue", "--jid", jid)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"requeued the job with jid {jid} in the dead set"
+    assert result.stdout.strip() == f"requeued the job with jid {jid} in the dead set (dead 2 -> 1)"
     queues, sets = sizes(client)
     assert sets["dead"] == 1
     assert queues["mut"] == 1
@@ -386,7 +386,9 @@ def test_mutate_discard_by_jobtype_asks_first(invoke: Invoke, client: Client) ->
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "discard", "--jobtype", "drop_me", "--yes")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "discarded the jobs of type 'drop_me' in the dead set"
+    assert result.stdout.strip() == (
+        "discarded the jobs of type 'drop_me' in the dead set (dead 2 -> 1)"
+    )
     assert sizes(client)[1]["dead"] == 1
 
 
@@ -396,6 +398,7 @@ def test_mutate_kill_by_match_moves_retries_to_dead(invoke: Invoke, client: Clie
     assert sizes(client)[1]["retries"] == 2
     result = invoke("mutate", "retries", "kill", "--match", "*needle*", input="y\n")
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("in the retries set (retries 2 -> 1, dead 0 -> 1)")
     _, sets = sizes(client)
     assert sets["retries"] == 1
     assert sets["dead"] == 1
@@ -408,6 +411,7 @@ def test_mutate_clear_empties_the_set_and_refuses_filters(invoke: Invoke, client
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "clear", "--yes")
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "cleared every job in the dead set (dead 2 -> 0)"
     assert sizes(client)[1]["dead"] == 0
 
 
