@@ -131,6 +131,9 @@ class Journal(Protocol):
     def queue(self, name: str, paused: bool | None) -> None:
         """A queue is known (paused or not), or forgotten when ``paused`` is None."""
 
+    def counters(self, processed: int, failures: int) -> None:
+        """The totals INFO reports changed (kept so a restart does not zero them)."""
+
 
 class QueuedJob(NamedTuple):
     """A job waiting in a queue: its row, jid, encoded JSON, enqueue time, reservation."""
@@ -541,6 +544,7 @@ class ServerCore:
         self.total_processed += 1
         if self.journal is not None:
             self.journal.delete(res.rowid)
+            self.journal.counters(self.total_processed, self.total_failures)
 
     def fail(self, jid: str, errtype: str, message: str, backtrace: list[str] | None) -> None:
         """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
@@ -559,6 +563,8 @@ class ServerCore:
     ) -> None:
         """Faktory's processFailure: update the failure record, then retry, kill or drop."""
         self.total_failures += 1
+        if self.journal is not None:
+            self.journal.counters(self.total_processed, self.total_failures)
         job = jobs_mod.decode_job(res.data)
         retry = job.get("retry")
         if retry is None:
@@ -827,6 +833,7 @@ class ServerCore:
         self.total_failures = 0
         if self.journal is not None:
             self.journal.clear()
+            self.journal.counters(0, 0)
 
     def task_info(self) -> dict[str, dict[str, int | float]]:
         """INFO's ``tasks`` block: Faktory 1.10.0's keys in its order (Go sorts map keys),

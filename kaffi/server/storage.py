@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 # A pending change of one row: a whole row, a move (state, score, wid), or a delete.
@@ -73,6 +77,7 @@ class SqliteJournal:
         self._moves: dict[int, _Move] = {}
         self._deletes: set[int] = set()
         self._queues: dict[str, bool | None] = {}
+        self._counters: tuple[int, int] | None = None
         self._clear = False
 
     # -- the Journal protocol -------------------------------------------------------------
@@ -110,12 +115,23 @@ class SqliteJournal:
         """Buffer a queue's paused flag (None: the queue was removed) until :meth:`commit`."""
         self._queues[name] = paused
 
+    def counters(self, processed: int, failures: int) -> None:
+        """Buffer the processed and failed totals until :meth:`commit` (the last wins)."""
+        self._counters = (processed, failures)
+
     # -- writing and reading --------------------------------------------------------------
 
     @property
     def pending(self) -> bool:
         """True when changes wait for :meth:`commit`."""
-        return bool(self._puts or self._moves or self._deletes or self._queues or self._clear)
+        return bool(
+            self._puts
+            or self._moves
+            or self._deletes
+            or self._queues
+            or self._clear
+            or self._counters is not None
+        )
 
     def commit(self) -> None:
         """Write every buffered change in one transaction."""
@@ -148,6 +164,12 @@ class SqliteJournal:
                         "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused",
                         (name, int(paused)),
                     )
+            if self._counters is not None:
+                processed, failures = self._counters
+                db.executemany(
+                    "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                    [("total_processed", processed), ("total_failures", failures)],
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -156,6 +178,7 @@ class SqliteJournal:
         self._moves.clear()
         self._deletes.clear()
         self._queues.clear()
+        self._counters = None
         self._clear = False
 
     def load(self, core: ServerCore) -> int:
@@ -179,6 +202,9 @@ class SqliteJournal:
                 min_pos = min(min_pos, score)
                 max_pos = max(max_pos, score)
         core.restore_counters(max_rowid, min_pos, max_pos)
+        totals = dict(db.execute("SELECT name, value FROM counters"))
+        core.total_processed = int(totals.get("total_processed", 0))
+        core.total_failures = int(totals.get("total_failures", 0))
         return count
 
     def close(self) -> None:

@@ -166,6 +166,30 @@ def test_embedded_restart_keeps_jobs(tmp_path: Path, wire: Callable[..., Wire]) 
         assert w.send("FETCH keep") == ["$-1"]
 
 
+def test_processed_and_failed_totals_survive_a_restart(
+    tmp_path: Path, wire: Callable[..., Wire]
+) -> None:
+    data = tmp_path / "totals.sqlite3"
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        for n in range(3):
+            w.send(push_line(jid=f"jid-total-0000{n}", queue="t", retry=0))
+            w.send("FETCH t")
+        w.send('ACK {"jid":"jid-total-00000"}')
+        w.send('ACK {"jid":"jid-total-00001"}')
+        w.send('FAIL {"jid":"jid-total-00002","errtype":"E","message":"m"}')
+        before = srv.info()["faktory"]
+        assert (before["total_processed"], before["total_failures"]) == (3, 1)
+    with EmbeddedServer(data=data) as srv:
+        after = srv.info()["faktory"]
+        assert (after["total_processed"], after["total_failures"]) == (3, 1)
+        w = wire(server=srv)
+        w.send("FLUSH")  # FLUSH zeroes them, as Faktory's FLUSHDB does, for good too
+    with EmbeddedServer(data=data) as srv:
+        again = srv.info()["faktory"]
+        assert (again["total_processed"], again["total_failures"]) == (0, 0)
+
+
 def test_flush_unpauses_queues_for_good(tmp_path: Path, wire: Callable[..., Wire]) -> None:
     data = tmp_path / "paused.sqlite3"
     with EmbeddedServer(data=data) as srv:
