@@ -125,7 +125,7 @@ class Journal(Protocol):
         """A job row is gone (acknowledged, discarded, dropped)."""
 
     def clear(self) -> None:
-        """Every job row is gone (FLUSH)."""
+        """Every job row is gone (FLUSH); told before the core zeroes its counters."""
 
     def queue(self, name: str, paused: bool | None) -> None:
         """A queue is known (paused or not), or forgotten when ``paused`` is None."""
@@ -702,6 +702,37 @@ class ServerCore:
                     self.journal.delete(job.rowid)
                 self.journal.queue(name, None)
 
+    def clear_queue(self, name: str) -> int:
+        """Delete every job waiting in queue ``name`` (the queue stays known, paused or
+        not, unlike QUEUE REMOVE); returns how many jobs went."""
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0
+        count = len(queue.jobs)
+        if self.journal is not None:
+            for job in queue.jobs:
+                self.journal.delete(job.rowid)
+        queue.jobs.clear()
+        return count
+
+    def delete_queued(self, name: str, jids: Iterable[str]) -> int:
+        """Delete the jobs with these jids from queue ``name``; returns how many went."""
+        queue = self.queues.get(name)
+        wanted = set(jids)
+        if queue is None or not wanted:
+            return 0
+        kept: deque[QueuedJob] = deque()
+        gone = 0
+        for job in queue.jobs:
+            if job.jid in wanted:
+                gone += 1
+                if self.journal is not None:
+                    self.journal.delete(job.rowid)
+            else:
+                kept.append(job)
+        queue.jobs = kept
+        return gone
+
     def latency(self, names: list[str]) -> dict[str, float]:
         """QUEUE LATENCY: seconds the oldest job of each named queue has waited (0 when empty)."""
         now = self.clock.now()
@@ -771,6 +802,9 @@ class ServerCore:
     def flush(self) -> None:
         """FLUSH: delete every job in every queue and set (queue names are kept, as in
         Faktory)."""
+        if self.journal is not None:
+            # Told first, while the counters still hold what the journal has not counted.
+            self.journal.clear()
         for queue in self.queues.values():
             queue.jobs.clear()
         self.reservations.clear()
@@ -780,8 +814,6 @@ class ServerCore:
         self.dead.clear()
         self.total_processed = 0
         self.total_failures = 0
-        if self.journal is not None:
-            self.journal.clear()
 
     def info(self) -> dict[str, Any]:
         """The INFO document, with the same keys in the same order as Faktory 1.10.0."""
