@@ -421,11 +421,7 @@ class ServerCore:
         wid: str,
         known: bool = True,
     ) -> Reservation:
-        seconds = min(
-            max(reserve_for or jobs_mod.DEFAULT_RESERVE_FOR, jobs_mod.MIN_RESERVE_FOR),
-            jobs_mod.MAX_RESERVE_FOR,
-        )
-        expires = self.clock.now() + seconds
+        expires = self.clock.now() + jobs_mod.reservation_seconds(reserve_for)
         res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
         old = self.reservations.get(jid)
         if old is not None and self.journal is not None:
