@@ -48,6 +48,7 @@ def reservation_seconds(reserve_for: int) -> int:
     between 60 s and a day."""
     return min(max(reserve_for or DEFAULT_RESERVE_FOR, MIN_RESERVE_FOR), MAX_RESERVE_FOR)
 
+
 # Go struct field name -> Go type, for the messages of UnmarshalTypeError.
 _STRING_FIELDS = ("jid", "queue", "jobtype", "created_at", "enqueued_at", "at")
 _INT_FIELDS = ("retry", "reserve_for", "backtrace")

@@ -59,6 +59,7 @@ def utc_day(seconds: float) -> str:
     """The UTC date of ``seconds`` since the epoch, as ``YYYY-MM-DD``."""
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).date().isoformat()
 
+
 # A pending change of one row: a whole row, a move (state, score, wid), or a delete.
 _Put = tuple[int, str, str, str, float, str, bytes]
 _Move = tuple[str, float, str, int]

@@ -235,9 +235,7 @@ def create_app(ctx: WebContext) -> ASGIApp:
             **values,
         )
         response = HTMLResponse(html, status)
-        response.set_cookie(
-            CSRF_COOKIE, ctx.csrf_token, httponly=True, samesite="strict", path="/"
-        )
+        response.set_cookie(CSRF_COOKIE, ctx.csrf_token, httponly=True, samesite="strict", path="/")
         return response
 
     async def form(request: Request) -> dict[str, list[str]]:
@@ -258,9 +256,8 @@ def create_app(ctx: WebContext) -> ASGIApp:
         sent = (fields.get(CSRF_FIELD) or [""])[0]
         cookie = request.cookies.get(CSRF_COOKIE, "")
         token = ctx.csrf_token.encode()
-        if not (
-            hmac.compare_digest(sent.encode(), token) and hmac.compare_digest(cookie.encode(), token)
-        ):
+        field_ok = hmac.compare_digest(sent.encode(), token)
+        if not (field_ok and hmac.compare_digest(cookie.encode(), token)):
             raise HTTPException(
                 403, "the form's CSRF token is missing or wrong: reload the page and try again"
             )

@@ -33,9 +33,7 @@ class WebServer:
         Raises OSError when it cannot bind."""
         if self.ctx.password is None:
             self.ctx.allowed_hosts = allowed_hosts_for(host)
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM
-        )[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
