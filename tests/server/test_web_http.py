@@ -17,6 +17,7 @@ import pytest
 
 from kaffi.errors import ConfigurationError
 from kaffi.server import EmbeddedServer
+from kaffi.server.core import ServerCore
 from kaffi.server.web.app import CSP, CSRF_FIELD
 from tests.server.webui import Http, fill
 from tests.server.wire import Wire
@@ -33,6 +34,10 @@ def web() -> Iterator[EmbeddedServer]:
 def _rows(html: str) -> int:
     """How many job rows (with a selection box) a list page shows."""
     return len(re.findall(r'<input type="checkbox" name="key"', html))
+
+
+def _paused(core: ServerCore, name: str) -> bool:
+    return core.queues[name].paused
 
 
 def _keys(html: str) -> list[str]:
@@ -170,14 +175,14 @@ def test_state_changes_need_the_csrf_token_in_field_and_cookie(web: EmbeddedServ
         answer = http.request("POST", "/queues/default", payload, headers=headers)
         assert answer.status == 403, why
         assert "CSRF token" in answer.body
-        assert not core.queues["default"].paused, why
+        assert not _paused(core, "default"), why
     # A GET never changes anything, whatever it carries.
     assert http.get("/queues/default?action=pause").status == 200
-    assert not core.queues["default"].paused
+    assert not _paused(core, "default")
     done = http.request("POST", "/queues/default", body)
     assert done.status == 303
     assert done.headers["location"].startswith("/queues/default?msg=")
-    assert core.queues["default"].paused
+    assert _paused(core, "default")
     assert "Paused queue default." in http.get(done.headers["location"]).body
     # Another process (another token) would not be accepted either.
     with EmbeddedServer(web="127.0.0.1:0") as other:
