@@ -159,12 +159,8 @@ async def _serve(server: object, data: Path | None, fallback: object | None) -> 
         server = fallback
         with handle_errors():
             await server.start_async()
-    where = f"data in {data}" if data is not None else "in memory (nothing is kept)"
-    scheme = "tcp+tls" if server.tls_cert else "tcp"
-    click.echo(f"kaffi server listening on {scheme}://{server.host}:{server.port}, {where}")
-    if server.web_port:
-        click.echo(f"kaffi web UI on {server.web_url}")
-    click.echo("Press Ctrl-C to stop.")
+    # The handlers go in before anything is printed: whoever reads these lines may send
+    # SIGTERM at once.
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -172,6 +168,12 @@ async def _serve(server: object, data: Path | None, fallback: object | None) -> 
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):
             signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+    where = f"data in {data}" if data is not None else "in memory (nothing is kept)"
+    scheme = "tcp+tls" if server.tls_cert else "tcp"
+    click.echo(f"kaffi server listening on {scheme}://{server.host}:{server.port}, {where}")
+    if server.web_port:
+        click.echo(f"kaffi web UI on {server.web_url}")
+    click.echo("Press Ctrl-C to stop.")
     try:
         await stop.wait()
     finally:
