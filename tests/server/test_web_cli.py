@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
-
 import pytest
 from click.testing import CliRunner
 
@@ -20,8 +18,8 @@ from tests.server.test_cli_server import _start, _stop
 
 
 @pytest.fixture
-def env() -> Iterator[dict[str, str]]:
-    yield {k: v for k, v in os.environ.items() if k != "FAKTORY_PASSWORD"}
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "FAKTORY_PASSWORD"}
 
 
 def _web_line(proc: subprocess.Popen[str]) -> str:
@@ -89,7 +87,7 @@ def test_without_the_extra_the_server_says_how_to_get_it(env: dict[str, str]) ->
         assert _web_line(proc).startswith("Press Ctrl-C")
     finally:
         _, err = _stop(proc, signal.SIGTERM)
-    assert "kaffi server: no web UI: the web UI needs the web extra: pip install 'kaffi[web]'" in err
+    assert "no web UI: the web UI needs the web extra: pip install 'kaffi[web]'" in err
 
 
 def _port_before_a_taken_one() -> tuple[int, socket.socket]:
