@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+
 import pytest
 from click.testing import CliRunner
 
