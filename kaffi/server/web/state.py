@@ -105,6 +105,10 @@ class Page(Generic[_T]):
         return self.number + 1 if self.number < self.pages else None
 
 
+def _jobs(count: int) -> str:
+    return "1 job" if count == 1 else f"{count} jobs"
+
+
 def parse_page(text: str | None) -> int:
     """``?page=`` as a page number (missing: 1); raises BadRequest for anything but a
     positive integer."""
@@ -245,10 +249,10 @@ def queue_action(core: ServerCore, name: str, action: str, jids: Sequence[str]) 
         core.resume([name])
         return f"Resumed queue {name}."
     if action == "clear":
-        return f"Cleared queue {name}: {core.clear_queue(name)} jobs deleted."
+        return f"Cleared queue {name}: {_jobs(core.clear_queue(name))} deleted."
     if not jids:
         raise BadRequest("select the jobs to delete")
-    return f"Deleted {core.delete_queued(name, jids)} jobs from queue {name}."
+    return f"Deleted {_jobs(core.delete_queued(name, jids))} from queue {name}."
 
 
 # -- retries, scheduled, dead -------------------------------------------------------------
@@ -325,7 +329,7 @@ def set_action(
         core.mutate(operation, target, {"jids": jids})
     done = before - len(tset)
     verb = {"requeue": "Enqueued", "discard": "Deleted", "kill": "Killed"}[operation]
-    return f"{verb} {done} jobs."
+    return f"{verb} {_jobs(done)}."
 
 
 # -- busy ---------------------------------------------------------------------------------
@@ -400,4 +404,5 @@ def busy_action(core: ServerCore, action: str, wid: str) -> str:
     for one in wids:
         if not core.signal_worker(one, action):
             raise NotFound(f"no worker with wid {one[:80]!r} is connected")
-    return f"Asked {len(wids)} worker processes to {action}."
+    processes = "1 worker process" if len(wids) == 1 else f"{len(wids)} worker processes"
+    return f"Asked {processes} to {action}."

@@ -4,7 +4,8 @@
 (function () {
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
-  var WIDTH = 600, HEIGHT = 180, TOP = 12, BOTTOM = 18, KEPT = 60;
+  var HEIGHT = 180, TOP = 14, BOTTOM = 6, KEPT = 40;
+  var width = 600;
   var chart = document.getElementById("live-chart");
   document.documentElement.classList.add("js");
   if (!chart) { return; }
@@ -32,7 +33,7 @@
   }
 
   function line(values, peak, cls) {
-    var step = WIDTH / (KEPT - 1);
+    var step = width / (KEPT - 1);
     var start = KEPT - values.length;
     var coords = values.map(function (v, n) {
       var x = (start + n) * step;
@@ -43,13 +44,17 @@
   }
 
   function draw() {
+    // Draw in the SVG's own pixels, so the labels are not stretched with the chart.
+    width = Math.max(svg.clientWidth, 100);
+    svg.setAttribute("viewBox", "0 0 " + width + " " + HEIGHT);
     while (svg.firstChild) { svg.removeChild(svg.firstChild); }
     var peak = 1;
     points.forEach(function (p) { peak = Math.max(peak, p.processed, p.failed); });
-    [0, 0.5, 1].forEach(function (f) {
-      var y = TOP + (HEIGHT - TOP - BOTTOM) * (1 - f);
-      svg.appendChild(element("line", { "class": "grid", x1: 0, x2: WIDTH, y1: y, y2: y }));
-      svg.appendChild(element("text", { "class": "axis-label", x: 4, y: y - 2 }, String(Math.round(peak * f))));
+    var marks = peak >= 2 ? [0, Math.round(peak / 2), peak] : [0, peak];
+    marks.forEach(function (mark) {
+      var y = TOP + (HEIGHT - TOP - BOTTOM) * (1 - mark / peak);
+      svg.appendChild(element("line", { "class": "grid", x1: 0, x2: width, y1: y, y2: y }));
+      svg.appendChild(element("text", { "class": "axis-label", x: 4, y: y - 3 }, String(mark)));
     });
     if (points.length > 0) {
       svg.appendChild(line(points.map(function (p) { return p.processed; }), peak, "line-processed"));
