@@ -43,7 +43,7 @@ _WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator[WebDriver]:
+def driver() -> Iterator[webdriver.Chrome]:
     if _CHROMIUM is None or _DRIVER is None:
         pytest.skip(
             "no chromium/chromedriver on this machine: apt-get install chromium chromium-driver"
@@ -69,11 +69,12 @@ def driver() -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def srv(tmp_path: Path, driver: WebDriver) -> Iterator[EmbeddedServer]:
+def srv(tmp_path: Path, driver: webdriver.Chrome) -> Iterator[EmbeddedServer]:
     with EmbeddedServer(data=tmp_path / "jobs.sqlite3", web="127.0.0.1:0") as server:
         yield server
     driver.set_window_size(1280, 900)
-    messages = [entry["message"] for entry in driver.get_log("browser")]
+    read_log: Callable[[str], list[dict[str, Any]]] = driver.get_log  # untyped in selenium
+    messages = [entry["message"] for entry in read_log("browser")]
     assert not [m for m in messages if "Content Security Policy" in m], messages
 
 
@@ -114,6 +115,14 @@ class Page:
             lambda _: condition(), message=f"waited {_WAIT}s for {what}"
         )
 
+    def polls(self) -> int:
+        """How many intervals the live chart shows."""
+        return int(self.find("#live-svg").get_attribute("data-points") or 0)
+
+    def wait_for_polls(self, count: int) -> None:
+        """Wait until the live chart shows at least ``count`` intervals."""
+        self.wait_for(lambda: self.polls() >= count, f"{count} polls of /stats")
+
     def shot(self, name: str, width: int = 1280) -> None:
         """Save a screenshot for the docs, only when KAFFI_SCREENSHOTS=1."""
         if os.environ.get("KAFFI_SCREENSHOTS") != "1":
@@ -142,6 +151,10 @@ def _core(srv: EmbeddedServer) -> Any:
     return srv.core
 
 
+def _paused(srv: EmbeddedServer, name: str) -> bool:
+    return bool(_core(srv).queues[name].paused)
+
+
 def _process(srv: EmbeddedServer, count: int, batch: str) -> None:
     """Push ``count`` jobs to ``live`` and ACK them, as a worker would."""
     wire = Wire.hello(srv)
@@ -168,12 +181,9 @@ def test_dashboard_counts_live_chart_history_and_phone_width(
     assert page.find("#live-chart").is_displayed()
     assert not page.find(".no-js").is_displayed()
     Select(page.find("#poll-interval")).select_by_value("1")
-    page.wait_for(lambda: page.find("#live-svg").get_attribute("data-points") == "1", "a poll")
+    page.wait_for_polls(1)
     _process(srv, 7, "b")
-    page.wait_for(
-        lambda: int(page.find("#live-svg").get_attribute("data-points") or 0) >= 2,
-        "a second poll",
-    )
+    page.wait_for_polls(2)
     page.wait_for(lambda: page.find("[data-stat=processed]").text == "17", "live totals")
     assert page.all("#live-svg polyline.line-processed")
     # Today's row of the history, from the data file: 12 ACKs and 3 + 2 FAILs processed.
@@ -187,12 +197,9 @@ def test_dashboard_counts_live_chart_history_and_phone_width(
     page.open("/")
     assert Select(page.find("#poll-interval")).first_selected_option.text == "1 s"
     for batch, count in (("c", 4), ("d", 1), ("e", 6), ("f", 2), ("g", 5)):
-        seen = int(page.find("#live-svg").get_attribute("data-points") or 0)
+        wanted = page.polls() + 1
         _process(srv, count, batch)
-        page.wait_for(
-            lambda seen=seen: int(page.find("#live-svg").get_attribute("data-points") or 0) > seen,
-            "the next poll",
-        )
+        page.wait_for_polls(wanted)
     page.shot("dashboard")
     page.driver.set_window_size(390, 844)
     for path in ("/", "/retries", "/busy"):
@@ -210,9 +217,9 @@ def test_queues_pause_resume_page_delete_and_clear(page: Page, srv: EmbeddedServ
     assert names == ["default", "failing"]
     page.shot("queues")
     assert page.press("tr[data-queue=default] button[value=pause]") == "Paused queue default."
-    assert core.queues["default"].paused is True
+    assert _paused(srv, "default")
     assert page.press("tr[data-queue=default] button[value=resume]") == "Resumed queue default."
-    assert core.queues["default"].paused is False
+    assert not _paused(srv, "default")
     page.press("tr[data-queue=default] a")
     assert len(page.all("input[name=key]")) == 25
     page.find("details summary").click()
