@@ -295,7 +295,9 @@ def test_busy_quiet_one_and_terminate_all(page: Page, srv: EmbeddedServer) -> No
     second = Wire.hello(srv, "wid-browser-2")
     try:
         assert first.value("FETCH default")["jid"] == "jid-queued-000000"
+        assert first.send('BEAT {"wid":"wid-browser-1","rss_kb":48128}') == ["+OK"]
         page.open("/busy")
+        assert page.find("tr[data-wid=wid-browser-1] td.num").text == "47.0 MB"
         assert len(page.all("tr[data-wid]")) == 2
         assert "jid-queued-000000" in page.find("section:nth-of-type(2) tbody").text
         page.shot("busy")
