@@ -169,11 +169,13 @@ class EmbeddedServer:
 
     @property
     def web_url(self) -> str:
-        """``http://127.0.0.1:PORT/``: the web UI's address (when started with ``web=``)."""
+        """``http://127.0.0.1:PORT/``: the web UI's address (when started with ``web=``);
+        ``https://`` when the server has a TLS certificate, which the UI serves too."""
         if not self.web_port:
             raise KaffiError("the web UI is not running: start the server with web='host:port'")
         host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
-        return f"http://{host}:{self.web_port}/"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.web_port}/"
 
     @property
     def running(self) -> bool:
@@ -258,11 +260,13 @@ class EmbeddedServer:
                 return store.daily(days, core.clock.now())
 
             history = history_of
-        ctx = WebContext(core, net.schedule_flush, password=self.password, history=history)
+        # net.flush, not schedule_flush: the redirect after an action is only sent once the
+        # change is on disk, as a command's reply is.
+        ctx = WebContext(core, net.flush, password=self.password, history=history)
         web = WebServer(ctx)
         host, port = self._web_bind
         try:
-            self.web_host, self.web_port = await web.start(host, port)
+            self.web_host, self.web_port = await web.start(host, port, self.tls_cert, self.tls_key)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve the web UI on {host}:{port}: {exc.strerror or exc}"

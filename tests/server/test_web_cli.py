@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -121,3 +122,33 @@ def test_a_taken_default_port_leaves_the_server_running(env: dict[str, str]) -> 
     finally:
         taken.close()
     assert f"no web UI: cannot serve the web UI on 127.0.0.1:{port + 1}" in err
+
+
+_IMPORT_CHECK = """
+import contextlib, io, json, sys
+import kaffi, kaffi.client, kaffi.worker
+from kaffi.cli import main
+from kaffi.server import EmbeddedServer
+for args in (["--help"], ["server", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(args)
+        except SystemExit:
+            pass
+with EmbeddedServer():
+    pass
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_nothing_but_the_ui_imports_its_extra() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    imported = set(json.loads(out))
+    assert "click" in imported  # the check ran the CLI
+    assert not imported & {"starlette", "jinja2", "uvicorn", "anyio", "h11"}

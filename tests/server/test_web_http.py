@@ -7,8 +7,11 @@ the same pages in Chromium).
 
 from __future__ import annotations
 
+import json
 import re
+import ssl
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -19,6 +22,7 @@ from kaffi.errors import ConfigurationError
 from kaffi.server import EmbeddedServer
 from kaffi.server.core import ServerCore
 from kaffi.server.web.app import CSP, CSRF_FIELD
+from tests.reliability import certs
 from tests.server.webui import Http, fill
 from tests.server.wire import Wire
 
@@ -292,6 +296,26 @@ def test_the_ui_is_off_by_default_and_needs_its_extra(monkeypatch: pytest.Monkey
 def test_a_taken_port_is_a_clear_error(web: EmbeddedServer) -> None:
     with pytest.raises(ConfigurationError, match=r"cannot serve the web UI on 127\.0\.0\.1"):
         EmbeddedServer(web=f"127.0.0.1:{web.web_port}").start()
+
+
+def test_with_tls_the_ui_is_served_over_https(tmp_path: Path) -> None:
+    if certs.available() is None:
+        pytest.skip("neither the cryptography package nor the openssl command is available")
+    pki = certs.make_pki(tmp_path)
+    with EmbeddedServer(
+        password="pw", tls_cert=pki.server_cert, tls_key=pki.server_key, web="127.0.0.1:0"
+    ) as srv:
+        assert srv.web_url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        request = urllib.request.Request(
+            srv.web_url + "health",
+            headers={"Authorization": "Basic OnB3"},  # ":pw"
+        )
+        with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+            assert json.loads(answer.read())["server"]["faktory_version"] == "1.10.0"
+        plain = urllib.request.Request(srv.web_url.replace("https", "http") + "health")
+        with pytest.raises(OSError):
+            urllib.request.urlopen(plain, timeout=30)
 
 
 def test_history_comes_from_the_data_file(tmp_path: Path) -> None:

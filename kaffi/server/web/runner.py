@@ -11,6 +11,7 @@ Must never be imported unless the UI is asked for (it imports the ``web`` extra)
 
 from __future__ import annotations
 
+import os
 import socket
 
 import uvicorn
@@ -28,9 +29,16 @@ class WebServer:
         self._server: uvicorn.Server | None = None
         self._sockets: list[socket.socket] = []
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on ``host:port`` (0: a free port); returns the address really bound.
-        Raises OSError when it cannot bind."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+    ) -> tuple[str, int]:
+        """Listen on ``host:port`` (0: a free port), with HTTPS when given the server's
+        certificate and key; returns the address really bound. Raises OSError when it
+        cannot bind."""
         if self.ctx.password is None:
             self.ctx.allowed_hosts = allowed_hosts_for(host)
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -52,8 +60,14 @@ class WebServer:
             server_header=False,
             date_header=False,
             proxy_headers=False,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
-        config.load()
+        try:
+            config.load()
+        except BaseException:
+            sock.close()
+            raise
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         try:

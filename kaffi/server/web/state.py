@@ -11,6 +11,7 @@ through its methods.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -269,10 +270,10 @@ def set_page(core: ServerCore, path: str, number: int) -> Page[JobRow]:
     """Page ``number`` of a set: retries and scheduled soonest first, the dead newest first."""
     tset = _timed_set(core, path)
     start, pages = _page_bounds(len(tset), number)
-    entries = sorted(
-        tset.entries.values(), key=lambda e: (e.score, e.rowid), reverse=path == "morgue"
-    )
-    rows = [job_row(entry_key(e), e.data, e.score) for e in entries[start : start + PAGE_SIZE]]
+    # Only the rows up to this page's end are ordered (a set may hold 100k jobs).
+    pick = heapq.nlargest if path == "morgue" else heapq.nsmallest
+    entries = pick(start + PAGE_SIZE, tset.entries.values(), key=lambda e: (e.score, e.rowid))
+    rows = [job_row(entry_key(e), e.data, e.score) for e in entries[start:]]
     return Page(rows, number, pages, len(tset))
 
 
@@ -287,21 +288,29 @@ def _parse_key(key: str) -> tuple[float, str]:
     return score, jid
 
 
-def _find(tset: TimedSet, key: str) -> TimedEntry | None:
-    score, jid = _parse_key(key)
-    for entry in tset.entries.values():
-        if entry.jid == jid and abs(entry.score - score) < 1e-5:
-            return entry
-    return None
+def _find(tset: TimedSet, keys: Iterable[str]) -> list[TimedEntry]:
+    """The entries of ``tset`` with these keys (in one pass over the set); keys whose job
+    has left the set find nothing."""
+    wanted: dict[str, list[float]] = {}
+    for key in keys:
+        score, jid = _parse_key(key)
+        wanted.setdefault(jid, []).append(score)
+    if not wanted:
+        return []
+    return [
+        entry
+        for entry in tset.entries.values()
+        if entry.jid in wanted and any(abs(entry.score - s) < 1e-5 for s in wanted[entry.jid])
+    ]
 
 
 def set_entry(core: ServerCore, path: str, key: str) -> JobRow:
     """The job of a set with this key; raises NotFound when it has left the set."""
     tset = _timed_set(core, path)
-    entry = _find(tset, key)
-    if entry is None:
+    found = _find(tset, [key])
+    if not found:
         raise NotFound(f"no job with key {key[:80]!r} in {path}")
-    return job_row(key, entry.data, entry.score)
+    return job_row(key, found[0].data, found[0].score)
 
 
 def set_action(
@@ -319,11 +328,7 @@ def set_action(
     if every:
         core.mutate("clear" if operation == "discard" else operation, target, None)
     else:
-        jids = []
-        for key in keys:
-            entry = _find(tset, key)
-            if entry is not None:
-                jids.append(entry.jid)
+        jids = [entry.jid for entry in _find(tset, keys)]
         if not jids:
             raise BadRequest("select the jobs to act on")
         core.mutate(operation, target, {"jids": jids})
