@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -97,9 +97,19 @@ class Page:
     def press(self, css: str) -> str:
         """Press a button (or follow a link) and wait for the next page; returns its
         flash message (empty when there is none)."""
-        old = self.find("html")
+        # A mark on the old page's window: the next page's window has none. (Selenium's
+        # staleness_of can fail mid-navigation with "Node ... does not belong to the
+        # document" instead of reporting the element stale.)
+        self.driver.execute_script("window.kaffiOldPage = true;")
         self.find(css).click()
-        WebDriverWait(self.driver, _WAIT).until(expected_conditions.staleness_of(old))
+        WebDriverWait(
+            self.driver, _WAIT, poll_frequency=0.05, ignored_exceptions=(WebDriverException,)
+        ).until(
+            lambda driver: driver.execute_script(
+                "return !window.kaffiOldPage && document.readyState === 'complete'"
+            ),
+            message=f"waited {_WAIT}s for the page after pressing {css}",
+        )
         flash = self.all(".flash")
         return flash[0].text if flash else ""
 
