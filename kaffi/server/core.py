@@ -126,13 +126,10 @@ class Journal(Protocol):
         """A job row is gone (acknowledged, discarded, dropped)."""
 
     def clear(self) -> None:
-        """Every job row is gone (FLUSH)."""
+        """Every job row is gone (FLUSH); told before the core zeroes its counters."""
 
     def queue(self, name: str, paused: bool | None) -> None:
         """A queue is known (paused or not), or forgotten when ``paused`` is None."""
-
-    def counters(self, processed: int, failures: int) -> None:
-        """The totals INFO reports changed (kept so a restart does not zero them)."""
 
 
 class QueuedJob(NamedTuple):
@@ -457,11 +454,7 @@ class ServerCore:
         wid: str,
         known: bool = True,
     ) -> Reservation:
-        seconds = min(
-            max(reserve_for or jobs_mod.DEFAULT_RESERVE_FOR, jobs_mod.MIN_RESERVE_FOR),
-            jobs_mod.MAX_RESERVE_FOR,
-        )
-        expires = self.clock.now() + seconds
+        expires = self.clock.now() + jobs_mod.reservation_seconds(reserve_for)
         res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
         old = self.reservations.get(jid)
         if old is not None and self.journal is not None:
@@ -544,7 +537,6 @@ class ServerCore:
         self.total_processed += 1
         if self.journal is not None:
             self.journal.delete(res.rowid)
-            self.journal.counters(self.total_processed, self.total_failures)
 
     def fail(self, jid: str, errtype: str, message: str, backtrace: list[str] | None) -> None:
         """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
@@ -563,8 +555,6 @@ class ServerCore:
     ) -> None:
         """Faktory's processFailure: update the failure record, then retry, kill or drop."""
         self.total_failures += 1
-        if self.journal is not None:
-            self.journal.counters(self.total_processed, self.total_failures)
         job = jobs_mod.decode_job(res.data)
         retry = job.get("retry")
         if retry is None:
@@ -748,6 +738,37 @@ class ServerCore:
                     self.journal.delete(job.rowid)
                 self.journal.queue(name, None)
 
+    def clear_queue(self, name: str) -> int:
+        """Delete every job waiting in queue ``name`` (the queue stays known, paused or
+        not, unlike QUEUE REMOVE); returns how many jobs went."""
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0
+        count = len(queue.jobs)
+        if self.journal is not None:
+            for job in queue.jobs:
+                self.journal.delete(job.rowid)
+        queue.jobs.clear()
+        return count
+
+    def delete_queued(self, name: str, jids: Iterable[str]) -> int:
+        """Delete the jobs with these jids from queue ``name``; returns how many went."""
+        queue = self.queues.get(name)
+        wanted = set(jids)
+        if queue is None or not wanted:
+            return 0
+        kept: deque[QueuedJob] = deque()
+        gone = 0
+        for job in queue.jobs:
+            if job.jid in wanted:
+                gone += 1
+                if self.journal is not None:
+                    self.journal.delete(job.rowid)
+            else:
+                kept.append(job)
+        queue.jobs = kept
+        return gone
+
     def latency(self, names: list[str]) -> dict[str, float]:
         """QUEUE LATENCY: seconds the oldest job of each named queue has waited (0 when empty)."""
         now = self.clock.now()
@@ -818,6 +839,9 @@ class ServerCore:
         """FLUSH: delete every job in every queue and set. Queue names are kept and every
         queue is un-paused, as Faktory 1.10.0 does (its pause flags live in the Redis
         database FLUSH empties)."""
+        if self.journal is not None:
+            # Told first, while the counters still hold what the journal has not counted.
+            self.journal.clear()
         for name, queue in self.queues.items():
             queue.jobs.clear()
             if queue.paused:
@@ -831,9 +855,6 @@ class ServerCore:
         self.dead.clear()
         self.total_processed = 0
         self.total_failures = 0
-        if self.journal is not None:
-            self.journal.clear()
-            self.journal.counters(0, 0)
 
     def task_info(self) -> dict[str, dict[str, int | float]]:
         """INFO's ``tasks`` block: Faktory 1.10.0's keys in its order (Go sorts map keys),

@@ -9,7 +9,9 @@ Two ways to run it:
   runs on the caller's loop (the control methods then run directly, on that loop's thread).
 
 It refuses to listen on a non-loopback address without a password: an open Faktory port
-lets anyone run code in your workers.
+lets anyone run code in your workers. The same goes for the web UI (``web="host:port"``,
+off unless asked for; it needs the ``web`` extra, see :mod:`kaffi.server.web`), which
+runs on the server's loop.
 
 This module owns the server's lifecycle (storage, listener, loop thread) and its
 thread-safe control methods; it must never change the server's state itself other than
@@ -31,7 +33,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from kaffi.errors import ConfigurationError, KaffiError
@@ -39,6 +41,9 @@ from kaffi.protocol.resp import DEFAULT_MAX_LINE
 from kaffi.server.core import ServerCore
 from kaffi.server.network import FETCH_TIMEOUT, Network
 from kaffi.server.storage import SqliteJournal
+
+if TYPE_CHECKING:
+    from kaffi.server.web.runner import WebServer
 
 __all__ = ["EmbeddedServer", "DEFAULT_MAX_CONNECTIONS", "parse_bind", "is_loopback"]
 
@@ -130,6 +135,7 @@ class EmbeddedServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_line: int = DEFAULT_MAX_LINE,
         fetch_timeout: float = FETCH_TIMEOUT,
+        web: str | None = None,
     ) -> None:
         self._bind_host, self._bind_port = parse_bind(bind)
         if not _resolves(self._bind_host):
@@ -142,6 +148,18 @@ class EmbeddedServer:
                 f"refusing to listen on {self._bind_host} without a password: anyone who can "
                 "reach it could run jobs; set a password or bind 127.0.0.1"
             )
+        self._web_bind: tuple[str, int] | None = None
+        if web is not None:
+            from kaffi.server.web import MISSING_EXTRA, web_available
+
+            self._web_bind = parse_bind(web)
+            if not self.password and not is_loopback(self._web_bind[0]):
+                raise ConfigurationError(
+                    f"refusing to serve the web UI on {self._web_bind[0]} without a password: "
+                    "anyone who can reach it could delete jobs; set a password or bind 127.0.0.1"
+                )
+            if not web_available():
+                raise ConfigurationError(MISSING_EXTRA)
         if (tls_cert is None) != (tls_key is None):
             raise ConfigurationError("TLS needs both a certificate (tls_cert) and a key (tls_key)")
         if fetch_timeout <= 0:
@@ -157,6 +175,10 @@ class EmbeddedServer:
         self.fetch_timeout = fetch_timeout
         self.host = ""
         self.port = 0
+        #: Where the web UI listens once started (empty and 0 without one).
+        self.web_host = ""
+        self.web_port = 0
+        self._web: WebServer | None = None
         self.core: ServerCore | None = None
         self._net: Network | None = None
         self._journal: SqliteJournal | None = None
@@ -182,6 +204,16 @@ class EmbeddedServer:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{auth}{host}:{self.port}"
+
+    @property
+    def web_url(self) -> str:
+        """``http://127.0.0.1:PORT/``: the web UI's address (when started with ``web=``);
+        ``https://`` when the server has a TLS certificate, which the UI serves too."""
+        if not self.web_port:
+            raise KaffiError("the web UI is not running: start the server with web='host:port'")
+        host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.web_port}/"
 
     @property
     def running(self) -> bool:
@@ -241,6 +273,14 @@ class EmbeddedServer:
             raise ConfigurationError(
                 f"cannot listen on {self._bind_host}:{self._bind_port}: {exc.strerror or exc}"
             ) from None
+        if self._web_bind is not None:
+            try:
+                await self._start_web(core, net, journal)
+            except BaseException:
+                await net.close()
+                if journal is not None:
+                    journal.close()
+                raise
         self.core = core
         self._journal = journal
         self._net = net
@@ -250,6 +290,35 @@ class EmbeddedServer:
         # Debug, not info: `kaffi server` prints its own line saying where it listens.
         log.debug("kaffi server listening on %s:%d", self.host, self.port)
 
+    async def _start_web(
+        self, core: ServerCore, net: Network, journal: SqliteJournal | None
+    ) -> None:
+        from kaffi.server.web.app import WebContext
+        from kaffi.server.web.runner import WebServer
+
+        assert self._web_bind is not None
+        history: Callable[[int], list[tuple[str, int, int]]] | None = None
+        if journal is not None:
+            store = journal
+
+            def history_of(days: int) -> list[tuple[str, int, int]]:
+                return store.daily(days, core.clock.now())
+
+            history = history_of
+        # net.flush, not schedule_flush: the redirect after an action is only sent once the
+        # change is on disk, as a command's reply is.
+        ctx = WebContext(core, net.flush, password=self.password, history=history)
+        web = WebServer(ctx)
+        host, port = self._web_bind
+        try:
+            self.web_host, self.web_port = await web.start(host, port, self.tls_cert, self.tls_key)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve the web UI on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        self._web = web
+        log.info("kaffi web UI on %s", self.web_url)
+
     async def stop_async(self) -> None:
         """Stop listening, close every connection, commit and close storage (on the loop
         the server runs on); a server that is not running is left as it is."""
@@ -257,6 +326,10 @@ class EmbeddedServer:
         if net is None:
             return
         self._net = None
+        if self._web is not None:
+            web, self._web = self._web, None
+            await web.stop()
+            self.web_port = 0
         await net.close()
         if self._journal is not None:
             self._journal.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import pytest
 
 from kaffi.errors import ConfigurationError
 from kaffi.server import EmbeddedServer
+from kaffi.server.core import ServerCore
+from kaffi.server.storage import SqliteJournal
 from tests.server.wire import Closed, Wire, push_line
 
 _LISTENING = re.compile(r"listening on tcp://([\d.]+):(\d+)")
@@ -212,3 +215,40 @@ def test_one_server_per_data_file(tmp_path: Path) -> None:
             second.start()
     with EmbeddedServer(data=data) as again:
         assert again.running
+
+
+def _push_and_fetch(core: ServerCore, jid: str) -> None:
+    core.push({"jid": jid, "jobtype": "t", "args": [], "queue": "default", "retry": 1})
+    assert core.fetch(["default"], "wid-1") is not None
+
+
+def test_daily_counters_are_kept_per_utc_day(tmp_path: Path) -> None:
+    data = tmp_path / "daily.sqlite3"
+    journal = SqliteJournal(data)
+    core = ServerCore(journal=journal)
+    journal.load(core)
+    # Start the clock at the beginning of a known UTC day.
+    day_one = datetime.datetime(2030, 1, 1, 0, 0, 10, tzinfo=datetime.timezone.utc).timestamp()
+    core.clock.advance(day_one - core.clock.now())
+    for n in range(3):
+        _push_and_fetch(core, f"jid-ok-{n:06d}")
+        core.ack(f"jid-ok-{n:06d}")
+    _push_and_fetch(core, "jid-failing-01")
+    core.fail("jid-failing-01", "Boom", "it broke", None)
+    journal.commit()
+    core.clock.advance(86400.0)
+    _push_and_fetch(core, "jid-next-day-1")
+    core.ack("jid-next-day-1")
+    core.flush()  # zeroes the core's counters; the days already written stay
+    _push_and_fetch(core, "jid-next-day-2")
+    core.fail("jid-next-day-2", "Boom", "again", None)
+    journal.close()
+
+    reopened = SqliteJournal(data)
+    try:
+        history = reopened.daily(3, day_one + 86400.0)
+    finally:
+        reopened.close()
+    assert history == [("2029-12-31", 0, 0), ("2030-01-01", 4, 1), ("2030-01-02", 2, 1)]
+    with pytest.raises(ValueError, match="at least 1"):
+        SqliteJournal(tmp_path / "other.sqlite3").daily(0, day_one)
