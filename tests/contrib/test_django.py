@@ -1,0 +1,391 @@
+"""kaffi.contrib.django with a real Django project (tests/contrib/djangoproject, SQLite).
+
+In this process: the settings, the project App and task discovery, delay_on_commit on
+commit and on rollback, model instances refused, and database connections closed under
+a job. As subprocesses, the way a user runs them: ``manage.py kaffi_worker --burst``
+running a job that reads and writes the database, once and with ``--processes 2``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import transaction
+
+import kaffi
+from kaffi.app.task import set_on_commit_hook
+from kaffi.client import Client
+from kaffi.contrib.django import get_app
+from kaffi.contrib.django.conf import build_app, worker_defaults
+from kaffi.contrib.django.db import close_connections_async, close_connections_plain
+from kaffi.contrib.django.management.commands.kaffi_worker import split_argv
+from kaffi.errors import ConfigurationError, ValidationError
+from tests.contrib.conftest import PROJECT, DjangoProject
+
+# -- settings, the App, discovery ----------------------------------------------------------
+
+
+def test_the_project_app_is_built_from_the_kaffi_setting(project: DjangoProject) -> None:
+    from kaffi.contrib.django import app
+
+    assert app is get_app()
+    assert app.settings.url == project.server.url
+    assert app.client_options == {"pool_size": 4}
+    # The connection middleware come first, around anything the project adds.
+    assert app.middleware[:2] == [close_connections_async, close_connections_plain]
+
+
+def test_environment_wins_over_the_kaffi_url(
+    project: DjangoProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = {"url": "tcp://127.0.0.1:1"}
+    assert build_app(config).settings.url == "tcp://127.0.0.1:1"
+    monkeypatch.setenv("FAKTORY_URL", project.server.url)
+    assert build_app(config).settings.url == project.server.url
+
+
+def test_a_misspelt_kaffi_key_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="unknown key 'concurency'.*concurrency"):
+        build_app({"concurency": 4})
+    with pytest.raises(ConfigurationError, match="KAFFI\\['testing'\\]"):
+        build_app({"testing": "sometimes"})
+    with pytest.raises(ConfigurationError, match="must be a dict"):
+        build_app(["url"])  # type: ignore[arg-type]
+
+
+def test_worker_options_become_the_worker_commands_defaults() -> None:
+    defaults = worker_defaults(
+        {
+            "url": "tcp://x:1",
+            "queues": ["critical", "default"],
+            "labels": ("web", "eu"),
+            "concurrency": 3,
+            "beat_interval": 5,
+            "burst": True,
+            "client": {"pool_size": 2},
+        }
+    )
+    assert defaults == {
+        "queues": "critical,default",
+        "labels": "web,eu",
+        "concurrency": 3,
+        "beat_interval": 5,
+        "burst": True,
+    }
+    assert worker_defaults({"queues": {"critical": 3, "low": 1}}) == {"queues": "critical:3,low:1"}
+    with pytest.raises(ConfigurationError, match="KAFFI\\['queues'\\] must be a list"):
+        worker_defaults({"queues": 7})
+
+
+def test_tasks_py_of_every_installed_app_is_discovered(project: DjangoProject) -> None:
+    app = get_app()
+    assert {"confirm_order", "drop_connection", "count_receipts"} <= set(app.tasks)
+    assert app.tasks["confirm_order"].fn.__module__ == "shop.tasks"
+    assert app.tasks["confirm_order"].queue == "shop"
+
+
+def test_split_argv_leaves_djangos_options_to_django() -> None:
+    django_part, worker_part = split_argv(
+        ["--settings", "x.settings", "-c", "2", "--burst", "--pythonpath=/p", "--skip-checks"]
+    )
+    assert django_part == ["--settings", "x.settings", "--pythonpath=/p", "--skip-checks"]
+    assert worker_part == ["-c", "2", "--burst"]
+
+
+def test_management_command_help_and_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    call_command("kaffi_worker", "--", "--help")
+    out = capsys.readouterr().out
+    assert "Usage: manage.py kaffi_worker [OPTIONS]" in out
+    assert "--concurrency" in out
+    assert "--processes" in out
+    assert "APP" not in out.splitlines()[0]
+    with pytest.raises(CommandError, match="No such option '--concurency'"):
+        call_command("kaffi_worker", "--", "--concurency", "2")
+
+
+# -- delay_on_commit -------------------------------------------------------------------------
+
+
+def test_delay_on_commit_pushes_when_the_transaction_commits(project: DjangoProject) -> None:
+    from shop.models import Order
+    from shop.tasks import confirm_order
+
+    with transaction.atomic():
+        order = Order.objects.create(customer="ada", total=12)
+        jid = confirm_order.delay_on_commit(order.pk)
+        assert project.queue_sizes().get("shop", 0) == 0, "pushed before the commit"
+    assert project.queue_sizes()["shop"] == 1
+    with Client(project.server.url) as client:
+        job = client.fetch("shop")
+        assert job is not None
+        assert job.jid == jid
+        assert job.args == [order.pk]
+        client.ack(job.jid)
+
+
+def test_delay_on_commit_pushes_nothing_on_rollback(project: DjangoProject) -> None:
+    from shop.models import Order
+    from shop.tasks import confirm_order
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), transaction.atomic():
+        order = Order.objects.create(customer="bob", total=3)
+        confirm_order.delay_on_commit(order.pk)
+        raise Abort
+    with transaction.atomic():
+        order = Order.objects.create(customer="cy", total=4)
+        confirm_order.delay_on_commit(order.pk)
+        transaction.set_rollback(True)
+    assert Order.objects.count() == 0
+    assert project.queue_sizes().get("shop", 0) == 0
+
+
+def test_delay_on_commit_checks_arguments_at_the_call(project: DjangoProject) -> None:
+    from shop.tasks import confirm_order
+
+    with pytest.raises(ValidationError, match="order_id"), transaction.atomic():
+        confirm_order.delay_on_commit("not a number")  # type: ignore[arg-type]
+    assert project.queue_sizes().get("shop", 0) == 0
+
+
+def test_delay_on_commit_without_a_hook_says_how_to_get_one() -> None:
+    app = kaffi.App(testing="fake")
+
+    @app.task
+    def ping() -> None:
+        """A task to push."""
+
+    previous = set_on_commit_hook(None)
+    try:
+        with pytest.raises(ConfigurationError, match="kaffi.contrib.django"):
+            ping.delay_on_commit()
+    finally:
+        set_on_commit_hook(previous)
+
+
+# -- model instances refused ----------------------------------------------------------------
+
+
+def test_a_model_instance_is_refused_with_advice_to_pass_the_primary_key(
+    project: DjangoProject,
+) -> None:
+    from shop.models import Order
+    from shop.tasks import confirm_order
+
+    order = Order.objects.create(customer="dee", total=1)
+    with pytest.raises(ValidationError, match="primary key") as info:
+        confirm_order.delay(order)  # type: ignore[arg-type]
+    assert "argument 'order_id'" in str(info.value)
+    assert "shop.models.Order" in str(info.value)
+    assert info.value.field == "order_id"
+
+    app = get_app()
+
+    @app.task(name="tag_anything")
+    def tag_anything(item: Any, items: list[Any]) -> None:
+        """Takes anything at all."""
+
+    with pytest.raises(ValidationError, match="argument 'item' is a shop.models.Order"):
+        tag_anything.delay(order, [])
+    with pytest.raises(ValidationError, match=r"argument 'items'\[1\] is a shop.models.Order"):
+        tag_anything.delay(1, [2, order])
+    with pytest.raises(ValidationError, match="list of primary keys"):
+        tag_anything.delay(Order.objects.all(), [])
+    del app.tasks["tag_anything"]
+    assert sum(project.queue_sizes().values()) == 0
+
+
+def test_a_parameter_annotated_with_a_model_is_refused_at_declaration() -> None:
+    from shop.models import Order
+
+    app = kaffi.App(testing="fake")
+    with pytest.raises(ConfigurationError, match="parameter 'order'.*primary key"):
+
+        @app.task
+        def ship(order: Order) -> None:
+            """Takes a row: refused."""
+
+    with pytest.raises(ConfigurationError, match="parameter 'orders'.*shop.models.Order"):
+
+        @app.task
+        def ship_all(orders: list[Order] | None = None) -> None:
+            """Takes rows: refused."""
+
+
+# -- connections around each job ------------------------------------------------------------
+
+
+def _run_burst_worker(app: kaffi.App) -> None:
+    asyncio.run(app.worker(queues=["default"], concurrency=1, burst=True).run())
+
+
+def _notes() -> list[str]:
+    from shop.models import Receipt
+
+    return list(Receipt.objects.order_by("pk").values_list("note", flat=True))
+
+
+def test_a_job_after_the_database_closed_the_connection_still_works(
+    project: DjangoProject,
+) -> None:
+    from shop.tasks import count_receipts, drop_connection
+
+    drop_connection.delay("first")
+    count_receipts.delay("second")
+    _run_burst_worker(get_app())
+    first, second = _notes()
+    # One worker thread ran both, so the second job got the thread whose connection the
+    # first one closed: the middleware replaced it.
+    thread = first.rpartition(" in thread ")[2]
+    assert second == f"second saw 1 in thread {thread}"
+    assert project.retries() == 0
+
+
+def test_without_the_middleware_the_same_jobs_fail(project: DjangoProject) -> None:
+    # The control for the test above: an App without kaffi.contrib.django's middleware.
+    from shop import tasks
+
+    bare = kaffi.App(project.server.url)
+    bare.register("drop_connection", tasks.drop_connection.fn)
+    bare.register("count_receipts", tasks.count_receipts.fn)
+    bare.tasks["drop_connection"].delay("first")
+    bare.tasks["count_receipts"].delay("second")
+    try:
+        _run_burst_worker(bare)
+    finally:
+        bare.close()
+    assert [note.partition(" in thread")[0] for note in _notes()] == ["first"]
+    assert project.retries() == 1
+
+
+def test_async_jobs_get_clean_connections_too(project: DjangoProject) -> None:
+    from shop.tasks import count_receipts_async, drop_connection_async
+
+    drop_connection_async.delay("first")
+    count_receipts_async.delay("second")
+    _run_burst_worker(get_app())
+    assert _notes() == ["first", "second saw 1"]
+    assert project.retries() == 0
+
+
+# -- manage.py kaffi_worker as a subprocess -------------------------------------------------
+
+
+def _seed(database: Path, customers: list[str]) -> list[int]:
+    """Orders inserted with plain sqlite3 into a copy of the migrated database."""
+    with sqlite3.connect(database) as db:
+        ids = []
+        for customer in customers:
+            cursor = db.execute(
+                "INSERT INTO shop_order (customer, status, total) VALUES (?, 'new', ?)",
+                (customer, len(customer)),
+            )
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
+    return ids
+
+
+def _manage(
+    database: Path, url: str, *args: str, timeout: float = 50
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FAKTORY_URL", "FAKTORY_PROVIDER")}
+    env.update(SHOP_DB=str(database), SHOP_FAKTORY_URL=url, PYTHONUNBUFFERED="1")
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # manage.py sets it, as for a user
+    return subprocess.run(
+        [sys.executable, str(PROJECT / "manage.py"), *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _orders(database: Path) -> list[tuple[int, str, int | None]]:
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT id, status, confirmed_by FROM shop_order ORDER BY id")
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _receipts(database: Path) -> list[str]:
+    with sqlite3.connect(database) as db:
+        return [row[0] for row in db.execute("SELECT note FROM shop_receipt ORDER BY order_id")]
+
+
+def _push_confirm(client: Client, order_id: int) -> None:
+    # Pushed as any client in any language would; "shop" is only fetched because the
+    # KAFFI setting lists it (kaffi worker's own default is "default").
+    job = client.job("confirm_order", order_id)
+    job.queue = "shop"
+    job.push()
+
+
+@pytest.fixture
+def database(django_project: DjangoProject, tmp_path: Path) -> Path:
+    """A copy of the migrated test database, for one subprocess test."""
+    copy = tmp_path / "shop.sqlite3"
+    shutil.copyfile(django_project.database, copy)
+    with sqlite3.connect(copy) as db:
+        db.execute("DELETE FROM shop_receipt")
+        db.execute("DELETE FROM shop_order")
+    return copy
+
+
+@pytest.mark.slow
+def test_manage_py_kaffi_worker_burst_runs_a_database_job(
+    database: Path, faktory_server: Any, kaffi_client: Client
+) -> None:
+    (order_id,) = _seed(database, ["ada"])
+    _push_confirm(kaffi_client, order_id)
+    result = _manage(database, faktory_server.url, "kaffi_worker", "--burst")
+    assert result.returncode == 0, result.stderr
+    ((_, status, pid),) = _orders(database)
+    assert status == "confirmed"
+    assert pid is not None
+    assert _receipts(database) == ["ada paid 3"]
+    assert faktory_server.info()["faktory"]["sets"]["retries"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_manage_py_kaffi_worker_sets_django_up_in_every_process(
+    database: Path, faktory_server: Any, kaffi_client: Client
+) -> None:
+    customers = ["ada", "bob", "cy", "dee", "eve", "fay"]
+    ids = _seed(database, customers)
+    for order_id in ids:
+        _push_confirm(kaffi_client, order_id)
+    result = _manage(
+        database,
+        faktory_server.url,
+        "kaffi_worker",
+        "--processes",
+        "2",
+        "--cpu-affinity",
+        "off",
+        "--burst",
+        "--settings",
+        "djsite.settings",
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = _orders(database)
+    assert [status for _, status, _ in rows] == ["confirmed"] * len(customers)
+    # The jobs ran in the supervisor's children, each of which set Django up itself
+    # (the ORM in the job would raise AppRegistryNotReady otherwise).
+    pids = {pid for _, _, pid in rows}
+    assert None not in pids
+    assert len(_receipts(database)) == len(customers)
