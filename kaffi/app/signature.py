@@ -71,20 +71,26 @@ _refused: dict[type, str] = {}
 _refused_types: tuple[type, ...] = ()
 
 
-def refuse_argument_type(cls: type, advice: str) -> None:
+def refuse_argument_type(cls: type, advice: str | None) -> None:
     """Refuse instances of ``cls`` (and its subclasses) as task arguments.
 
-    A value of ``cls`` passed to ``.delay()`` (directly, or inside a list or dict that
-    cannot become JSON) raises :class:`~kaffi.errors.ValidationError` naming the task, the
-    argument and ``advice``, and nothing is sent; a task with a parameter annotated with
+    A value of ``cls`` passed to ``.delay()`` raises :class:`~kaffi.errors.ValidationError`
+    naming the task, the argument and ``advice``, and nothing is sent; a task with a parameter annotated with
     ``cls`` (also inside ``list[...]``, ``X | None`` ...) is refused when it is declared,
     with :class:`~kaffi.errors.ConfigurationError`. Registering a class again replaces its
-    advice. Integrations call this for objects that belong to one process, such as ORM
-    rows, which a worker (possibly in another language) could not use.
+    advice; ``advice=None`` removes it. Integrations call this for objects that belong to
+    one process, such as ORM rows, which a worker (possibly in another language) could not
+    use. Only the arguments themselves are checked on every call (one ``isinstance``
+    each); inside a list or dict, a refused value is named when something there cannot
+    become JSON (as a model instance never can), not walked for on every call.
     """
     global _refused_types
     if not isinstance(cls, type):
         raise ConfigurationError(f"refuse_argument_type() needs a class, got {cls!r}")
+    if advice is None:
+        _refused.pop(cls, None)
+        _refused_types = tuple(_refused)
+        return
     if not isinstance(advice, str) or not advice.strip():
         raise ConfigurationError(
             f"refuse_argument_type({cls.__qualname__}) needs the advice to give, as text"

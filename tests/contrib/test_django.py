@@ -55,7 +55,7 @@ def test_environment_wins_over_the_kaffi_url(
 
 
 def test_a_misspelt_kaffi_key_is_refused_by_name() -> None:
-    with pytest.raises(ConfigurationError, match="unknown key 'concurency'.*concurrency"):
+    with pytest.raises(ConfigurationError, match=r"unknown key 'concurency'.*concurrency"):
         build_app({"concurency": 4})
     with pytest.raises(ConfigurationError, match="KAFFI\\['testing'\\]"):
         build_app({"testing": "sometimes"})
@@ -140,10 +140,14 @@ def test_delay_on_commit_pushes_nothing_on_rollback(project: DjangoProject) -> N
     class Abort(Exception):
         pass
 
-    with pytest.raises(Abort), transaction.atomic():
-        order = Order.objects.create(customer="bob", total=3)
-        confirm_order.delay_on_commit(order.pk)
-        raise Abort
+    def order_then_fail() -> None:
+        with transaction.atomic():
+            order = Order.objects.create(customer="bob", total=3)
+            confirm_order.delay_on_commit(order.pk)
+            raise Abort
+
+    with pytest.raises(Abort):
+        order_then_fail()
     with transaction.atomic():
         order = Order.objects.create(customer="cy", total=4)
         confirm_order.delay_on_commit(order.pk)
@@ -169,7 +173,7 @@ def test_delay_on_commit_without_a_hook_says_how_to_get_one() -> None:
 
     previous = set_on_commit_hook(None)
     try:
-        with pytest.raises(ConfigurationError, match="kaffi.contrib.django"):
+        with pytest.raises(ConfigurationError, match=r"kaffi.contrib.django"):
             ping.delay_on_commit()
     finally:
         set_on_commit_hook(previous)
@@ -197,7 +201,7 @@ def test_a_model_instance_is_refused_with_advice_to_pass_the_primary_key(
     def tag_anything(item: Any, items: list[Any]) -> None:
         """Takes anything at all."""
 
-    with pytest.raises(ValidationError, match="argument 'item' is a shop.models.Order"):
+    with pytest.raises(ValidationError, match=r"argument 'item' is a shop.models.Order"):
         tag_anything.delay(order, [])
     with pytest.raises(ValidationError, match=r"argument 'items'\[1\] is a shop.models.Order"):
         tag_anything.delay(1, [2, order])
@@ -211,13 +215,13 @@ def test_a_parameter_annotated_with_a_model_is_refused_at_declaration() -> None:
     from shop.models import Order
 
     app = kaffi.App(testing="fake")
-    with pytest.raises(ConfigurationError, match="parameter 'order'.*primary key"):
+    with pytest.raises(ConfigurationError, match=r"parameter 'order'.*primary key"):
 
         @app.task
         def ship(order: Order) -> None:
             """Takes a row: refused."""
 
-    with pytest.raises(ConfigurationError, match="parameter 'orders'.*shop.models.Order"):
+    with pytest.raises(ConfigurationError, match=r"parameter 'orders'.*shop.models.Order"):
 
         @app.task
         def ship_all(orders: list[Order] | None = None) -> None:

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     """Create Order and Receipt."""
 
     initial = True
-    dependencies: list[tuple[str, str]] = []
+    dependencies = []
     operations = [
         migrations.CreateModel(
             name="Order",
