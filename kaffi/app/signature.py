@@ -77,8 +77,8 @@ def refuse_argument_type(cls: type, advice: str | None) -> None:
     A value of ``cls`` passed to ``.delay()`` raises :class:`~kaffi.errors.ValidationError`
     naming the task, the argument and ``advice``, and nothing is sent; a task with a
     parameter annotated with ``cls`` (also inside ``list[...]``, ``X | None`` ...) is
-    refused when it is declared, with :class:`~kaffi.errors.ConfigurationError`. Registering a class again replaces its
-    advice; ``advice=None`` removes it. Integrations call this for objects that belong to
+    refused when it is declared, with :class:`~kaffi.errors.ConfigurationError`.
+    Registering a class again replaces its advice; ``advice=None`` removes it. Integrations call this for objects that belong to
     one process, such as ORM rows, which a worker (possibly in another language) could not
     use. Only the arguments themselves are checked on every call (one ``isinstance``
     each); inside a list or dict, a refused value is named when something there cannot
