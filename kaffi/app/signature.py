@@ -78,11 +78,13 @@ def refuse_argument_type(cls: type, advice: str | None) -> None:
     naming the task, the argument and ``advice``, and nothing is sent; a task with a
     parameter annotated with ``cls`` (also inside ``list[...]``, ``X | None`` ...) is
     refused when it is declared, with :class:`~kaffi.errors.ConfigurationError`.
-    Registering a class again replaces its advice; ``advice=None`` removes it. Integrations call this for objects that belong to
-    one process, such as ORM rows, which a worker (possibly in another language) could not
-    use. Only the arguments themselves are checked on every call (one ``isinstance``
-    each); inside a list or dict, a refused value is named when something there cannot
-    become JSON (as a model instance never can), not walked for on every call.
+    Registering a class again replaces its advice; ``advice=None`` removes it.
+
+    Integrations call this for objects that belong to one process, such as ORM rows,
+    which a worker (possibly in another language) could not use. Only the arguments
+    themselves are checked on every call (one ``isinstance`` each); inside a list or
+    dict, a refused value is named when something there cannot become JSON (as a model
+    instance never can), not searched for on every call.
     """
     global _refused_types
     if not isinstance(cls, type):
