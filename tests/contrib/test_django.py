@@ -27,7 +27,7 @@ from kaffi.app.task import set_on_commit_hook
 from kaffi.client import Client
 from kaffi.contrib.django import get_app
 from kaffi.contrib.django.conf import build_app, worker_defaults
-from kaffi.contrib.django.db import close_connections_async, close_connections_plain
+from kaffi.contrib.django.db import close_connections_async, close_connections_plain, install
 from kaffi.contrib.django.management.commands.kaffi_worker import split_argv
 from kaffi.errors import ConfigurationError, ValidationError
 from tests.contrib.conftest import PROJECT, DjangoProject
@@ -41,8 +41,36 @@ def test_the_project_app_is_built_from_the_kaffi_setting(project: DjangoProject)
     assert app is get_app()
     assert app.settings.url == project.server.url
     assert app.client_options == {"pool_size": 4}
-    # The connection middleware come first, around anything the project adds.
+
+
+def test_worker_processes_get_the_connection_middleware(project: DjangoProject) -> None:
+    # What manage.py kaffi_worker loads in each worker process (Django is set up here).
+    from kaffi.contrib.django.boot import app
+
+    assert app is get_app()
+    # First, around anything the project adds; installing again adds nothing.
     assert app.middleware[:2] == [close_connections_async, close_connections_plain]
+    assert install(app).middleware.count(close_connections_plain) == 1
+
+
+def test_the_testing_modes_run_plain_jobs_in_the_callers_transaction(
+    project: DjangoProject,
+) -> None:
+    # A web or test process has no connection middleware: an inline job runs in this
+    # thread, on this connection, inside this (uncommitted) transaction.
+    from shop.models import Order
+    from shop.tasks import confirm_order
+
+    app = build_app({"testing": "inline"})
+    app.register("confirm_order", confirm_order.fn)
+    assert app.middleware == []
+    with transaction.atomic():
+        order = Order.objects.create(customer="gus", total=2)
+        app.tasks["confirm_order"].delay(order.pk)
+        order.refresh_from_db()
+        assert order.status == "confirmed"
+        transaction.set_rollback(True)
+    assert Order.objects.count() == 0
 
 
 def test_environment_wins_over_the_kaffi_url(
@@ -232,6 +260,9 @@ def test_a_parameter_annotated_with_a_model_is_refused_at_declaration() -> None:
 
 
 def _run_burst_worker(app: kaffi.App) -> None:
+    # The project's App as a worker process has it (boot installs the middleware).
+    import kaffi.contrib.django.boot  # noqa: F401
+
     asyncio.run(app.worker(queues=["default"], concurrency=1, burst=True).run())
 
 

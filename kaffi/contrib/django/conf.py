@@ -84,15 +84,15 @@ def _environment_names_server() -> bool:
 
 
 def build_app(config: Mapping[str, Any] | None = None) -> App:
-    """A new App from ``config`` (default: ``settings.KAFFI``), with the Django handling
-    installed (see :func:`kaffi.contrib.django.db.install`)."""
+    """A new App from ``config`` (default: ``settings.KAFFI``); the process-wide hooks
+    are installed (see :func:`kaffi.contrib.django.db.install_hooks`)."""
     from kaffi.app import App
-    from kaffi.contrib.django.db import install
+    from kaffi.contrib.django.db import install_hooks
 
     checked = read_settings(config)
     url = None if _environment_names_server() else checked.get("url")
     app = App(url, testing=checked.get("testing"), **dict(checked.get("client") or {}))
-    install(app)
+    install_hooks()
     return app
 
 

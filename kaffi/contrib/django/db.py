@@ -9,7 +9,9 @@
   :func:`close_connections_async` for ``async def`` jobs, which reach the ORM through
   ``sync_to_async``: each such job gets its own thread for that (asgiref's
   ``ThreadSensitiveContext``, as Django gives each ASGI request), cleaned up before and
-  after. Each middleware lets the other kind of job through untouched.
+  after. Each middleware lets the other kind of job through untouched. Worker processes
+  install them (:mod:`kaffi.contrib.django.boot`); a web or test process does not, so
+  the testing modes run a job in the caller's thread, inside the test's transaction.
 - **delay_on_commit.** :func:`on_commit` is the hook :meth:`kaffi.app.task.Task.delay_on_commit`
   uses: ``transaction.on_commit`` on the default database.
 - **Model instances refused.** A model instance (or a queryset) passed to ``.delay()`` is
@@ -112,8 +114,13 @@ def install_hooks() -> None:
 
 def install(app: App) -> App:
     """Install the process-wide hooks and the connection middleware on ``app`` (outermost,
-    so every other middleware already sees clean connections); returns the App. Use it on
-    an App of your own to get what ``kaffi.contrib.django.app`` has."""
+    so every other middleware already sees clean connections); returns the App.
+
+    Worker processes of ``manage.py kaffi_worker`` do this for the project's App; call it
+    yourself before running a worker of your own (``app.worker(...)``) in a Django
+    process. Not in a process that only pushes or runs tests: the middleware would move
+    plain jobs of the testing modes into a worker thread, away from the test's
+    transaction, and closing connections is the test case's business there."""
     install_hooks()
     middleware: list[Any] = [close_connections_async, close_connections_plain]
     for mw in middleware:
