@@ -315,6 +315,31 @@ def test_async_jobs_get_clean_connections_too(project: DjangoProject) -> None:
     assert project.retries() == 0
 
 
+def test_without_the_middleware_async_jobs_share_a_dropped_connection(
+    project: DjangoProject,
+) -> None:
+    # The control for the async test: without the middleware every sync_to_async call of
+    # every job runs in asgiref's one shared thread, so the second job meets the
+    # connection the first one closed.
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+    from shop import tasks
+
+    bare = kaffi.App(project.server.url)
+    bare.register("drop_connection_async", tasks.drop_connection_async.fn)
+    bare.register("count_receipts_async", tasks.count_receipts_async.fn)
+    bare.tasks["drop_connection_async"].delay("first")
+    bare.tasks["count_receipts_async"].delay("second")
+    try:
+        _run_burst_worker(bare)
+    finally:
+        bare.close()
+        # Give the shared thread a working connection again, for the tests after this.
+        asyncio.run(sync_to_async(connections.close_all)())
+    assert _notes() == ["first"]
+    assert project.retries() == 1
+
+
 # -- manage.py kaffi_worker as a subprocess -------------------------------------------------
 
 
