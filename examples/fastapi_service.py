@@ -158,11 +158,6 @@ def main() -> None:
         for name, answer in uploads.items():
             say(f"POST /uploads {name} -> 202, job {answer['jid']}")
 
-        worker = threading.Thread(
-            target=asyncio.run,
-            args=(app.worker(queues=["uploads"], concurrency=2, burst=True).run(),),
-        )
-        worker.start()
         seen: dict[str, list[str]] = {name: [] for name in FILES}
 
         def all_done() -> bool:
@@ -173,6 +168,12 @@ def main() -> None:
                     seen[name].append(shown)
             return all(states[-1] == "done 100%" for states in seen.values())
 
+        all_done()  # every upload is "queued" until a worker runs
+        worker = threading.Thread(
+            target=asyncio.run,
+            args=(app.worker(queues=["uploads"], concurrency=2, burst=True).run(),),
+        )
+        worker.start()
         wait_until(all_done, 60, "every upload to be processed")
         worker.join(30)
         for name, answer in uploads.items():
