@@ -124,9 +124,18 @@ def test_tasks_py_of_every_installed_app_is_discovered(project: DjangoProject) -
 
 def test_split_argv_leaves_djangos_options_to_django() -> None:
     django_part, worker_part = split_argv(
-        ["--settings", "x.settings", "-c", "2", "--burst", "--pythonpath=/p", "--skip-checks"]
+        [
+            "--settings",
+            "x.settings",
+            "-c",
+            "2",
+            "--burst",
+            "--pythonpath=/p",
+            "--skip-checks",
+            "-v2",
+        ]
     )
-    assert django_part == ["--settings", "x.settings", "--pythonpath=/p", "--skip-checks"]
+    assert django_part == ["--settings", "x.settings", "--pythonpath=/p", "--skip-checks", "-v2"]
     assert worker_part == ["-c", "2", "--burst"]
 
 

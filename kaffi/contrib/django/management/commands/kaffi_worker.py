@@ -68,7 +68,7 @@ def split_argv(args: list[str]) -> tuple[list[str], list[str]]:
             if "=" not in word and index + 1 < len(args):
                 index += 1
                 django_part.append(args[index])
-        elif word in _DJANGO_FLAGS:
+        elif word in _DJANGO_FLAGS or (word[:2] == "-v" and word[2:].isdigit()):
             django_part.append(word)
         else:
             worker_part.append(word)
