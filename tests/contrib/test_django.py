@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -148,6 +149,64 @@ def test_management_command_help_and_bad_options(capsys: pytest.CaptureFixture[s
     assert "APP" not in out.splitlines()[0]
     with pytest.raises(CommandError, match="No such option '--concurency'"):
         call_command("kaffi_worker", "--", "--concurency", "2")
+
+
+# -- the admin page ----------------------------------------------------------------------------
+
+
+def test_the_admin_page_shows_info_to_staff_only(
+    project: DjangoProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client as WebClient
+    from shop.tasks import confirm_order
+
+    import kaffi.contrib.django as integration
+
+    confirm_order.delay(5)
+    web = WebClient()
+    assert web.get("/admin/kaffi/").status_code == 302  # to the admin's login
+    user = User.objects.create_superuser("staff", "staff@example.com", "secret")
+    try:
+        web.force_login(user)
+        page = web.get("/admin/kaffi/")
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert "<td>shop</td><td>1</td>" in html
+        assert "<td>retries</td><td>0</td>" in html
+        assert project.server.url in html
+        # A server that cannot be reached is shown, not raised.
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            url = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+            monkeypatch.setattr(integration, "_app", kaffi.App(url, connect_timeout=5))
+            page = web.get("/admin/kaffi/")
+        assert page.status_code == 200
+        assert "Cannot read INFO" in page.content.decode()
+    finally:
+        user.delete()
+
+
+def test_the_admin_page_reads_a_real_faktorys_info(project: DjangoProject) -> None:
+    from kaffi.contrib.django.views import info_context
+
+    # Faktory 1.10 counts workers under tasks.Workers.size.
+    shown = info_context(
+        {
+            "faktory": {
+                "queues": {"b": 2, "a": 1},
+                "sets": {"dead": 3},
+                "tasks": {"Workers": {"reaped": 0, "size": 4}},
+                "total_processed": 9,
+            },
+            "server": {"faktory_version": "1.10.0", "connections": 6},
+        }
+    )
+    assert shown["queues"] == [("a", 1), ("b", 2)]
+    assert shown["sets"] == [("dead", 3)]
+    assert ("processed", 9) in shown["totals"]
+    assert ("workers", 4) in shown["server"]
+    assert ("version", "1.10.0") in shown["server"]
 
 
 # -- delay_on_commit -------------------------------------------------------------------------
