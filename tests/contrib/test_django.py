@@ -83,7 +83,7 @@ def test_environment_wins_over_the_kaffi_url(
     assert build_app(config).settings.url == project.server.url
 
 
-def test_a_misspelt_kaffi_key_is_refused_by_name() -> None:
+def test_a_misspelt_kaffi_key_is_refused_by_name(project: DjangoProject) -> None:
     with pytest.raises(ConfigurationError, match=r"unknown key 'concurency'.*concurrency"):
         build_app({"concurency": 4})
     with pytest.raises(ConfigurationError, match="KAFFI\\['testing'\\]"):
@@ -92,7 +92,7 @@ def test_a_misspelt_kaffi_key_is_refused_by_name() -> None:
         build_app(["url"])  # type: ignore[arg-type]
 
 
-def test_worker_options_become_the_worker_commands_defaults() -> None:
+def test_worker_options_become_the_worker_commands_defaults(project: DjangoProject) -> None:
     defaults = worker_defaults(
         {
             "url": "tcp://x:1",
@@ -140,7 +140,9 @@ def test_split_argv_leaves_djangos_options_to_django() -> None:
     assert worker_part == ["-c", "2", "--burst"]
 
 
-def test_management_command_help_and_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+def test_management_command_help_and_bad_options(
+    project: DjangoProject, capsys: pytest.CaptureFixture[str]
+) -> None:
     call_command("kaffi_worker", "--", "--help")
     out = capsys.readouterr().out
     assert "Usage: manage.py kaffi_worker [OPTIONS]" in out
@@ -307,7 +309,9 @@ def test_a_model_instance_is_refused_with_advice_to_pass_the_primary_key(
     assert sum(project.queue_sizes().values()) == 0
 
 
-def test_a_parameter_annotated_with_a_model_is_refused_at_declaration() -> None:
+def test_a_parameter_annotated_with_a_model_is_refused_at_declaration(
+    project: DjangoProject,
+) -> None:
     from shop.models import Order
 
     app = kaffi.App(testing="fake")

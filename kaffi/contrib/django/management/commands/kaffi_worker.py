@@ -104,14 +104,15 @@ class Command(BaseCommand):
             words = words[1:]
         command = worker_command()
         try:
-            command.main(
+            status = command.main(
                 args=words,
                 prog_name="manage.py kaffi_worker",
                 default_map=worker_defaults(),
                 standalone_mode=False,
             )
-        except click.exceptions.Exit as exc:  # --help, or an explicit exit status
-            if exc.exit_code:
-                raise SystemExit(exc.exit_code) from None
         except click.ClickException as exc:
             raise CommandError(exc.format_message(), returncode=exc.exit_code) from None
+        # Without standalone mode click returns an exit status (--help: 0) instead of
+        # exiting; the worker itself returns None or exits on its own.
+        if isinstance(status, int) and status:
+            raise SystemExit(status)
