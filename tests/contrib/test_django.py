@@ -431,19 +431,28 @@ def _seed(database: Path, customers: list[str]) -> list[int]:
 
 def _manage(
     database: Path, url: str, *args: str, timeout: float = 50
-) -> subprocess.CompletedProcess[str]:
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run manage.py as a user would; returns its outcome and its pid."""
     env = {k: v for k, v in os.environ.items() if k not in ("FAKTORY_URL", "FAKTORY_PROVIDER")}
     env.update(SHOP_DB=str(database), SHOP_FAKTORY_URL=url, PYTHONUNBUFFERED="1")
     env.pop("DJANGO_SETTINGS_MODULE", None)  # manage.py sets it, as for a user
-    return subprocess.run(
-        [sys.executable, str(PROJECT / "manage.py"), *args],
+    command = [sys.executable, str(PROJECT / "manage.py"), *args]
+    with subprocess.Popen(
+        command,
         cwd=PROJECT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         stdin=subprocess.DEVNULL,
-    )
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(f"manage.py {' '.join(args)} hung\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(command, process.returncode, out, err), process.pid
 
 
 def _orders(database: Path) -> list[tuple[int, str, int | None]]:
@@ -482,11 +491,11 @@ def test_manage_py_kaffi_worker_burst_runs_a_database_job(
 ) -> None:
     (order_id,) = _seed(database, ["ada"])
     _push_confirm(kaffi_client, order_id)
-    result = _manage(database, faktory_server.url, "kaffi_worker", "--burst")
+    result, manage_pid = _manage(database, faktory_server.url, "kaffi_worker", "--burst")
     assert result.returncode == 0, result.stderr
     ((_, status, pid),) = _orders(database)
     assert status == "confirmed"
-    assert pid is not None
+    assert pid == manage_pid  # one process: the command's own
     assert _receipts(database) == ["ada paid 3"]
     assert faktory_server.info()["faktory"]["sets"]["retries"] == 0
 
@@ -500,7 +509,7 @@ def test_manage_py_kaffi_worker_sets_django_up_in_every_process(
     ids = _seed(database, customers)
     for order_id in ids:
         _push_confirm(kaffi_client, order_id)
-    result = _manage(
+    result, supervisor_pid = _manage(
         database,
         faktory_server.url,
         "kaffi_worker",
@@ -520,4 +529,5 @@ def test_manage_py_kaffi_worker_sets_django_up_in_every_process(
     # (the ORM in the job would raise AppRegistryNotReady otherwise).
     pids = {pid for _, _, pid in rows}
     assert None not in pids
+    assert supervisor_pid not in pids
     assert len(_receipts(database)) == len(customers)
