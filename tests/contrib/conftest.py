@@ -47,15 +47,18 @@ def django_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DjangoP
     from django.core.management import call_command
 
     database = tmp_path_factory.mktemp("django") / "shop.sqlite3"
-    with EmbeddedServer() as server, pytest.MonkeyPatch.context() as env:
-        # Unset while the App is built: they would win over the project's KAFFI url.
-        env.delenv("FAKTORY_URL", raising=False)
-        env.delenv("FAKTORY_PROVIDER", raising=False)
+    with EmbeddedServer() as server:
+        # Django is set up once per process, so these stay for the session.
         os.environ["SHOP_DB"] = str(database)
         os.environ["SHOP_FAKTORY_URL"] = server.url
         os.environ["DJANGO_SETTINGS_MODULE"] = "djsite.settings"
         sys.path.insert(0, str(PROJECT))
-        django.setup()
+        with pytest.MonkeyPatch.context() as env:
+            # Unset while the App is built (they would win over the project's KAFFI url);
+            # the App keeps that url, so they may come back afterwards.
+            env.delenv("FAKTORY_URL", raising=False)
+            env.delenv("FAKTORY_PROVIDER", raising=False)
+            django.setup()
         call_command("migrate", verbosity=0)
         yield DjangoProject(PROJECT, database, server)
         from django.db import connections
