@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from kaffi.app.execution import perform
-from kaffi.app.middleware import run_coroutine_blocking
+from kaffi.app.middleware import RunSync, run_serving_blocking_calls
 from kaffi.errors import ConfigurationError, JobError
 from kaffi.protocol.models import JobPayload, RejectedJob, dumps
 
@@ -55,7 +55,9 @@ class InlineDelivery:
     def push(self, payload: dict[str, Any]) -> str:
         """Run the job now, after a JSON round trip; return its jid (its exception propagates)."""
         job = _round_trip(payload)
-        run_coroutine_blocking(lambda: perform(self.app, job))
+        # Plain job functions run here, in the caller's thread with no loop running in
+        # it, as in a worker's job thread (see run_serving_blocking_calls).
+        run_serving_blocking_calls(lambda run_sync: perform(self.app, job, run_sync=run_sync))
         return job.jid
 
     async def push_async(self, payload: dict[str, Any]) -> str:
@@ -155,6 +157,9 @@ class FakeJobs(Sequence[JobPayload]):
         """Run every collected job, oldest first, through ``perform``; jobs pushed while
         running are run too. Returns how many ran. A job's exception propagates (that
         job is gone, the rest stay collected)."""
+        return await self._run_all(None)
+
+    async def _run_all(self, run_sync: RunSync | None) -> int:
         count = 0
         while (job := self._pop()) is not None:
             if count >= MAX_RUN_ALL:
@@ -165,12 +170,13 @@ class FakeJobs(Sequence[JobPayload]):
                     " itself without end?"
                 )
             count += 1
-            await perform(self.app, job)
+            await perform(self.app, job, run_sync=run_sync)
         return count
 
     def run_all(self) -> int:
-        """:meth:`run_all_async` from synchronous code."""
-        return run_coroutine_blocking(self.run_all_async)
+        """:meth:`run_all_async` from synchronous code (plain job functions run in this
+        thread, with no event loop running in it, as in a worker's job thread)."""
+        return run_serving_blocking_calls(self._run_all)
 
     def __repr__(self) -> str:
         return f"<FakeJobs {len(self)} job{'' if len(self) == 1 else 's'}>"

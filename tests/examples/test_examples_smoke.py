@@ -56,6 +56,7 @@ def test_every_example_has_a_smoke_test() -> None:
         "middleware_pool.py",
         "cpu_bound.py",
         "cross_language.py",
+        "fastapi_service.py",
     }
     examples = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
     assert examples == tested
@@ -94,6 +95,16 @@ def test_producer_and_async_examples(name: str, expected: list[str]) -> None:
     out = run_example(name).stdout
     for line in expected:
         assert line in out
+
+
+def test_fastapi_service() -> None:
+    out = run_example("fastapi_service.py").stdout
+    for name in ("notes.txt", "poem.txt", "empty.txt"):
+        assert f"POST /uploads {name} -> 202, job " in out
+    assert re.search(r"notes\.txt: queued 0% -> .*done 100%; 200 words", out)
+    assert re.search(r"poem\.txt: queued 0% -> .*done 100%; 1080 words", out)
+    assert "empty.txt: queued 0% -> done 100%; 0 words" in out
+    assert out.rstrip().endswith("all 3 uploads processed; service stopped")
 
 
 def test_middleware_pool() -> None:
