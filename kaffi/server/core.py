@@ -214,13 +214,19 @@ class TimedEntry(NamedTuple):
 
 
 class TimedSet:
-    """A set of jobs ordered by time: the retry, scheduled and dead sets."""
+    """A set of jobs ordered by time: the retry, scheduled and dead sets.
 
-    __slots__ = ("_heap", "entries", "name")
+    As in Faktory, where each set is a Redis sorted set whose members are the jobs' JSON,
+    a set holds each encoded payload once: :meth:`rowid_of` finds the row already
+    holding the same bytes, so a second PUSH of an identical scheduled job is merged.
+    """
+
+    __slots__ = ("_by_data", "_heap", "entries", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.entries: dict[int, TimedEntry] = {}
+        self._by_data: dict[bytes, int] = {}
         self._heap: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
@@ -228,12 +234,27 @@ class TimedSet:
 
     def add(self, entry: TimedEntry) -> None:
         """Put ``entry`` in the set (replacing a row of the same id)."""
+        old = self.entries.get(entry.rowid)
+        if old is not None:
+            self._forget(old)
         self.entries[entry.rowid] = entry
+        self._by_data[entry.data] = entry.rowid
         heapq.heappush(self._heap, (entry.score, entry.rowid))
+
+    def rowid_of(self, data: bytes) -> int | None:
+        """The row holding exactly these encoded bytes, or None."""
+        return self._by_data.get(data)
 
     def remove(self, rowid: int) -> TimedEntry | None:
         """Take row ``rowid`` out, returning it, or None if it is not here."""
-        return self.entries.pop(rowid, None)
+        entry = self.entries.pop(rowid, None)
+        if entry is not None:
+            self._forget(entry)
+        return entry
+
+    def _forget(self, entry: TimedEntry) -> None:
+        if self._by_data.get(entry.data) == entry.rowid:
+            del self._by_data[entry.data]
 
     def pop_due(self, now: float) -> Iterator[TimedEntry]:
         """Take out and yield, earliest first, every entry due at ``now`` or before."""
@@ -243,6 +264,7 @@ class TimedSet:
             entry = self.entries.get(rowid)
             if entry is not None and entry.score == score:
                 del self.entries[rowid]
+                self._forget(entry)
                 yield entry
         if len(heap) > 2 * len(self.entries) + 64:
             # Removed entries linger in the heap; rebuild it before they dominate.
@@ -252,6 +274,7 @@ class TimedSet:
     def clear(self) -> None:
         """Empty the set."""
         self.entries.clear()
+        self._by_data.clear()
         self._heap.clear()
 
 
@@ -451,6 +474,10 @@ class ServerCore:
             if when > now_ns / 1e9:
                 job.pop("enqueued_at", None)
                 data = encode_job(job)
+                if self.scheduled.rowid_of(data) is not None:
+                    # Faktory's scheduled set is keyed by the re-encoded JSON: an
+                    # identical job (same jid, created_at and at) is stored once.
+                    return
                 rowid = self._rowid()
                 self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
                 if self.journal is not None:
