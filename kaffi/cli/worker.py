@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from kaffi.cli import main
+from kaffi.cli.beat import beat_options, make_beat, start_beat_thread
 from kaffi.cli.common import handle_errors, url_option
 
 __all__ = ["worker"]
@@ -51,6 +52,10 @@ HEALTH_HELP = "A file touched after every successful heartbeat (for liveness pro
 AFFINITY_HELP = (
     "With a supervisor: pin each worker process to one CPU (Linux). auto pins when there"
     " are at least as many processes as usable CPUs; on always; off never."
+)
+RUN_BEAT_HELP = (
+    "Also push the App's periodic jobs (as kaffi beat does), in a thread of this process;"
+    " with a supervisor, in the supervisor only."
 )
 LOG_LEVEL_HELP = "debug, info, warning, error or critical."
 LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
@@ -118,6 +123,8 @@ LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 )
 @click.option("--burst", is_flag=True, help=BURST_HELP)
 @click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
+@click.option("--beat", "run_beat", is_flag=True, help=RUN_BEAT_HELP)
+@beat_options
 @click.option(
     "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
 )
@@ -143,6 +150,9 @@ def worker(
     cpu_affinity: str,
     burst: bool,
     health_file: str | None,
+    run_beat: bool,
+    lookahead: float,
+    margin: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -164,6 +174,13 @@ def worker(
             "burst": burst,
             "health_file": health_file,
         }
+        # The scheduler runs in this process, beside the worker or the supervisor, never
+        # in the supervisor's children: one scheduler per `kaffi worker --beat`.
+        stop_beat = (
+            start_beat_thread(make_beat(application, url, lookahead, margin))
+            if run_beat
+            else _nothing_to_stop
+        )
         if processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None:
             from kaffi.worker.supervisor import run_supervisor
 
@@ -178,12 +195,18 @@ def worker(
                 log_format=log_format,
                 cpu_affinity=cpu_affinity,
             )
+            stop_beat()
             sys.exit(code)
         runner = Worker(application, **options)
         runner.work()
+        stop_beat()
         if runner.abandoned_threads:
             # Jobs FAILed at shutdown may still be running in threads the interpreter
             # would wait for forever: the work is given back, so leave now.
             logging.shutdown()
             sys.stdout.flush()
             os._exit(0)
+
+
+def _nothing_to_stop() -> None:
+    """What stops the scheduler when ``--beat`` was not given."""
