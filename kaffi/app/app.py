@@ -19,7 +19,7 @@ from kaffi.app.middleware import Middleware
 from kaffi.app.push import Delivery
 from kaffi.app.signature import TaskSignature
 from kaffi.app.task import Task, TaskOptions
-from kaffi.errors import ConfigurationError
+from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
 
 if TYPE_CHECKING:
@@ -249,7 +249,11 @@ class App:
                 " decides when it runs"
             )
         # The same binding and validation as .delay(): a bad argument fails here, now.
-        payload = configured.payload(tuple(args), dict(kwargs or {}))
+        try:
+            payload = configured.payload(tuple(args), dict(kwargs or {}))
+        except ValidationError as exc:
+            reason = str(exc).removesuffix("; nothing was sent")
+            raise ValidationError(f"periodic: {reason}", field=exc.field) from None
         job = {k: v for k, v in payload.items() if k not in ("jid", "jobtype", "args")}
         schedule = Schedule(
             name=name if name is not None else task.name,
