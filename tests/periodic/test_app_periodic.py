@@ -41,14 +41,19 @@ def test_registers_schedules_with_validated_arguments_and_task_options() -> None
     )
     assert list(app.periodic_schedules) == ["send_report", "cleanup", "sync-eu"]
     assert report.args == [42]
-    assert report.job["queue"] == "reports" and report.job["retry"] == 5
+    assert report.job["queue"] == "reports"
+    assert report.job["retry"] == 5
     assert report.job["custom"] == {"team": "ops"}
-    assert isinstance(report.trigger, CronTrigger) and report.zone is not None
+    assert isinstance(report.trigger, CronTrigger)
+    assert report.zone is not None
     assert report.zone.key == "Europe/Berlin"
-    assert isinstance(tidy.trigger, EveryTrigger) and tidy.trigger.seconds == 30
-    assert sync.args == [7, "us"] and sync.job["queue"] == "low"
+    assert isinstance(tidy.trigger, EveryTrigger)
+    assert tidy.trigger.seconds == 30
+    assert sync.args == [7, "us"]
+    assert sync.job["queue"] == "low"
     for schedule in (report, tidy, sync):
-        assert "jid" not in schedule.job and "at" not in schedule.job
+        assert "jid" not in schedule.job
+        assert "at" not in schedule.job
 
 
 @pytest.mark.parametrize(

@@ -187,7 +187,8 @@ def test_a_worker_runs_periodic_jobs_and_current_job_names_the_occurrence(
         app.close()
     first = ran[0]
     occurrence = datetime.fromisoformat(first["occurrence"].replace("Z", "+00:00"))
-    assert first["schedule"] == "tick" and first["n"] == 7
+    assert first["schedule"] == "tick"
+    assert first["n"] == 7
     assert first["jid"] == schedule.jid(occurrence)
     # It ran when due, not before (the server moved it out of the scheduled set).
     assert time.time() >= occurrence.timestamp()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from itertools import islice
+from itertools import islice, pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,8 +26,10 @@ UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def cron(expression: str, zone: ZoneInfo | None = None, **kw: Any) -> Schedule:
@@ -144,13 +146,13 @@ def test_fall_back_repeat_wildcard_hours_run_in_both_passes() -> None:
         "10-25 02:30 CET",
         "10-25 03:00 CET",
     ]
-    assert all(b - a == timedelta(minutes=30) for a, b in zip(found, found[1:]))
+    assert all(b - a == timedelta(minutes=30) for a, b in pairwise(found))
 
 
 def test_every_ignores_daylight_saving_time() -> None:
     schedule = Schedule("s", "job", EveryTrigger(timedelta(hours=1), BERLIN), [], {})
     found = first(schedule, utc(2026, 10, 24, 23, 30), 4)
-    assert all(b - a == timedelta(hours=1) for a, b in zip(found, found[1:]))
+    assert all(b - a == timedelta(hours=1) for a, b in pairwise(found))
     assert local(found) == [
         "10-25 02:00 CEST",
         "10-25 02:00 CET",
