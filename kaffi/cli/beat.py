@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from kaffi.cli import main
-from kaffi.cli.common import connection_settings, fail, handle_errors, url_option
+from kaffi.cli.common import (
+    connection_settings,
+    fail,
+    handle_errors,
+    log_options,
+    url_option,
+)
 
 if TYPE_CHECKING:
     from kaffi.app import App
@@ -41,13 +47,11 @@ Signals: TERM/INT stop after the current tick, exit 0.
 """
 LIST_HELP = "Print each schedule and its next five occurrences (its zone and UTC), then exit."
 FROM_HELP = "With --list: the occurrences after this RFC 3339 instant instead of after now."
-LOOKAHEAD_HELP = "Seconds before an occurrence it is pushed at the earliest."
+LOOKAHEAD_HELP = "Seconds before a periodic occurrence it is pushed at the earliest."
 MARGIN_HELP = (
-    "Seconds before an occurrence it may still be pushed; closer, it is skipped (catch_up"
+    "Seconds before a periodic occurrence it may still be pushed; closer, it is skipped (catch_up"
     " schedules push it late)."
 )
-LOG_LEVEL_HELP = "debug, info, warning, error or critical."
-LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 
 _F = TypeVar("_F", bound=Callable[..., object])
 
@@ -111,16 +115,7 @@ def start_beat_thread(runner: Beat) -> Callable[[], None]:
 @beat_options
 @click.option("--list", "list_only", is_flag=True, help=LIST_HELP)
 @click.option("--from", "from_", default=None, metavar="INSTANT", help=FROM_HELP)
-@click.option(
-    "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help=LOG_FORMAT_HELP,
-)
+@log_options
 def beat(
     app: str,
     url: str | None,

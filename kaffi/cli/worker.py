@@ -16,7 +16,7 @@ import click
 
 from kaffi.cli import main
 from kaffi.cli.beat import beat_options, make_beat, start_beat_thread
-from kaffi.cli.common import handle_errors, url_option
+from kaffi.cli.common import handle_errors, log_options, url_option
 
 __all__ = ["worker"]
 
@@ -57,8 +57,6 @@ RUN_BEAT_HELP = (
     "Also push the App's periodic jobs (as kaffi beat does), in a thread of this process;"
     " with a supervisor, in the supervisor only."
 )
-LOG_LEVEL_HELP = "debug, info, warning, error or critical."
-LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 
 
 @main.command("worker", help=WORKER_HELP)
@@ -125,16 +123,7 @@ LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 @click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
 @click.option("--beat", "run_beat", is_flag=True, help=RUN_BEAT_HELP)
 @beat_options
-@click.option(
-    "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help=LOG_FORMAT_HELP,
-)
+@log_options
 def worker(
     app: str,
     queues: str,

@@ -95,45 +95,14 @@ def test_beat_pushes_logs_and_stops_gracefully(
     assert faktory_server.info()["faktory"]["sets"]["scheduled"] >= 1
 
 
-def test_worker_with_beat_runs_the_periodic_jobs(
-    faktory_server: Any, app_path: str, tmp_path: Path
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_worker_with_beat_runs_the_periodic_jobs_with_one_scheduler(
+    faktory_server: Any, app_path: str, tmp_path: Path, processes: str
 ) -> None:
+    # With --processes 2 a supervisor runs two worker processes: only it runs the beat.
     worker = Proc(
-        "worker",
-        app_path,
-        "--beat",
-        "--lookahead",
-        "3",
-        "--margin",
-        "1",
-        cwd=tmp_path,
-        env=env_for(faktory_server, tmp_path),
-    )
-    log = tmp_path / "runs.log"
-    try:
-        wait_until(lambda: len(read_runs(log)) >= 2, 30, "two periodic runs")
-    finally:
-        code = worker.stop(signal.SIGTERM)
-    assert code == 0, worker.output
-    assert "beat started" in worker.output
-    assert "beat stopped" in worker.output
-    occurrences = [occurrence for occurrence, _ in read_runs(log)]
-    assert len(occurrences) == len(set(occurrences))
-
-
-def test_worker_with_processes_runs_beat_in_the_supervisor_only(
-    faktory_server: Any, app_path: str, tmp_path: Path
-) -> None:
-    worker = Proc(
-        "worker",
-        app_path,
-        "--beat",
-        "--processes",
-        "2",
-        "--lookahead",
-        "3",
-        "--margin",
-        "1",
+        *("worker", app_path, "--beat", "--processes", processes),
+        *("--lookahead", "3", "--margin", "1"),
         cwd=tmp_path,
         env=env_for(faktory_server, tmp_path),
     )
@@ -144,3 +113,6 @@ def test_worker_with_processes_runs_beat_in_the_supervisor_only(
         code = worker.stop(signal.SIGTERM, timeout=45)
     assert code == 0, worker.output
     assert worker.output.count("beat started") == 1
+    assert worker.output.count("beat stopped") == 1
+    occurrences = [occurrence for occurrence, _ in read_runs(log)]
+    assert len(occurrences) == len(set(occurrences))

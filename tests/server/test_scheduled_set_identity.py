@@ -16,17 +16,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pytest
-
+# `wire` connects to `srv`: here the embedded server, or the real Faktory of KAFFI_TEST_URL.
+from tests.server.test_transcript import srv  # noqa: F401
 from tests.server.wire import Wire
-
-
-@pytest.fixture
-def srv(faktory_server: Any) -> Any:
-    """The server under test: the embedded one, or the real Faktory of KAFFI_TEST_URL."""
-    if getattr(faktory_server, "tls", False):
-        pytest.skip("these tests speak plain TCP; KAFFI_TEST_URL names a TLS server")
-    return faktory_server
 
 
 def rfc3339(moment: datetime) -> str:
@@ -61,7 +53,7 @@ def job(jid: str, queue: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_identical_scheduled_pushes_from_two_connections_leave_one_entry_that_runs_once(
-    srv: Any, wire: Callable[..., Wire]
+    wire: Callable[..., Wire],
 ) -> None:
     first, second = wire(), wire()
     at = rfc3339(datetime.now(timezone.utc) + timedelta(seconds=1.5))
@@ -82,9 +74,7 @@ def test_identical_scheduled_pushes_from_two_connections_leave_one_entry_that_ru
     assert queue_size(first, "merge") == 0
 
 
-def test_scheduled_pushes_without_created_at_are_both_kept(
-    srv: Any, wire: Callable[..., Wire]
-) -> None:
+def test_scheduled_pushes_without_created_at_are_both_kept(wire: Callable[..., Wire]) -> None:
     conn = wire()
     at = rfc3339(datetime.now(timezone.utc) + timedelta(hours=1))
     push(conn, job("jid-nostamp-01", "nostamp", at=at))
@@ -92,7 +82,7 @@ def test_scheduled_pushes_without_created_at_are_both_kept(
     assert sets(conn)["scheduled"] == 2
 
 
-def test_scheduled_pushes_that_differ_are_both_kept(srv: Any, wire: Callable[..., Wire]) -> None:
+def test_scheduled_pushes_that_differ_are_both_kept(wire: Callable[..., Wire]) -> None:
     conn = wire()
     at = datetime.now(timezone.utc) + timedelta(hours=1)
     stamp = "2026-01-01T00:00:00.000000Z"
@@ -107,9 +97,7 @@ def test_scheduled_pushes_that_differ_are_both_kept(srv: Any, wire: Callable[...
     assert sets(conn)["scheduled"] == 4
 
 
-def test_identical_pushes_straight_to_a_queue_are_never_merged(
-    srv: Any, wire: Callable[..., Wire]
-) -> None:
+def test_identical_pushes_straight_to_a_queue_are_never_merged(wire: Callable[..., Wire]) -> None:
     conn = wire()
     stamp = "2026-01-01T00:00:00.000000Z"
     push(conn, job("jid-queued-001", "unmerged", created_at=stamp))
@@ -124,7 +112,7 @@ def test_identical_pushes_straight_to_a_queue_are_never_merged(
 
 
 def test_a_merged_entry_can_be_scheduled_again_once_it_has_left_the_set(
-    srv: Any, wire: Callable[..., Wire]
+    wire: Callable[..., Wire],
 ) -> None:
     conn = wire()
     at = rfc3339(datetime.now(timezone.utc) + timedelta(hours=1))
