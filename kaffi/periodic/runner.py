@@ -107,6 +107,7 @@ class Beat:
         for schedule in self.schedules:
             # A schedule first seen now starts from now: what was due before this
             # scheduler ran is not replayed (there is no store saying what ran).
+            starting = schedule.name not in self._handled
             handled = self._handled.setdefault(schedule.name, now)
             step = plan(
                 schedule,
@@ -120,7 +121,7 @@ class Beat:
             cursor = handled
             for occurrence, action in step.steps:
                 if action == SKIP:
-                    self._skip(schedule, occurrence, now)
+                    self._skip(schedule, occurrence, now, starting)
                 elif not self._push(schedule, occurrence, late=action == LATE):
                     break
                 else:
@@ -129,9 +130,14 @@ class Beat:
             self._handled[schedule.name] = cursor
         return pushed
 
-    def _skip(self, schedule: Schedule, occurrence: datetime, now: datetime) -> None:
+    def _skip(
+        self, schedule: Schedule, occurrence: datetime, now: datetime, starting: bool
+    ) -> None:
         self.stats.skipped += 1
-        log.warning(
+        # At start an occurrence inside the margin is expected; later a skip means the
+        # scheduler missed its window (stalled, or the server was unreachable).
+        log.log(
+            logging.INFO if starting else logging.WARNING,
             "periodic %s: skipped the occurrence at %s (%s); it is never pushed late"
             " (catch_up=True pushes missed occurrences)",
             schedule.name,
@@ -182,7 +188,12 @@ class Beat:
         )
         while not stop.is_set():
             started = time.monotonic()
-            self.tick()
+            try:
+                self.tick()
+            except Exception:
+                # A bug in one tick (a schedule's arithmetic, a client option) must not
+                # end the scheduler silently, least of all inside a worker process.
+                log.exception("beat: a tick failed; trying again at the next one")
             stop.wait(max(0.0, self.tick_interval - (time.monotonic() - started)))
         log.info(
             "beat stopped: %d pushed, %d pushed late, %d skipped",

@@ -105,9 +105,13 @@ def test_occurrences_missed_by_a_stalled_scheduler_are_skipped_and_counted(
     app.periodic("tick", every=timedelta(seconds=2), args=(1,))
     clock = FakeClock()
     runner = beat(app, clock, lookahead=timedelta(seconds=10), margin=timedelta(seconds=3))
-    # At start, 12:00:02 is closer than the margin: skipped, never pushed late.
-    assert runner.tick() == 4  # 12:00:04 .. 12:00:10
+    # At start, 12:00:02 is closer than the margin: skipped, never pushed late (an
+    # expected skip at start is logged at INFO, a later one as a warning).
+    with caplog.at_level(logging.INFO, logger="kaffi.beat"):
+        assert runner.tick() == 4  # 12:00:04 .. 12:00:10
     assert runner.stats.skipped == 1
+    assert [r.levelno for r in caplog.records if "skipped" in r.getMessage()] == [logging.INFO]
+    caplog.clear()
     clock.advance(30)  # a stall: 12:00:12 .. 12:00:32 went by unpushed
     with caplog.at_level(logging.WARNING, logger="kaffi.beat"):
         assert runner.tick() == 4  # 12:00:34 .. 12:00:40
@@ -146,6 +150,44 @@ def test_a_failed_push_is_tried_again_and_never_pushed_late(app: App) -> None:
     assert runner.stats.failed_pushes == 2
     assert runner.stats.skipped == 1
     unreachable.close()
+
+
+class ExplodingClient:
+    """A client whose push fails with a bug, not a kaffi error."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def push(self, payload: dict[str, Any]) -> str:
+        self.calls += 1
+        raise RuntimeError("a bug in a client")
+
+
+def test_a_failing_tick_is_logged_and_the_loop_goes_on(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.periodic("tick", every=timedelta(seconds=1), args=(1,))
+    client = ExplodingClient()
+    runner = Beat(
+        app,
+        lookahead=timedelta(seconds=6),
+        margin=timedelta(seconds=1),
+        client=client,  # type: ignore[arg-type]
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,))
+    with caplog.at_level(logging.ERROR, logger="kaffi.beat"):
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while client.calls < 2 and time.monotonic() < deadline:
+                stop.wait(0.05)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    assert client.calls >= 2
+    assert "beat: a tick failed; trying again at the next one" in caplog.text
+    assert not thread.is_alive()
 
 
 def test_window_options_are_checked() -> None:
