@@ -216,17 +216,19 @@ class TimedEntry(NamedTuple):
 class TimedSet:
     """A set of jobs ordered by time: the retry, scheduled and dead sets.
 
-    As in Faktory, where each set is a Redis sorted set whose members are the jobs' JSON,
-    a set holds each encoded payload once: :meth:`rowid_of` finds the row already
-    holding the same bytes, so a second PUSH of an identical scheduled job is merged.
+    In Faktory each set is a Redis sorted set whose members are the jobs' JSON, so a set
+    holds each identical payload once. ``indexed=True`` keeps an index from payload to
+    row (:meth:`rowid_of`) so that a second PUSH of an identical scheduled job can be
+    merged; the retry and dead sets, where identical payloads do not arise (each failure
+    is stamped with its time), do without its memory.
     """
 
     __slots__ = ("_by_data", "_heap", "entries", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, indexed: bool = False) -> None:
         self.name = name
         self.entries: dict[int, TimedEntry] = {}
-        self._by_data: dict[bytes, int] = {}
+        self._by_data: dict[bytes, int] | None = {} if indexed else None
         self._heap: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
@@ -238,12 +240,14 @@ class TimedSet:
         if old is not None:
             self._forget(old)
         self.entries[entry.rowid] = entry
-        self._by_data[entry.data] = entry.rowid
+        if self._by_data is not None:
+            self._by_data[entry.data] = entry.rowid
         heapq.heappush(self._heap, (entry.score, entry.rowid))
 
     def rowid_of(self, data: bytes) -> int | None:
-        """The row holding exactly these encoded bytes, or None."""
-        return self._by_data.get(data)
+        """The row holding exactly these encoded bytes, or None (always None for a set
+        built without ``indexed``)."""
+        return None if self._by_data is None else self._by_data.get(data)
 
     def remove(self, rowid: int) -> TimedEntry | None:
         """Take row ``rowid`` out, returning it, or None if it is not here."""
@@ -253,7 +257,7 @@ class TimedSet:
         return entry
 
     def _forget(self, entry: TimedEntry) -> None:
-        if self._by_data.get(entry.data) == entry.rowid:
+        if self._by_data is not None and self._by_data.get(entry.data) == entry.rowid:
             del self._by_data[entry.data]
 
     def pop_due(self, now: float) -> Iterator[TimedEntry]:
@@ -274,7 +278,8 @@ class TimedSet:
     def clear(self) -> None:
         """Empty the set."""
         self.entries.clear()
-        self._by_data.clear()
+        if self._by_data is not None:
+            self._by_data.clear()
         self._heap.clear()
 
 
@@ -343,7 +348,7 @@ class ServerCore:
         self.reservations: dict[str, Reservation] = {}
         self._expiry_heap: list[tuple[float, int, str]] = []
         self.retries = TimedSet(STATE_RETRY)
-        self.scheduled = TimedSet(STATE_SCHEDULED)
+        self.scheduled = TimedSet(STATE_SCHEDULED, indexed=True)
         self.dead = TimedSet(STATE_DEAD)
         self.workers: dict[str, Worker] = {}
         self._waiters: dict[str, deque[Waiter]] = {}

@@ -14,7 +14,10 @@ import json
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
+
+from kaffi.server import EmbeddedServer
 
 # `wire` connects to `srv`: here the embedded server, or the real Faktory of KAFFI_TEST_URL.
 from tests.server.test_transcript import srv  # noqa: F401
@@ -126,3 +129,17 @@ def test_a_merged_entry_can_be_scheduled_again_once_it_has_left_the_set(
     push(conn, scheduled)
     push(conn, scheduled)
     assert sets(conn)["scheduled"] == 1
+
+
+def test_the_embedded_server_still_merges_after_a_restart_from_its_data(
+    tmp_path: Path, wire: Callable[..., Wire]
+) -> None:
+    data = tmp_path / "jobs.sqlite3"
+    at = rfc3339(datetime.now(timezone.utc) + timedelta(hours=1))
+    scheduled = job("jid-durable-01", "durable", at=at, created_at="2026-01-01T00:00:00.000000Z")
+    with EmbeddedServer(data=data) as first:
+        push(wire(server=first), scheduled)
+    with EmbeddedServer(data=data) as again:
+        conn = wire(server=again)
+        push(conn, scheduled)
+        assert sets(conn)["scheduled"] == 1
