@@ -105,6 +105,7 @@ def start_beat_thread(runner: Beat) -> Callable[[], None]:
     def stop_and_join() -> None:
         stop.set()
         thread.join(timeout=30)
+        runner.close()
 
     return stop_and_join
 
@@ -151,6 +152,7 @@ def beat(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            runner.close()
             application.close()
 
 

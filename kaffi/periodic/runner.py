@@ -69,7 +69,7 @@ class Beat:
     ``margin`` how close to it a push is still allowed (a push must reach the server
     while the occurrence is in the future for identical copies to merge). ``clock``
     returns the current aware UTC time (tests pass their own). ``client`` is where the
-    jobs go (default: ``app.client``).
+    jobs go (default: ``app.client``); :meth:`close` closes the one given here.
     """
 
     def __init__(
@@ -95,7 +95,7 @@ class Beat:
         self.lookahead = lookahead
         self.margin = margin
         self.clock = clock
-        self._client = client
+        self.client = client
         self.stats = BeatStats()
         self._handled: dict[str, datetime] = {}
         self.tick_interval = min(MAX_TICK, (lookahead - margin).total_seconds() / 4)
@@ -148,7 +148,7 @@ class Beat:
     def _push(self, schedule: Schedule, occurrence: datetime, *, late: bool) -> bool:
         payload = schedule.payload(occurrence)
         try:
-            (self._client or self.app.client).push(payload)
+            (self.client or self.app.client).push(payload)
         except KaffiError as exc:
             self.stats.failed_pushes += 1
             log.warning(
@@ -201,6 +201,11 @@ class Beat:
             self.stats.late,
             self.stats.skipped,
         )
+
+    def close(self) -> None:
+        """Close the client given to this Beat (the App's own stays the App's)."""
+        if self.client is not None:
+            self.client.close()
 
 
 def _when(occurrence: datetime) -> str:

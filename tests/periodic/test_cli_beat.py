@@ -71,15 +71,13 @@ def test_list_from_now_and_bad_input_is_one_line(app_path: str, tmp_path: Path) 
 def test_beat_pushes_logs_and_stops_gracefully(
     faktory_server: Any, app_path: str, tmp_path: Path, signum: int
 ) -> None:
+    env = env_for(faktory_server, tmp_path)
+    # One run finds the server through FAKTORY_URL, the other through --url.
+    where = () if signum == signal.SIGTERM else ("--url", env.pop("FAKTORY_URL"))
     beat = Proc(
-        "beat",
-        app_path,
-        "--lookahead",
-        "4",
-        "--margin",
-        "1",
+        *("beat", app_path, "--lookahead", "4", "--margin", "1", *where),
         cwd=tmp_path,
-        env=env_for(faktory_server, tmp_path),
+        env=env,
     )
     try:
         beat.wait_for("beat started: 2 schedule(s) (tick, nightly), lookahead 4 s, margin 1 s")
