@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kaffi.cli import main
-from kaffi.cli.common import handle_errors, url_option
+from kaffi.cli.beat import beat_options, make_beat, start_beat_thread
+from kaffi.cli.common import handle_errors, log_options, url_option
 
 if TYPE_CHECKING:
     from kaffi.app import App
@@ -57,9 +58,11 @@ AFFINITY_HELP = (
     "With a supervisor: pin each worker process to one CPU (Linux). auto pins when there"
     " are at least as many processes as usable CPUs; on always; off never."
 )
-LOG_LEVEL_HELP = "debug, info, warning, error or critical."
-LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 TRACEBACK_HELP = "When APP fails to import, print its traceback (your code's frames) too."
+RUN_BEAT_HELP = (
+    "Also push the App's periodic jobs (as kaffi beat does), in a thread of this process;"
+    " with a supervisor, in the supervisor only."
+)
 
 
 @main.command("worker", help=WORKER_HELP)
@@ -124,16 +127,9 @@ TRACEBACK_HELP = "When APP fails to import, print its traceback (your code's fra
 )
 @click.option("--burst", is_flag=True, help=BURST_HELP)
 @click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
-@click.option(
-    "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help=LOG_FORMAT_HELP,
-)
+@click.option("--beat", "run_beat", is_flag=True, help=RUN_BEAT_HELP)
+@beat_options
+@log_options
 @click.option("--traceback", "show_traceback", is_flag=True, help=TRACEBACK_HELP)
 def worker(
     app: str,
@@ -150,6 +146,9 @@ def worker(
     cpu_affinity: str,
     burst: bool,
     health_file: str | None,
+    run_beat: bool,
+    lookahead: float,
+    margin: float,
     log_level: str,
     log_format: str,
     show_traceback: bool,
@@ -171,6 +170,13 @@ def worker(
             "burst": burst,
             "health_file": health_file,
         }
+        # The scheduler runs in this process, beside the worker or the supervisor, never
+        # in the supervisor's children: one scheduler per `kaffi worker --beat`.
+        stop_beat = (
+            start_beat_thread(make_beat(application, url, lookahead, margin))
+            if run_beat
+            else _nothing_to_stop
+        )
         if processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None:
             from kaffi.worker.supervisor import run_supervisor
 
@@ -185,9 +191,11 @@ def worker(
                 log_format=log_format,
                 cpu_affinity=cpu_affinity,
             )
+            stop_beat()
             sys.exit(code)
         runner = Worker(application, **options)
         runner.work()
+        stop_beat()
         if runner.abandoned_threads:
             # Jobs FAILed at shutdown may still be running in threads the interpreter
             # would wait for forever: the work is given back, so leave now.
@@ -208,3 +216,7 @@ def _load(spec: str, show_traceback: bool) -> App:
         if show_traceback:
             click.echo(exc.user_traceback.rstrip("\n"), err=True)
         raise
+
+
+def _nothing_to_stop() -> None:
+    """What stops the scheduler when ``--beat`` was not given."""

@@ -246,13 +246,21 @@ class TimedEntry(NamedTuple):
 
 
 class TimedSet:
-    """A set of jobs ordered by time: the retry, scheduled and dead sets."""
+    """A set of jobs ordered by time: the retry, scheduled and dead sets.
 
-    __slots__ = ("_heap", "entries", "name")
+    In Faktory each set is a Redis sorted set whose members are the jobs' JSON, so a set
+    holds each identical payload once. ``indexed=True`` keeps an index from payload to
+    row (:meth:`rowid_of`) so that a second PUSH of an identical scheduled job can be
+    merged; the retry and dead sets, where identical payloads do not arise (each failure
+    is stamped with its time), do without its memory.
+    """
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("_by_data", "_heap", "entries", "name")
+
+    def __init__(self, name: str, *, indexed: bool = False) -> None:
         self.name = name
         self.entries: dict[int, TimedEntry] = {}
+        self._by_data: dict[bytes, int] | None = {} if indexed else None
         self._heap: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
@@ -260,12 +268,29 @@ class TimedSet:
 
     def add(self, entry: TimedEntry) -> None:
         """Put ``entry`` in the set (replacing a row of the same id)."""
+        old = self.entries.get(entry.rowid)
+        if old is not None:
+            self._forget(old)
         self.entries[entry.rowid] = entry
+        if self._by_data is not None:
+            self._by_data[entry.data] = entry.rowid
         heapq.heappush(self._heap, (entry.score, entry.rowid))
+
+    def rowid_of(self, data: bytes) -> int | None:
+        """The row holding exactly these encoded bytes, or None (always None for a set
+        built without ``indexed``)."""
+        return None if self._by_data is None else self._by_data.get(data)
 
     def remove(self, rowid: int) -> TimedEntry | None:
         """Take row ``rowid`` out, returning it, or None if it is not here."""
-        return self.entries.pop(rowid, None)
+        entry = self.entries.pop(rowid, None)
+        if entry is not None:
+            self._forget(entry)
+        return entry
+
+    def _forget(self, entry: TimedEntry) -> None:
+        if self._by_data is not None and self._by_data.get(entry.data) == entry.rowid:
+            del self._by_data[entry.data]
 
     def pop_due(self, now: float) -> Iterator[TimedEntry]:
         """Take out and yield, earliest first, every entry due at ``now`` or before."""
@@ -275,6 +300,7 @@ class TimedSet:
             entry = self.entries.get(rowid)
             if entry is not None and entry.score == score:
                 del self.entries[rowid]
+                self._forget(entry)
                 yield entry
         if len(heap) > 2 * len(self.entries) + 64:
             # Removed entries linger in the heap; rebuild it before they dominate.
@@ -284,6 +310,8 @@ class TimedSet:
     def clear(self) -> None:
         """Empty the set."""
         self.entries.clear()
+        if self._by_data is not None:
+            self._by_data.clear()
         self._heap.clear()
 
 
@@ -352,7 +380,7 @@ class ServerCore:
         self.reservations: dict[str, Reservation] = {}
         self._expiry_heap: list[tuple[float, int, str]] = []
         self.retries = TimedSet(STATE_RETRY)
-        self.scheduled = TimedSet(STATE_SCHEDULED)
+        self.scheduled = TimedSet(STATE_SCHEDULED, indexed=True)
         self.dead = TimedSet(STATE_DEAD)
         self.workers: dict[str, Worker] = {}
         self._waiters: dict[str, deque[Waiter]] = {}
@@ -480,6 +508,10 @@ class ServerCore:
             if when > now_ns / 1e9:
                 job.pop("enqueued_at", None)
                 data = encode_job(job)
+                if self.scheduled.rowid_of(data) is not None:
+                    # Faktory's scheduled set is keyed by the re-encoded JSON: an
+                    # identical job (same jid, created_at and at) is stored once.
+                    return
                 rowid = self._rowid()
                 self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
                 if self.journal is not None:
