@@ -147,8 +147,8 @@ def worker(
     log_format: str,
 ) -> None:
     with handle_errors():
+        from kaffi.worker.joblog import configure_logging
         from kaffi.worker.loader import load_app
-        from kaffi.worker.logging import configure_logging
         from kaffi.worker.worker import Worker
 
         configure_logging(log_level, log_format)
