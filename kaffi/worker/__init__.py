@@ -5,7 +5,7 @@
 - :mod:`kaffi.worker.lifecycle`: running/quiet/terminate/stopped and the heartbeat;
 - :mod:`kaffi.worker.connections`: connections within ``pool_size``, start-up, outages;
 - :mod:`kaffi.worker.shutdown`: the shutdown order;
-- :mod:`kaffi.worker.backoff`: full-jitter backoff and the first FETCH's spread;
+- :mod:`kaffi.worker.backoff`: full-jitter backoff and the idle FETCH's spread;
 - :mod:`kaffi.worker.options`: the options, checked by a pydantic model;
 - :mod:`kaffi.worker.supervisor`: ``--processes N``, a supervisor and N worker processes;
 - :mod:`kaffi.worker.signals`: TERM/INT/TSTP/TTIN;

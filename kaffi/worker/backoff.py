@@ -1,4 +1,4 @@
-"""Waits between retries: exponential backoff with full jitter, and the first FETCH's spread.
+"""Waits between retries: exponential backoff with full jitter, and the idle FETCH's spread.
 
 Every place on the worker side that tries again after a failure waits through
 :class:`Backoff`: a slot reconnecting, the heartbeat, an ACK/FAIL resent over a fresh
@@ -9,9 +9,14 @@ Full jitter: attempt ``n`` (0 for the first retry) waits a uniformly random time
 that lost the server at the same moment do not all come back at the same instants, so a
 restarted server is not hit by every reconnect at once.
 
-:func:`first_fetch_delay` spreads the first FETCH of each slot the same way: processes
-started together (a deploy, ``--processes N``) would otherwise send their FETCHes in
-lockstep for as long as the jobs take the same time.
+:func:`idle_fetch_delay` spreads the FETCHes of idle slots the same way. Processes started
+together (a deploy, ``--processes N``) send their first FETCHes at the same instant; on
+empty queues the server holds each for the same ~2 s, so without a pause they would come
+back, and FETCH again, in lockstep for as long as the queues stay empty. Each slot waits
+a random ``[0, IDLE_FETCH_SPREAD]`` after its first FETCH that found nothing, once, which
+desynchronises them for good. The very first FETCH is not delayed (faktory_worker_go
+delays it instead): when jobs are waiting, every slot should take one at once, and jobs
+of different lengths keep busy slots out of step by themselves.
 
 This module does no I/O and never sleeps; the callers do.
 """
@@ -23,9 +28,9 @@ import random
 __all__ = [
     "BACKOFF_CAP",
     "BACKOFF_FIRST",
-    "FIRST_FETCH_SPREAD",
+    "IDLE_FETCH_SPREAD",
     "Backoff",
-    "first_fetch_delay",
+    "idle_fetch_delay",
     "full_jitter",
 ]
 
@@ -33,9 +38,9 @@ __all__ = [
 #: outage, ACK/FAIL retries).
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
-#: The most a slot's first FETCH is delayed (seconds): enough to break lockstep between
-#: processes started together, too little for anyone to notice.
-FIRST_FETCH_SPREAD = 0.1
+#: The most a slot waits after its first empty FETCH (seconds): enough to break lockstep
+#: between processes started together, too little for anyone to notice.
+IDLE_FETCH_SPREAD = 0.1
 #: 2**60 times any sensible base already exceeds every cap; a bigger exponent would only
 #: overflow the float conversion.
 _MAX_EXPONENT = 60
@@ -86,8 +91,6 @@ class Backoff:
         self.attempt = 0
 
 
-def first_fetch_delay(
-    spread: float = FIRST_FETCH_SPREAD, rng: random.Random | None = None
-) -> float:
-    """How long a slot waits before its first FETCH: uniform in ``[0, spread]``."""
+def idle_fetch_delay(spread: float = IDLE_FETCH_SPREAD, rng: random.Random | None = None) -> float:
+    """How long a slot waits after its first empty FETCH: uniform in ``[0, spread]``."""
     return (rng or random).uniform(0.0, max(spread, 0.0))

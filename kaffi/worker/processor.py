@@ -7,10 +7,11 @@ worker's wid) and holds at most one job::
 
 So at most ``concurrency`` jobs are held at once, a slot fetches only when it is free (no
 prefetching that would starve long jobs), and every job after the first costs a single
-round trip. Each slot delays its first FETCH by a small random time
-(:func:`~kaffi.worker.backoff.first_fetch_delay`), so workers started together do not
-FETCH in lockstep. ``async def`` jobs run on the loop; plain functions run in job threads
-(:mod:`kaffi.worker.threads`), with the caller's contextvars copied into the thread.
+round trip. A slot whose first FETCH finds nothing pauses for a small random time
+(:func:`~kaffi.worker.backoff.idle_fetch_delay`) before the next, so idle workers started
+together do not FETCH in lockstep. ``async def`` jobs run on the loop; plain functions
+run in job threads (:mod:`kaffi.worker.threads`), with the caller's contextvars copied
+into the thread.
 
 What a job's outcome becomes
 ----------------------------
@@ -46,7 +47,7 @@ from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, 
 from kaffi.protocol.commands import decode_fetch, decode_info, encode_ack, encode_fail, encode_info
 from kaffi.protocol.models import MAX_BACKTRACE, JobPayload
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply
-from kaffi.worker.backoff import BACKOFF_CAP, Backoff, first_fetch_delay
+from kaffi.worker.backoff import BACKOFF_CAP, Backoff, idle_fetch_delay
 from kaffi.worker.joblog import job_context, log_job_done
 from kaffi.worker.lifecycle import RUNNING, TERMINATE
 
@@ -197,9 +198,8 @@ class Processor:
         pending: bytes | None = None
         reconnect = Backoff()
         refused = Backoff(REFUSED_FETCH_WAIT, BACKOFF_CAP)
+        in_step = True  # until the first empty FETCH (see idle_fetch_delay)
         try:
-            # Not every slot of every worker at the same instant (see the module docstring).
-            await life.pause(first_fetch_delay())
             while life.state == RUNNING:
                 conn = slot.conn
                 if conn is None or conn.broken:
@@ -249,6 +249,10 @@ class Processor:
                 if job is None:
                     if life.burst and life.state == RUNNING:
                         await self.burst_check(slot)
+                    if in_step:
+                        # Idle from the start: step out of the other slots' rhythm, once.
+                        in_step = False
+                        await life.pause(idle_fetch_delay())
                     continue
                 if isinstance(job, bytes):  # a job we cannot read: its FAIL line
                     pending = job

@@ -17,10 +17,10 @@ from kaffi.worker import Worker
 from kaffi.worker.backoff import (
     BACKOFF_CAP,
     BACKOFF_FIRST,
-    FIRST_FETCH_SPREAD,
+    IDLE_FETCH_SPREAD,
     Backoff,
-    first_fetch_delay,
     full_jitter,
+    idle_fetch_delay,
 )
 from kaffi.worker.worker import format_backtrace
 
@@ -185,13 +185,13 @@ def test_full_jitter_survives_huge_attempt_numbers() -> None:
     assert full_jitter(-3, 0.05, 5.0, rng) <= 0.05
 
 
-def test_the_first_fetch_is_spread_but_bounded() -> None:
+def test_the_idle_fetch_pause_is_spread_but_bounded() -> None:
     rng = random.Random(99)
-    delays = [first_fetch_delay(rng=rng) for _ in range(200)]
-    assert all(0.0 <= d <= FIRST_FETCH_SPREAD for d in delays)
+    delays = [idle_fetch_delay(rng=rng) for _ in range(200)]
+    assert all(0.0 <= d <= IDLE_FETCH_SPREAD for d in delays)
     # Spread over the range, not one value: slots started together do not fetch together.
-    assert max(delays) - min(delays) > FIRST_FETCH_SPREAD / 2
-    assert first_fetch_delay(0.0, rng) == 0.0
+    assert max(delays) - min(delays) > IDLE_FETCH_SPREAD / 2
+    assert idle_fetch_delay(0.0, rng) == 0.0
 
 
 @pytest.mark.parametrize(
