@@ -48,6 +48,29 @@ class Lifecycle:
     """The state of one worker and every change to it. Not thread-safe: the worker calls
     it on its loop (``Worker.quiet()``/``stop()`` from other threads hop onto the loop)."""
 
+    # Slots: the counters are touched several times per job.
+    __slots__ = (
+        "_on_recycle",
+        "burst",
+        "done",
+        "exit_when_idle",
+        "failed",
+        "fatal",
+        "hurry",
+        "hurry_requested",
+        "live_slots",
+        "processed",
+        "recycling",
+        "running",
+        "sigint_count",
+        "state",
+        "stop_event",
+        "stop_reason",
+        "timeout",
+        "wake",
+        "wid",
+    )
+
     def __init__(
         self,
         wid: str,

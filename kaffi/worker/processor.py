@@ -236,7 +236,8 @@ class Processor:
                     )
                     await life.pause(reconnect.next())
                     continue
-                reconnect.reset()
+                if reconnect.attempt:
+                    reconnect.reset()
                 try:
                     job = self.decode_job(fetch_reply)
                 except ServerError as exc:
@@ -245,7 +246,8 @@ class Processor:
                     log.warning("worker %s: FETCH refused: %s", life.wid, exc)
                     await life.pause(refused.next())
                     continue
-                refused.reset()
+                if refused.attempt:
+                    refused.reset()
                 if job is None:
                     if life.burst and life.state == RUNNING:
                         await self.burst_check(slot)
