@@ -42,22 +42,19 @@ def test_a_worker_holds_its_slots_and_heartbeat_within_pool_size(
 
     noop.delay_many([(n,) for n in range(60)])
     worker = Worker(app, concurrency=3, pool_size=4)
-    samples: list[int] = []
     with running(worker):
-
-        def sampled_done() -> bool:
-            samples.append(connections_of(faktory_server, worker.wid))
-            return worker.processed >= 60
-
-        wait_until(sampled_done, "every job")
-        # At rest: one connection per slot and one for the heartbeat, as the server sees it.
-        wait_until(lambda: connections_of(faktory_server, worker.wid) == 4, "4 connections")
+        wait_until(lambda: worker.processed >= 60, "every job")
+        # At rest: one connection per slot and one for the heartbeat, on both sides.
         budget = worker.connector.budget
+        wait_until(
+            lambda: budget.held == 4 and connections_of(faktory_server, worker.wid) == 4,
+            "4 connections held and seen by the server",
+        )
         assert budget.size == 4
         assert budget.peak == 4
-        assert budget.held == 4
+    # Counted where the connections are made: the server notices a closed socket a little
+    # after its replacement says HELLO, so its own count may lag during the churn.
     assert calls[0] > 7, "no connection was broken"
-    assert max(samples) <= 4, samples
     assert worker.connector.budget.held == 0, "a connection outlived the worker"
 
 
