@@ -140,7 +140,8 @@ def test_a_report_that_cannot_be_sent_is_retried_then_given_up_loudly(
     # Retried with full-jitter backoff (random waits below 0.05, 0.1, 0.2 ... s) until the
     # next wait would pass the limit: never sooner than one attempt, never past the limit.
     assert len(opens) >= 2
-    assert opens[-1] - started <= 0.6
+    # (Plus slack for a late wake-up on a loaded machine: unbounded, it would go on for 30 s.)
+    assert opens[-1] - started < 0.6 + 1.0
     assert worker.connector.budget.held == 0, "a failed open kept its permit"
     (record,) = [r for r in caplog.records if "GAVE UP" in r.getMessage()]
     assert record.levelno == logging.ERROR
