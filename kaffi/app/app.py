@@ -19,14 +19,14 @@ from kaffi.app.middleware import Middleware
 from kaffi.app.push import Delivery
 from kaffi.app.signature import TaskSignature
 from kaffi.app.task import Task, TaskOptions
+from kaffi.app.workers import WorkerHandle, build_worker
 from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
 
 if TYPE_CHECKING:
+    from kaffi.app.testing import Testing
     from kaffi.client import AsyncClient, Client, ConnectionSettings, Mutation
     from kaffi.periodic.schedule import Schedule
-    from kaffi.testing.modes import Testing
-    from kaffi.worker import Worker
 
 __all__ = ["App", "Mutate"]
 
@@ -367,18 +367,17 @@ class App:
 
     @property
     def testing(self) -> Testing:
-        """``app.testing.inline()`` and ``app.testing.fake()`` (see :mod:`kaffi.testing.modes`)."""
+        """``app.testing.inline()`` and ``app.testing.fake()`` (see :mod:`kaffi.app.testing`)."""
         if self._testing is None:
-            from kaffi.testing.modes import Testing
+            from kaffi.app.testing import Testing
 
             self._testing = Testing(self)
         return self._testing
 
-    def worker(self, **options: Any) -> Worker:
-        """A :class:`~kaffi.worker.Worker` for this App (``concurrency=``, ``queues=``, ...)."""
-        from kaffi.worker import Worker
-
-        return Worker(self, **options)
+    def worker(self, **options: Any) -> WorkerHandle:
+        """A :class:`~kaffi.worker.Worker` for this App (``concurrency=``, ``queues=``, ...),
+        built through the registered factory (:mod:`kaffi.app.workers`)."""
+        return build_worker(self, options)
 
     def __repr__(self) -> str:
         return f"<App tasks={len(self.tasks)} middleware={len(self.middleware)}>"

@@ -136,7 +136,7 @@ def beat(
             return
         if from_ is not None:
             fail("--from goes with --list")
-        from kaffi.worker.logging import configure_logging
+        from kaffi.worker.joblog import configure_logging
 
         configure_logging(log_level, log_format)
         runner = make_beat(application, url, lookahead, margin)

@@ -154,7 +154,7 @@ def worker(
     show_traceback: bool,
 ) -> None:
     with handle_errors():
-        from kaffi.worker.logging import configure_logging
+        from kaffi.worker.joblog import configure_logging
         from kaffi.worker.worker import Worker
 
         configure_logging(log_level, log_format)

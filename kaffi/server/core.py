@@ -23,13 +23,13 @@ import contextlib
 import heapq
 import random
 import re
-import resource
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from kaffi._procinfo import rss_kb
 from kaffi.server import jobs as jobs_mod
 from kaffi.server.jobs import encode_job, time_string
 
@@ -68,16 +68,6 @@ _FAIL_MESSAGE_MAX = 1000
 _FAIL_ERRTYPE_MAX = 100
 _FAIL_BACKTRACE_MAX = 50
 _WORKER_STATES = {"running": 0, "quiet": 1, "terminate": 2}
-
-
-def _rss_mb() -> int:
-    """Resident memory of this process in MB (Linux's /proc, else the peak from getrusage)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * resource.getpagesize() // (1024 * 1024)
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 class CoreError(Exception):
@@ -905,7 +895,7 @@ class ServerCore:
         """The INFO document, with the same keys in the same order as Faktory 1.10.0."""
         queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
         now = self.clock.now_ns()
-        rss_mb = _rss_mb()
+        rss_mb = rss_kb() // 1024
         return {
             "now": time_string(now),
             "server_utc_time": time.strftime("%H:%M:%S UTC", time.gmtime(now // 1_000_000_000)),
