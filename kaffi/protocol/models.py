@@ -56,6 +56,8 @@ __all__ = [
     "Info",
     "dumps",
     "validation_message",
+    "has_non_finite",
+    "MAX_BACKTRACE",
 ]
 
 #: Faktory's rule for queue names (``\A[a-zA-Z0-9._-]+\z`` in Go).
@@ -361,7 +363,7 @@ def _refuse_non_finite(data: bytes, jid: str) -> None:
     # The constants only appear as bare tokens when a float is non-finite; a string
     # that merely contains the letters is told apart by parsing, which is rare. (find()
     # is quicker than ``in`` for bytes, and this runs for every job pushed.)
-    if (data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0) and _has_non_finite(data):
+    if (data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0) and has_non_finite(data):
         raise ValidationError(
             f"invalid job: job {jid} cannot be sent as JSON: NaN and infinite numbers are not JSON"
         )
@@ -485,7 +487,9 @@ class EncodedJob:
         return value
 
 
-def _has_non_finite(text: str | bytes) -> bool:
+def has_non_finite(text: str | bytes) -> bool:
+    """Whether the JSON ``text`` holds a bare ``NaN``/``Infinity`` (which JSON does not
+    allow, but Python's json writes): both the job encoders refuse such a payload."""
     found = False
 
     def _constant(_name: str) -> float:

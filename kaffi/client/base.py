@@ -1,0 +1,763 @@
+"""What :class:`~kaffi.client.Client` and :class:`~kaffi.client.AsyncClient` share: every
+command, written once.
+
+How one definition serves both clients. A command is a function that returns a
+:data:`Request`: the line to send, whether it may be retried, its read deadline, and how
+to turn the reply into a value. :class:`command` turns it into a method of each client
+class when the class is created (``ClientBase.__init_subclass__``): a plain method that
+sends the line with the client's ``_call`` for :class:`~kaffi.client.Client`, a coroutine
+method that awaits it for :class:`~kaffi.client.AsyncClient`. Both methods are real
+functions on their class, so calling one costs one extra Python call (the request
+builder) over a hand-written method, and the bytes sent are the same by construction.
+
+What needs more than one round trip (``push_bulk``'s pipelined PUSHB, ``send("END")``,
+the retry of a failed command) is written once as a *plan*: a generator that yields each
+I/O step as a call (borrow a connection, write, read a reply, give it back) and gets its
+result back. :func:`run_plan` runs the steps for the sync client, :func:`run_plan_async`
+awaits them for the asyncio one. A plan costs about a microsecond per step, so it is kept
+off the one-command path.
+
+Why not the async client as the source and a generated sync copy (unasync, as httpcore
+does)? It would keep two copies of every method in the repository, with a generator
+script and a test to keep them in step; here there is one copy and nothing to generate,
+at the same speed on the hot path (measured: ``Client.push`` of a pre-encoded job within
+2% of the hand-written method; see CONTRIBUTING.md).
+
+Retrying. A command whose connection failed (reset, closed, write error) *before any byte
+of the reply arrived* is sent once more on a freshly opened connection, if repeating it is
+harmless. Which commands that covers, and why:
+
+- PUSH and PUSHB: the job keeps its jid, so the worst case is the server getting the same
+  job twice: delivery is **at least once**. Faktory itself is at-least-once anyway.
+- ACK, BEAT, INFO, FLUSH, QUEUE ..., MUTATE: repeating them leaves the server in the
+  same state (an ACK of an already acknowledged jid answers +OK).
+- never FETCH: the lost reply may have carried a job the server has now reserved for us;
+  a second FETCH would reserve another, and the first would wait out its reservation.
+- never FAIL: a FAIL that did arrive makes the repeat answer ``-ERR Job not found``,
+  turning a success into an error; the worker has its own FAIL retry policy.
+- never ``send()``: a raw command may be anything.
+
+Timeouts are not retried (the server is alive but slow: a second try doubles the wait and
+likely duplicates the work), nor is anything after part of a reply arrived, nor a failure
+to connect or authenticate (an :class:`~kaffi.errors.AuthenticationError` is raised at
+once: a wrong password must not turn into a reconnect storm).
+
+This module never touches a socket (connections do) and never builds command bytes
+itself (:mod:`kaffi.protocol.commands` does); it only decides which connection carries a
+command, whether to retry it, and what the reply means.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+import ssl
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar, overload
+
+from kaffi.client.config import ConnectionSettings, resolve_settings
+from kaffi.client.job import JobBuilder, as_payload
+from kaffi.errors import (
+    ConfigurationError,
+    ReadTimeout,
+    TransportError,
+    ValidationError,
+    WriteTimeout,
+)
+from kaffi.protocol.commands import (
+    decode_beat,
+    decode_fetch,
+    decode_info,
+    decode_latency,
+    decode_ok,
+    decode_pushb,
+    encode_ack,
+    encode_beat,
+    encode_fail,
+    encode_fetch,
+    encode_flush,
+    encode_info,
+    encode_line,
+    encode_push,
+    encode_pushb,
+    encode_queue,
+    format_exception_backtrace,
+    raise_for_error,
+)
+from kaffi.protocol.connection import OK_REPLY
+from kaffi.protocol.models import EncodedJob, Info, JobPayload, RejectedJob
+from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
+
+if TYPE_CHECKING:
+    from kaffi.client.pool import AsyncConnectionPool, ConnectionPool
+
+__all__ = [
+    "ClientBase",
+    "BlockingCommands",
+    "AwaitedCommands",
+    "command",
+    "run_plan",
+    "run_plan_async",
+    "retry_once",
+    "BulkChunks",
+    "SentChunk",
+    "BULK_IN_FLIGHT",
+    "PUSHB_CHUNK",
+    "DEFAULT_POOL_TIMEOUT",
+    "FETCH_TIMEOUT_FLOOR",
+    "JobLike",
+    "BulkJob",
+]
+
+#: PUSHB sends at most this many jobs per command.
+PUSHB_CHUNK = 1000
+#: PUSHB commands ``push_bulk`` keeps unanswered: the next chunk is built and written
+#: while the server stores the previous one.
+BULK_IN_FLIGHT = 2
+#: How long borrowing a pooled connection may wait.
+DEFAULT_POOL_TIMEOUT = 10.0
+#: The server holds an empty FETCH for about 2 s; FETCH's read deadline never goes below this.
+FETCH_TIMEOUT_FLOOR = 5.0
+
+JobLike = JobBuilder | JobPayload | EncodedJob | Mapping[str, Any]
+#: A job ready for PUSHB: validated (JobPayload) or validated and encoded (EncodedJob).
+BulkJob = JobPayload | EncodedJob
+
+T = TypeVar("T")
+P = ParamSpec("P")
+Q = ParamSpec("Q")
+U = TypeVar("U")
+JobT = TypeVar("JobT")
+MutationT = TypeVar("MutationT")
+
+#: What a command function returns: the line, whether it may be retried, its read
+#: deadline (None: the connection's), the reply's decoder, and the decoder's second
+#: argument (a tuple: building one costs less than any object).
+Request: TypeAlias = tuple[bytes, bool, "float | None", Callable[[Reply, Any], T], Any]
+#: A plan: yields calls (one I/O step each), is sent their results, returns the value.
+Plan: TypeAlias = Generator[Callable[[], Any], Any, T]
+
+
+class BlockingCommands:
+    """Marks a client whose commands return their value (:class:`~kaffi.client.Client`)."""
+
+
+class AwaitedCommands:
+    """Marks a client whose commands are coroutines (:class:`~kaffi.client.AsyncClient`)."""
+
+
+class command(Generic[P, T]):
+    """A command written once for both clients (see the module docstring).
+
+    Decorates a function returning a :data:`Request` or, with ``plan=True``, a generator
+    :data:`Plan`. On a :class:`BlockingCommands` client the method returns ``T``; on an
+    :class:`AwaitedCommands` client it returns a coroutine of ``T``.
+    """
+
+    def __init__(
+        self, build: Callable[Concatenate[Any, P], Request[T] | Plan[T]], *, plan: bool = False
+    ) -> None:
+        self.build: Callable[..., Any] = build
+        self.plan = plan
+        self.__doc__ = build.__doc__
+
+    @staticmethod
+    def planned(build: Callable[Concatenate[Any, Q], Plan[U]]) -> command[Q, U]:
+        """The decorator for a command that is a :data:`Plan`."""
+        return command(build, plan=True)
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> command[P, T]: ...
+    @overload
+    def __get__(self, obj: BlockingCommands, owner: type[Any]) -> Callable[P, T]: ...
+    @overload
+    def __get__(
+        self, obj: AwaitedCommands, owner: type[Any]
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    def __get__(self, obj: object, owner: type[Any]) -> Any:
+        # Only reached on a class that __init_subclass__ did not see (ClientBase itself).
+        if obj is None:
+            return self
+        method = self.method(isinstance(obj, AwaitedCommands), type(obj).__qualname__)
+        return method.__get__(obj, owner)
+
+    def method(self, awaited: bool, owner: str) -> Callable[..., Any]:
+        """The real method for one kind of client."""
+        build = self.build
+        if self.plan:
+            if awaited:
+
+                async def run_async_plan(self: Any, *args: Any, **kwargs: Any) -> Any:
+                    return await run_plan_async(build(self, *args, **kwargs))
+
+                method: Callable[..., Any] = run_async_plan
+            else:
+
+                def run_sync_plan(self: Any, *args: Any, **kwargs: Any) -> Any:
+                    return run_plan(build(self, *args, **kwargs))
+
+                method = run_sync_plan
+        elif awaited:
+
+            async def call_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+                line, retry, timeout, decode, arg = build(self, *args, **kwargs)
+                return decode(await self._call(line, retry, timeout), arg)
+
+            method = call_async
+        else:
+
+            def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+                line, retry, timeout, decode, arg = build(self, *args, **kwargs)
+                return decode(self._call(line, retry, timeout), arg)
+
+            method = call
+        functools.update_wrapper(method, build)
+        method.__qualname__ = f"{owner}.{build.__name__}"
+        return method
+
+
+def run_plan(plan: Plan[T]) -> T:
+    """Run a plan's steps one after the other (the sync client's driver)."""
+    stepper = _Stepper(plan)
+    step = stepper.resume(None)
+    while step is not None:
+        try:
+            result = step()
+        except BaseException as exc:
+            step = stepper.throw(exc)
+        else:
+            step = stepper.resume(result)
+    return stepper.value
+
+
+async def run_plan_async(plan: Plan[T]) -> T:
+    """Run a plan's steps, awaiting each (the asyncio client's driver)."""
+    stepper = _Stepper(plan)
+    step = stepper.resume(None)
+    while step is not None:
+        try:
+            outcome = await step()
+        except BaseException as exc:
+            step = stepper.throw(exc)
+        else:
+            step = stepper.resume(outcome)
+    return stepper.value
+
+
+class _Stepper(Generic[T]):
+    """A plan being run: resumed with each step's result, or with its failure thrown in;
+    ``value`` is what the plan returned, once it did (no next step)."""
+
+    __slots__ = ("plan", "value")
+
+    def __init__(self, plan: Plan[T]) -> None:
+        self.plan = plan
+
+    def resume(self, result: Any) -> Callable[[], Any] | None:
+        try:
+            return self.plan.send(result)
+        except StopIteration as done:
+            self.value: T = done.value
+            return None
+
+    def throw(self, failure: BaseException) -> Callable[[], Any] | None:
+        try:
+            return self.plan.throw(failure)
+        except StopIteration as done:
+            self.value = done.value
+            return None
+
+
+def retry_once(
+    pool: Any, conn: Any, exc: BaseException, line: bytes, retry: bool, timeout: float | None
+) -> Plan[Reply]:
+    """What a client's ``_call`` does once ``conn.request(line)`` raised ``exc``: throw
+    the connection away, then either raise ``exc`` or, under the retry-once rule of the
+    module docstring, send ``line`` again on a freshly opened connection."""
+    yield lambda: pool.release(conn, discard=True)
+    if not (retry and isinstance(exc, TransportError) and should_retry(exc, conn.reply_started)):
+        raise exc
+    fresh = yield lambda: pool.acquire(fresh=True)
+    try:
+        reply = yield lambda: fresh.request(line, timeout=timeout)
+    except BaseException:
+        yield lambda: pool.release(fresh, discard=True)
+        raise
+    yield lambda: pool.release(fresh)
+    return reply  # type: ignore[no-any-return]
+
+
+class ClientBase(abc.ABC, Generic[JobT, MutationT]):
+    """Both clients: the arguments (see :class:`~kaffi.client.Client`), where to connect,
+    who they are (wid, labels), the pool, ``repr()``, and every command. Each subclass
+    builds its own kind of pool and sends a line with its own ``_call``."""
+
+    pool: ConnectionPool | AsyncConnectionPool
+    #: The job builder and MUTATE view classes of this kind of client.
+    _job_type: Callable[..., JobT]
+    _mutation_type: Callable[[Any, str], MutationT]
+    #: Sends one line on a pooled connection, retrying under the rule above; returns the
+    #: reply (Client), or a coroutine of it (AsyncClient).
+    _call: Callable[[bytes, bool, float | None], Any]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        password: str | None = None,
+        wid: str | None = None,
+        labels: Sequence[str] = (),
+        pool_size: int = 10,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        tls: ssl.SSLContext | bool | None = None,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        hostname: str | None = None,
+        settings: ConnectionSettings | None = None,
+    ) -> None:
+        self.settings = settings or resolve_settings(
+            url,
+            host=host,
+            port=port,
+            password=password,
+            tls=tls,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
+        self.wid = check_wid(wid)
+        self.labels = check_labels(labels)
+        self.pool = self._new_pool(pool_size, pool_timeout, hostname)
+        # A read deadline shorter than the server's ~2 s FETCH wait would time out every
+        # empty FETCH: FETCH alone gets at least FETCH_TIMEOUT_FLOOR.
+        self._fetch_timeout = (
+            None if self.settings.timeout >= FETCH_TIMEOUT_FLOOR else FETCH_TIMEOUT_FLOOR
+        )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        awaited = issubclass(cls, AwaitedCommands)
+        for name in dir(cls):
+            found = inspect.getattr_static(cls, name)
+            if isinstance(found, command):
+                setattr(cls, name, found.method(awaited, cls.__qualname__))
+
+    @abc.abstractmethod
+    def _new_pool(
+        self, size: int, timeout: float, hostname: str | None
+    ) -> ConnectionPool | AsyncConnectionPool:
+        """The pool of this client's kind of connection (each subclass builds its own)."""
+
+    def __repr__(self) -> str:
+        # settings.url never holds the password; the pool's repr shows only counts.
+        wid = f" wid={self.wid}" if self.wid else ""
+        return f"<{type(self).__name__} {self.settings.url}{wid} {self.pool!r}>"
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def job(self, jobtype: str, *args: Any) -> JobT:
+        """A job builder bound to this client; set attributes, then ``.push()``."""
+        return self._job_type(jobtype, *args, client=self)
+
+    @command
+    def push(self, job: JobLike) -> Request[str]:
+        """PUSH one job (a Job, a JobPayload or a dict, validated locally); returns its jid.
+
+        If the connection fails before the server answers, the job is sent once more on a
+        new connection with the same jid: delivery is at least once.
+        """
+        # An EncodedJob (every .delay()) needs no conversion: skip the call.
+        payload = job if type(job) is EncodedJob else as_payload(job)
+        return encode_push(payload), True, None, _pushed, payload.jid
+
+    @command.planned
+    def push_bulk(self, jobs: Iterable[JobLike]) -> Plan[list[RejectedJob]]:
+        """PUSHB in chunks of 1000; returns the jobs the server refused, with its reason,
+        in the order they were given.
+
+        Jobs are validated a chunk at a time, just before the chunk is sent, and the
+        next chunk is written before the reply to the last one is read (two in flight),
+        so building jobs and storing them overlap. A job that fails validation raises
+        ValidationError naming its position; nothing of its chunk or after it is sent,
+        and the message says which earlier jobs were already pushed (none when it is in
+        the first 1000). PUSHB is not atomic on the server; a chunk whose connection
+        fails before any byte of its reply is sent once more, like PUSH (at least once).
+        A chunk the server refuses whole (``-ERR``) raises ServerError; the chunk
+        written after it may have been stored too.
+        """
+        chunks = BulkChunks(jobs)
+        pipeline = _PushbPipeline(self.pool)
+        rejected: list[RejectedJob] = []
+        try:
+            for chunk, line in chunks:
+                yield from pipeline.send(chunk, line)
+                if len(pipeline.in_flight) >= BULK_IN_FLIGHT:
+                    rejected.extend((yield from pipeline.receive()))
+        except ValidationError as exc:
+            # Found before any byte of its chunk was written: report it after collecting
+            # the replies to what was already sent.
+            rejected.extend((yield from pipeline.finish()))
+            raise chunks.error(exc, rejected) from None
+        except BaseException:
+            yield from pipeline.abort()
+            raise
+        rejected.extend((yield from pipeline.finish()))
+        return rejected
+
+    @command
+    def fetch(self, *queues: str) -> Request[JobPayload | None]:
+        """FETCH from ``queues`` (tried in order; ``"default"`` when none are given).
+
+        Returns a job, or None after the server's ~2 s wait. Never retried: a lost reply
+        may have held a job the server reserved for us.
+        """
+        line = encode_fetch(*(queues or ("default",)))
+        return line, False, self._fetch_timeout, _fetched, None
+
+    @command
+    def ack(self, jid: str) -> Request[None]:
+        """ACK: the job succeeded."""
+        return encode_ack(check_jid(jid)), True, None, decode_ok, "ACK"
+
+    @command
+    def fail(
+        self,
+        jid: str,
+        exc: BaseException | None = None,
+        *,
+        errtype: str | None = None,
+        message: str | None = None,
+        backtrace: Sequence[str] | None = None,
+    ) -> Request[None]:
+        """FAIL: the job failed, from an exception (errtype = its class name, message =
+        ``str(exc)``, backtrace from its traceback, innermost frame first) and/or the
+        explicit ``errtype``/``message``/``backtrace``, which win. Never retried."""
+        return fail_line(jid, exc, errtype, message, backtrace), False, None, decode_ok, "FAIL"
+
+    @command
+    def beat(self, current_state: str | None = None, rss_kb: int | None = None) -> Request[str]:
+        """BEAT for this client's wid: "OK", or the state the server asks for ("quiet" or
+        "terminate"). ``current_state`` reports ours ("quiet"/"terminate")."""
+        line = encode_beat(require_wid(self.wid), current_state, rss_kb)
+        return line, True, None, _beat, None
+
+    # -- server -----------------------------------------------------------------------
+
+    @command.planned
+    def send(self, command: str | bytes, arg: str | None = None) -> Plan[str | None]:
+        """Send a raw command and return the reply's text (None for a null bulk reply).
+
+        ``send("INFO")``, ``send("QUEUE", "PAUSE critical")`` or a whole line such as
+        ``send('ACK {"jid":"..."}')``. ``-ERR`` raises ServerError. Never retried.
+        """
+        line = raw_line(command, arg)
+        pool = self.pool
+        if line.split(b" ", 1)[0].strip().upper() == b"END":
+            # END gets no reply: the server just closes the connection.
+            conn = yield pool.acquire
+            yield lambda: pool.release(conn, discard=True)
+            return None
+        reply = yield lambda: self._call(line, False, None)
+        return decode_raw(reply, line)
+
+    @command
+    def info(self) -> Request[Info]:
+        """INFO: queues, set sizes and server details (``.raw`` has the whole document)."""
+        return encode_info(), True, None, _info, None
+
+    @command
+    def flush(self) -> Request[None]:
+        """FLUSH: delete every job in every queue and set. For tests and development."""
+        return encode_flush(), True, None, decode_ok, "FLUSH"
+
+    @command
+    def queue_pause(self, *names: str) -> Request[None]:
+        """Stop handing out jobs from these queues (``"*"``: all)."""
+        return encode_queue("PAUSE", *names), True, None, decode_ok, "QUEUE PAUSE"
+
+    @command
+    def queue_resume(self, *names: str) -> Request[None]:
+        """Hand out jobs from these paused queues again (``"*"``: all)."""
+        return encode_queue("RESUME", *names), True, None, decode_ok, "QUEUE RESUME"
+
+    @command
+    def queue_remove(self, *names: str) -> Request[None]:
+        """Delete these queues and their jobs (``"*"``: all)."""
+        return encode_queue("REMOVE", *names), True, None, decode_ok, "QUEUE REMOVE"
+
+    @command
+    def queue_latency(self, *names: str) -> Request[dict[str, float]]:
+        """Seconds the oldest job of each queue has waited."""
+        return encode_queue("LATENCY", *names), True, None, _latency, None
+
+    @property
+    def retries(self) -> MutationT:
+        """The retry set, for MUTATE: ``client.retries.of_type("x").requeue()``."""
+        return self._mutation_type(self, "retries")
+
+    @property
+    def scheduled(self) -> MutationT:
+        """The scheduled set, for MUTATE."""
+        return self._mutation_type(self, "scheduled")
+
+    @property
+    def dead(self) -> MutationT:
+        """The dead set, for MUTATE."""
+        return self._mutation_type(self, "dead")
+
+    @command
+    def _mutate(self, line: bytes) -> Request[None]:
+        # Called by the Mutation with the line it built; MUTATE is idempotent, so retried.
+        return line, True, None, decode_ok, "MUTATE"
+
+
+# -- decoders taking the (reply, argument) pair a Request names ----------------------------
+
+
+def _pushed(reply: Reply, jid: str) -> str:
+    if reply is not OK_REPLY:
+        decode_ok(reply, "PUSH")
+    return jid
+
+
+def _fetched(reply: Reply, _: None) -> JobPayload | None:
+    return decode_fetch(reply)
+
+
+def _beat(reply: Reply, _: None) -> str:
+    return decode_beat(reply)
+
+
+def _info(reply: Reply, _: None) -> Info:
+    return decode_info(reply)
+
+
+def _latency(reply: Reply, _: None) -> dict[str, float]:
+    return decode_latency(reply)
+
+
+# -- the pipelined PUSHB -----------------------------------------------------------------
+
+
+class SentChunk:
+    """One PUSHB chunk written and not answered yet: its jobs, its line, whether resent."""
+
+    __slots__ = ("jobs", "line", "resent")
+
+    def __init__(self, jobs: list[BulkJob], line: bytes) -> None:
+        self.jobs = jobs
+        self.line = line
+        self.resent = False
+
+
+class _PushbPipeline:
+    """PUSHB chunks on one borrowed connection, at most :data:`BULK_IN_FLIGHT` unanswered,
+    as plan steps (one copy for both clients).
+
+    A transport failure before any byte of the oldest unanswered chunk's reply arrived
+    sends every unanswered chunk again, once, on a fresh connection (the retry-once rule
+    of the module docstring, per chunk); anything else is raised.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.conn: Any = None
+        self.in_flight: deque[SentChunk] = deque()
+
+    def send(self, chunk: list[BulkJob], line: bytes) -> Plan[None]:
+        sent = SentChunk(chunk, line)
+        if self.conn is None:
+            self.conn = yield self.pool.acquire
+        self.in_flight.append(sent)
+        try:
+            yield lambda: self.conn.write(sent.line)
+        except TransportError as exc:
+            yield from self._recover(exc)
+
+    def receive(self) -> Plan[list[RejectedJob]]:
+        while True:
+            try:
+                reply = yield self.conn.read_reply
+            except TransportError as exc:
+                yield from self._recover(exc)
+                continue
+            sent = self.in_flight.popleft()
+            return decode_pushb(reply, sent.jobs)
+
+    def finish(self) -> Plan[list[RejectedJob]]:
+        """Read every outstanding reply and give the connection back."""
+        rejected: list[RejectedJob] = []
+        try:
+            while self.in_flight:
+                rejected.extend((yield from self.receive()))
+        except BaseException:
+            yield from self.abort()
+            raise
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            yield lambda: self.pool.release(conn)
+        return rejected
+
+    def abort(self) -> Plan[None]:
+        """Give the connection back, thrown away if a reply is still owed on it."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            discard = bool(self.in_flight) or conn.broken
+            yield lambda: self.pool.release(conn, discard=discard)
+
+    def _recover(self, exc: TransportError) -> Plan[None]:
+        conn, self.conn = self.conn, None
+        yield lambda: self.pool.release(conn, discard=True)
+        if not should_retry(exc, conn.reply_started) or any(s.resent for s in self.in_flight):
+            raise exc
+        for sent in self.in_flight:
+            sent.resent = True
+        self.conn = yield lambda: self.pool.acquire(fresh=True)
+        try:
+            yield lambda: self.conn.write(b"".join(sent.line for sent in self.in_flight))
+        except BaseException:
+            conn, self.conn = self.conn, None
+            yield lambda: self.pool.release(conn, discard=True)
+            raise
+
+
+class BulkChunks:
+    """``push_bulk``'s jobs, validated lazily and handed out in chunks of :data:`PUSHB_CHUNK`
+    (so a large bulk never holds every payload at once); counts what it handed out, to
+    say precisely what was sent when a later job turns out invalid."""
+
+    def __init__(self, jobs: Iterable[JobLike]) -> None:
+        self._jobs = jobs
+        #: Jobs handed out in chunks so far (each chunk is sent as soon as it is handed out).
+        self.handed_out = 0
+
+    def __iter__(self) -> Iterator[tuple[list[BulkJob], bytes]]:
+        """Each chunk's jobs and its PUSHB line."""
+        chunk: list[BulkJob] = []
+        for job in self._jobs:
+            try:
+                chunk.append(as_payload(job))
+            except ValidationError as exc:
+                index = self.handed_out + len(chunk)
+                raise ValidationError(f"push_bulk job {index}: {exc}", field=exc.field) from None
+            if len(chunk) == PUSHB_CHUNK:
+                yield self._encoded(chunk)
+                chunk = []
+        if chunk:
+            yield self._encoded(chunk)
+
+    def _encoded(self, chunk: list[BulkJob]) -> tuple[list[BulkJob], bytes]:
+        try:
+            line = encode_pushb(chunk)
+        except ValidationError as exc:
+            # A value JSON cannot carry (a NaN): the message names the job's jid.
+            raise ValidationError(f"push_bulk: {exc}", field=exc.field) from None
+        self.handed_out += len(chunk)
+        return chunk, line
+
+    def error(self, exc: ValidationError, rejected: list[RejectedJob]) -> ValidationError:
+        """``exc``, saying which jobs were pushed before it was found."""
+        if not self.handed_out:
+            return ValidationError(f"{exc}; nothing was sent", field=exc.field)
+        refused = ""
+        if rejected:
+            jids = ", ".join(r.jid for r in rejected[:5]) + (", ..." if len(rejected) > 5 else "")
+            refused = f", of which the server refused {len(rejected)} ({jids})"
+        return ValidationError(
+            f"{exc}; jobs 0 to {self.handed_out - 1} were already pushed{refused}, "
+            f"nothing from job {self.handed_out} on",
+            field=exc.field,
+        )
+
+
+# -- argument checks and lines -------------------------------------------------------------
+
+
+def should_retry(exc: TransportError, reply_started: bool) -> bool:
+    """The retry-once rule: a dropped connection before any reply byte, not a timeout."""
+    return not reply_started and not isinstance(exc, ReadTimeout | WriteTimeout)
+
+
+def check_wid(wid: str | None) -> str | None:
+    """``wid`` if it can name a worker (a non-empty string without spaces), else
+    ConfigurationError; None (a producer) passes."""
+    if wid is None:
+        return None
+    if not isinstance(wid, str) or not wid or any(c.isspace() for c in wid):
+        raise ConfigurationError(f"wid must be a non-empty string without spaces, got {wid!r}")
+    return wid
+
+
+def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    """``labels`` as a tuple of strings, or ConfigurationError (a bare string included)."""
+    if isinstance(labels, str):
+        # labels="a" would otherwise become ("a",) by accident of iteration: be explicit.
+        raise ConfigurationError(f"labels must be a sequence of strings, got the string {labels!r}")
+    out = tuple(labels)
+    if not all(isinstance(label, str) for label in out):
+        raise ConfigurationError(f"labels must be strings, got {out!r}")
+    return out
+
+
+def require_wid(wid: str | None) -> str:
+    """The client's wid for BEAT, or ConfigurationError saying how to give one."""
+    if wid is None:
+        raise ConfigurationError(
+            "beat() needs a worker id: create the client with wid=... (a worker's client)"
+        )
+    return wid
+
+
+def check_jid(jid: str) -> str:
+    """``jid`` if it is a non-empty string, else ValidationError naming the field."""
+    if not isinstance(jid, str) or not jid:
+        raise ValidationError(f"jid must be a non-empty string, got {jid!r}", field="jid")
+    return jid
+
+
+def fail_line(
+    jid: str,
+    exc: BaseException | None,
+    errtype: str | None,
+    message: str | None,
+    backtrace: Sequence[str] | None,
+) -> bytes:
+    """The FAIL line from an exception and/or explicit fields (explicit ones win)."""
+    check_jid(jid)
+    if exc is not None:
+        if errtype is None:
+            errtype = type(exc).__name__
+        if message is None:
+            message = str(exc)
+        if backtrace is None:
+            backtrace = format_exception_backtrace(exc)
+    if backtrace is not None and (
+        isinstance(backtrace, str) or not all(isinstance(b, str) for b in backtrace)
+    ):
+        raise ValidationError("backtrace must be a list of strings", field="backtrace")
+    return encode_fail(jid, errtype or "unknown", message or "", backtrace)
+
+
+def raw_line(command: str | bytes, arg: str | None) -> bytes:
+    """The line ``send()`` writes: a verb and an argument, or a whole line."""
+    if isinstance(command, bytes):
+        command = command.decode("utf-8")
+    if arg is None:
+        command = command.rstrip("\r\n")
+        verb, sep, rest = command.partition(" ")
+        return encode_line(verb, rest if sep else None)
+    return encode_line(command, arg)
+
+
+def decode_raw(reply: Reply, line: bytes) -> str | None:
+    """``send()``'s result: the text of a simple or bulk reply; ``-ERR`` raises."""
+    if isinstance(reply, SimpleReply):
+        return reply.text
+    if isinstance(reply, BulkReply):
+        return None if reply.data is None else reply.data.decode("utf-8", errors="replace")
+    assert isinstance(reply, ErrorReply)
+    raise_for_error(reply, line.split(b" ", 1)[0].strip().decode("ascii", errors="replace"))
+    return None
