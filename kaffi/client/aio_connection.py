@@ -21,10 +21,9 @@ import select
 import socket
 from collections.abc import Sequence
 
-from kaffi.client.boundary import Phase, hello_for, map_exceptions
+from kaffi.client.boundary import Phase, TransportBase, hello_for, map_exceptions
 from kaffi.client.config import ConnectionSettings
-from kaffi.protocol.connection import ClientConnection, ConnectionState
-from kaffi.protocol.models import Hi
+from kaffi.protocol.connection import ClientConnection
 from kaffi.protocol.resp import Reply
 
 __all__ = ["AsyncConnection"]
@@ -32,7 +31,6 @@ __all__ = ["AsyncConnection"]
 _CLOSE_TIMEOUT = 0.5
 #: Bytes read from the socket at once, into one buffer the connection keeps.
 _READ_BUFFER_SIZE = 65536
-_READY = ConnectionState.READY
 #: Transports of event loops that closed before their connections did (see
 #: AsyncConnection.dispose): their sockets are closed, the objects are kept so that
 #: their destructors (which would warn about a transport nobody closed) never run.
@@ -139,26 +137,17 @@ async def _connected_socket(loop: asyncio.AbstractEventLoop, host: str, port: in
     raise error
 
 
-class AsyncConnection:
+class AsyncConnection(TransportBase):
     """A connected, greeted asyncio connection. Open with :meth:`open`; one user at a time."""
 
     __slots__ = (
-        "_proto",
         "_protocol",
         "_read_deadline",
         "_read_timer",
         "_read_timer_at",
-        "_reading",
         "_sock",
-        "_timeout",
         "_transport",
-        "_writing",
-        "generation",
-        "idle_since",
         "loop",
-        "pid",
-        "settings",
-        "wid",
     )
 
     def __init__(
@@ -168,48 +157,16 @@ class AsyncConnection:
         settings: ConnectionSettings,
         sock: socket.socket,
     ) -> None:
+        super().__init__(protocol.proto, settings, protocol.loop.time())
         self._transport = transport
         self._protocol = protocol
-        self._proto = protocol.proto
         self._sock = sock
-        self._timeout = settings.timeout
-        self._reading = map_exceptions(self._proto, Phase.READ, settings.url, settings.timeout)
-        self._writing = map_exceptions(self._proto, Phase.WRITE, settings.url, settings.timeout)
         #: The deadline of the read in progress (``loop.time()``), checked by the timer.
         self._read_deadline = 0.0
         #: One timer for every read (see _arm_read_timer), and when it is due to fire.
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_timer_at = 0.0
-        self.settings = settings
-        self.wid: str | None = None
-        #: The process that opened it; a forked child must never use it.
-        self.pid = os.getpid()
-        #: Set by the pool that owns the connection.
-        self.generation = 0
         self.loop = protocol.loop
-        #: ``loop.time()`` when the pool last took it back (or it was opened).
-        self.idle_since = self.loop.time()
-
-    def __repr__(self) -> str:
-        state = "broken" if self.broken else "open"
-        return f"<AsyncConnection {self.settings.url} wid={self.wid!r} {state}>"
-
-    @property
-    def broken(self) -> bool:
-        """True once a transport or parse error made the byte stream untrustworthy (or
-        the connection was closed): it must be thrown away."""
-        return self._proto.state is not _READY
-
-    @property
-    def reply_started(self) -> bool:
-        """Whether any byte of the reply being waited for had arrived (the retry rule
-        looks at this; see :mod:`kaffi.client.base`)."""
-        return self._proto.reply_started
-
-    @property
-    def hi(self) -> Hi:
-        """The server's greeting."""
-        return self._proto.hi
 
     @classmethod
     async def open(

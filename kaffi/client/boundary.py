@@ -1,4 +1,5 @@
-"""The transport boundary: the one place OS and ssl errors become kaffi errors.
+"""The transport boundary: the one place OS and ssl errors become kaffi errors, and what
+both transports keep about a connection (:class:`TransportBase`).
 
 Both transports (:mod:`kaffi.client.connection` and :mod:`kaffi.client.aio_connection`)
 run every connect, handshake, read and write inside a :class:`map_exceptions` block for
@@ -33,8 +34,8 @@ import os
 import socket
 import ssl
 from collections.abc import Sequence
-from types import TracebackType
 
+from kaffi.client.config import ConnectionSettings
 from kaffi.errors import (
     ConnectError,
     ConnectTimeout,
@@ -44,9 +45,18 @@ from kaffi.errors import (
     WriteError,
     WriteTimeout,
 )
-from kaffi.protocol.connection import ClientConnection
+from kaffi.protocol.connection import ClientConnection, ConnectionState
+from kaffi.protocol.models import Hi
 
-__all__ = ["Phase", "map_exceptions", "os_error_text", "default_hostname", "hello_for"]
+__all__ = [
+    "Phase",
+    "TransportBase",
+    "map_exceptions",
+    "translate",
+    "os_error_text",
+    "default_hostname",
+    "hello_for",
+]
 
 #: On Python 3.10 ``asyncio.TimeoutError`` is not yet ``TimeoutError``.
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
@@ -84,12 +94,7 @@ class map_exceptions:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         # Never swallows: what left the block leaves it, translated or as it was.
         if exc is None:
             return
@@ -105,36 +110,40 @@ class map_exceptions:
         return translate(exc, self.phase, self.where, self.seconds)
 
 
+#: Per phase: the error a timeout becomes, and its message.
+_TIMEOUT_ERRORS: dict[Phase, tuple[type[KaffiError], str]] = {
+    Phase.CONNECT: (ConnectTimeout, "could not connect to {where} within {seconds:g} s"),
+    Phase.HANDSHAKE: (ConnectTimeout, "{where} did not complete HI/HELLO within {seconds:g} s"),
+    Phase.READ: (ReadTimeout, "{where} did not answer in time"),
+    Phase.WRITE: (WriteTimeout, "{where} did not accept our bytes within {seconds:g} s"),
+}
+#: Per phase: the error any other OSError becomes, and its message.
+_OS_ERRORS: dict[Phase, tuple[type[KaffiError], str]] = {
+    Phase.CONNECT: (ConnectError, "could not connect to {where}: {text}"),
+    Phase.HANDSHAKE: (ConnectError, "connection to {where} failed during the handshake: {text}"),
+    Phase.READ: (ReadError, "reading from {where} failed: {text}"),
+    Phase.WRITE: (WriteError, "writing to {where} failed: {text}"),
+}
+
+
 def translate(exc: BaseException, phase: Phase, where: str, seconds: float) -> BaseException:
     """The kaffi error ``exc`` stands for in ``phase`` (``exc`` itself when it already is
     one, or is not an I/O error at all)."""
     if isinstance(exc, KaffiError):
-        if phase is not Phase.HANDSHAKE:
-            return exc
-        if isinstance(exc, ReadTimeout | WriteTimeout):
-            return ConnectTimeout(f"{where} did not complete HI/HELLO within {seconds:g} s")
-        if isinstance(exc, ReadError | WriteError):
+        if phase is Phase.HANDSHAKE and isinstance(exc, ReadTimeout | WriteTimeout):
+            exc = TimeoutError()  # the handshake's deadline is the connect timeout
+        elif phase is Phase.HANDSHAKE and isinstance(exc, ReadError | WriteError):
             return ConnectError(f"{where} closed the connection during HI/HELLO: {exc}")
-        return exc
+        else:
+            return exc
     if isinstance(exc, _TIMEOUTS) or (phase is Phase.READ and isinstance(exc, BlockingIOError)):
-        if phase is Phase.READ:
-            return ReadTimeout(f"{where} did not answer in time")
-        if phase is Phase.WRITE:
-            return WriteTimeout(f"{where} did not accept our bytes within {seconds:g} s")
-        if phase is Phase.CONNECT:
-            return ConnectTimeout(f"could not connect to {where} within {seconds:g} s")
-        return ConnectTimeout(f"{where} did not complete HI/HELLO within {seconds:g} s")
+        kind, message = _TIMEOUT_ERRORS[phase]
+        return kind(message.format(where=where, seconds=seconds))
     if isinstance(exc, ssl.SSLError) and phase in (Phase.CONNECT, Phase.HANDSHAKE):
         return ConnectError(f"TLS handshake with {where} failed: {exc}")
     if isinstance(exc, OSError):
-        text = os_error_text(exc)
-        if phase is Phase.READ:
-            return ReadError(f"reading from {where} failed: {text}")
-        if phase is Phase.WRITE:
-            return WriteError(f"writing to {where} failed: {text}")
-        if phase is Phase.CONNECT:
-            return ConnectError(f"could not connect to {where}: {text}")
-        return ConnectError(f"connection to {where} failed during the handshake: {text}")
+        kind, message = _OS_ERRORS[phase]
+        return kind(message.format(where=where, text=os_error_text(exc)))
     if isinstance(exc, RuntimeError) and phase is Phase.WRITE:
         # asyncio's transports raise it for a write after they were closed under us.
         return WriteError(f"writing to {where} failed: {exc}")
@@ -174,3 +183,62 @@ def hello_for(
         labels=labels,
         password=password,
     )
+
+
+_READY = ConnectionState.READY
+
+
+class TransportBase:
+    """What :class:`~kaffi.client.connection.Connection` and
+    :class:`~kaffi.client.aio_connection.AsyncConnection` keep alike: the protocol state
+    ``proto``, the error boundaries of its reads and writes, and what the pool reads."""
+
+    __slots__ = (
+        "_proto",
+        "_reading",
+        "_timeout",
+        "_writing",
+        "generation",
+        "idle_since",
+        "pid",
+        "settings",
+        "wid",
+    )
+
+    def __init__(self, proto: ClientConnection, settings: ConnectionSettings, now: float) -> None:
+        self._proto = proto
+        self._timeout = settings.timeout
+        self._reading = map_exceptions(proto, Phase.READ, settings.url, settings.timeout)
+        self._writing = map_exceptions(proto, Phase.WRITE, settings.url, settings.timeout)
+        self.settings = settings
+        #: The worker id its HELLO named (None: a producer's connection).
+        self.wid: str | None = None
+        #: The process that opened it; a forked child must never use it.
+        self.pid = os.getpid()
+        #: Set by the pool that owns the connection (see ``kaffi.client.pool``).
+        self.generation = 0
+        #: When the pool last took it back (or it was opened), on the clock the pool
+        #: uses: it checks for a server-side close only after a long enough idle.
+        self.idle_since = now
+
+    def __repr__(self) -> str:
+        state = "broken" if self.broken else "open"
+        return f"<{type(self).__name__} {self.settings.url} wid={self.wid!r} {state}>"
+
+    @property
+    def broken(self) -> bool:
+        """True once a transport or parse error made the byte stream untrustworthy (or
+        the connection was closed): it must be thrown away."""
+        return self._proto.state is not _READY
+
+    @property
+    def reply_started(self) -> bool:
+        """Whether any byte of the reply being waited for had arrived. A request that
+        failed with this still False never reached the point of being answered, which
+        is what the client's retry-once rule looks at."""
+        return self._proto.reply_started
+
+    @property
+    def hi(self) -> Hi:
+        """The server's greeting."""
+        return self._proto.hi

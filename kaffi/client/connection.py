@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 from kaffi.client.boundary import (
     Phase,
+    TransportBase,
     default_hostname,
     hello_for,
     map_exceptions,
@@ -42,8 +43,7 @@ from kaffi.client.boundary import (
 )
 from kaffi.client.config import ConnectionSettings
 from kaffi.errors import ConnectTimeout, ReadTimeout
-from kaffi.protocol.connection import ClientConnection, ConnectionState
-from kaffi.protocol.models import Hi
+from kaffi.protocol.connection import ClientConnection
 from kaffi.protocol.resp import Reply
 
 __all__ = ["Connection", "default_hostname", "os_error_text", "KERNEL_DEADLINES"]
@@ -53,71 +53,24 @@ _RECV_SIZE = 65536
 _END_TIMEOUT = 0.5
 #: Whether plain TCP connections keep their deadlines in the kernel (see the docstring).
 KERNEL_DEADLINES = sys.platform.startswith("linux") and hasattr(socket, "MSG_DONTWAIT")
-_READY = ConnectionState.READY
 
 
-class Connection:
+class Connection(TransportBase):
     """A connected, greeted socket. Open with :meth:`open`; not thread-safe.
 
     Built directly, it wraps a connected socket and the protocol state ``proto`` of
     whatever was already said on it.
     """
 
-    __slots__ = (
-        "_kernel_deadlines",
-        "_proto",
-        "_reading",
-        "_sock",
-        "_timeout",
-        "_writing",
-        "generation",
-        "idle_since",
-        "pid",
-        "settings",
-        "wid",
-    )
+    __slots__ = ("_kernel_deadlines", "_sock")
 
     def __init__(
         self, sock: socket.socket, settings: ConnectionSettings, proto: ClientConnection
     ) -> None:
+        super().__init__(proto, settings, time.monotonic())
         self._sock = sock
-        self._proto = proto
-        self._timeout = settings.timeout
-        self._reading = map_exceptions(proto, Phase.READ, settings.url, settings.timeout)
-        self._writing = map_exceptions(proto, Phase.WRITE, settings.url, settings.timeout)
         #: Set by :meth:`open` once the handshake is done (see the module docstring).
         self._kernel_deadlines = False
-        self.settings = settings
-        self.wid: str | None = None
-        #: The process that opened the socket; a forked child must never use it.
-        self.pid = os.getpid()
-        #: Set by the pool that owns the connection (see ``kaffi.client.pool``).
-        self.generation = 0
-        #: ``time.monotonic()`` when the pool last took it back (or it was opened): the
-        #: pool checks for a server-side close only after a long enough idle.
-        self.idle_since = time.monotonic()
-
-    def __repr__(self) -> str:
-        state = "broken" if self.broken else "open"
-        return f"<Connection {self.settings.url} wid={self.wid!r} {state}>"
-
-    @property
-    def broken(self) -> bool:
-        """True once a transport or parse error made the byte stream untrustworthy (or
-        the connection was closed): it must be thrown away."""
-        return self._proto.state is not _READY
-
-    @property
-    def reply_started(self) -> bool:
-        """Whether any byte of the reply being waited for had arrived. A request that
-        failed with this still False never reached the point of being answered, which
-        is what the client's retry-once rule looks at."""
-        return self._proto.reply_started
-
-    @property
-    def hi(self) -> Hi:
-        """The server's greeting."""
-        return self._proto.hi
 
     # -- opening ----------------------------------------------------------------------
 
