@@ -2,9 +2,10 @@
 
 Both the clients (:mod:`kaffi.client`) and the embedded server (:mod:`kaffi.server`) are
 built on this package; the client side of a connection, handshake included, is the state
-machine :class:`~kaffi.protocol.connection.ClientConnection`. It must never import ``socket``, ``ssl``, ``threading`` or
-``asyncio``: everything here takes bytes or values and returns bytes or values, so every
-rule can be tested without a network (see ``tests/protocol``).
+machine :class:`~kaffi.protocol.connection.ClientConnection`. It must never import
+``socket``, ``ssl``, ``threading`` or ``asyncio``: everything here takes bytes or values and
+returns bytes or values, so every rule can be tested without a network (see
+``tests/protocol``).
 """
 
 from kaffi.protocol.commands import (
