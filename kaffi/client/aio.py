@@ -13,14 +13,22 @@ Nothing here may block the event loop.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from kaffi.client.aio_connection import AsyncConnection
-from kaffi.client.base import AwaitedCommands, ClientBase, retry_once, run_plan_async
+from kaffi.client.base import (
+    AwaitedCommands,
+    ClientBase,
+    Plan,
+    Request,
+    retry_once,
+    run_plan_async,
+)
 from kaffi.client.job import AsyncJob
 from kaffi.client.mutation import AsyncMutation
 from kaffi.client.pool import AsyncConnectionPool
-from kaffi.protocol.resp import Reply
 
 __all__ = ["AsyncConnection", "AsyncClient"]
 
@@ -63,14 +71,30 @@ class AsyncClient(ClientBase[AsyncJob, AsyncMutation], AwaitedCommands):
     ) -> None:
         await self.close()
 
-    async def _call(self, line: bytes, retry: bool, timeout: float | None = None) -> Reply:
-        """Send ``line`` on a pooled connection and return the reply (``-ERR`` included)."""
-        pool = self.pool
-        # As in Client._call: only commands that are never retried need a checked socket.
-        conn = await pool.acquire(verify=not retry)
-        try:
-            reply = await conn.request(line, timeout=timeout)
-        except BaseException as exc:
-            return await run_plan_async(retry_once(pool, conn, exc, line, retry, timeout))
-        await pool.release(conn)
-        return reply
+    @staticmethod
+    def _request_method(build: Callable[..., Request[Any]]) -> Callable[..., Any]:
+        """Every command of this client, as a coroutine: build the request, send it on a
+        pooled connection, decode the reply (the rules of ``Client._request_method``)."""
+
+        async def awaited_command(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
+            line, retry, timeout, decode, arg = build(self, *args, **kwargs)
+            pool = self.pool
+            conn = await pool.acquire(verify=not retry)
+            try:
+                reply = await conn.request(line, timeout=timeout)
+            except BaseException as exc:
+                plan = retry_once(pool, conn, exc, line, retry, timeout)
+                return decode(await run_plan_async(plan), arg)
+            await pool.release(conn)
+            return decode(reply, arg)
+
+        return awaited_command
+
+    @staticmethod
+    def _plan_method(build: Callable[..., Plan[Any]]) -> Callable[..., Any]:
+        """Commands of more than one round trip: await their plan step by step."""
+
+        async def awaited_plan(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
+            return await run_plan_async(build(self, *args, **kwargs))
+
+        return awaited_plan

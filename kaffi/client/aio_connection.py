@@ -205,9 +205,9 @@ class AsyncConnection(TransportBase):
         conn = cls(transport, protocol, settings, sock)
         try:
             # The state machine decides what is said; this only moves it.
-            with map_exceptions(conn._proto, Phase.HANDSHAKE, where, settings.connect_timeout):
+            with map_exceptions(conn.proto, Phase.HANDSHAKE, where, settings.connect_timeout):
                 await conn._read_reply(deadline)  # HI
-                hello = hello_for(conn._proto, settings.password, wid, labels, hostname, pid)
+                hello = hello_for(conn.proto, settings.password, wid, labels, hostname, pid)
                 await conn._send(hello, deadline)
                 await conn._read_reply(deadline)  # +OK
         except BaseException:
@@ -218,10 +218,10 @@ class AsyncConnection(TransportBase):
 
     async def request(self, line: bytes, *, timeout: float | None = None) -> Reply:
         """Send one command line and return the reply (an ErrorReply included)."""
-        data = self._proto.send(line)
+        data = self.proto.send(line)
         deadline = self.loop.time() + (self._timeout if timeout is None else timeout)
         await self._send(data, deadline)
-        reply = self._proto.next_reply()
+        reply = self.proto.next_reply()
         if reply is None:
             reply = await self._read_reply(deadline)
         return reply
@@ -230,14 +230,14 @@ class AsyncConnection(TransportBase):
         self, lines: Sequence[bytes], *, timeout: float | None = None
     ) -> list[Reply]:
         """Write every line in one go, then read one reply per line, in order."""
-        data = self._proto.send(b"".join(lines))
+        data = self.proto.send(b"".join(lines))
         if not lines:
             return []
         deadline = self.loop.time() + (self._timeout if timeout is None else timeout)
         await self._send(data, deadline)
         replies: list[Reply] = []
         for _ in lines:
-            reply = self._proto.next_reply()
+            reply = self.proto.next_reply()
             if reply is None:
                 reply = await self._read_reply(deadline)
             replies.append(reply)
@@ -246,12 +246,12 @@ class AsyncConnection(TransportBase):
     async def write(self, data: bytes) -> None:
         """Write command lines without reading their replies (see
         :meth:`kaffi.client.connection.Connection.write`)."""
-        await self._send(self._proto.send(data), self.loop.time() + self._timeout)
+        await self._send(self.proto.send(data), self.loop.time() + self._timeout)
 
     async def read_reply(self, *, timeout: float | None = None) -> Reply:
         """Read the next reply to a command sent with :meth:`write`; ``reply_started``
         then says whether any byte of this reply had arrived when it failed."""
-        self._proto.expect_reply()
+        self.proto.expect_reply()
         return await self._read_reply(
             self.loop.time() + (self._timeout if timeout is None else timeout)
         )
@@ -265,7 +265,7 @@ class AsyncConnection(TransportBase):
         if self.broken:
             return True
         if self._protocol.eof or self._transport.is_closing():
-            self._proto.mark_broken()
+            self.proto.mark_broken()
             return True
         if not probe:
             return False
@@ -276,7 +276,7 @@ class AsyncConnection(TransportBase):
         except (OSError, ValueError):
             readable = [True]
         if readable:
-            self._proto.mark_broken()
+            self.proto.mark_broken()
             return True
         return False
 
@@ -288,14 +288,14 @@ class AsyncConnection(TransportBase):
             self.dispose()
             return
         transport = self._transport
-        end = self._proto.send_end()
+        end = self.proto.send_end()
         if end and not transport.is_closing():
             try:
                 transport.write(end)
             except (OSError, RuntimeError):
                 # Already torn down under us; END is only a courtesy.
                 pass
-        self._proto.mark_broken()
+        self.proto.mark_broken()
         self._stop_read_timer()
         transport.close()
         gone = self._protocol.gone
@@ -321,7 +321,7 @@ class AsyncConnection(TransportBase):
         transport object is kept, without its read buffer, so that its destructor never
         warns about a transport nobody closed.
         """
-        self._proto.mark_broken()
+        self.proto.mark_broken()
         self._stop_read_timer()
         if not self.loop.is_closed():
             self._transport.abort()
@@ -331,7 +331,7 @@ class AsyncConnection(TransportBase):
         _DEAD_TRANSPORTS.append(self._transport)
 
     def _abort(self) -> None:
-        self._proto.mark_broken()
+        self.proto.mark_broken()
         self._stop_read_timer()
         self._transport.abort()
 
@@ -397,7 +397,7 @@ class AsyncConnection(TransportBase):
 
     async def _read_reply(self, deadline: float) -> Reply:
         protocol = self._protocol
-        proto = self._proto
+        proto = self.proto
         with self._reading:
             reply = proto.next_reply()
             while reply is None:

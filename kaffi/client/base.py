@@ -141,11 +141,13 @@ Plan: TypeAlias = Generator[Callable[[], Any], Any, T]
 
 
 class BlockingCommands:
-    """Marks a client whose commands return their value (:class:`~kaffi.client.Client`)."""
+    """Marks a client whose commands return their value (:class:`~kaffi.client.Client`);
+    for the type checker (see :meth:`command.__get__`)."""
 
 
 class AwaitedCommands:
-    """Marks a client whose commands are coroutines (:class:`~kaffi.client.AsyncClient`)."""
+    """Marks a client whose commands are coroutines (:class:`~kaffi.client.AsyncClient`);
+    for the type checker."""
 
 
 class command(Generic[P, T]):
@@ -180,41 +182,15 @@ class command(Generic[P, T]):
         # Only reached on a class that __init_subclass__ did not see (ClientBase itself).
         if obj is None:
             return self
-        method = self.method(isinstance(obj, AwaitedCommands), type(obj).__qualname__)
-        return method.__get__(obj, owner)
+        return self.method(type(obj)).__get__(obj, owner)
 
-    def method(self, awaited: bool, owner: str) -> Callable[..., Any]:
-        """The real method for one kind of client."""
-        build = self.build
-        if self.plan:
-            if awaited:
-
-                async def run_async_plan(self: Any, *args: Any, **kwargs: Any) -> Any:
-                    return await run_plan_async(build(self, *args, **kwargs))
-
-                method: Callable[..., Any] = run_async_plan
-            else:
-
-                def run_sync_plan(self: Any, *args: Any, **kwargs: Any) -> Any:
-                    return run_plan(build(self, *args, **kwargs))
-
-                method = run_sync_plan
-        elif awaited:
-
-            async def call_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-                line, retry, timeout, decode, arg = build(self, *args, **kwargs)
-                return decode(await self._call(line, retry, timeout), arg)
-
-            method = call_async
-        else:
-
-            def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-                line, retry, timeout, decode, arg = build(self, *args, **kwargs)
-                return decode(self._call(line, retry, timeout), arg)
-
-            method = call
-        functools.update_wrapper(method, build)
-        method.__qualname__ = f"{owner}.{build.__name__}"
+    def method(self, client_class: type[Any]) -> Callable[..., Any]:
+        """The real method for ``client_class``, made by its ``_request_method`` or
+        ``_plan_method`` (each kind of client knows how it carries out a request)."""
+        make = client_class._plan_method if self.plan else client_class._request_method
+        method: Callable[..., Any] = make(self.build)
+        functools.update_wrapper(method, self.build)
+        method.__qualname__ = f"{client_class.__qualname__}.{self.build.__name__}"
         return method
 
 
@@ -298,9 +274,6 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
     #: The job builder and MUTATE view classes of this kind of client.
     _job_type: Callable[..., JobT]
     _mutation_type: Callable[[Any, str], MutationT]
-    #: Sends one line on a pooled connection, retrying under the rule above; returns the
-    #: reply (Client), or a coroutine of it (AsyncClient).
-    _call: Callable[[bytes, bool, float | None], Any]
 
     def __init__(
         self,
@@ -339,11 +312,24 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        awaited = issubclass(cls, AwaitedCommands)
+        if getattr(cls._request_method, "__isabstractmethod__", False):
+            return  # a kind of client still to be made concrete
         for name in dir(cls):
             found = inspect.getattr_static(cls, name)
             if isinstance(found, command):
-                setattr(cls, name, found.method(awaited, cls.__qualname__))
+                setattr(cls, name, found.method(cls))
+
+    @staticmethod
+    @abc.abstractmethod
+    def _request_method(build: Callable[..., Request[Any]]) -> Callable[..., Any]:
+        """The method sending what ``build`` returns, retried under the rule above, and
+        returning the decoded reply (or a coroutine of it): the one path every command
+        of this kind of client takes."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def _plan_method(build: Callable[..., Plan[Any]]) -> Callable[..., Any]:
+        """The method running the plan ``build`` returns with this client's driver."""
 
     @abc.abstractmethod
     def _new_pool(
@@ -460,8 +446,15 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
             conn = yield pool.acquire
             yield lambda: pool.release(conn, discard=True)
             return None
-        reply = yield lambda: self._call(line, False, None)
+        caller: Any = self  # _call is this client's: a value or a coroutine
+        reply = yield lambda: caller._call(line, False, None)
         return decode_raw(reply, line)
+
+    @command
+    def _call(self, line: bytes, retry: bool, timeout: float | None = None) -> Request[Reply]:
+        """Send ``line`` (retried under the rule above if ``retry``) and return the reply
+        as it is, ``-ERR`` included: for plans and raw commands."""
+        return line, retry, timeout, _as_is, None
 
     @command
     def info(self) -> Request[Info]:
@@ -515,6 +508,10 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
 
 
 # -- decoders taking the (reply, argument) pair a Request names ----------------------------
+
+
+def _as_is(reply: Reply, _: None) -> Reply:
+    return reply
 
 
 def _pushed(reply: Reply, jid: str) -> str:

@@ -45,7 +45,7 @@ from kaffi.errors import (
     WriteError,
     WriteTimeout,
 )
-from kaffi.protocol.connection import ClientConnection, ConnectionState
+from kaffi.protocol.connection import ClientConnection
 from kaffi.protocol.models import Hi
 
 __all__ = [
@@ -185,28 +185,26 @@ def hello_for(
     )
 
 
-_READY = ConnectionState.READY
-
-
 class TransportBase:
     """What :class:`~kaffi.client.connection.Connection` and
     :class:`~kaffi.client.aio_connection.AsyncConnection` keep alike: the protocol state
     ``proto``, the error boundaries of its reads and writes, and what the pool reads."""
 
     __slots__ = (
-        "_proto",
         "_reading",
         "_timeout",
         "_writing",
         "generation",
         "idle_since",
         "pid",
+        "proto",
         "settings",
         "wid",
     )
 
     def __init__(self, proto: ClientConnection, settings: ConnectionSettings, now: float) -> None:
-        self._proto = proto
+        #: The protocol state this transport moves bytes for.
+        self.proto = proto
         self._timeout = settings.timeout
         self._reading = map_exceptions(proto, Phase.READ, settings.url, settings.timeout)
         self._writing = map_exceptions(proto, Phase.WRITE, settings.url, settings.timeout)
@@ -229,16 +227,16 @@ class TransportBase:
     def broken(self) -> bool:
         """True once a transport or parse error made the byte stream untrustworthy (or
         the connection was closed): it must be thrown away."""
-        return self._proto.state is not _READY
+        return self.proto.broken
 
     @property
     def reply_started(self) -> bool:
         """Whether any byte of the reply being waited for had arrived. A request that
         failed with this still False never reached the point of being answered, which
         is what the client's retry-once rule looks at."""
-        return self._proto.reply_started
+        return self.proto.reply_started
 
     @property
     def hi(self) -> Hi:
         """The server's greeting."""
-        return self._proto.hi
+        return self.proto.hi

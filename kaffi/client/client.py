@@ -12,7 +12,9 @@ itself (:mod:`kaffi.protocol.commands` does).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from kaffi.client.base import (
     BULK_IN_FLIGHT,
@@ -22,6 +24,8 @@ from kaffi.client.base import (
     BulkChunks,
     ClientBase,
     JobLike,
+    Plan,
+    Request,
     retry_once,
     run_plan,
 )
@@ -29,7 +33,6 @@ from kaffi.client.connection import Connection
 from kaffi.client.job import Job
 from kaffi.client.mutation import Mutation
 from kaffi.client.pool import ConnectionPool
-from kaffi.protocol.resp import Reply
 
 __all__ = [
     "Client",
@@ -92,15 +95,28 @@ class Client(ClientBase[Job, Mutation], BlockingCommands):
     ) -> None:
         self.close()
 
-    def _call(self, line: bytes, retry: bool, timeout: float | None = None) -> Reply:
-        """Send ``line`` on a pooled connection and return the reply (``-ERR`` included)."""
-        pool = self.pool
-        # A command that is never retried must not run on a connection the server closed
-        # moments ago; the others may: their retry covers a connection found dead.
-        conn = pool.acquire(verify=not retry)
-        try:
-            reply = conn.request(line, timeout=timeout)
-        except BaseException as exc:
-            return run_plan(retry_once(pool, conn, exc, line, retry, timeout))
-        pool.release(conn)
-        return reply
+    @staticmethod
+    def _request_method(build: Callable[..., Request[Any]]) -> Callable[..., Any]:
+        """Every command of this client: build the request, send it on a pooled
+        connection, decode the reply."""
+
+        def blocking_command(self: Client, *args: Any, **kwargs: Any) -> Any:
+            line, retry, timeout, decode, arg = build(self, *args, **kwargs)
+            pool = self.pool
+            # A command that is never retried must not run on a connection the server
+            # closed moments ago; the others may: their retry covers a connection found dead.
+            conn = pool.acquire(verify=not retry)
+            try:
+                reply = conn.request(line, timeout=timeout)
+            except BaseException as exc:
+                reply = run_plan(retry_once(pool, conn, exc, line, retry, timeout))
+            else:
+                pool.release(conn)
+            return decode(reply, arg)
+
+        return blocking_command
+
+    @staticmethod
+    def _plan_method(build: Callable[..., Plan[Any]]) -> Callable[..., Any]:
+        """Commands of more than one round trip: run their plan step by step."""
+        return lambda self, *args, **kwargs: run_plan(build(self, *args, **kwargs))

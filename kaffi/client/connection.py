@@ -98,7 +98,7 @@ class Connection(TransportBase):
             )
         conn = cls(sock, settings, ClientConnection(where))
         try:
-            with map_exceptions(conn._proto, Phase.HANDSHAKE, where, settings.connect_timeout):
+            with map_exceptions(conn.proto, Phase.HANDSHAKE, where, settings.connect_timeout):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 if settings.tls is not None:
@@ -135,7 +135,7 @@ class Connection(TransportBase):
         where = self.settings.url
         self._sock.settimeout(_remaining(deadline, where))
         self._read_reply(deadline, preset=False)  # HI
-        hello = hello_for(self._proto, self.settings.password, wid, labels, hostname, pid)
+        hello = hello_for(self.proto, self.settings.password, wid, labels, hostname, pid)
         self._sock.settimeout(_remaining(deadline, where))
         self._sock.sendall(hello)
         self._read_reply(deadline, preset=False)  # +OK
@@ -147,7 +147,7 @@ class Connection(TransportBase):
         """Send one command line and return the server's reply (an ErrorReply included:
         deciding what ``-ERR`` means is the caller's job). ``timeout`` overrides the read
         deadline for this one request (FETCH blocks on the server's side)."""
-        self._send(self._proto.send(line))
+        self._send(self.proto.send(line))
         if timeout is None:
             return self._read_reply(time.monotonic() + self._timeout)
         return self._read_reply(time.monotonic() + timeout, preset=False)
@@ -157,7 +157,7 @@ class Connection(TransportBase):
 
         The worker sends ``ACK`` + ``FETCH`` this way: one write, one round trip.
         """
-        data = self._proto.send(b"".join(lines))
+        data = self.proto.send(b"".join(lines))
         if not lines:
             return []
         self._send(data)
@@ -171,12 +171,12 @@ class Connection(TransportBase):
     def write(self, data: bytes) -> None:
         """Write command lines without reading their replies: with :meth:`read_reply`,
         a caller can keep more than one command in flight (``push_bulk`` keeps two)."""
-        self._send(self._proto.send(data))
+        self._send(self.proto.send(data))
 
     def read_reply(self, *, timeout: float | None = None) -> Reply:
         """Read the next reply to a command sent with :meth:`write`. ``reply_started``
         then says whether any byte of *this* reply had arrived when it failed."""
-        self._proto.expect_reply()
+        self.proto.expect_reply()
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         return self._read_reply(deadline, preset=timeout is None)
 
@@ -208,17 +208,17 @@ class Connection(TransportBase):
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False
         except (OSError, ValueError):
-            self._proto.mark_broken()
+            self.proto.mark_broken()
             return True
         # EOF (b"") or unsolicited bytes: either way the stream cannot be trusted.
-        self._proto.mark_broken()
+        self.proto.mark_broken()
         return True
 
     def close(self) -> None:
         """Send END (best effort, only on a healthy connection) and close the socket."""
         sock = self._sock
         if self.pid == os.getpid():
-            end = self._proto.send_end()
+            end = self.proto.send_end()
             if end:
                 try:
                     sock.settimeout(_END_TIMEOUT)
@@ -226,7 +226,7 @@ class Connection(TransportBase):
                 except OSError:
                     # The server may be gone already; END is only a courtesy.
                     pass
-        self._proto.mark_broken()
+        self.proto.mark_broken()
         try:
             sock.close()
         except OSError:
@@ -238,7 +238,7 @@ class Connection(TransportBase):
         Closing our copy of the file descriptor sends nothing while the parent still holds
         its own copy: no END, no TLS close_notify, no FIN.
         """
-        self._proto.mark_broken()
+        self.proto.mark_broken()
         try:
             self._sock.close()
         except OSError:
@@ -291,7 +291,7 @@ class Connection(TransportBase):
         """Read until one whole reply is parsed or ``deadline`` passes. ``preset`` says the
         socket's timeout already matches the deadline (the common, one-segment case costs
         no extra system call)."""
-        proto = self._proto
+        proto = self.proto
         recv = self._sock.recv
         try:
             if preset and not proto.reply_started:

@@ -221,7 +221,8 @@ class ConnectionPool(_PoolBase[Connection]):
         close = False
         with self._lock:
             self._in_use -= 1
-            if discard or conn.broken or conn.generation != self._generation:
+            # proto.broken: the same as conn.broken, without a property call per return.
+            if discard or conn.proto.broken or conn.generation != self._generation:
                 close = True
             else:
                 conn.idle_since = time.monotonic()

@@ -82,11 +82,24 @@ class ClientConnection:
     ``label`` names the server in messages (a URL without its password).
     """
 
-    __slots__ = ("_eof", "_error", "_parser", "hi", "label", "owed", "reply_started", "state")
+    __slots__ = (
+        "_eof",
+        "_error",
+        "_parser",
+        "broken",
+        "hi",
+        "label",
+        "owed",
+        "reply_started",
+        "state",
+    )
 
     def __init__(self, label: str = "the server") -> None:
         self.label = label
         self.state = ConnectionState.AWAITING_HI
+        #: True once BROKEN or CLOSED: never usable again. (A plain attribute rather
+        #: than a property of ``state``: the pool reads it on every return.)
+        self.broken = False
         #: Replies the server still owes, in order (the greeting first).
         self.owed = 1
         #: Whether any byte of the reply being waited for has arrived.
@@ -100,11 +113,6 @@ class ClientConnection:
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.label} {self.state.value} owed={self.owed}>"
-
-    @property
-    def broken(self) -> bool:
-        """True unless the connection is handshaking or ready: never usable again."""
-        return self.state is _BROKEN or self.state is ConnectionState.CLOSED
 
     @property
     def ready(self) -> bool:
@@ -132,7 +140,7 @@ class ClientConnection:
             )
         except BaseException:
             # No password for a server that wants one: there is nothing else to send.
-            self.state = _BROKEN
+            self._break()
             raise
         self.state = ConnectionState.AWAITING_OK
         self.owed = 1
@@ -155,6 +163,7 @@ class ClientConnection:
         ready = self.state is _READY
         if self.state is not _BROKEN:
             self.state = ConnectionState.CLOSED
+        self.broken = True
         return encode_end() if ready else b""
 
     def expect_reply(self) -> None:
@@ -168,7 +177,7 @@ class ClientConnection:
     def mark_broken(self) -> None:
         """Record a failure the transport saw (an OS error, a timeout, an interrupted
         read or write): the stream can no longer be trusted (rule 6)."""
-        self.state = _BROKEN
+        self._break()
 
     def _refuse(self, what: str) -> None:
         if self.state is _BROKEN or self.state is ConnectionState.CLOSED:
@@ -184,7 +193,7 @@ class ClientConnection:
             self._eof = True
             return
         if not self.owed and self.state is not ConnectionState.CLOSED:
-            self.state = _BROKEN  # unasked-for bytes: out of step (rule 5)
+            self._break()  # unasked-for bytes: out of step (rule 5)
         self.reply_started = True
         if self._error is None:
             try:
@@ -218,7 +227,7 @@ class ClientConnection:
             raise self._fail(exc) from None
         if reply is None:
             if self._eof:
-                self.state = _BROKEN
+                self._break()
                 raise ReadError(f"{self.label} closed the connection")
             return None
         # A reply here is always owed: bytes arriving while nothing is owed broke the
@@ -228,7 +237,7 @@ class ClientConnection:
             if self.owed:
                 self.reply_started = True  # bytes of the next owed reply are here already
             else:
-                self.state = _BROKEN  # more than was asked for: out of step (rule 5)
+                self._break()  # more than was asked for: out of step (rule 5)
         elif self.owed:
             self.reply_started = False
         return reply
@@ -254,12 +263,19 @@ class ClientConnection:
                 decode_ok(reply, "HELLO")
                 state = _READY
         except BaseException:
-            self.state = _BROKEN
+            self._break()
             raise
-        self.state = _BROKEN if out_of_step else state
+        if out_of_step:
+            self._break()
+        else:
+            self.state = state
         return reply
 
-    def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+    def _break(self) -> None:
         self.state = _BROKEN
+        self.broken = True
+
+    def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+        self._break()
         self._error = exc
         return exc
