@@ -15,20 +15,22 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kaffi.client.aio_connection import AsyncConnection
 from kaffi.client.base import (
     AwaitedCommands,
     ClientBase,
     Plan,
-    Request,
     retry_once,
     run_plan_async,
 )
 from kaffi.client.job import AsyncJob
 from kaffi.client.mutation import AsyncMutation
 from kaffi.client.pool import AsyncConnectionPool
+from kaffi.protocol.resp import Reply
+
+T = TypeVar("T")
 
 __all__ = ["AsyncConnection", "AsyncClient"]
 
@@ -72,29 +74,33 @@ class AsyncClient(ClientBase[AsyncJob, AsyncMutation], AwaitedCommands):
         await self.close()
 
     @staticmethod
-    def _request_method(build: Callable[..., Request[Any]]) -> Callable[..., Any]:
-        """Every command of this client, as a coroutine: build the request, send it on a
-        pooled connection, decode the reply (the rules of ``Client._request_method``)."""
-
+    def _command_method(method: Callable[..., Any]) -> Callable[..., Any]:
+        # A coroutine function, so that a bad argument is raised where the call is
+        # awaited, as from any coroutine.
         async def awaited_command(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
-            line, retry, timeout, decode, arg = build(self, *args, **kwargs)
-            pool = self.pool
-            conn = await pool.acquire(verify=not retry)
-            try:
-                reply = await conn.request(line, timeout=timeout)
-            except BaseException as exc:
-                plan = retry_once(pool, conn, exc, line, retry, timeout)
-                return decode(await run_plan_async(plan), arg)
-            await pool.release(conn)
-            return decode(reply, arg)
+            return await method(self, *args, **kwargs)
 
+        functools.update_wrapper(awaited_command, method)
+        awaited_command.__qualname__ = f"AsyncClient.{method.__name__}"
         return awaited_command
 
-    @staticmethod
-    def _plan_method(build: Callable[..., Plan[Any]]) -> Callable[..., Any]:
-        """Commands of more than one round trip: await their plan step by step."""
+    async def _request(  # type: ignore[override]
+        self,
+        line: bytes,
+        retry: bool,
+        timeout: float | None,
+        decode: Callable[[Reply, Any], T],
+        arg: Any,
+    ) -> T:
+        pool = self.pool
+        conn = await pool.acquire(verify=not retry)
+        try:
+            reply = await conn.request(line, timeout=timeout)
+        except BaseException as exc:
+            reply = await run_plan_async(retry_once(pool, conn, exc, line, retry, timeout))
+        else:
+            await pool.release(conn)
+        return decode(reply, arg)
 
-        async def awaited_plan(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
-            return await run_plan_async(build(self, *args, **kwargs))
-
-        return awaited_plan
+    async def _run(self, plan: Plan[T]) -> T:  # type: ignore[override]
+        return await run_plan_async(plan)

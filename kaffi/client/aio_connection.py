@@ -3,8 +3,9 @@
 The asyncio transport: it moves bytes between an asyncio protocol and the sans-IO
 :class:`~kaffi.protocol.connection.ClientConnection` (handshake, replies owed, broken and
 out-of-step rules), exactly as :class:`~kaffi.client.connection.Connection` does over a
-blocking socket. Every connect, handshake, read and write runs inside
-:class:`~kaffi.client.boundary.map_exceptions`, and every read and write has a deadline
+blocking socket. Every connect, handshake, read and write goes through
+:class:`~kaffi.client.boundary.map_exceptions` (reads and writes through its ``error()``,
+as in the sync transport), and every read and write has a deadline
 (no 3.11-only API such as ``asyncio.timeout``). A write waits on one future with a timer;
 reads share one lazily re-armed timer per connection (see
 :meth:`AsyncConnection._arm_read_timer`), so a reply costs no timer of its own.
@@ -69,7 +70,11 @@ class _ReplyProtocol(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes].tobytes())
+        # What data_received does, without the extra call: this runs for every reply.
+        self.proto.receive_data(self._buffer[:nbytes].tobytes())
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.proto.receive_data(data)
@@ -221,16 +226,13 @@ class AsyncConnection(TransportBase):
         data = self.proto.send(line)
         deadline = self.loop.time() + (self._timeout if timeout is None else timeout)
         await self._send(data, deadline)
-        reply = self.proto.next_reply()
-        if reply is None:
-            reply = await self._read_reply(deadline)
-        return reply
+        return await self._read_reply(deadline)
 
     async def pipeline(
         self, lines: Sequence[bytes], *, timeout: float | None = None
     ) -> list[Reply]:
         """Write every line in one go, then read one reply per line, in order."""
-        data = self.proto.send(b"".join(lines))
+        data = self.proto.send(b"".join(lines), len(lines))
         if not lines:
             return []
         deadline = self.loop.time() + (self._timeout if timeout is None else timeout)
@@ -246,7 +248,7 @@ class AsyncConnection(TransportBase):
     async def write(self, data: bytes) -> None:
         """Write command lines without reading their replies (see
         :meth:`kaffi.client.connection.Connection.write`)."""
-        await self._send(self.proto.send(data), self.loop.time() + self._timeout)
+        await self._send(self.proto.send(data, data.count(b"\n")), self.loop.time() + self._timeout)
 
     async def read_reply(self, *, timeout: float | None = None) -> Reply:
         """Read the next reply to a command sent with :meth:`write`; ``reply_started``
@@ -372,7 +374,7 @@ class AsyncConnection(TransportBase):
 
     async def _send(self, data: bytes, deadline: float) -> None:
         protocol = self._protocol
-        with self._writing:
+        try:
             if protocol.eof or self._transport.is_closing():
                 # A write to a closed transport is silently dropped; say so instead.
                 raise ConnectionResetError("the connection was closed")
@@ -380,6 +382,12 @@ class AsyncConnection(TransportBase):
             if protocol.paused:
                 # Only wait when the kernel did not take everything at once.
                 await self._wait_drain(deadline)
+        except BaseException as exc:
+            # map_exceptions' rule, without entering a context manager per command.
+            mapped = self._writing.error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
 
     async def _wait_drain(self, deadline: float) -> None:
         protocol = self._protocol
@@ -398,8 +406,10 @@ class AsyncConnection(TransportBase):
     async def _read_reply(self, deadline: float) -> Reply:
         protocol = self._protocol
         proto = self.proto
-        with self._reading:
-            reply = proto.next_reply()
+        try:
+            # Nothing can be parsed before a byte of the reply (or the end of the stream)
+            # arrived: skip asking, the common case right after a write.
+            reply = proto.next_reply() if proto.reply_started or protocol.eof else None
             while reply is None:
                 if protocol.lost is not None:
                     raise protocol.lost
@@ -412,3 +422,8 @@ class AsyncConnection(TransportBase):
                     protocol.waiter = None
                 reply = proto.next_reply()
             return reply
+        except BaseException as exc:
+            mapped = self._reading.error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None

@@ -50,7 +50,6 @@ command, whether to retry it, and what the reply means.
 from __future__ import annotations
 
 import abc
-import functools
 import inspect
 import ssl
 from collections import deque
@@ -132,12 +131,15 @@ U = TypeVar("U")
 JobT = TypeVar("JobT")
 MutationT = TypeVar("MutationT")
 
-#: What a command function returns: the line, whether it may be retried, its read
-#: deadline (None: the connection's), the reply's decoder, and the decoder's second
-#: argument (a tuple: building one costs less than any object).
-Request: TypeAlias = tuple[bytes, bool, "float | None", Callable[[Reply, Any], T], Any]
 #: A plan: yields calls (one I/O step each), is sent their results, returns the value.
 Plan: TypeAlias = Generator[Callable[[], Any], Any, T]
+
+
+class Outcome(Generic[T]):
+    """What a command method returns, as :class:`ClientBase` sees it: ``T`` itself on a
+    :class:`BlockingCommands` client, an awaitable of ``T`` on an
+    :class:`AwaitedCommands` one. Only for the type checker (never instantiated);
+    :class:`command` gives each client class its precise type."""
 
 
 class BlockingCommands:
@@ -151,24 +153,16 @@ class AwaitedCommands:
 
 
 class command(Generic[P, T]):
-    """A command written once for both clients (see the module docstring).
+    """A command method written once for both clients (see the module docstring).
 
-    Decorates a function returning a :data:`Request` or, with ``plan=True``, a generator
-    :data:`Plan`. On a :class:`BlockingCommands` client the method returns ``T``; on an
-    :class:`AwaitedCommands` client it returns a coroutine of ``T``.
+    Decorates a method of :class:`ClientBase` that ends in ``return self._request(...)``
+    or ``return self._run(plan)``. On a :class:`BlockingCommands` client it returns
+    ``T``; on an :class:`AwaitedCommands` client it is a coroutine of ``T``.
     """
 
-    def __init__(
-        self, build: Callable[Concatenate[Any, P], Request[T] | Plan[T]], *, plan: bool = False
-    ) -> None:
-        self.build: Callable[..., Any] = build
-        self.plan = plan
-        self.__doc__ = build.__doc__
-
-    @staticmethod
-    def planned(build: Callable[Concatenate[Any, Q], Plan[U]]) -> command[Q, U]:
-        """The decorator for a command that is a :data:`Plan`."""
-        return command(build, plan=True)
+    def __init__(self, method: Callable[Concatenate[Any, P], Outcome[T]]) -> None:
+        self.method: Callable[..., Any] = method
+        self.__doc__ = method.__doc__
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> command[P, T]: ...
@@ -182,16 +176,12 @@ class command(Generic[P, T]):
         # Only reached on a class that __init_subclass__ did not see (ClientBase itself).
         if obj is None:
             return self
-        return self.method(type(obj)).__get__(obj, owner)
+        return self.made_for(type(obj)).__get__(obj, owner)
 
-    def method(self, client_class: type[Any]) -> Callable[..., Any]:
-        """The real method for ``client_class``, made by its ``_request_method`` or
-        ``_plan_method`` (each kind of client knows how it carries out a request)."""
-        make = client_class._plan_method if self.plan else client_class._request_method
-        method: Callable[..., Any] = make(self.build)
-        functools.update_wrapper(method, self.build)
-        method.__qualname__ = f"{client_class.__qualname__}.{self.build.__name__}"
-        return method
+    def made_for(self, client_class: type[Any]) -> Callable[..., Any]:
+        """The method as ``client_class`` has it (see ``_command_method``)."""
+        made: Callable[..., Any] = client_class._command_method(self.method)
+        return made
 
 
 def run_plan(plan: Plan[T]) -> T:
@@ -312,24 +302,35 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls._request_method, "__isabstractmethod__", False):
+        if getattr(cls._command_method, "__isabstractmethod__", False):
             return  # a kind of client still to be made concrete
         for name in dir(cls):
             found = inspect.getattr_static(cls, name)
             if isinstance(found, command):
-                setattr(cls, name, found.method(cls))
+                setattr(cls, name, found.made_for(cls))
 
     @staticmethod
     @abc.abstractmethod
-    def _request_method(build: Callable[..., Request[Any]]) -> Callable[..., Any]:
-        """The method sending what ``build`` returns, retried under the rule above, and
-        returning the decoded reply (or a coroutine of it): the one path every command
-        of this kind of client takes."""
+    def _command_method(method: Callable[..., Any]) -> Callable[..., Any]:
+        """How this kind of client has a command ``method`` of this class: as it is (its
+        ``_request`` returns the value), or wrapped in a coroutine function."""
 
-    @staticmethod
     @abc.abstractmethod
-    def _plan_method(build: Callable[..., Plan[Any]]) -> Callable[..., Any]:
-        """The method running the plan ``build`` returns with this client's driver."""
+    def _request(
+        self,
+        line: bytes,
+        retry: bool,
+        timeout: float | None,
+        decode: Callable[[Reply, Any], T],
+        arg: Any,
+    ) -> Outcome[T]:
+        """The one path every command takes: send ``line`` on a pooled connection (read
+        deadline ``timeout``, None: the connection's; sent once more under the rule above
+        if ``retry``) and return ``decode(reply, arg)``."""
+
+    @abc.abstractmethod
+    def _run(self, plan: Plan[T]) -> Outcome[T]:
+        """Run ``plan`` with this client's driver and return what it returns."""
 
     @abc.abstractmethod
     def _new_pool(
@@ -349,7 +350,7 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         return self._job_type(jobtype, *args, client=self)
 
     @command
-    def push(self, job: JobLike) -> Request[str]:
+    def push(self, job: JobLike) -> Outcome[str]:
         """PUSH one job (a Job, a JobPayload or a dict, validated locally); returns its jid.
 
         If the connection fails before the server answers, the job is sent once more on a
@@ -357,10 +358,10 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         """
         # An EncodedJob (every .delay()) needs no conversion: skip the call.
         payload = job if type(job) is EncodedJob else as_payload(job)
-        return encode_push(payload), True, None, _pushed, payload.jid
+        return self._request(encode_push(payload), True, None, _pushed, payload.jid)
 
-    @command.planned
-    def push_bulk(self, jobs: Iterable[JobLike]) -> Plan[list[RejectedJob]]:
+    @command
+    def push_bulk(self, jobs: Iterable[JobLike]) -> Outcome[list[RejectedJob]]:
         """PUSHB in chunks of 1000; returns the jobs the server refused, with its reason,
         in the order they were given.
 
@@ -374,6 +375,9 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         A chunk the server refuses whole (``-ERR``) raises ServerError; the chunk
         written after it may have been stored too.
         """
+        return self._run(self._push_bulk(jobs))
+
+    def _push_bulk(self, jobs: Iterable[JobLike]) -> Plan[list[RejectedJob]]:
         chunks = BulkChunks(jobs)
         pipeline = _PushbPipeline(self.pool)
         rejected: list[RejectedJob] = []
@@ -394,19 +398,19 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         return rejected
 
     @command
-    def fetch(self, *queues: str) -> Request[JobPayload | None]:
+    def fetch(self, *queues: str) -> Outcome[JobPayload | None]:
         """FETCH from ``queues`` (tried in order; ``"default"`` when none are given).
 
         Returns a job, or None after the server's ~2 s wait. Never retried: a lost reply
         may have held a job the server reserved for us.
         """
         line = encode_fetch(*(queues or ("default",)))
-        return line, False, self._fetch_timeout, _fetched, None
+        return self._request(line, False, self._fetch_timeout, _fetched, None)
 
     @command
-    def ack(self, jid: str) -> Request[None]:
+    def ack(self, jid: str) -> Outcome[None]:
         """ACK: the job succeeded."""
-        return encode_ack(check_jid(jid)), True, None, decode_ok, "ACK"
+        return self._request(encode_ack(check_jid(jid)), True, None, decode_ok, "ACK")
 
     @command
     def fail(
@@ -417,74 +421,73 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         errtype: str | None = None,
         message: str | None = None,
         backtrace: Sequence[str] | None = None,
-    ) -> Request[None]:
+    ) -> Outcome[None]:
         """FAIL: the job failed, from an exception (errtype = its class name, message =
         ``str(exc)``, backtrace from its traceback, innermost frame first) and/or the
         explicit ``errtype``/``message``/``backtrace``, which win. Never retried."""
-        return fail_line(jid, exc, errtype, message, backtrace), False, None, decode_ok, "FAIL"
+        line = fail_line(jid, exc, errtype, message, backtrace)
+        return self._request(line, False, None, decode_ok, "FAIL")
 
     @command
-    def beat(self, current_state: str | None = None, rss_kb: int | None = None) -> Request[str]:
+    def beat(self, current_state: str | None = None, rss_kb: int | None = None) -> Outcome[str]:
         """BEAT for this client's wid: "OK", or the state the server asks for ("quiet" or
         "terminate"). ``current_state`` reports ours ("quiet"/"terminate")."""
         line = encode_beat(require_wid(self.wid), current_state, rss_kb)
-        return line, True, None, _beat, None
+        return self._request(line, True, None, _beat, None)
 
     # -- server -----------------------------------------------------------------------
 
-    @command.planned
-    def send(self, command: str | bytes, arg: str | None = None) -> Plan[str | None]:
+    @command
+    def send(self, command: str | bytes, arg: str | None = None) -> Outcome[str | None]:
         """Send a raw command and return the reply's text (None for a null bulk reply).
 
         ``send("INFO")``, ``send("QUEUE", "PAUSE critical")`` or a whole line such as
         ``send('ACK {"jid":"..."}')``. ``-ERR`` raises ServerError. Never retried.
         """
-        line = raw_line(command, arg)
+        return self._run(self._send(raw_line(command, arg)))
+
+    def _send(self, line: bytes) -> Plan[str | None]:
         pool = self.pool
         if line.split(b" ", 1)[0].strip().upper() == b"END":
             # END gets no reply: the server just closes the connection.
             conn = yield pool.acquire
             yield lambda: pool.release(conn, discard=True)
             return None
-        caller: Any = self  # _call is this client's: a value or a coroutine
-        reply = yield lambda: caller._call(line, False, None)
+        reply = yield lambda: self._request(line, False, None, _as_is, None)
         return decode_raw(reply, line)
 
     @command
-    def _call(self, line: bytes, retry: bool, timeout: float | None = None) -> Request[Reply]:
-        """Send ``line`` (retried under the rule above if ``retry``) and return the reply
-        as it is, ``-ERR`` included: for plans and raw commands."""
-        return line, retry, timeout, _as_is, None
-
-    @command
-    def info(self) -> Request[Info]:
+    def info(self) -> Outcome[Info]:
         """INFO: queues, set sizes and server details (``.raw`` has the whole document)."""
-        return encode_info(), True, None, _info, None
+        return self._request(encode_info(), True, None, _info, None)
 
     @command
-    def flush(self) -> Request[None]:
+    def flush(self) -> Outcome[None]:
         """FLUSH: delete every job in every queue and set. For tests and development."""
-        return encode_flush(), True, None, decode_ok, "FLUSH"
+        return self._request(encode_flush(), True, None, decode_ok, "FLUSH")
 
     @command
-    def queue_pause(self, *names: str) -> Request[None]:
+    def queue_pause(self, *names: str) -> Outcome[None]:
         """Stop handing out jobs from these queues (``"*"``: all)."""
-        return encode_queue("PAUSE", *names), True, None, decode_ok, "QUEUE PAUSE"
+        line = encode_queue("PAUSE", *names)
+        return self._request(line, True, None, decode_ok, "QUEUE PAUSE")
 
     @command
-    def queue_resume(self, *names: str) -> Request[None]:
+    def queue_resume(self, *names: str) -> Outcome[None]:
         """Hand out jobs from these paused queues again (``"*"``: all)."""
-        return encode_queue("RESUME", *names), True, None, decode_ok, "QUEUE RESUME"
+        line = encode_queue("RESUME", *names)
+        return self._request(line, True, None, decode_ok, "QUEUE RESUME")
 
     @command
-    def queue_remove(self, *names: str) -> Request[None]:
+    def queue_remove(self, *names: str) -> Outcome[None]:
         """Delete these queues and their jobs (``"*"``: all)."""
-        return encode_queue("REMOVE", *names), True, None, decode_ok, "QUEUE REMOVE"
+        line = encode_queue("REMOVE", *names)
+        return self._request(line, True, None, decode_ok, "QUEUE REMOVE")
 
     @command
-    def queue_latency(self, *names: str) -> Request[dict[str, float]]:
+    def queue_latency(self, *names: str) -> Outcome[dict[str, float]]:
         """Seconds the oldest job of each queue has waited."""
-        return encode_queue("LATENCY", *names), True, None, _latency, None
+        return self._request(encode_queue("LATENCY", *names), True, None, _latency, None)
 
     @property
     def retries(self) -> MutationT:
@@ -502,9 +505,9 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         return self._mutation_type(self, "dead")
 
     @command
-    def _mutate(self, line: bytes) -> Request[None]:
-        # Called by the Mutation with the line it built; MUTATE is idempotent, so retried.
-        return line, True, None, decode_ok, "MUTATE"
+    def _mutate(self, line: bytes) -> Outcome[None]:
+        """MUTATE with the line a Mutation built; idempotent, so retried."""
+        return self._request(line, True, None, decode_ok, "MUTATE")
 
 
 # -- decoders taking the (reply, argument) pair a Request names ----------------------------

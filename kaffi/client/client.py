@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kaffi.client.base import (
     BULK_IN_FLIGHT,
@@ -25,7 +25,6 @@ from kaffi.client.base import (
     ClientBase,
     JobLike,
     Plan,
-    Request,
     retry_once,
     run_plan,
 )
@@ -33,6 +32,9 @@ from kaffi.client.connection import Connection
 from kaffi.client.job import Job
 from kaffi.client.mutation import Mutation
 from kaffi.client.pool import ConnectionPool
+from kaffi.protocol.resp import Reply
+
+T = TypeVar("T")
 
 __all__ = [
     "Client",
@@ -96,27 +98,29 @@ class Client(ClientBase[Job, Mutation], BlockingCommands):
         self.close()
 
     @staticmethod
-    def _request_method(build: Callable[..., Request[Any]]) -> Callable[..., Any]:
-        """Every command of this client: build the request, send it on a pooled
-        connection, decode the reply."""
+    def _command_method(method: Callable[..., Any]) -> Callable[..., Any]:
+        # The shared definition is this client's method as it is: no wrapper, no cost.
+        return method
 
-        def blocking_command(self: Client, *args: Any, **kwargs: Any) -> Any:
-            line, retry, timeout, decode, arg = build(self, *args, **kwargs)
-            pool = self.pool
-            # A command that is never retried must not run on a connection the server
-            # closed moments ago; the others may: their retry covers a connection found dead.
-            conn = pool.acquire(verify=not retry)
-            try:
-                reply = conn.request(line, timeout=timeout)
-            except BaseException as exc:
-                reply = run_plan(retry_once(pool, conn, exc, line, retry, timeout))
-            else:
-                pool.release(conn)
-            return decode(reply, arg)
+    def _request(  # type: ignore[override]
+        self,
+        line: bytes,
+        retry: bool,
+        timeout: float | None,
+        decode: Callable[[Reply, Any], T],
+        arg: Any,
+    ) -> T:
+        pool = self.pool
+        # A command that is never retried must not run on a connection the server closed
+        # moments ago; the others may: their retry covers a connection found dead.
+        conn = pool.acquire(verify=not retry)
+        try:
+            reply = conn.request(line, timeout=timeout)
+        except BaseException as exc:
+            reply = run_plan(retry_once(pool, conn, exc, line, retry, timeout))
+        else:
+            pool.release(conn)
+        return decode(reply, arg)
 
-        return blocking_command
-
-    @staticmethod
-    def _plan_method(build: Callable[..., Plan[Any]]) -> Callable[..., Any]:
-        """Commands of more than one round trip: run their plan step by step."""
-        return lambda self, *args, **kwargs: run_plan(build(self, *args, **kwargs))
+    def _run(self, plan: Plan[T]) -> T:  # type: ignore[override]
+        return run_plan(plan)

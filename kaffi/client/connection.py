@@ -157,7 +157,7 @@ class Connection(TransportBase):
 
         The worker sends ``ACK`` + ``FETCH`` this way: one write, one round trip.
         """
-        data = self.proto.send(b"".join(lines))
+        data = self.proto.send(b"".join(lines), len(lines))
         if not lines:
             return []
         self._send(data)
@@ -171,7 +171,7 @@ class Connection(TransportBase):
     def write(self, data: bytes) -> None:
         """Write command lines without reading their replies: with :meth:`read_reply`,
         a caller can keep more than one command in flight (``push_bulk`` keeps two)."""
-        self._send(self.proto.send(data))
+        self._send(self.proto.send(data, data.count(b"\n")))
 
     def read_reply(self, *, timeout: float | None = None) -> Reply:
         """Read the next reply to a command sent with :meth:`write`. ``reply_started``

@@ -393,7 +393,7 @@ class AsyncConnectionPool(_PoolBase[AsyncConnection]):
             # Borrowed on an event loop the pool has since left behind.
             conn.dispose()
             return
-        if discard or conn.broken or conn.generation != self._generation:
+        if discard or conn.proto.broken or conn.generation != self._generation:
             self._hand_over(None)
             await conn.close()
         else:

@@ -146,15 +146,16 @@ class ClientConnection:
         self.owed = 1
         return line
 
-    def send(self, data: bytes) -> bytes:
-        """Account for command lines about to be written (one reply owed per line, since
-        a command is one line) and return them unchanged (rules 4 and 8)."""
+    def send(self, data: bytes, replies: int = 1) -> bytes:
+        """Account for command lines about to be written, which ask for ``replies``
+        replies (one per line: a command is one line), and return them unchanged (rules
+        4 and 8)."""
         if self.state is not _READY:
             self._refuse("send a command")
         if not self.owed:
             # A new exchange: nothing of its reply can have arrived yet (rule 5).
             self.reply_started = False
-        self.owed += data.count(b"\n")
+        self.owed += replies
         return data
 
     def send_end(self) -> bytes:
@@ -215,11 +216,9 @@ class ClientConnection:
         """The next owed reply, or None until more bytes arrive. Raises what broke the
         connection: RemoteProtocolError, ReadError (closed by the server, or used after
         breaking), or the server's refusal of the handshake."""
-        if self.state is not _READY:
-            return self._next_handshake_or_fail()
-        return self._next_owed()
-
-    def _next_owed(self) -> Reply | None:
+        state = self.state
+        if state is not _READY:
+            self._check_readable(state)
         parser = self._parser
         try:
             reply = parser.next_reply()
@@ -240,22 +239,23 @@ class ClientConnection:
                 self._break()  # more than was asked for: out of step (rule 5)
         elif self.owed:
             self.reply_started = False
+        if state is not _READY:
+            self._handshake_step(state, reply)
         return reply
 
-    def _next_handshake_or_fail(self) -> Reply | None:
-        state = self.state
+    def _check_readable(self, state: ConnectionState) -> None:
         if state is _BROKEN or state is ConnectionState.CLOSED:
             if self._error is not None:
                 raise self._error
             self._refuse("read a reply")
         if state is ConnectionState.SENDING_HELLO:
             raise LocalProtocolError(f"{self.label} owes nothing until HELLO is sent")
+
+    def _handshake_step(self, state: ConnectionState, reply: Reply) -> None:
+        """Rules 1 and 3: the greeting, then HELLO's answer."""
+        # next_reply already found bytes nobody asked for behind this reply (rule 5).
+        out_of_step = self.state is _BROKEN
         try:
-            reply = self._next_owed()
-            if reply is None:
-                return None
-            # _next_owed found bytes nobody asked for behind this reply (rule 5).
-            out_of_step = self.state is _BROKEN
             if state is ConnectionState.AWAITING_HI:
                 self.hi = decode_hi(reply)
                 state = ConnectionState.SENDING_HELLO
@@ -265,11 +265,8 @@ class ClientConnection:
         except BaseException:
             self._break()
             raise
-        if out_of_step:
-            self._break()
-        else:
+        if not out_of_step:
             self.state = state
-        return reply
 
     def _break(self) -> None:
         self.state = _BROKEN

@@ -85,8 +85,11 @@ def test_each_command_is_one_definition_made_into_two_methods(name: str) -> None
     assert sync.__doc__
     assert sync.__doc__ == awaited.__doc__
     assert inspect.signature(sync) == inspect.signature(awaited)
-    assert sync.__qualname__ == f"Client.{name}"
+    # The sync client has the shared definition itself: no wrapper between the caller
+    # and the command.
+    assert sync.__qualname__ == f"ClientBase.{name}"
     assert awaited.__qualname__ == f"AsyncClient.{name}"
+    assert awaited.__wrapped__ is sync
 
 
 def test_a_subclass_keeps_the_methods_it_overrides() -> None:

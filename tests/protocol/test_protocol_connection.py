@@ -179,7 +179,7 @@ def test_reading_when_nothing_is_owed_is_illegal() -> None:
 @pytest.mark.parametrize("chunks", CHUNKINGS)
 def test_one_reply_per_line_sent_in_order(chunks: Callable[[bytes], Iterator[bytes]]) -> None:
     proto = greeted()
-    assert proto.send(LINE + encode_fetch("q") + encode_info()) == (
+    assert proto.send(LINE + encode_fetch("q") + encode_info(), 3) == (
         LINE + encode_fetch("q") + encode_info()
     )
     assert proto.owed == 3
@@ -268,12 +268,12 @@ def test_the_server_closing_before_a_reply_is_a_read_error_without_reply_bytes()
 
 def test_reply_started_follows_the_reply_being_waited_for() -> None:
     proto = greeted()
-    proto.send(LINE + LINE)
+    proto.send(LINE + LINE, 2)
     assert not started(proto)
     assert proto.receive_reply(b"+OK\r\n+") == OK_REPLY
     assert started(proto)  # a byte of the second reply is here
     assert proto.receive_reply(b"OK\r\n") == OK_REPLY
-    proto.send(LINE + LINE)
+    proto.send(LINE + LINE, 2)
     assert proto.receive_reply(OK) == OK_REPLY
     assert not proto.reply_started  # nothing of the second yet
 
