@@ -22,13 +22,13 @@ from kaffi.client.base import (
     AwaitedCommands,
     ClientBase,
     Plan,
+    Request,
     retry_once,
     run_plan_async,
 )
 from kaffi.client.job import AsyncJob
 from kaffi.client.mutation import AsyncMutation
 from kaffi.client.pool import AsyncConnectionPool
-from kaffi.protocol.resp import Reply
 
 T = TypeVar("T")
 
@@ -84,14 +84,8 @@ class AsyncClient(ClientBase[AsyncJob, AsyncMutation], AwaitedCommands):
         awaited_command.__qualname__ = f"AsyncClient.{method.__name__}"
         return awaited_command
 
-    async def _request(  # type: ignore[override]
-        self,
-        line: bytes,
-        retry: bool,
-        timeout: float | None,
-        decode: Callable[[Reply, Any], T],
-        arg: Any,
-    ) -> T:
+    async def _request(self, request: Request[T]) -> T:  # type: ignore[override]
+        line, retry, timeout, decode, arg = request
         pool = self.pool
         conn = await pool.acquire(verify=not retry)
         try:

@@ -131,6 +131,9 @@ U = TypeVar("U")
 JobT = TypeVar("JobT")
 MutationT = TypeVar("MutationT")
 
+#: A command's request: its line, whether it may be retried, its read deadline (None:
+#: the connection's), the reply's decoder and the decoder's second argument.
+Request: TypeAlias = tuple[bytes, bool, "float | None", Callable[[Reply, Any], T], Any]
 #: A plan: yields calls (one I/O step each), is sent their results, returns the value.
 Plan: TypeAlias = Generator[Callable[[], Any], Any, T]
 
@@ -155,7 +158,7 @@ class AwaitedCommands:
 class command(Generic[P, T]):
     """A command method written once for both clients (see the module docstring).
 
-    Decorates a method of :class:`ClientBase` that ends in ``return self._request(...)``
+    Decorates a method of :class:`ClientBase` that ends in ``return self._request(request)``
     or ``return self._run(plan)``. On a :class:`BlockingCommands` client it returns
     ``T``; on an :class:`AwaitedCommands` client it is a coroutine of ``T``.
     """
@@ -316,17 +319,10 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         ``_request`` returns the value), or wrapped in a coroutine function."""
 
     @abc.abstractmethod
-    def _request(
-        self,
-        line: bytes,
-        retry: bool,
-        timeout: float | None,
-        decode: Callable[[Reply, Any], T],
-        arg: Any,
-    ) -> Outcome[T]:
-        """The one path every command takes: send ``line`` on a pooled connection (read
-        deadline ``timeout``, None: the connection's; sent once more under the rule above
-        if ``retry``) and return ``decode(reply, arg)``."""
+    def _request(self, request: Request[T]) -> Outcome[T]:
+        """The one path every command takes: send the request's line on a pooled
+        connection (sent once more under the rule above if it may be retried) and
+        return its decoded reply."""
 
     @abc.abstractmethod
     def _run(self, plan: Plan[T]) -> Outcome[T]:
@@ -358,7 +354,7 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         """
         # An EncodedJob (every .delay()) needs no conversion: skip the call.
         payload = job if type(job) is EncodedJob else as_payload(job)
-        return self._request(encode_push(payload), True, None, _pushed, payload.jid)
+        return self._request((encode_push(payload), True, None, _pushed, payload.jid))
 
     @command
     def push_bulk(self, jobs: Iterable[JobLike]) -> Outcome[list[RejectedJob]]:
@@ -405,12 +401,12 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         may have held a job the server reserved for us.
         """
         line = encode_fetch(*(queues or ("default",)))
-        return self._request(line, False, self._fetch_timeout, _fetched, None)
+        return self._request((line, False, self._fetch_timeout, _fetched, None))
 
     @command
     def ack(self, jid: str) -> Outcome[None]:
         """ACK: the job succeeded."""
-        return self._request(encode_ack(check_jid(jid)), True, None, decode_ok, "ACK")
+        return self._request((encode_ack(check_jid(jid)), True, None, decode_ok, "ACK"))
 
     @command
     def fail(
@@ -426,14 +422,14 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         ``str(exc)``, backtrace from its traceback, innermost frame first) and/or the
         explicit ``errtype``/``message``/``backtrace``, which win. Never retried."""
         line = fail_line(jid, exc, errtype, message, backtrace)
-        return self._request(line, False, None, decode_ok, "FAIL")
+        return self._request((line, False, None, decode_ok, "FAIL"))
 
     @command
     def beat(self, current_state: str | None = None, rss_kb: int | None = None) -> Outcome[str]:
         """BEAT for this client's wid: "OK", or the state the server asks for ("quiet" or
         "terminate"). ``current_state`` reports ours ("quiet"/"terminate")."""
         line = encode_beat(require_wid(self.wid), current_state, rss_kb)
-        return self._request(line, True, None, _beat, None)
+        return self._request((line, True, None, _beat, None))
 
     # -- server -----------------------------------------------------------------------
 
@@ -453,41 +449,41 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
             conn = yield pool.acquire
             yield lambda: pool.release(conn, discard=True)
             return None
-        reply = yield lambda: self._request(line, False, None, _as_is, None)
+        reply = yield lambda: self._request((line, False, None, _as_is, None))
         return decode_raw(reply, line)
 
     @command
     def info(self) -> Outcome[Info]:
         """INFO: queues, set sizes and server details (``.raw`` has the whole document)."""
-        return self._request(encode_info(), True, None, _info, None)
+        return self._request((encode_info(), True, None, _info, None))
 
     @command
     def flush(self) -> Outcome[None]:
         """FLUSH: delete every job in every queue and set. For tests and development."""
-        return self._request(encode_flush(), True, None, decode_ok, "FLUSH")
+        return self._request((encode_flush(), True, None, decode_ok, "FLUSH"))
 
     @command
     def queue_pause(self, *names: str) -> Outcome[None]:
         """Stop handing out jobs from these queues (``"*"``: all)."""
         line = encode_queue("PAUSE", *names)
-        return self._request(line, True, None, decode_ok, "QUEUE PAUSE")
+        return self._request((line, True, None, decode_ok, "QUEUE PAUSE"))
 
     @command
     def queue_resume(self, *names: str) -> Outcome[None]:
         """Hand out jobs from these paused queues again (``"*"``: all)."""
         line = encode_queue("RESUME", *names)
-        return self._request(line, True, None, decode_ok, "QUEUE RESUME")
+        return self._request((line, True, None, decode_ok, "QUEUE RESUME"))
 
     @command
     def queue_remove(self, *names: str) -> Outcome[None]:
         """Delete these queues and their jobs (``"*"``: all)."""
         line = encode_queue("REMOVE", *names)
-        return self._request(line, True, None, decode_ok, "QUEUE REMOVE")
+        return self._request((line, True, None, decode_ok, "QUEUE REMOVE"))
 
     @command
     def queue_latency(self, *names: str) -> Outcome[dict[str, float]]:
         """Seconds the oldest job of each queue has waited."""
-        return self._request(encode_queue("LATENCY", *names), True, None, _latency, None)
+        return self._request((encode_queue("LATENCY", *names), True, None, _latency, None))
 
     @property
     def retries(self) -> MutationT:
@@ -507,7 +503,7 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
     @command
     def _mutate(self, line: bytes) -> Outcome[None]:
         """MUTATE with the line a Mutation built; idempotent, so retried."""
-        return self._request(line, True, None, decode_ok, "MUTATE")
+        return self._request((line, True, None, decode_ok, "MUTATE"))
 
 
 # -- decoders taking the (reply, argument) pair a Request names ----------------------------

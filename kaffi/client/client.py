@@ -25,6 +25,7 @@ from kaffi.client.base import (
     ClientBase,
     JobLike,
     Plan,
+    Request,
     retry_once,
     run_plan,
 )
@@ -32,7 +33,6 @@ from kaffi.client.connection import Connection
 from kaffi.client.job import Job
 from kaffi.client.mutation import Mutation
 from kaffi.client.pool import ConnectionPool
-from kaffi.protocol.resp import Reply
 
 T = TypeVar("T")
 
@@ -102,14 +102,8 @@ class Client(ClientBase[Job, Mutation], BlockingCommands):
         # The shared definition is this client's method as it is: no wrapper, no cost.
         return method
 
-    def _request(  # type: ignore[override]
-        self,
-        line: bytes,
-        retry: bool,
-        timeout: float | None,
-        decode: Callable[[Reply, Any], T],
-        arg: Any,
-    ) -> T:
+    def _request(self, request: Request[T]) -> T:  # type: ignore[override]
+        line, retry, timeout, decode, arg = request
         pool = self.pool
         # A command that is never retried must not run on a connection the server closed
         # moments ago; the others may: their retry covers a connection found dead.
