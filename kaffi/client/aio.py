@@ -3,7 +3,7 @@
 :class:`AsyncClient` has :class:`~kaffi.client.Client`'s API as coroutines, from the same
 command definitions (:mod:`kaffi.client.base`), so both send the same bytes and follow
 the same retry rules. What is left here is what only an asyncio client has: its pool of
-:class:`~kaffi.client.aio_connection.AsyncConnection`, its ``_call`` and
+:class:`~kaffi.client.aio_connection.AsyncConnection`, its ``_request`` and
 ``async with AsyncClient() as client:``. A client belongs to one event loop at a time;
 used from a new loop it drops the old loop's connections and opens new ones.
 

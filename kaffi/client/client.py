@@ -3,7 +3,7 @@
 Every command is defined once, in :mod:`kaffi.client.base`, for this client and the
 asyncio one; the retry-once rule is written there too. What is left here is what only
 a blocking client has: its pool of :class:`~kaffi.client.connection.Connection`, the one
-path every command takes (:meth:`Client._call`), and ``with Client() as client:``.
+path every command takes (``Client._request``), and ``with Client() as client:``.
 
 This module never touches a socket (connections do) and never builds command bytes
 itself (:mod:`kaffi.protocol.commands` does).
