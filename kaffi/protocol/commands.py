@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import re
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -37,14 +38,15 @@ from kaffi.errors import (
     ValidationError,
 )
 from kaffi.protocol.models import (
+    MAX_BACKTRACE,
     EncodedJob,
     Hello,
     Hi,
     Info,
     JobPayload,
     RejectedJob,
-    _has_non_finite,
     dumps,
+    has_non_finite,
     validate_queue_name,
 )
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
@@ -61,6 +63,8 @@ __all__ = [
     "encode_fetch",
     "encode_ack",
     "encode_fail",
+    "format_backtrace",
+    "format_exception_backtrace",
     "encode_beat",
     "encode_info",
     "encode_flush",
@@ -91,7 +95,7 @@ MutateTarget = Literal["retries", "scheduled", "dead"]
 
 _FAIL_ERRTYPE_MAX = 100
 _FAIL_MESSAGE_MAX = 1000
-_FAIL_BACKTRACE_MAX = 50
+_FAIL_BACKTRACE_MAX = MAX_BACKTRACE
 
 
 def encode_line(verb: str, arg: str | None = None) -> bytes:
@@ -209,7 +213,7 @@ def encode_pushb(jobs: Iterable[JobPayload | EncodedJob | Mapping[str, Any]]) ->
         # One call into pydantic-core for the whole batch: the same bytes as joining each
         # job's to_json(), about 3x cheaper per job (bench/notes.md has the measurements).
         body = _payload_list_adapter().dump_json(cast(list[JobPayload], batch), exclude_none=True)
-        if (b"NaN" in body or b"Infinity" in body) and _has_non_finite(body):
+        if (b"NaN" in body or b"Infinity" in body) and has_non_finite(body):
             # Name the job, as PUSH would (this raises).
             for job in cast(list[JobPayload], batch):
                 job.to_json_bytes()
@@ -288,6 +292,32 @@ def encode_fail(
     if backtrace:
         body["backtrace"] = [_no_surrogates(line) for line in backtrace[:_FAIL_BACKTRACE_MAX]]
     return encode_line("FAIL", dumps(body))
+
+
+def format_backtrace(
+    frames: Iterable[traceback.FrameSummary], limit: int | None = None
+) -> list[str]:
+    """The backtrace lines a FAIL carries: ``file:line in function: source`` per frame,
+    innermost first (so the server's 50-line cap keeps the frames closest to the error),
+    at most ``limit`` lines (a job's ``backtrace`` field; None: the server's 50).
+
+    The source text comes from :mod:`linecache`, as in any Python traceback."""
+    cap = MAX_BACKTRACE if limit is None else max(0, min(limit, MAX_BACKTRACE))
+    if cap == 0:
+        return []
+    lines = []
+    for fs in reversed(list(frames)):
+        source = f": {fs.line.strip()}" if fs.line else ""
+        lines.append(f"{fs.filename}:{fs.lineno} in {fs.name}{source}")
+        if len(lines) == cap:
+            break
+    return lines
+
+
+def format_exception_backtrace(exc: BaseException, limit: int | None = None) -> list[str]:
+    """:func:`format_backtrace` of the frames ``exc`` was raised through (none if it was
+    never raised)."""
+    return format_backtrace(traceback.extract_tb(exc.__traceback__), limit)
 
 
 def encode_beat(wid: str, current_state: str | None = None, rss_kb: int | None = None) -> bytes:

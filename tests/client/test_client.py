@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kaffi.client import Client, Job, resolve_settings
-from kaffi.client.client import PUSHB_CHUNK, format_backtrace
+from kaffi.client.client import PUSHB_CHUNK
 from kaffi.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -25,6 +25,7 @@ from kaffi.errors import (
     ServerError,
     ValidationError,
 )
+from kaffi.protocol.commands import format_exception_backtrace
 from kaffi.protocol.models import JobPayload
 from kaffi.protocol.resp import encode_bulk
 from tests.client.fake_faktory import CLOSE, SILENT, FakeFaktory
@@ -181,7 +182,8 @@ def test_fail_from_an_exception(client: Client, fake: FakeFaktory) -> None:
     assert sent["errtype"] == "ValueError"
     assert sent["message"] == "it broke"
     assert len(sent["backtrace"]) == 2
-    assert sent["backtrace"][0].endswith(" in raise_value_error")  # innermost first
+    # Innermost first, as the worker formats it: file:line in function: source.
+    assert sent["backtrace"][0].endswith(' in raise_value_error: raise ValueError("it broke")')
     assert "test_client.py:" in sent["backtrace"][1]
 
 
@@ -210,7 +212,7 @@ def test_fail_unknown_job(client: Client, fake: FakeFaktory) -> None:
 
 
 def test_format_backtrace_of_an_unraised_exception() -> None:
-    assert format_backtrace(ValueError("never raised")) == []
+    assert format_exception_backtrace(ValueError("never raised")) == []
 
 
 def test_beat(fake: FakeFaktory) -> None:
