@@ -169,7 +169,7 @@ def test_async_two_in_flight_and_resend_after_a_drop(fake: FakeFaktory) -> None:
 
 def test_async_a_bad_job_in_a_later_chunk(fake: FakeFaktory) -> None:
     given: list[Any] = jobs(PUSHB_CHUNK + 1)
-    given[PUSHB_CHUNK] = {"jobtype": "A", "reserve_for": 1}
+    given[PUSHB_CHUNK] = {"jobtype": "A", "reserve_for": 90_000}
 
     async def body(client: AsyncClient) -> None:
         with pytest.raises(ValidationError, match=r"job 1000: .*jobs 0 to 999 were already"):
