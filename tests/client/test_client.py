@@ -98,7 +98,7 @@ def test_job_builder(client: Client, fake: FakeFaktory) -> None:
 
 def test_job_builder_validates_on_push(client: Client, fake: FakeFaktory) -> None:
     job = client.job("A")
-    job.reserve_for = 5
+    job.reserve_for = 90_000
     with pytest.raises(ValidationError, match="reserve_for"):
         job.push()
     assert fake.commands("PUSH") == []
