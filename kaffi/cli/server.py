@@ -36,6 +36,10 @@ TLS_KEY_HELP = "PEM private key of --tls-cert."
 LOG_LEVEL_HELP = "How much to log: debug, info, warning or error."
 QUIET_HELP = "Do not serve: ask worker WID of the running server to quiet, then exit."
 TERMINATE_HELP = "Do not serve: ask worker WID of the running server to terminate, then exit."
+FETCH_HOLD_HELP = (
+    "Seconds a FETCH on empty queues waits for a job before the server answers none "
+    "(Faktory's 2 s; a test server can answer sooner)."
+)
 URL_HELP = "With --quiet-worker/--terminate-worker: the server's URL (default: from --bind)."
 
 
@@ -63,6 +67,14 @@ def default_data_path() -> Path:
     show_default=True,
     help=LOG_LEVEL_HELP,
 )
+@click.option(
+    "--fetch-hold",
+    type=float,
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help=FETCH_HOLD_HELP,
+)
 @click.option("--quiet-worker", "quiet_wid", metavar="WID", help=QUIET_HELP)
 @click.option("--terminate-worker", "terminate_wid", metavar="WID", help=TERMINATE_HELP)
 @click.option("--url", default=None, metavar="URL", help=URL_HELP)
@@ -74,6 +86,7 @@ def server_command(
     tls_cert: str | None,
     tls_key: str | None,
     log_level: str,
+    fetch_hold: float,
     quiet_wid: str | None,
     terminate_wid: str | None,
     url: str | None,
@@ -101,7 +114,12 @@ def server_command(
     _raise_file_limit()
     with handle_errors():
         server = EmbeddedServer(
-            bind, data=data, password=password, tls_cert=tls_cert, tls_key=tls_key
+            bind,
+            data=data,
+            password=password,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            fetch_hold=fetch_hold,
         )
     asyncio.run(_serve(server, data))
 

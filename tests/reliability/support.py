@@ -15,9 +15,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,31 +24,7 @@ from typing import Any
 
 from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import ErrorReply, Reply, ReplyParser, SimpleReply
-
-#: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
-WAIT = 30.0
-#: How often polling loops look again.
-POLL = 0.02
-
-
-def wait_until(
-    predicate: Callable[[], object], what: str | Callable[[], str], timeout: float = WAIT
-) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            text = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {text}")
-        time.sleep(POLL)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (for a server restarted on the same port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from tests.support import WAIT, wait_until
 
 # -- raw protocol sessions -------------------------------------------------------------------
 
@@ -452,20 +427,20 @@ def kill_all(pids: Iterable[int]) -> None:
 def wait_listening(port: int, proc: Proc | None = None, timeout: float = WAIT) -> None:
     """Poll until a server on 127.0.0.1:``port`` sends its greeting (fail fast if the
     process we started for it has exited)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def greets() -> bool:
         try:
             with RawSession("127.0.0.1", port, timeout=2) as raw:
                 raw.reply()
-                return
+                return True
         except (OSError, SessionClosed):
             if proc is not None and not proc.alive():
                 raise AssertionError(
                     f"the server process exited ({proc.popen.returncode}):\n" + proc.log.text()
                 ) from None
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listens on 127.0.0.1:{port}") from None
-            time.sleep(POLL)
+            return False
+
+    wait_until(greets, f"a server listening on 127.0.0.1:{port}", timeout)
 
 
 def server_args(port: int, data: Path, *extra: str) -> list[str]:

@@ -28,7 +28,8 @@ import kaffi
 from kaffi.protocol.resp import ErrorReply, Reply, ReplyParser, SimpleReply
 from kaffi.server import EmbeddedServer
 from kaffi.server.embedded import DEFAULT_MAX_CONNECTIONS
-from tests.reliability.support import RawSession, is_err, show, wait_until
+from tests.reliability.support import RawSession, is_err, show
+from tests.support import embedded_server, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -504,7 +505,7 @@ def test_thousands_of_hostile_sessions_then_a_clean_client_works() -> None:
     server_log = logging.getLogger("kaffi.server")
     server_log.addHandler(errors)
     try:
-        with EmbeddedServer(max_line=MAX_LINE) as server:
+        with embedded_server(max_line=MAX_LINE) as server:
             started = time.monotonic()
             outcomes = asyncio.run(_run_all(server.port))
             elapsed = time.monotonic() - started
@@ -536,7 +537,7 @@ def test_a_connection_flood_up_to_the_limit() -> None:
         usable = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         limit = DEFAULT_MAX_CONNECTIONS if usable >= wanted else max(10, (usable - 300) // 2)
         kwargs = {} if limit == DEFAULT_MAX_CONNECTIONS else {"max_connections": limit}
-        with EmbeddedServer(**kwargs) as server:  # type: ignore[arg-type]
+        with embedded_server(**kwargs) as server:  # type: ignore[arg-type]
             assert server.max_connections == limit
             result = asyncio.run(_flood(server.port, limit))
             assert result is None, result
@@ -587,7 +588,7 @@ def test_a_bad_jid_in_a_mutate_filter_is_reported_like_go() -> None:
     """Go's encoding/json names the element's type when one element of a ``[]string``
     does not fit: ``... JobFilter.filter.jids of type string``, not ``[]string``."""
     wrong: list[str] = []
-    with EmbeddedServer() as server, RawSession("127.0.0.1", server.port) as raw:
+    with embedded_server() as server, RawSession("127.0.0.1", server.port) as raw:
         raw.hello()
         for element, kind in (
             ("5", "number"),

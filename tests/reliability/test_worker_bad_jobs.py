@@ -19,9 +19,8 @@ import pytest
 
 import kaffi
 from kaffi.protocol.models import JobPayload
-from kaffi.server import EmbeddedServer
 from kaffi.worker import Worker
-from tests.reliability.support import WAIT, wait_until
+from tests.support import WAIT, embedded_server, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -50,7 +49,7 @@ def running(worker: Worker) -> Iterator[Worker]:
 
 def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
     done: list[tuple[int, int]] = []
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         app = kaffi.App(server.url)
 
         @app.task
@@ -149,7 +148,7 @@ def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
 
 def test_a_job_that_raises_system_exit_fails_and_the_worker_survives() -> None:
     done: list[int] = []
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         app = kaffi.App(server.url)
 
         @app.task

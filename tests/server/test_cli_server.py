@@ -22,6 +22,7 @@ from kaffi.errors import AuthenticationError
 from kaffi.server import EmbeddedServer
 from tests.reliability import certs
 from tests.server.wire import Wire
+from tests.support import embedded_server
 
 
 def test_help_lists_the_options() -> None:
@@ -165,7 +166,7 @@ def test_default_data_location_is_printed_and_sigint_stops_cleanly(tmp_path: Pat
     assert "INFO kaffi.server" in err  # --log-level defaults to info
     assert expected.exists()
     # The job is in the default file: a server started on it again hands it out.
-    with EmbeddedServer(data=expected) as srv, Client(srv.url) as client:
+    with embedded_server(data=expected) as srv, Client(srv.url) as client:
         job = client.fetch("cli-q")
         assert job is not None
         assert job.jid == jid

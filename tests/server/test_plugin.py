@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from kaffi.server import EmbeddedServer
+from tests.support import embedded_server
 
 
 def test_fixtures_give_a_fresh_server_and_a_client(faktory_server: Any, kaffi_client: Any) -> None:
@@ -44,7 +44,7 @@ def test_kaffi_test_url_runs_the_same_tests_against_another_server(tmp_path: Pat
             """
         )
     )
-    with EmbeddedServer() as remote:
+    with embedded_server() as remote:
         from tests.server.wire import Wire, push_line
 
         w = Wire.hello(remote)

@@ -1,5 +1,5 @@
-"""Helpers for worker tests: run a Worker in a thread, poll with a deadline, read INFO,
-write an app module for the command line, and read a subprocess's log lines."""
+"""Helpers for worker tests: run a Worker in a thread, read INFO, write an app module
+for the command line, and read a subprocess's log lines."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,7 @@ import pytest
 from kaffi.app import App
 from kaffi.protocol.models import FaktoryInfo
 from kaffi.worker import Worker
-
-#: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
-WAIT = 30.0
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
+from tests.support import WAIT, wait_until
 
 
 def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:

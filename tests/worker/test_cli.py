@@ -16,8 +16,9 @@ from kaffi.app import App
 from kaffi.cli import main
 from kaffi.worker import Worker, supervisor
 from kaffi.worker.logging import JsonFormatter
+from tests.support import WAIT, wait_until
 
-from .conftest import WAIT, kaffi_worker, read_out, stats, wait_until
+from .conftest import kaffi_worker, read_out, stats
 
 
 def push(app: App, jobtype: str, *args: Any, queue: str = "default", retry: int = 3) -> str:

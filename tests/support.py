@@ -1,13 +1,21 @@
-"""A scripted fake Faktory server for the client's unit tests.
+"""Helpers shared by the whole test suite: one way to wait, one fake server, test servers.
 
-It listens on 127.0.0.1 port 0, runs one thread per connection, records every line a
-client sends, and answers like Faktory 1.10.0 does for the commands the client uses
-(HI/HELLO with the password hash, PUSH, PUSHB, FETCH, ACK, FAIL, BEAT, INFO, FLUSH, END,
-MUTATE, QUEUE). A test can script the next replies to a verb (raw bytes, or one of the
-actions CLOSE / SILENT), replace the greeting, speak TLS, or drop every connection at once
-to look like a server restart.
+- :func:`wait_until` polls a predicate until a deadline (``WAIT``, generous for a loaded
+  2-core machine) and fails naming what it waited for. Tests never sleep to synchronise.
+- :func:`free_port` / :func:`closed_port_url`: a loopback port nobody listens on.
+- :func:`embedded_server`: an :class:`~kaffi.server.EmbeddedServer` with the short FETCH
+  hold of the ``faktory_server`` fixture (pass ``fetch_hold=`` for another one).
+- :class:`FakeFaktory`: a fake Faktory on 127.0.0.1 port 0, one thread per connection.
+  By default it records every line a client sends and answers like Faktory 1.10.0 does
+  for the commands the client uses (HI/HELLO with the password hash, PUSH, PUSHB, FETCH,
+  ACK, FAIL, BEAT, INFO, FLUSH, END, MUTATE, QUEUE); a test can script the next replies to
+  a verb (raw bytes, or CLOSE / SILENT), replace the greeting, speak TLS, or drop every
+  connection at once to look like a server restart. Given a ``handler``, it hands each
+  accepted socket to it instead, for servers that misbehave (garbage, cut replies,
+  silence); a handler waits on the stop event it gets, so stopping the server ends it.
 
-Only the client tests use it; the real embedded server lives in ``kaffi.server``.
+The real server for tests is the embedded one (the ``faktory_server`` fixture); the fake
+is for what a real server never does.
 """
 
 from __future__ import annotations
@@ -24,17 +32,99 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kaffi.protocol.resp import CommandParser, encode_bulk
+from kaffi.server import EmbeddedServer
+from kaffi.testing.pytest_plugin import TEST_FETCH_HOLD
 
-__all__ = ["CLOSE", "SILENT", "FakeFaktory", "Session", "expected_pwdhash"]
+__all__ = [
+    "CLOSE",
+    "HI",
+    "OK",
+    "POLL",
+    "SILENT",
+    "WAIT",
+    "FakeFaktory",
+    "Handler",
+    "Session",
+    "closed_port_url",
+    "embedded_server",
+    "expected_pwdhash",
+    "free_port",
+    "read_line",
+    "wait_until",
+]
+
+#: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
+WAIT = 30.0
+#: How often polling loops look again.
+POLL = 0.01
+
+
+def wait_until(
+    predicate: Callable[[], object], what: str | Callable[[], str], timeout: float = WAIT
+) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` (a text, or a function
+    giving one, for details known only at the end) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            text = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {text}")
+        time.sleep(POLL)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (bound for a moment, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """A ``tcp://`` URL on loopback where nothing listens."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def embedded_server(bind: str = "127.0.0.1:0", **options: Any) -> EmbeddedServer:
+    """An :class:`EmbeddedServer` (not started) whose empty FETCH answers after
+    ``TEST_FETCH_HOLD`` unless ``fetch_hold=`` says otherwise; other options pass through."""
+    options.setdefault("fetch_hold", TEST_FETCH_HOLD)
+    return EmbeddedServer(bind, **options)
+
+
+# -- the fake Faktory ----------------------------------------------------------------------
 
 #: Close the connection instead of answering.
 CLOSE = "close"
 #: Never answer (the connection stays open).
 SILENT = "silent"
+#: Faktory's greeting without a password, and its plain OK.
+HI = b'+HI {"v":2}\r\n'
+OK = b"+OK\r\n"
 
 #: A scripted reply: raw bytes, CLOSE, SILENT, or a tuple of those done in order
 #: (``(b"+O", CLOSE)``: half a reply, then hang up).
 Reply = bytes | str | tuple[bytes | str, ...]
+#: A raw connection handler: the accepted socket, and the event set when the server stops.
+Handler = Callable[[socket.socket, threading.Event], None]
+
+
+def read_line(sock: socket.socket, stop: threading.Event) -> bytes | None:
+    """One line from the client, for handlers (None when it went away or the server stops)."""
+    data = bytearray()
+    sock.settimeout(0.1)
+    while not stop.is_set():
+        try:
+            chunk = sock.recv(1)
+        except TimeoutError:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+        if chunk == b"\n":
+            return bytes(data)
+    return None
 
 
 def expected_pwdhash(password: str, salt: str, iterations: int) -> str:
@@ -58,8 +148,12 @@ class Session:
 
 
 class FakeFaktory:
+    """The one fake Faktory of the test suite (see the module docstring): scripted replies
+    per verb, or a raw ``handler`` that owns each connection."""
+
     def __init__(
         self,
+        handler: Handler | None = None,
         *,
         password: str | None = None,
         salt: str = "pepper-salt",
@@ -67,6 +161,7 @@ class FakeFaktory:
         tls: ssl.SSLContext | None = None,
         greeting: bytes | None = None,
     ) -> None:
+        self.handler = handler
         self.password = password
         self.salt = salt
         self.iterations = iterations
@@ -92,6 +187,12 @@ class FakeFaktory:
         if self.password:
             return f"{scheme}://:{self.password}@127.0.0.1:{self.port}"
         return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def accepted(self) -> int:
+        """How many connections the server has accepted so far."""
+        with self._cond:
+            return len(self.sessions)
 
     def start(self) -> FakeFaktory:
         self._acceptor.start()
@@ -164,6 +265,16 @@ class FakeFaktory:
 
     def _serve(self, session: Session) -> None:
         sock = session.sock
+        if self.handler is not None:
+            try:
+                self.handler(sock, self._stopping)
+            except OSError:
+                # The client gave up on us: that is what most hostile handlers provoke.
+                pass
+            finally:
+                session.closed = True
+                _hard_close(sock)
+            return
         try:
             sock.settimeout(10)
             if self.tls is not None:
