@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from kaffi.protocol.models import FAIL_ERRTYPE_MAX, FAIL_MESSAGE_MAX, MAX_BACKTRACE
 from kaffi.server import jobs as jobs_mod
+from kaffi.server.gocompat import trim_and_cut
 from kaffi.server.jobs import encode_job, time_string
 
 __all__ = [
@@ -63,9 +65,6 @@ STATE_DEAD = "dead"
 HEARTBEAT_EXPIRY = 60.0
 #: Dead jobs are kept this long (seconds): 180 days, like Faktory.
 DEAD_TTL = 180 * 86400.0
-_FAIL_MESSAGE_MAX = 1000
-_FAIL_ERRTYPE_MAX = 100
-_FAIL_BACKTRACE_MAX = 50
 _WORKER_STATES = {"running": 0, "quiet": 1, "terminate": 2}
 
 
@@ -513,8 +512,8 @@ class ServerCore:
         """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
         if not jid:
             raise CoreError("missing JID")
-        errtype = errtype.strip()[:_FAIL_ERRTYPE_MAX] or "unknown"
-        message = message.strip()[:_FAIL_MESSAGE_MAX] or "unknown"
+        errtype = trim_and_cut(errtype, FAIL_ERRTYPE_MAX) or "unknown"
+        message = trim_and_cut(message, FAIL_MESSAGE_MAX) or "unknown"
         res = self.reservations.pop(jid, None)
         if res is None:
             raise CoreError(f"Job not found {jid}")
@@ -530,7 +529,7 @@ class ServerCore:
         retry = job.get("retry")
         if retry is None:
             retry = job["retry"] = jobs_mod.DEFAULT_RETRY
-        lines = list(backtrace[:_FAIL_BACKTRACE_MAX]) if backtrace else None
+        lines = list(backtrace[:MAX_BACKTRACE]) if backtrace else None
         failure = job.get("failure")
         if failure:
             # As Faktory: failed_at keeps the first failure's time, remaining counts down.
