@@ -40,7 +40,7 @@ __all__ = [
     "QueuedJob",
     "Reservation",
     "TimedSet",
-    "Worker",
+    "RegisteredWorker",
     "Waiter",
     "ServerCore",
     "CoreError",
@@ -154,7 +154,7 @@ class Reservation:
 
 
 @dataclass(slots=True)
-class Worker:
+class RegisteredWorker:
     """A worker the server knows by its wid: from HELLO, kept fresh by BEAT."""
 
     wid: str
@@ -321,7 +321,7 @@ class ServerCore:
         self.retries = TimedSet(STATE_RETRY)
         self.scheduled = TimedSet(STATE_SCHEDULED)
         self.dead = TimedSet(STATE_DEAD)
-        self.workers: dict[str, Worker] = {}
+        self.workers: dict[str, RegisteredWorker] = {}
         self._waiters: dict[str, deque[Waiter]] = {}
         self._next_rowid = 1
         self._back = 1.0
@@ -717,12 +717,12 @@ class ServerCore:
 
     def register(
         self, wid: str, hostname: str, pid: int, labels: list[str], conn_id: int
-    ) -> Worker:
+    ) -> RegisteredWorker:
         """HELLO with a wid: know the worker (or add a connection to it)."""
         now = self.clock.now()
         worker = self.workers.get(wid)
         if worker is None:
-            worker = self.workers[wid] = Worker(wid, hostname, pid, labels, now, now)
+            worker = self.workers[wid] = RegisteredWorker(wid, hostname, pid, labels, now, now)
             worker.first_connection = conn_id
         worker.last_beat = now
         worker.connections.add(conn_id)
@@ -737,7 +737,7 @@ class ServerCore:
             if not worker.connections:
                 del self.workers[wid]
 
-    def beat(self, wid: str, current_state: str, rss_kb: int) -> Worker:
+    def beat(self, wid: str, current_state: str, rss_kb: int) -> RegisteredWorker:
         """BEAT: refresh the worker, record its state and rss_kb, return it (its ``state`` is
         what the reply tells it); raises CoreError for an unknown wid."""
         worker = self.workers.get(wid)
@@ -750,7 +750,7 @@ class ServerCore:
         return worker
 
     @staticmethod
-    def _advance_state(worker: Worker, state: str) -> None:
+    def _advance_state(worker: RegisteredWorker, state: str) -> None:
         # States only move forward: running -> quiet -> terminate.
         if _WORKER_STATES.get(state, -1) > _WORKER_STATES[worker.state]:
             worker.state = state
