@@ -28,6 +28,7 @@ import pytest
 
 from kaffi.server import EmbeddedServer
 from tests.server.wire import Wire, push_line
+from tests.support import embedded_server
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "faktory"
 RECORD = SHARED / "record.py"
@@ -56,7 +57,9 @@ def password_set(server: Any) -> bool:
     reason=f"{RECORD} is not there (CI puts ../shared beside the clone)",
 )
 def test_recorded_script_matches_faktory() -> None:
-    with EmbeddedServer() as srv:
+    # The script runs one command at a time, so no FETCH in it can be woken by a PUSH: a
+    # short hold changes only how long its empty FETCHes take, never a reply.
+    with embedded_server() as srv:
         result = subprocess.run(
             [sys.executable, str(RECORD), f"{srv.host}:{srv.port}"],
             capture_output=True,

@@ -76,7 +76,8 @@ import time
 
 import kaffi
 
-app = kaffi.App()
+# Tests of an unreachable server shorten the connect timeout (5 s by default) this way.
+app = kaffi.App(connect_timeout=float(os.environ.get("KAFFI_TEST_CONNECT_TIMEOUT", "5")))
 OUT = os.environ.get("KAFFI_TEST_OUT")
 
 
@@ -182,13 +183,14 @@ class LogReader:
 
 @contextmanager
 def kaffi_worker(
-    project: Path, url: str, *args: str
+    project: Path, url: str, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], LogReader]]:
-    """``python -m kaffi worker ARGS`` in ``project``; killed if a test leaves it running."""
+    """``python -m kaffi worker ARGS`` in ``project`` (``env``: extra variables); killed if
+    a test leaves it running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "kaffi", "worker", *args],
         cwd=project,
-        env=worker_env(project, url),
+        env={**worker_env(project, url), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -20,6 +20,8 @@ from tests.support import WAIT, embedded_server, free_port, wait_until
 from .conftest import kaffi_worker, running, start
 
 PASSWORD = "s3cret-pw"
+#: The test app's connect timeout (see APP_SOURCE): the attempts to reach nobody end sooner.
+SHORT_CONNECT_TIMEOUT = {"KAFFI_TEST_CONNECT_TIMEOUT": "1"}
 
 
 def error_lines(text: str) -> list[str]:
@@ -112,10 +114,13 @@ def test_the_command_prints_one_line_and_exits_1_with_clirunner(
 ) -> None:
     monkeypatch.chdir(project)
     port = free_port()
+    # The app's own URL and connect timeout (--url would bring the default 5 s).
+    monkeypatch.setenv("FAKTORY_URL", f"tcp://:{PASSWORD}@127.0.0.1:{port}")
+    monkeypatch.delenv("FAKTORY_PROVIDER", raising=False)
+    for name, value in SHORT_CONNECT_TIMEOUT.items():
+        monkeypatch.setenv(name, value)
     began = time.monotonic()
-    result = CliRunner().invoke(
-        main, ["worker", "tasks_app:app", "--url", f"tcp://:{PASSWORD}@127.0.0.1:{port}"]
-    )
+    result = CliRunner().invoke(main, ["worker", "tasks_app:app"])
     assert time.monotonic() - began < WAIT
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
@@ -125,10 +130,8 @@ def test_the_command_prints_one_line_and_exits_1_with_clirunner(
 def test_the_command_prints_one_line_and_exits_1_as_a_subprocess(project: Path) -> None:
     port = free_port()
     began = time.monotonic()
-    with kaffi_worker(project, f"tcp://:{PASSWORD}@127.0.0.1:{port}", "tasks_app:app") as (
-        proc,
-        logs,
-    ):
+    url = f"tcp://:{PASSWORD}@127.0.0.1:{port}"
+    with kaffi_worker(project, url, "tasks_app:app", env=SHORT_CONNECT_TIMEOUT) as (proc, logs):
         assert proc.wait(WAIT) == 1, logs.text()
     assert time.monotonic() - began < WAIT
     check_one_clear_error(logs.text(), port)
@@ -138,7 +141,12 @@ def test_the_supervisor_gives_up_instead_of_restarting_children(project: Path) -
     port = free_port()
     began = time.monotonic()
     with kaffi_worker(
-        project, f"tcp://:{PASSWORD}@127.0.0.1:{port}", "tasks_app:app", "--processes", "2"
+        project,
+        f"tcp://:{PASSWORD}@127.0.0.1:{port}",
+        "tasks_app:app",
+        "--processes",
+        "2",
+        env=SHORT_CONNECT_TIMEOUT,
     ) as (proc, logs):
         assert proc.wait(WAIT) == 1, logs.text()
     assert time.monotonic() - began < WAIT
