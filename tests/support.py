@@ -5,6 +5,7 @@
 - :func:`free_port` / :func:`closed_port_url`: a loopback port nobody listens on.
 - :func:`embedded_server`: an :class:`~kaffi.server.EmbeddedServer` with the short FETCH
   hold of the ``faktory_server`` fixture (pass ``fetch_hold=`` for another one).
+- :class:`LogLines`: a subprocess's output, read in a thread, to wait on log lines.
 - :class:`FakeFaktory`: a fake Faktory on 127.0.0.1 port 0, one thread per connection.
   By default it records every line a client sends and answers like Faktory 1.10.0 does
   for the commands the client uses (HI/HELLO with the password hash, PUSH, PUSHB, FETCH,
@@ -27,7 +28,7 @@ import ssl
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from kaffi.testing.pytest_plugin import TEST_FETCH_HOLD
 __all__ = [
     "CLOSE",
     "HI",
+    "LogLines",
     "OK",
     "POLL",
     "SILENT",
@@ -82,6 +84,52 @@ def free_port() -> int:
 def closed_port_url() -> str:
     """A ``tcp://`` URL on loopback where nothing listens."""
     return f"tcp://127.0.0.1:{free_port()}"
+
+
+class LogLines:
+    """Collects a subprocess's output lines (one pipe) in a thread, so tests can wait on
+    them: ``wait_for(needle)``, ``lines``, ``text()``; ``finish()`` once the process ended."""
+
+    def __init__(self, stream: Iterable[str]) -> None:
+        self.lines: list[str] = []
+        self._stream = stream
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="test-log-lines", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for line in self._stream:
+                self.lines.append(line.rstrip("\n"))
+        except (OSError, ValueError):
+            # The pipe was closed under us: the process is gone and so is its output.
+            pass
+        finally:
+            self._done.set()
+
+    def wait_for(self, needle: str, count: int = 1, timeout: float = WAIT) -> list[str]:
+        """Wait until ``count`` lines contain ``needle``; return every such line."""
+
+        def found() -> list[str]:
+            return [line for line in self.lines if needle in line]
+
+        wait_until(
+            lambda: len(found()) >= count,
+            lambda: (
+                f"{count} log line(s) with {needle!r}; the last lines:\n"
+                + "\n".join(self.lines[-40:])
+            ),
+            timeout,
+        )
+        return found()
+
+    def finish(self, timeout: float = WAIT) -> None:
+        """Wait (bounded) until the whole output has been read: the pipe reached its end."""
+        self._done.wait(timeout)
+
+    def text(self) -> str:
+        """Everything read so far, one line per line."""
+        return "\n".join(self.lines)
 
 
 def embedded_server(bind: str = "127.0.0.1:0", **options: Any) -> EmbeddedServer:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from typing import Any
 
 from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import ErrorReply, Reply, ReplyParser, SimpleReply
-from tests.support import WAIT, wait_until
+from tests.support import WAIT, LogLines, wait_until
 
 # -- raw protocol sessions -------------------------------------------------------------------
 
@@ -291,41 +290,6 @@ class Project:
         return [line.split(" ", 1)[0] for line in read_lines(self.out) if line.endswith(" " + tag)]
 
 
-class LogPump:
-    """Collects a subprocess's output lines in a thread, so tests can wait on them."""
-
-    def __init__(self, stream: Any) -> None:
-        self.lines: list[str] = []
-        self._stream = stream
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for line in self._stream:
-                self.lines.append(line.rstrip("\n"))
-        except (OSError, ValueError):
-            # The pipe was closed under us: the process is gone and so is its output.
-            pass
-        finally:
-            self._done.set()
-
-    def wait_for(self, needle: str, timeout: float = WAIT) -> str:
-        wait_until(
-            lambda: any(needle in line for line in self.lines),
-            lambda: f"a log line with {needle!r}; last lines:\n" + "\n".join(self.lines[-20:]),
-            timeout,
-        )
-        return next(line for line in self.lines if needle in line)
-
-    def finish(self, timeout: float = 5.0) -> None:
-        self._done.wait(timeout)
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
 class Proc:
     """A ``python -m kaffi ...`` subprocess with its output collected."""
 
@@ -341,7 +305,8 @@ class Proc:
             text=True,
             errors="replace",
         )
-        self.log = LogPump(self.popen.stdout)
+        assert self.popen.stdout is not None
+        self.log = LogLines(self.popen.stdout)
 
     @property
     def pid(self) -> int:

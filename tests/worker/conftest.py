@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from kaffi.app import App
 from kaffi.protocol.models import FaktoryInfo
 from kaffi.worker import Worker
-from tests.support import WAIT, wait_until
+from tests.support import WAIT, LogLines
 
 
 def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
@@ -145,46 +144,10 @@ def read_out(project: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-class LogReader:
-    """Collects a subprocess's stderr lines in a thread, for waiting on log lines."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        self.proc = proc
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, needle: str, count: int = 1, timeout: float = WAIT) -> list[str]:
-        try:
-            wait_until(
-                lambda: sum(needle in line for line in self.lines) >= count,
-                f"{count} log line(s) with {needle!r}",
-                timeout,
-            )
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; the log:\n" + "\n".join(self.lines[-40:])) from None
-        return [line for line in self.lines if needle in line]
-
-    def close(self) -> None:
-        self._thread.join(WAIT)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
 @contextmanager
 def kaffi_worker(
     project: Path, url: str, *args: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[subprocess.Popen[str], LogReader]]:
+) -> Iterator[tuple[subprocess.Popen[str], LogLines]]:
     """``python -m kaffi worker ARGS`` in ``project`` (``env``: extra variables); killed if
     a test leaves it running."""
     proc = subprocess.Popen(
@@ -195,7 +158,8 @@ def kaffi_worker(
         stderr=subprocess.PIPE,
         text=True,
     )
-    reader = LogReader(proc)
+    assert proc.stderr is not None
+    reader = LogLines(proc.stderr)
     try:
         yield proc, reader
     finally:
@@ -208,4 +172,6 @@ def kaffi_worker(
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait(WAIT)
-        reader.close()
+        reader.finish()
+        assert proc.stderr is not None
+        proc.stderr.close()
