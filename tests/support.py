@@ -330,8 +330,15 @@ class FakeFaktory:
                 session.sock = sock
             self._greet(sock)
             parser = CommandParser()
+            # Short reads, so stop() never waits for a read that a close did not wake.
+            sock.settimeout(0.1)
             while True:
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    if self._stopping.is_set():
+                        return
+                    continue
                 if not data:
                     return
                 parser.feed(data)
