@@ -3,6 +3,8 @@
 - :func:`wait_until` polls a predicate until a deadline (``WAIT``, generous for a loaded
   2-core machine) and fails naming what it waited for. Tests never sleep to synchronise.
 - :func:`free_port` / :func:`closed_port_url`: a loopback port nobody listens on.
+- :func:`start` / :func:`running`: a :class:`~kaffi.worker.Worker` run in a thread, stopped
+  and checked at the end.
 - :func:`embedded_server`: an :class:`~kaffi.server.EmbeddedServer` with the short FETCH
   hold of the ``faktory_server`` fixture (pass ``fetch_hold=`` for another one).
 - :class:`LogLines`: a subprocess's output, read in a thread, to wait on log lines.
@@ -21,6 +23,7 @@ is for what a real server never does.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -28,13 +31,15 @@ import ssl
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from kaffi.protocol.resp import CommandParser, encode_bulk
 from kaffi.server import EmbeddedServer
 from kaffi.testing.pytest_plugin import TEST_FETCH_HOLD
+from kaffi.worker import Worker
 
 __all__ = [
     "CLOSE",
@@ -52,6 +57,8 @@ __all__ = [
     "expected_pwdhash",
     "free_port",
     "read_line",
+    "running",
+    "start",
     "wait_until",
 ]
 
@@ -130,6 +137,36 @@ class LogLines:
     def text(self) -> str:
         """Everything read so far, one line per line."""
         return "\n".join(self.lines)
+
+
+def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``worker`` in a thread; the list gets whatever ``run()`` raised."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(worker.run())
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="test-worker", daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@contextmanager
+def running(worker: Worker) -> Iterator[Worker]:
+    """Run ``worker`` in a thread; stop it (and check it stopped cleanly) on exit."""
+    thread, errors = start(worker)
+    assert worker.ready.wait(WAIT), "worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=WAIT)
+        thread.join(WAIT)
+        assert not thread.is_alive(), "worker thread did not end"
+    if errors:
+        raise errors[0]
 
 
 def embedded_server(bind: str = "127.0.0.1:0", **options: Any) -> EmbeddedServer:

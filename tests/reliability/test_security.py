@@ -7,7 +7,6 @@ import hashlib
 import logging
 import signal
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from tests.reliability.support import (
     show,
     wait_listening,
 )
-from tests.support import WAIT, embedded_server, free_port, wait_until
+from tests.support import WAIT, embedded_server, free_port, start, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -117,17 +116,8 @@ def test_a_worker_with_a_wrong_password_stops_with_the_error(secured: EmbeddedSe
     concurrency = 4
     with FaultProxy("127.0.0.1", secured.port) as proxy:
         worker = app.worker(url=proxy.url("wrong"), concurrency=concurrency, timeout=1)
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                asyncio.run(worker.run())
-            except BaseException as exc:  # handed to the test thread
-                errors.append(exc)
-
-        thread = threading.Thread(target=run, daemon=True)
         started = time.monotonic()
-        thread.start()
+        thread, errors = start(worker)
         thread.join(WAIT)
         elapsed = time.monotonic() - started
         alive = thread.is_alive()

@@ -8,10 +8,6 @@ more to read the ``failure`` record the server attached.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -19,32 +15,9 @@ import pytest
 
 import kaffi
 from kaffi.protocol.models import JobPayload
-from kaffi.worker import Worker
-from tests.support import WAIT, embedded_server, wait_until
+from tests.support import embedded_server, running, wait_until
 
 pytestmark = pytest.mark.reliability
-
-
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(worker.run())
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="reliability-worker", daemon=True)
-    thread.start()
-    assert worker.ready.wait(WAIT), "the worker did not start"
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout=WAIT)
-        thread.join(WAIT)
-        assert not thread.is_alive(), "the worker thread did not end"
-    assert not errors, f"the worker raised {errors[0]!r}"
 
 
 def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:

@@ -3,14 +3,12 @@ for the command line, and read a subprocess's log lines."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,38 +18,7 @@ import pytest
 
 from kaffi.app import App
 from kaffi.protocol.models import FaktoryInfo
-from kaffi.worker import Worker
 from tests.support import WAIT, LogLines
-
-
-def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
-    """Run ``worker`` in a thread; the list gets whatever ``run()`` raised."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(worker.run())
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="test-worker", daemon=True)
-    thread.start()
-    return thread, errors
-
-
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker`` in a thread; stop it (and check it stopped cleanly) on exit."""
-    thread, errors = start(worker)
-    assert worker.ready.wait(WAIT), "worker did not start"
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout=WAIT)
-        thread.join(WAIT)
-        assert not thread.is_alive(), "worker thread did not end"
-    if errors:
-        raise errors[0]
 
 
 def stats(app: App) -> FaktoryInfo:

@@ -15,9 +15,9 @@ from kaffi.app import App
 from kaffi.client.aio import AsyncConnection
 from kaffi.errors import AuthenticationError, ReadError
 from kaffi.worker import worker as worker_module
-from tests.support import WAIT, embedded_server, wait_until
+from tests.support import WAIT, embedded_server, running, start, wait_until
 
-from .conftest import running, start, stats
+from .conftest import stats
 
 
 def test_an_ack_whose_connection_breaks_is_sent_again(

@@ -16,9 +16,9 @@ from kaffi.cli import main
 from kaffi.client.aio import AsyncConnection
 from kaffi.errors import ConnectError
 from kaffi.worker import worker as worker_module
-from tests.support import WAIT, embedded_server, free_port, wait_until
+from tests.support import WAIT, embedded_server, free_port, running, start, wait_until
 
-from .conftest import kaffi_worker, running, start
+from .conftest import kaffi_worker
 
 PASSWORD = "s3cret-pw"
 #: The test app's connect timeout (see APP_SOURCE): the attempts to reach nobody end sooner.

@@ -15,9 +15,9 @@ from kaffi.app import App
 from kaffi.client.aio import AsyncConnection
 from kaffi.protocol.models import Failure, JobPayload
 from kaffi.worker import Worker
-from tests.support import WAIT, wait_until
+from tests.support import WAIT, running, start, wait_until
 
-from .conftest import running, start, stats
+from .conftest import stats
 
 
 def failed_jobs(app: App, queue: str, count: int = 1) -> list[tuple[JobPayload, Failure]]:
