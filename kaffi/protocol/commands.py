@@ -38,6 +38,8 @@ from kaffi.errors import (
     ValidationError,
 )
 from kaffi.protocol.models import (
+    FAIL_ERRTYPE_MAX,
+    FAIL_MESSAGE_MAX,
     MAX_BACKTRACE,
     EncodedJob,
     Hello,
@@ -56,6 +58,7 @@ __all__ = [
     "MUTATE_TARGETS",
     "QUEUE_SUBCOMMANDS",
     "BEAT_STATES",
+    "GO_SPACE",
     "encode_line",
     "encode_hello",
     "encode_push",
@@ -92,10 +95,6 @@ BEAT_STATES = ("quiet", "terminate")
 
 MutateCommand = Literal["clear", "kill", "discard", "requeue"]
 MutateTarget = Literal["retries", "scheduled", "dead"]
-
-_FAIL_ERRTYPE_MAX = 100
-_FAIL_MESSAGE_MAX = 1000
-_FAIL_BACKTRACE_MAX = MAX_BACKTRACE
 
 
 def encode_line(verb: str, arg: str | None = None) -> bytes:
@@ -254,9 +253,9 @@ def encode_ack(jid: str) -> bytes:
     return encode_line("ACK", dumps({"jid": jid}))
 
 
-# What Go's strings.TrimSpace removes (unicode.IsSpace): Python's str.strip() would also
-# remove \x1c-\x1f, which Faktory keeps.
-_GO_SPACE = (
+#: What Go's strings.TrimSpace removes (unicode.IsSpace): Python's str.strip() would also
+#: remove \x1c-\x1f, which Faktory keeps.
+GO_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680"
     + "".join(map(chr, range(0x2000, 0x200B)))
     + "\u2028\u2029\u202f\u205f\u3000"
@@ -275,7 +274,7 @@ def _fail_text(text: str, limit: int) -> str:
     # Faktory trims surrounding whitespace *before* cutting, so trim first or leading
     # blanks would eat into what the server keeps. Go cuts bytes, which never keeps more
     # than these characters.
-    return _no_surrogates(text.strip(_GO_SPACE)[:limit])
+    return _no_surrogates(text.strip(GO_SPACE)[:limit])
 
 
 def encode_fail(
@@ -286,11 +285,11 @@ def encode_fail(
     traceback costs nothing on the wire."""
     body: dict[str, Any] = {
         "jid": jid,
-        "errtype": _fail_text(errtype, _FAIL_ERRTYPE_MAX),
-        "message": _fail_text(message, _FAIL_MESSAGE_MAX),
+        "errtype": _fail_text(errtype, FAIL_ERRTYPE_MAX),
+        "message": _fail_text(message, FAIL_MESSAGE_MAX),
     }
     if backtrace:
-        body["backtrace"] = [_no_surrogates(line) for line in backtrace[:_FAIL_BACKTRACE_MAX]]
+        body["backtrace"] = [_no_surrogates(line) for line in backtrace[:MAX_BACKTRACE]]
     return encode_line("FAIL", dumps(body))
 
 

@@ -17,7 +17,7 @@ from kaffi.client.connection import Connection
 from kaffi.errors import ReadTimeout, ServerError, TransportError, ValidationError
 from kaffi.protocol.models import EncodedJob, JobPayload
 from kaffi.protocol.resp import encode_bulk, encode_error
-from tests.client.fake_faktory import CLOSE, SILENT, FakeFaktory
+from tests.support import CLOSE, SILENT, FakeFaktory
 
 
 def pushb_jids(line: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import select
-import socket
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +27,7 @@ from kaffi.errors import (
 from kaffi.protocol.commands import format_exception_backtrace
 from kaffi.protocol.models import JobPayload
 from kaffi.protocol.resp import encode_bulk
-from tests.client.fake_faktory import CLOSE, SILENT, FakeFaktory
+from tests.support import CLOSE, SILENT, FakeFaktory, closed_port_url
 
 
 def sent_json(line: str) -> Any:
@@ -355,11 +354,8 @@ def test_connect_proves_the_server_is_reachable(fake: FakeFaktory) -> None:
 
 
 def test_connect_to_nothing() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
     with pytest.raises(ConnectError):
-        Client(f"tcp://127.0.0.1:{port}").connect()
+        Client(closed_port_url()).connect()
 
 
 def test_context_manager_ends_connections_and_client_stays_usable(fake: FakeFaktory) -> None:

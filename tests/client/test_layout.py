@@ -16,7 +16,7 @@ from kaffi.client import AsyncClient, Client
 from kaffi.client import base as base_module
 from kaffi.client.base import run_plan, run_plan_async
 from kaffi.protocol.models import EncodedJob, JobPayload
-from tests.client.fake_faktory import FakeFaktory
+from tests.support import FakeFaktory
 
 CLIENT_DIR = Path(kaffi.client.__file__).parent
 COMMANDS = [

@@ -19,7 +19,7 @@ from kaffi.errors import ReadError, ReadTimeout, ServerError, WriteTimeout
 from kaffi.protocol.commands import encode_ack
 from kaffi.protocol.connection import ClientConnection
 from kaffi.protocol.resp import ErrorReply, SimpleReply
-from tests.client.fake_faktory import FakeFaktory
+from tests.support import FakeFaktory
 
 LINE = encode_ack("jid-00000001")
 
