@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from kaffi._procinfo import rss_kb
 from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
 from kaffi.protocol.commands import decode_beat, encode_beat
+from kaffi.worker.joblog import count_jobs
 
 if TYPE_CHECKING:
     from kaffi.client.aio import AsyncConnection
@@ -40,6 +41,8 @@ __all__ = ["MONITOR_INTERVAL", "QUIET", "RUNNING", "STOPPED", "TERMINATE", "Hear
 log = logging.getLogger("kaffi.worker")
 
 RUNNING, QUIET, TERMINATE, STOPPED = "running", "quiet", "terminate", "stopped"
+#: What the shutdown line adds when the worker's signal handlers are installed.
+SKIP_WAIT_HINT = " (a second Ctrl-C or SIGTERM skips the wait)"
 #: How often the memory limit and the parent process are checked, when asked for.
 MONITOR_INTERVAL = 1.0
 
@@ -62,10 +65,11 @@ class Lifecycle:
         "processed",
         "recycling",
         "running",
-        "sigint_count",
+        "signals_installed",
         "state",
         "stop_event",
         "stop_reason",
+        "stop_signals",
         "timeout",
         "wake",
         "wid",
@@ -93,11 +97,15 @@ class Lifecycle:
         #: Leave once quiet and idle (burst mode done, recycling).
         self.exit_when_idle = False
         self.recycling = False
-        #: Set by a second SIGINT, a fatal error or a cancelled run(): skip the job wait.
+        #: Set by a second SIGTERM or SIGINT, a fatal error or a cancelled run(): skip the job wait.
         self.hurry_requested = False
         self.fatal: BaseException | None = None
         self.stop_reason = ""
-        self.sigint_count = 0
+        #: SIGTERMs and SIGINTs received: the second of either kind skips the job wait.
+        self.stop_signals = 0
+        #: True while the worker's signal handlers are installed (the shutdown line then
+        #: says what a second signal does).
+        self.signals_installed = False
         self.stop_event: asyncio.Event | None = None
         self.wake: asyncio.Event | None = None
         self.hurry: asyncio.Event | None = None
@@ -126,10 +134,10 @@ class Lifecycle:
             return
         self.state = QUIET
         log.info(
-            "worker %s quiet (%s): no more fetching, finishing %d jobs",
+            "worker %s quiet (%s): no more fetching, finishing %s",
             self.wid,
             reason,
-            self.running,
+            count_jobs(self.running),
         )
         if self.wake is not None:
             self.wake.set()
@@ -142,11 +150,12 @@ class Lifecycle:
         self.stop_reason = reason
         self.state = TERMINATE
         log.info(
-            "worker %s shutting down (%s): %d jobs running, waiting up to %gs",
+            "worker %s shutting down (%s): %s running, waiting up to %gs%s",
             self.wid,
             reason,
-            self.running,
+            count_jobs(self.running),
             self.timeout,
+            SKIP_WAIT_HINT if self.signals_installed else "",
         )
         if self.wake is not None:
             self.wake.set()
@@ -154,7 +163,8 @@ class Lifecycle:
             self.stop_event.set()
 
     def hurry_up(self) -> None:
-        """Stop waiting for running jobs (second SIGINT, fatal error, cancelled run)."""
+        """Stop waiting for running jobs (a second SIGTERM or SIGINT, a fatal error, a
+        cancelled run)."""
         self.hurry_requested = True
         if self.hurry is not None:
             self.hurry.set()

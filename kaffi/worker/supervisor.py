@@ -9,7 +9,7 @@ The supervisor runs no jobs and opens no connection. It
   interpreter inherits no sockets, pools, threads or locks from the parent;
 - forwards SIGTERM, SIGINT, SIGTSTP and SIGTTIN to every child. Children run in their own
   process group so a Ctrl-C in a terminal reaches them once, through the supervisor
-  (a second Ctrl-C is forwarded as the second SIGINT that skips the wait);
+  (a second Ctrl-C or SIGTERM is forwarded as the second signal that skips the wait);
 - restarts a child that dies (killed, crashed, exited non-zero) after a full-jitter
   backoff (:class:`~kaffi.worker.backoff.Backoff`: random, up to a doubling ceiling) and
   a log line, so children that crash together do not come back together; a child that

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from kaffi.errors import ConfigurationError
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
-from kaffi.worker.joblog import install_record_factory
+from kaffi.worker.joblog import count_jobs, install_record_factory
 from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle
 from kaffi.worker.options import check_options
 from kaffi.worker.processor import (
@@ -317,7 +317,7 @@ class Worker:
             loop, on_stop=self._on_stop_signal, on_quiet=self.quiet, on_dump=self._dump_stacks
         )
         if install_signal_handlers:
-            handlers.install()
+            life.signals_installed = handlers.install()
         log.info(
             "worker %s starting: queues %s, concurrency %d, server %s, pid %d",
             self.wid,
@@ -365,10 +365,10 @@ class Worker:
             life.done.set()
             if started:
                 log.info(
-                    "worker %s stopped (%s): %d jobs processed, %d failed",
+                    "worker %s stopped (%s): %s processed, %d failed",
                     self.wid,
                     life.stop_reason or "done",
-                    life.processed,
+                    count_jobs(life.processed),
                     life.failed,
                 )
         if life.fatal is not None:
@@ -394,12 +394,12 @@ class Worker:
 
     def _on_stop_signal(self, signum: int) -> None:
         life = self.life
-        if signum == signal.SIGINT:
-            life.sigint_count += 1
-            if life.sigint_count >= 2:
-                log.warning("second SIGINT: not waiting for running jobs")
-                life.hurry_up()
-                return
+        life.stop_signals += 1
+        if life.stop_signals >= 2:
+            # SIGTERM then SIGINT counts too: whoever sends a second signal wants out now.
+            log.warning("second %s: not waiting for running jobs", signal_name(signum))
+            life.hurry_up()
+            return
         life.request_stop(f"{signal_name(signum)} received")
 
     def _dump_stacks(self, reason: str = "SIGTTIN") -> None:

@@ -130,6 +130,26 @@ def test_second_sigint_skips_the_wait(app: App, project: Path, faktory_server: A
     assert info.sets["retries"] == 1
 
 
+def test_sigterm_then_sigint_skips_the_wait(
+    app: App, project: Path, faktory_server: Any
+) -> None:
+    push(app, "hang")
+    with kaffi_worker(project, faktory_server.url, "tasks_app:app", "--timeout", "120") as (
+        proc,
+        logs,
+    ):
+        wait_until(lambda: read_out(project) == ["hanging"], "the job to start")
+        proc.send_signal(signal.SIGTERM)
+        logs.wait_for("shutting down")
+        assert "(a second Ctrl-C or SIGTERM skips the wait)" in logs.text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0, logs.text()
+    assert "second SIGINT: not waiting for running jobs" in logs.text()
+    info = stats(app)
+    assert info.sets["working"] == 0
+    assert info.sets["retries"] == 1
+
+
 def test_tstp_quiets_and_ttin_dumps_stacks(app: App, project: Path, faktory_server: Any) -> None:
     with kaffi_worker(project, faktory_server.url, "tasks_app:app", "-c", "2") as (proc, logs):
         logs.wait_for("starting")
