@@ -49,6 +49,7 @@ from kaffi.client.job import AsyncJob, as_payload
 from kaffi.client.mutation import AsyncMutation
 from kaffi.client.pool import AsyncConnectionPool
 from kaffi.errors import (
+    UNREACHABLE_HINT,
     ConnectError,
     ConnectTimeout,
     KaffiError,
@@ -252,12 +253,15 @@ class AsyncConnection:
             )
         except asyncio.TimeoutError:
             raise ConnectTimeout(
-                f"could not connect to {where} within {settings.connect_timeout:g} s"
+                f"could not connect to {where} within {settings.connect_timeout:g} s;"
+                f" {UNREACHABLE_HINT}"
             ) from None
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise ConnectError(f"TLS handshake with {where} failed: {exc}") from None
         except OSError as exc:
-            raise ConnectError(f"could not connect to {where}: {os_error_text(exc)}") from None
+            raise ConnectError(
+                f"could not connect to {where}: {os_error_text(exc)}; {UNREACHABLE_HINT}"
+            ) from None
         assert isinstance(transport, asyncio.Transport)
         conn = cls(transport, protocol, settings)
         try:

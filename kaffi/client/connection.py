@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from kaffi.client.config import ConnectionSettings
 from kaffi.errors import (
+    UNREACHABLE_HINT,
     ConnectError,
     ConnectTimeout,
     KaffiError,
@@ -140,10 +141,13 @@ class Connection:
             )
         except TimeoutError:
             raise ConnectTimeout(
-                f"could not connect to {where} within {settings.connect_timeout:g} s"
+                f"could not connect to {where} within {settings.connect_timeout:g} s;"
+                f" {UNREACHABLE_HINT}"
             ) from None
         except OSError as exc:
-            raise ConnectError(f"could not connect to {where}: {os_error_text(exc)}") from None
+            raise ConnectError(
+                f"could not connect to {where}: {os_error_text(exc)}; {UNREACHABLE_HINT}"
+            ) from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

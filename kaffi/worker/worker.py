@@ -32,7 +32,6 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import socket
 import threading
 from collections.abc import Callable, Sequence

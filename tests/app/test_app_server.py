@@ -201,6 +201,26 @@ def test_seed_connect_fails_clearly_when_unreachable() -> None:
         kaffi.connect(closed_port_url(), connect_timeout=2.0)
 
 
+def test_delay_to_an_unreachable_server_says_how_to_fix_it() -> None:
+    app = App(closed_port_url(), connect_timeout=2.0)
+
+    @app.task
+    def job() -> None:
+        return None
+
+    try:
+        with pytest.raises(ConnectError) as caught:
+            job.delay()
+        with pytest.raises(ConnectError) as caught_async:
+            asyncio.run(job.delay_async())
+    finally:
+        app.close()
+    for error in (caught.value, caught_async.value):
+        message = str(error)
+        assert message.startswith("could not connect to tcp://127.0.0.1:"), message
+        assert message.endswith("; start a server with `kaffi server`, or set FAKTORY_URL")
+
+
 def test_worker_runs_what_delay_pushed(app: App) -> None:
     done = threading.Event()
     seen: list[Any] = []

@@ -130,9 +130,7 @@ def test_second_sigint_skips_the_wait(app: App, project: Path, faktory_server: A
     assert info.sets["retries"] == 1
 
 
-def test_sigterm_then_sigint_skips_the_wait(
-    app: App, project: Path, faktory_server: Any
-) -> None:
+def test_sigterm_then_sigint_skips_the_wait(app: App, project: Path, faktory_server: Any) -> None:
     push(app, "hang")
     with kaffi_worker(project, faktory_server.url, "tasks_app:app", "--timeout", "120") as (
         proc,

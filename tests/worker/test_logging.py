@@ -330,8 +330,7 @@ def test_a_job_line_goes_straight_to_the_configured_stream(
     (line,) = stream.getvalue().splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert re.fullmatch(
-        stamp
-        + r" INFO kaffi\.job \[resize jid-abcdefgh\] done in 0\.013s: ack",
+        stamp + r" INFO kaffi\.job \[resize jid-abcdefgh\] done in 0\.013s: ack",
         line,
     )
 
