@@ -67,6 +67,10 @@ class App:
     ``timeout``, ``pool_size``, ...) configure ``app.client`` and ``app.async_client``;
     without them the environment decides (``FAKTORY_PROVIDER``, ``FAKTORY_URL``).
     ``testing="inline"`` or ``"fake"`` builds an App that is always in that testing mode.
+    ``strict`` (True by default): ``.delay()`` checks its arguments in pydantic's strict
+    mode, so ``"7"`` or ``True`` for an ``int`` parameter is refused; ``strict=False``
+    keeps pydantic's lax coercion (``"7"`` is sent as ``7``). Workers always convert the
+    JSON they receive laxly (a datetime arrives as a string).
     """
 
     def __init__(
@@ -74,9 +78,14 @@ class App:
         url: str | None = None,
         *,
         testing: TestingMode | None = None,
+        strict: bool = True,
         **client_options: Any,
     ) -> None:
+        if not isinstance(strict, bool):
+            raise ConfigurationError(f"App(strict=...) must be True or False, got {strict!r}")
         self.url = url
+        #: Whether ``.delay()`` validates arguments in pydantic's strict mode.
+        self.strict = strict
         self.client_options = _check_client_options(client_options)
         #: jobtype -> Task.
         self.tasks: dict[str, Task[Any, Any]] = {}
@@ -179,7 +188,7 @@ class App:
             backtrace=backtrace,
             custom=custom,
         )
-        signature = TaskSignature(fn, jobtype, localns)
+        signature = TaskSignature(fn, jobtype, localns, strict=self.strict)
         task: Task[P, R] = Task(self, fn, jobtype, options, signature)
         with self._lock:
             existing = self.tasks.get(jobtype)

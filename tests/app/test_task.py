@@ -440,3 +440,27 @@ def test_types_defined_inside_a_function_resolve(app: App, sent: Recorder) -> No
     assert ship.decode_args([{"id": 4}]) == ([Order(id=4)], {})
     with pytest.raises(ValidationError, match="argument 'order'"):
         ship.delay({"id": "x"})  # type: ignore[arg-type]
+
+
+def test_delay_is_strict_by_default_and_lax_with_strict_false() -> None:
+    for strict in (True, False):
+        app = App(testing="fake", strict=strict)
+
+        @app.task
+        def count(n: int) -> None:
+            del n
+
+        if strict:
+            for value in ("7", True):
+                with pytest.raises(ValidationError, match="argument 'n'"):
+                    count.delay(value)  # type: ignore[arg-type]
+            assert len(app.testing.jobs) == 0
+        else:
+            count.delay("7")  # type: ignore[arg-type]
+            count.delay(True)
+            assert [job.args for job in app.testing.jobs] == [[7], [1]]
+
+
+def test_strict_must_be_a_bool() -> None:
+    with pytest.raises(ConfigurationError, match=r"App\(strict=...\) must be True or False"):
+        App(strict="yes")  # type: ignore[arg-type]
