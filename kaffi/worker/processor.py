@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
@@ -53,6 +53,8 @@ from kaffi.worker.lifecycle import RUNNING, TERMINATE
 
 if TYPE_CHECKING:
     from kaffi.app import App
+    from kaffi.app.middleware import Middleware
+    from kaffi.app.task import Task
     from kaffi.client.aio import AsyncConnection
     from kaffi.worker.connections import Connector
     from kaffi.worker.lifecycle import Lifecycle
@@ -132,8 +134,13 @@ class Processor:
         *,
         concurrency: int,
         max_jobs: int | None,
+        registry: Mapping[str, Task[Any, Any]] | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.app = app
+        #: The worker's own jobtypes and middleware (see Worker's options).
+        self.registry = registry
+        self.middleware = middleware
         self.life = life
         self.connector = connector
         self.queues = queues
@@ -304,7 +311,13 @@ class Processor:
         error: BaseException | None = None
         try:
             try:
-                await perform(self.app, job, run_sync=self._run_sync)
+                await perform(
+                    self.app,
+                    job,
+                    run_sync=self._run_sync,
+                    registry=self.registry,
+                    middleware=self.middleware,
+                )
             except asyncio.CancelledError as exc:
                 if slot.abandoned:
                     raise  # shutdown gave up on this job and FAILed it already

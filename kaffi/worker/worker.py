@@ -34,7 +34,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ from kaffi.worker.threads import JobThreads
 if TYPE_CHECKING:
     from kaffi.app import App
     from kaffi.app.middleware import Middleware
+    from kaffi.app.task import Task
     from kaffi.client.config import ConnectionSettings
 
 __all__ = [
@@ -86,6 +87,11 @@ class Worker:
     - ``url`` (or ``settings``): the server; by default the App's own;
     - ``burst``: stop once every listed queue is empty and nothing is running;
     - ``health_file``: a path touched after every successful heartbeat;
+    - ``middleware``: a list of worker middleware of this worker's own, run inside the
+      App's (``app.use``) around every job, as the Node worker's ``middleware`` option;
+    - ``registry``: a mapping of jobtype to function, this worker's own jobtypes, looked
+      up before the App's tasks (so it can replace one), as the Node worker's
+      ``registry`` option; the functions' arguments are converted as a task's are;
     - ``max_jobs``, ``max_memory_mb``: recycle (quiet, finish, stop) after that many jobs
       or above that RSS; ``on_recycle`` is called when that starts (the supervisor
       starts a replacement then).
@@ -111,8 +117,12 @@ class Worker:
         on_recycle: Callable[[str], None] | None = None,
         parent_pid: int | None = None,
         pool_size: int | None = None,
+        middleware: Sequence[Middleware] = (),
+        registry: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         options = check_options(
+            middleware=middleware,
+            registry=registry if registry is not None else {},
             concurrency=concurrency,
             pool_size=pool_size,
             timeout=timeout,
@@ -138,6 +148,12 @@ class Worker:
         self.health_file = Path(health_file) if health_file is not None else None
         self.max_jobs = options.max_jobs
         self.max_memory_mb = options.max_memory_mb
+        #: This worker's middleware, run inside the App's own around every job.
+        self.middleware: list[Middleware] = list(options.middleware)
+        #: This worker's jobtypes (``registry=``), looked up before the App's tasks.
+        self.registry: dict[str, Task[Any, Any]] = {
+            jobtype: app.unregistered_task(jobtype, fn) for jobtype, fn in options.registry.items()
+        }
         self._url = url
         self._settings = settings
 
@@ -156,6 +172,8 @@ class Worker:
             self.queues,
             concurrency=self.concurrency,
             max_jobs=self.max_jobs,
+            registry=self.registry,
+            middleware=self.middleware,
         )
         self.heartbeat = Heartbeat(
             self.life,
@@ -181,7 +199,8 @@ class Worker:
     # -- the seed API ---------------------------------------------------------------------
 
     def use(self, middleware: Middleware) -> Worker:
-        """Add a worker middleware (to the App: every worker of it runs the chain)."""
+        """Add a worker middleware (to the App: every worker of it runs the chain; the
+        ``middleware=`` option is this worker's alone)."""
         self.app.use(middleware)
         return self
 
