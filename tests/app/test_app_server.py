@@ -89,7 +89,7 @@ def test_delay_async(app: App, kaffi_client: Client) -> None:
     async def notify(user_id: int) -> None:
         del user_id
 
-    async def main() -> str:
+    async def main() -> str | None:
         try:
             return await notify.delay_async(7)
         finally:
@@ -117,6 +117,7 @@ def test_countdown_schedules_and_mutate_requeues(app: App, kaffi_client: Client)
         return None
 
     jid = later.options(countdown=timedelta(hours=1)).delay()
+    assert jid is not None
     assert queue_size(app, "default") == 0
     assert app.client.info().faktory.sets.get("scheduled") == 1
     app.mutate.scheduled.with_jids(jid).requeue()
@@ -133,6 +134,7 @@ def test_mutate_retries_and_dead(app: App, kaffi_client: Client) -> None:
 
     first = flaky.delay()
     second = flaky.delay()
+    assert first is not None and second is not None
     for _ in (first, second):
         job = kaffi_client.fetch("default")
         assert job is not None

@@ -176,7 +176,7 @@ def test_delay_builds_the_payload(app: App, sent: Recorder) -> None:
     jid = send_email.delay("a@b.c", times=2)
     [payload] = sent.payloads
     assert payload["jid"] == jid
-    assert len(jid) == 24
+    assert jid is not None and len(jid) == 24
     assert payload["jobtype"] == "send_email"
     assert payload["queue"] == "mail"
     assert payload["args"] == ["a@b.c", 2]
@@ -411,11 +411,39 @@ def test_push_middleware_can_drop_a_job(app: App, sent: Recorder) -> None:
         return None
 
     app.use_push(lambda ctx, next: None)
-    jid = job.delay()
-    assert len(jid) == 24
-    assert job.delay_many([(), ()]) == []
+    # The caller can tell: no jid, and the bulk outcome counts the drops apart.
+    assert job.delay() is None
+    assert job.apply_async() is None
+    assert asyncio.run(job.delay_async()) is None
+    outcome = job.delay_many([(), ()])
+    assert outcome == [] and outcome.dropped == 2
+    outcome = asyncio.run(job.delay_many_async([(), (), ()]))
+    assert outcome == [] and outcome.dropped == 3
     assert sent.payloads == []
     assert sent.chunks == []
+
+
+def test_a_middleware_that_drops_some_jobs_leaves_the_others_counted_apart(
+    app: App, sent: Recorder
+) -> None:
+    @app.task
+    def job(n: int) -> None:
+        del n
+
+    def odd_only(ctx: PushContext, next: Callable[[], None]) -> None:
+        if ctx.job.args[0] % 2:
+            next()
+
+    app.use_push(odd_only)
+    assert job.delay(2) is None
+    jid = job.delay(3)
+    assert jid is not None and len(jid) == 24
+    outcome = job.delay_many([(n,) for n in range(5)])
+    # The Recorder rejects the first job of each chunk: rejected and dropped apart.
+    assert [r.payload["args"] for r in outcome] == [[1]]
+    assert outcome.dropped == 3
+    assert [p["args"] for p in sent.payloads] == [[3], [1], [3]]
+    assert sent.chunks == [2]
 
 
 def test_middleware_must_be_callable(app: App) -> None:

@@ -521,7 +521,7 @@ def test_log_records_inside_jobs_carry_jid_and_jobtype(app: App) -> None:
         user_log.info("on the loop")
 
     try:
-        jids = {plain.delay(): "plain", coro.delay(): "coro"}
+        jids = {str(plain.delay()): "plain", str(coro.delay()): "coro"}
         with running(app.worker(concurrency=2)) as worker:
             wait_until(lambda: worker.processed == 2, "both jobs")
     finally:
