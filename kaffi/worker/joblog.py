@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from types import TracebackType
 from typing import IO, Any
 
 __all__ = [
@@ -94,9 +95,15 @@ def _msecs(created: float) -> int:
 
 
 def log_job_done(
-    jid: str, jobtype: str, duration: float, outcome: str, error: BaseException | None = None
+    jid: str,
+    jobtype: str,
+    duration: float,
+    outcome: str,
+    error: BaseException | None = None,
+    shown: TracebackType | None = None,
 ) -> None:
-    """The one line per job. Failures are warnings and carry the exception.
+    """The one line per job. Failures are warnings and carry the exception with the
+    traceback ``shown`` (the user's frames; none: the line alone).
 
     A success line is INFO. When the only handler that would see it is the one
     :func:`configure_logging` installed (what ``kaffi worker`` runs with), that handler
@@ -123,7 +130,7 @@ def log_job_done(
             outcome,
             type(error).__name__,
             error,
-            exc_info=error,
+            exc_info=(type(error), error, shown) if shown is not None else None,
             extra={
                 "duration": round(duration, 6),
                 "outcome": outcome,

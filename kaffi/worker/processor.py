@@ -23,6 +23,11 @@ What a job's outcome becomes
   workers send it), one ``file:line in function: source`` line per frame. The job's
   ``backtrace`` field caps the number of lines; when the job does not set it, kaffi
   sends up to the server's 50, as the Ruby worker does. ``backtrace: 0`` sends none.
+- What is logged and sent of the traceback starts at the user's code
+  (:func:`user_traceback`): the worker's own frames that called the job are left out,
+  so the user's frames come first in the FAIL and the logged traceback is theirs. A
+  job that fails for a configuration reason (``UnknownJobType``, ``ArgumentsError``)
+  has no user frame: it is logged as one line, and FAILed without a backtrace.
 - A lost connection never loses an ACK or FAIL: it is sent again on a fresh connection
   with full-jitter backoff for up to :data:`REPORT_RETRY_SECONDS`, then logged loudly
   (the job then runs again when its reservation lapses).
@@ -37,13 +42,22 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
+from kaffi.errors import (
+    ArgumentsError,
+    AuthenticationError,
+    RemoteProtocolError,
+    ServerError,
+    TransportError,
+    UnknownJobType,
+)
 from kaffi.protocol.commands import decode_fetch, decode_info, encode_ack, encode_fail, encode_info
 from kaffi.protocol.models import MAX_BACKTRACE, JobPayload
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply
@@ -68,6 +82,7 @@ __all__ = [
     "Slot",
     "format_backtrace",
     "shutdown_fail",
+    "user_traceback",
 ]
 
 T = TypeVar("T")
@@ -103,6 +118,25 @@ def format_backtrace(frames: Iterable[traceback.FrameSummary], limit: int | None
         if len(lines) == cap:
             break
     return lines
+
+
+#: The package's folder: frames from files under it are the worker's own.
+_KAFFI_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: Failures that say the job and the worker do not fit together (no user code ran).
+_CONFIGURATION_ERRORS = (UnknownJobType, ArgumentsError)
+
+
+def user_traceback(exc: BaseException) -> TracebackType | None:
+    """``exc``'s traceback from the first frame outside kaffi (the job, or a middleware
+    of the user's), leaving out the worker's frames that led to it. None for a failure
+    of configuration (``UnknownJobType``, ``ArgumentsError``: one line says it all);
+    the whole traceback when no frame is the user's (a failure inside kaffi itself)."""
+    if isinstance(exc, _CONFIGURATION_ERRORS):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_KAFFI_DIR):
+        tb = tb.tb_next
+    return tb if tb is not None else exc.__traceback__
 
 
 class Slot:
@@ -336,8 +370,9 @@ class Processor:
                 log_job_done(job.jid, job.jobtype, duration, "ack")
             else:
                 life.failed += 1
-                line = fail_line(job, error)
-                log_job_done(job.jid, job.jobtype, duration, "fail", error)
+                shown = user_traceback(error)
+                line = fail_line(job, error, shown)
+                log_job_done(job.jid, job.jobtype, duration, "fail", error, shown)
         finally:
             job_context.reset(token)
         if self.max_jobs is not None and life.processed >= self.max_jobs and not life.recycling:
@@ -411,8 +446,9 @@ class Processor:
             life.enter_quiet("burst: queues empty")
 
 
-def fail_line(job: JobPayload, exc: BaseException) -> bytes:
-    """The FAIL for ``job``, which raised ``exc``."""
+def fail_line(job: JobPayload, exc: BaseException, shown: TracebackType | None = None) -> bytes:
+    """The FAIL for ``job``, which raised ``exc``; its backtrace is ``shown`` (what
+    :func:`user_traceback` kept of ``exc``'s traceback), innermost frame first."""
     errtype = type(exc).__name__
     if isinstance(exc, (SystemExit, KeyboardInterrupt, asyncio.CancelledError)):
         message = (
@@ -421,7 +457,7 @@ def fail_line(job: JobPayload, exc: BaseException) -> bytes:
         )
     else:
         message = str(exc) or errtype
-    backtrace = format_backtrace(traceback.extract_tb(exc.__traceback__), job.backtrace)
+    backtrace = format_backtrace(traceback.extract_tb(shown), job.backtrace) if shown else []
     return encode_fail(job.jid, errtype, message, backtrace)
 
 

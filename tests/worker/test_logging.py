@@ -69,8 +69,10 @@ def test_one_line_per_job_with_duration_and_outcome(captured: list[logging.LogRe
     try:
         raise ValueError("boom")
     except ValueError as exc:
-        log_job_done("jid-2", "add", 0.5, "fail", exc)
-    ok, failed = captured
+        log_job_done("jid-2", "add", 0.5, "fail", exc, exc.__traceback__)
+        log_job_done("jid-3", "add", 0.5, "fail", exc)  # no frame to show: one line
+    ok, failed, alone = captured
+    assert alone.exc_info is None
     assert ok.levelno == logging.INFO
     assert ok.getMessage() == "done add jid-1 in 0.012s: ack"
     assert ok.outcome == "ack"  # type: ignore[attr-defined]
