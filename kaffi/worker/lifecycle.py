@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaffi._procinfo import rss_kb
-from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
+from kaffi.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    RemoteProtocolError,
+    ServerError,
+    TransportError,
+)
 from kaffi.protocol.commands import decode_beat, encode_beat
 from kaffi.worker.joblog import count_jobs
 
@@ -36,7 +42,16 @@ if TYPE_CHECKING:
     from kaffi.client.aio import AsyncConnection
     from kaffi.worker.connections import Connector
 
-__all__ = ["MONITOR_INTERVAL", "QUIET", "RUNNING", "STOPPED", "TERMINATE", "Heartbeat", "Lifecycle"]
+__all__ = [
+    "MONITOR_INTERVAL",
+    "QUIET",
+    "RUNNING",
+    "STOPPED",
+    "TERMINATE",
+    "Heartbeat",
+    "Lifecycle",
+    "check_memory_limit",
+]
 
 log = logging.getLogger("kaffi.worker")
 
@@ -206,6 +221,19 @@ class Lifecycle:
             await asyncio.wait_for(wake.wait(), seconds)
         except asyncio.TimeoutError:
             return
+
+
+def check_memory_limit(limit_mb: float, option: str = "max_memory_mb") -> None:
+    """Refuse a memory limit below what this process already uses, idle: a worker would
+    be recycled as soon as it starts, and its replacement too, forever. Called before
+    a worker (or a supervisor's first child) starts; ``option`` is the name to show."""
+    idle_mb = rss_kb() / 1024
+    if limit_mb < idle_mb:
+        raise ConfigurationError(
+            f"{option} is {limit_mb:g} MB, below a worker's idle size ({idle_mb:.0f} MB"
+            " measured at start-up): every worker would be recycled as soon as it starts;"
+            f" give more than {idle_mb:.0f} MB"
+        )
 
 
 class Heartbeat:

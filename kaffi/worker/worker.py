@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from kaffi.errors import ConfigurationError
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
 from kaffi.worker.joblog import count_jobs, install_record_factory
-from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle
+from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle, check_memory_limit
 from kaffi.worker.options import check_options
 from kaffi.worker.processor import (
     MIN_FETCH_TIMEOUT,
@@ -317,6 +317,9 @@ class Worker:
         and the outage is logged once (plus a reminder every 30 s while it lasts)."""
         if self._started:
             raise ConfigurationError("this Worker has already been started; build a new one")
+        if self.max_memory_mb is not None:
+            # Measured now, with the app loaded and before any job: the idle size.
+            check_memory_limit(self.max_memory_mb)
         self._started = True
         loop = asyncio.get_running_loop()
         self._loop = loop

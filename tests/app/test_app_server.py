@@ -134,7 +134,8 @@ def test_mutate_retries_and_dead(app: App, kaffi_client: Client) -> None:
 
     first = flaky.delay()
     second = flaky.delay()
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     for _ in (first, second):
         job = kaffi_client.fetch("default")
         assert job is not None

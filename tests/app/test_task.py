@@ -176,7 +176,8 @@ def test_delay_builds_the_payload(app: App, sent: Recorder) -> None:
     jid = send_email.delay("a@b.c", times=2)
     [payload] = sent.payloads
     assert payload["jid"] == jid
-    assert jid is not None and len(jid) == 24
+    assert jid is not None
+    assert len(jid) == 24
     assert payload["jobtype"] == "send_email"
     assert payload["queue"] == "mail"
     assert payload["args"] == ["a@b.c", 2]
@@ -416,9 +417,11 @@ def test_push_middleware_can_drop_a_job(app: App, sent: Recorder) -> None:
     assert job.apply_async() is None
     assert asyncio.run(job.delay_async()) is None
     outcome = job.delay_many([(), ()])
-    assert outcome == [] and outcome.dropped == 2
+    assert outcome == []
+    assert outcome.dropped == 2
     outcome = asyncio.run(job.delay_many_async([(), (), ()]))
-    assert outcome == [] and outcome.dropped == 3
+    assert outcome == []
+    assert outcome.dropped == 3
     assert sent.payloads == []
     assert sent.chunks == []
 
@@ -437,7 +440,8 @@ def test_a_middleware_that_drops_some_jobs_leaves_the_others_counted_apart(
     app.use_push(odd_only)
     assert job.delay(2) is None
     jid = job.delay(3)
-    assert jid is not None and len(jid) == 24
+    assert jid is not None
+    assert len(jid) == 24
     outcome = job.delay_many([(n,) for n in range(5)])
     # The Recorder rejects the first job of each chunk: rejected and dropped apart.
     assert [r.payload["args"] for r in outcome] == [[1]]
