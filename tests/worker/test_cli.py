@@ -248,19 +248,22 @@ def test_processes_recycle_after_max_jobs_and_lose_nothing(
 
 
 def test_processes_recycle_above_max_memory(app: App, project: Path, faktory_server: Any) -> None:
-    total = 20
+    # A limit a worker fits in when idle (a smaller one is refused at start-up), and a
+    # job that takes it past it.
+    total = 21
+    app.client.push({"jobtype": "hoard", "args": ["big", 200], "retry": 3})
     app.client.push_bulk(
-        [{"jobtype": "record", "args": [f"m{i}"], "retry": 3} for i in range(total)]
+        [{"jobtype": "record", "args": [f"m{i}"], "retry": 3} for i in range(total - 1)]
     )
     with kaffi_worker(
         project,
         faktory_server.url,
         "tasks_app:app",
         "--max-memory-per-child",
-        "1",
+        "150",
         "--burst",
     ) as (proc, logs):
-        logs.wait_for("above the limit of 1 MB")
+        logs.wait_for("above the limit of 150 MB")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0, logs.text()
     done = read_out(project)
