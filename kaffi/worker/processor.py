@@ -27,7 +27,8 @@ What a job's outcome becomes
   (:func:`user_traceback`): the worker's own frames that called the job are left out,
   so the user's frames come first in the FAIL and the logged traceback is theirs. A
   job that fails for a configuration reason (``UnknownJobType``, ``ArgumentsError``)
-  has no user frame: it is logged as one line, and FAILed without a backtrace.
+  has no user frame: it is logged as one line (its FAIL keeps kaffi's frames, which
+  say where the job was refused).
 - A lost connection never loses an ACK or FAIL: it is sent again on a fresh connection
   with full-jitter backoff for up to :data:`REPORT_RETRY_SECONDS`, then logged loudly
   (the job then runs again when its reservation lapses).
@@ -448,7 +449,9 @@ class Processor:
 
 def fail_line(job: JobPayload, exc: BaseException, shown: TracebackType | None = None) -> bytes:
     """The FAIL for ``job``, which raised ``exc``; its backtrace is ``shown`` (what
-    :func:`user_traceback` kept of ``exc``'s traceback), innermost frame first."""
+    :func:`user_traceback` kept of ``exc``'s traceback; None: all of it, as for a
+    configuration failure, whose FAIL still says where kaffi refused the job),
+    innermost frame first."""
     errtype = type(exc).__name__
     if isinstance(exc, (SystemExit, KeyboardInterrupt, asyncio.CancelledError)):
         message = (
@@ -457,7 +460,8 @@ def fail_line(job: JobPayload, exc: BaseException, shown: TracebackType | None =
         )
     else:
         message = str(exc) or errtype
-    backtrace = format_backtrace(traceback.extract_tb(shown), job.backtrace) if shown else []
+    frames = traceback.extract_tb(shown if shown is not None else exc.__traceback__)
+    backtrace = format_backtrace(frames, job.backtrace)
     return encode_fail(job.jid, errtype, message, backtrace)
 
 

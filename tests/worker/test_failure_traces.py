@@ -83,5 +83,6 @@ def test_a_job_failing_for_a_configuration_reason_is_one_line(app: App, job_line
     messages = sorted(r.getMessage() for r in failures)
     assert "fail (ArgumentsError: task 'add': argument 'a'" in messages[0]
     assert "fail (UnknownJobType: no task is registered for jobtype 'no_such_task'" in messages[1]
+    # The FAIL still says where kaffi refused the job (nothing of it is the user's).
     for _, failure in failed_jobs(app, "config", 2):
-        assert not failure.backtrace, failure.backtrace
+        assert failure.backtrace, failure
