@@ -335,7 +335,9 @@ def test_every_option_reaches_the_worker(
     [
         (["--processes", "3"], 3, None, None),
         (["--max-jobs-per-child", "50"], 1, 50, None),
-        (["--max-memory-per-child", "200"], 1, None, 200.0),
+        # Above this (test) process's size, which kaffi worker measures as a worker's idle
+        # size before it starts the supervisor.
+        (["--max-memory-per-child", "100000"], 1, None, 100000.0),
     ],
 )
 def test_processes_and_child_limits_run_the_supervisor(
