@@ -99,7 +99,7 @@ def build(url: str, folder: Path) -> tuple[App, FastAPI]:
     api = FastAPI(lifespan=kaffi_lifespan(app))
 
     @api.post("/uploads", status_code=202)
-    async def upload(file: UploadFile) -> dict[str, str]:
+    async def upload(file: UploadFile) -> dict[str, str | None]:
         upload_id = uuid.uuid4().hex
         (folder / upload_id).write_bytes(await file.read())
         progress.set(upload_id, name=file.filename or upload_id, state="queued", percent=0)

@@ -93,6 +93,7 @@ def main() -> None:
         say(f"pushed add            jid {add.delay(2, 3)}")
         say(f"pushed fetch_title    jid {fetch_title.delay('https://example.com')}")
         flaky_jid = flaky.delay(1042)
+        assert flaky_jid is not None  # None only when a push middleware drops a job
         say(f"pushed flaky          jid {flaky_jid}")
         say(f"pushed remind (in 3s) jid {remind.options(countdown=3).delay('stand up')}")
 

@@ -54,7 +54,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 return
             self.respond(202, {"jid": jid})
 
-        def respond(self, status: int, body: dict[str, str]) -> None:
+        def respond(self, status: int, body: dict[str, str | None]) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -42,6 +42,7 @@ __all__ = [
     "ArgumentsError",
     "ConfigurationError",
     "AppImportError",
+    "UNREACHABLE_HINT",
 ]
 
 
@@ -102,6 +103,10 @@ class TransportError(KaffiError):
 
 class ConnectError(TransportError):
     """The server could not be reached (refused, unresolvable, TLS handshake failed)."""
+
+
+#: What a refused or unreachable server's ConnectError ends with: the two usual fixes.
+UNREACHABLE_HINT = "start a server with `kaffi server`, or set FAKTORY_URL"
 
 
 class ReadError(TransportError):

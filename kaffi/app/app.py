@@ -67,6 +67,10 @@ class App:
     ``timeout``, ``pool_size``, ...) configure ``app.client`` and ``app.async_client``;
     without them the environment decides (``FAKTORY_PROVIDER``, ``FAKTORY_URL``).
     ``testing="inline"`` or ``"fake"`` builds an App that is always in that testing mode.
+    ``strict`` (True by default): ``.delay()`` checks its arguments in pydantic's strict
+    mode, so ``"7"`` or ``True`` for an ``int`` parameter is refused; ``strict=False``
+    keeps pydantic's lax coercion (``"7"`` is sent as ``7``). Workers always convert the
+    JSON they receive laxly (a datetime arrives as a string).
     """
 
     def __init__(
@@ -74,9 +78,14 @@ class App:
         url: str | None = None,
         *,
         testing: TestingMode | None = None,
+        strict: bool = True,
         **client_options: Any,
     ) -> None:
+        if not isinstance(strict, bool):
+            raise ConfigurationError(f"App(strict=...) must be True or False, got {strict!r}")
         self.url = url
+        #: Whether ``.delay()`` validates arguments in pydantic's strict mode.
+        self.strict = strict
         self.client_options = _check_client_options(client_options)
         #: jobtype -> Task.
         self.tasks: dict[str, Task[Any, Any]] = {}
@@ -162,6 +171,38 @@ class App:
         backtrace: int | None = None,
         custom: dict[str, Any] | None = None,
     ) -> Task[P, R]:
+        task = self._build_task(
+            fn,
+            localns=localns,
+            name=name,
+            queue=queue,
+            retry=retry,
+            reserve_for=reserve_for,
+            backtrace=backtrace,
+            custom=custom,
+        )
+        with self._lock:
+            existing = self.tasks.get(task.name)
+            if existing is not None:
+                raise ConfigurationError(
+                    f"jobtype {task.name!r} is already registered to {_describe(existing.fn)};"
+                    f" {_describe(fn)} needs another name (pass name=...)"
+                )
+            self.tasks[task.name] = task
+        return task
+
+    def _build_task(
+        self,
+        fn: Callable[P, R],
+        *,
+        localns: dict[str, Any] | None = None,
+        name: str | None,
+        queue: str | None = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        backtrace: int | None = None,
+        custom: dict[str, Any] | None = None,
+    ) -> Task[P, R]:
         if isinstance(fn, Task):
             raise ConfigurationError(f"{fn!r} is already a task")
         if not callable(fn):
@@ -179,17 +220,17 @@ class App:
             backtrace=backtrace,
             custom=custom,
         )
-        signature = TaskSignature(fn, jobtype, localns)
-        task: Task[P, R] = Task(self, fn, jobtype, options, signature)
-        with self._lock:
-            existing = self.tasks.get(jobtype)
-            if existing is not None:
-                raise ConfigurationError(
-                    f"jobtype {jobtype!r} is already registered to {_describe(existing.fn)};"
-                    f" {_describe(fn)} needs another name (pass name=...)"
-                )
-            self.tasks[jobtype] = task
-        return task
+        signature = TaskSignature(fn, jobtype, localns, strict=self.strict)
+        return Task(self, fn, jobtype, options, signature)
+
+    def unregistered_task(self, name: str, fn: Callable[..., Any]) -> Task[Any, Any]:
+        """A :class:`~kaffi.app.task.Task` running ``fn`` for jobtype ``name``, built as
+        :meth:`register` builds one but not added to :attr:`tasks` (a worker's
+        ``registry=`` uses it: those jobtypes are that worker's alone). A Task given as
+        ``fn`` lends its function."""
+        if isinstance(fn, Task):
+            fn = fn.fn
+        return self._build_task(fn, name=name)
 
     def register(self, name: str, fn: Callable[..., Any]) -> App:
         """Register ``fn`` under the jobtype ``name`` without decorating it (as in the Node

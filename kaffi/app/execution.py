@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kaffi.app.middleware import RunSync, is_async_callable, run_chain
+from kaffi.app.middleware import Middleware, RunSync, is_async_callable, run_chain
 from kaffi.errors import JobError, UnknownJobType
 from kaffi.protocol.models import JobPayload
 
@@ -114,35 +114,48 @@ async def perform(
     *,
     run_sync: RunSync | None = None,
     ctx: JobContext | None = None,
+    registry: Mapping[str, Task[Any, Any]] | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> JobContext:
     """Run ``job`` through ``app``'s worker middleware and its task function.
 
     ``run_sync`` runs plain (blocking) callables off the event loop: the worker passes its
-    thread pool; None calls plain task functions inline. The returned context is the one
-    middleware saw. Exceptions (an unknown jobtype, bad arguments, the job's own, a
+    thread pool; None calls plain task functions inline. ``registry`` (jobtype -> Task)
+    is looked up before the App's tasks, and ``middleware`` runs inside the App's own:
+    what a worker's ``registry=`` and ``middleware=`` add. The returned context is the
+    one middleware saw. Exceptions (an unknown jobtype, bad arguments, the job's own, a
     middleware's) propagate unchanged.
     """
-    task = app.tasks.get(job.jobtype)
+    task = registry.get(job.jobtype) if registry else None
+    if task is None:
+        task = app.tasks.get(job.jobtype)
     if ctx is None:
         ctx = JobContext(app, job, task)
     else:
         ctx.__dict__.update(job=job, task=task, fn=task.fn if task else None)
     token = _current_job.set(ctx)
+    chain = [*app.middleware, *middleware] if middleware else app.middleware
     try:
-        if app.middleware:
-            await run_chain(app.middleware, ctx, functools.partial(_core, app, ctx, task), run_sync)
+        if chain:
+            core = functools.partial(_core, app, ctx, task, registry=registry)
+            await run_chain(chain, ctx, core, run_sync)
         else:
-            await _core(app, ctx, task, run_sync)
+            await _core(app, ctx, task, run_sync, registry=registry)
     finally:
         _current_job.reset(token)
     return ctx
 
 
 async def _core(
-    app: App, ctx: JobContext, task: Task[Any, Any] | None, run_sync: RunSync | None
+    app: App,
+    ctx: JobContext,
+    task: Task[Any, Any] | None,
+    run_sync: RunSync | None,
+    *,
+    registry: Mapping[str, Task[Any, Any]] | None = None,
 ) -> None:
     if task is None:
-        known = ", ".join(sorted(app.tasks)) or "none"
+        known = ", ".join(sorted({*app.tasks, *(registry or ())})) or "none"
         raise UnknownJobType(
             f"no task is registered for jobtype {ctx.job.jobtype!r} (jid {ctx.job.jid});"
             f" registered jobtypes: {known}"

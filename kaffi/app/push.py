@@ -9,7 +9,10 @@ validated and encoded once per push, never again by the client.
 
 Push middleware see a :class:`PushContext` whose ``job`` is the
 :class:`~kaffi.protocol.models.JobPayload` about to be sent; they may change it (stamp a
-trace id into ``custom``, say) or not call ``next`` to drop the job. The payload model is
+trace id into ``custom``, say) or not call ``next`` to drop the job. A dropped job is
+never sent, and the caller can tell: a single push returns None instead of a jid, and a
+bulk push counts it in :attr:`BulkOutcome.dropped`, apart from the jobs the server
+rejected. The payload model is
 only built when there is push middleware, so the plain ``.delay()`` path stays lean; with
 neither middleware nor a testing mode, :func:`deliver_call` has the task encode the job
 straight to bytes (:meth:`~kaffi.app.task.Task.encoded_job`), with no dict in between.
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BULK_CHUNK",
+    "BulkOutcome",
     "Delivery",
     "PushContext",
     "collect",
@@ -84,14 +88,30 @@ class PushContext:
         return f"<PushContext jid={self.job.jid} jobtype={self.job.jobtype!r}>"
 
 
+class BulkOutcome(list[RejectedJob]):
+    """What ``delay_many`` returns: the jobs the server rejected (the list itself, as
+    before) and ``dropped``, how many jobs a push middleware dropped (never sent)."""
+
+    def __init__(self, rejected: Iterable[RejectedJob] = (), dropped: int = 0) -> None:
+        super().__init__(rejected)
+        #: Jobs a push middleware did not pass on (it did not call ``next``).
+        self.dropped = dropped
+
+    def __repr__(self) -> str:
+        return f"BulkOutcome(rejected={list(self)!r}, dropped={self.dropped})"
+
+
 def _payload_model(payload: dict[str, Any]) -> JobPayload:
     # Validated already (task options at declaration, args at the call), so no second check;
     # the model still validates assignments a middleware makes.
     return JobPayload.model_validate(payload)
 
 
-def deliver_call(task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-    """Push one call of ``task`` synchronously (``.delay()``); returns the jid."""
+def deliver_call(
+    task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> str | None:
+    """Push one call of ``task`` synchronously (``.delay()``); returns the jid, or None
+    when a push middleware dropped the job."""
     app = task.app
     if app.push_middleware or app.delivery is not None:
         return deliver(app, task.payload(args, kwargs), task)
@@ -100,7 +120,7 @@ def deliver_call(task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str,
 
 async def deliver_call_async(
     task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> str:
+) -> str | None:
     """:func:`deliver_call` from asyncio (``.delay_async()``)."""
     app = task.app
     if app.push_middleware or app.delivery is not None:
@@ -108,8 +128,9 @@ async def deliver_call_async(
     return await app.async_client.push(task.encoded_job(args, kwargs))
 
 
-def deliver(app: App, payload: dict[str, Any], task: Task[Any, Any] | None = None) -> str:
-    """Send one payload synchronously, through the push middleware; returns the jid."""
+def deliver(app: App, payload: dict[str, Any], task: Task[Any, Any] | None = None) -> str | None:
+    """Send one payload synchronously, through the push middleware; returns the jid, or
+    None when a middleware dropped it (did not call ``next``)."""
     if not app.push_middleware:
         return _send(app, payload)
     ctx = PushContext(app, _payload_model(payload), task)
@@ -123,7 +144,8 @@ def deliver(app: App, payload: dict[str, Any], task: Task[Any, Any] | None = Non
             ctx.jid = app.client.push(ctx.job)
 
     run_chain_blocking(app.push_middleware, ctx, core)
-    return ctx.jid if ctx.jid is not None else ctx.job.jid
+    # Only the core sets ctx.jid: None means no middleware passed the job on.
+    return ctx.jid
 
 
 def _send(app: App, payload: dict[str, Any]) -> str:
@@ -135,8 +157,9 @@ def _send(app: App, payload: dict[str, Any]) -> str:
 
 async def deliver_async(
     app: App, payload: dict[str, Any], task: Task[Any, Any] | None = None
-) -> str:
-    """Send one payload from asyncio, through the push middleware; returns the jid."""
+) -> str | None:
+    """Send one payload from asyncio, through the push middleware; returns the jid, or
+    None when a middleware dropped it."""
     if not app.push_middleware:
         return await _send_async(app, payload)
     ctx = PushContext(app, _payload_model(payload), task)
@@ -149,7 +172,7 @@ async def deliver_async(
             ctx.jid = await app.async_client.push(ctx.job)
 
     await run_chain(app.push_middleware, ctx, core)
-    return ctx.jid if ctx.jid is not None else ctx.job.jid
+    return ctx.jid
 
 
 async def _send_async(app: App, payload: dict[str, Any]) -> str:
@@ -160,11 +183,15 @@ async def _send_async(app: App, payload: dict[str, Any]) -> str:
 
 
 def collect(
-    app: App, payloads: Iterable[dict[str, Any]], task: Task[Any, Any] | None = None
+    app: App,
+    payloads: Iterable[dict[str, Any]],
+    task: Task[Any, Any] | None = None,
+    outcome: BulkOutcome | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run each payload through the push middleware as it is taken, yielding those to
-    send. For bulk pushes the chain's core only collects: a chunk's PUSHB happens after
-    the chains of its jobs returned."""
+    send and counting the dropped ones in ``outcome.dropped``. For bulk pushes the
+    chain's core only collects: a chunk's PUSHB happens after the chains of its jobs
+    returned."""
     if not app.push_middleware:
         yield from payloads
         return
@@ -177,11 +204,16 @@ def collect(
             ctx.jid = ctx.job.jid
 
         run_chain_blocking(app.push_middleware, ctx, core)
+        if not kept and outcome is not None:
+            outcome.dropped += 1
         yield from kept
 
 
 async def collect_async(
-    app: App, payloads: Iterable[dict[str, Any]], task: Task[Any, Any] | None = None
+    app: App,
+    payloads: Iterable[dict[str, Any]],
+    task: Task[Any, Any] | None = None,
+    outcome: BulkOutcome | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`collect` from asyncio (async middleware are awaited, so this one collects
     every payload before returning)."""
@@ -196,6 +228,8 @@ async def collect_async(
             ctx.jid = ctx.job.jid
 
         await run_chain(app.push_middleware, ctx, core)
+        if ctx.jid is None and outcome is not None:
+            outcome.dropped += 1
     return kept
 
 

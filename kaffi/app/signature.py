@@ -10,10 +10,14 @@ language sees a plain list. :class:`TaskSignature` owns the three steps around i
    type hints with pydantic and turned into JSON-compatible values (datetime, date, UUID,
    Decimal, enums, pydantic models, dataclasses ...). Problems raise
    :class:`~kaffi.errors.ValidationError` naming the task, the parameter and what is wrong,
-   before anything is sent.
+   before anything is sent. By default this is pydantic's *strict* mode: ``"7"`` or
+   ``True`` for an ``int`` parameter is refused rather than sent as ``7`` or ``1``
+   (an ``int`` for a ``float`` is still fine); ``App(strict=False)`` keeps pydantic's lax
+   coercion for every task of the App.
 3. *Conversion back* (``decode``), in the worker: the array is checked against the
    signature and converted to the annotated types; problems raise
-   :class:`~kaffi.errors.ArgumentsError`.
+   :class:`~kaffi.errors.ArgumentsError`. This side is always lax: JSON cannot carry a
+   datetime, a UUID or a model, so their JSON forms must be turned back into them.
 
 A signature that cannot travel as an array (``**kwargs``, keyword-only parameters without
 a default) is refused when the task is declared, with :class:`~kaffi.errors.ConfigurationError`.
@@ -197,8 +201,13 @@ class TaskSignature:
         fn: Callable[..., Any],
         task_name: str,
         localns: Mapping[str, Any] | None = None,
+        *,
+        strict: bool = True,
     ) -> None:
         self.task_name = task_name
+        #: Whether ``.delay()`` validates in pydantic's strict mode (see the module
+        #: docstring); None, not False, when lax, so a ``Field(strict=True)`` still holds.
+        self.strict: bool | None = True if strict else None
         self._fn = fn
         # The names visible where the task was declared: a type defined inside a function
         # (a test, say) is not in the module's globals that string annotations resolve in.
@@ -400,7 +409,7 @@ class TaskSignature:
         encoder = self._encoder(len(values))
         try:
             out: list[Any] = encoder.serializer.to_python(
-                encoder.validator.validate_python(tuple(values)), mode="json"
+                encoder.validator.validate_python(tuple(values), strict=self.strict), mode="json"
             )
         except PydanticValidationError as exc:
             raise self._validation_error(exc, offset=0) from None
@@ -414,7 +423,8 @@ class TaskSignature:
                 try:
                     out.extend(
                         extra_encoder.serializer.to_python(
-                            extra_encoder.validator.validate_python((value,)), mode="json"
+                            extra_encoder.validator.validate_python((value,), strict=self.strict),
+                            mode="json",
                         )
                     )
                 except PydanticValidationError as exc:
@@ -446,7 +456,9 @@ class TaskSignature:
             self._refuse(values, 0)
         encoder = self._encoders.get(len(values)) or self._encoder(len(values))
         try:
-            data: bytes = encoder.serializer.to_json(encoder.validator.validate_python(values))
+            data: bytes = encoder.serializer.to_json(
+                encoder.validator.validate_python(values, strict=self.strict)
+            )
         except PydanticValidationError as exc:
             raise self._validation_error(exc, offset=0) from None
         except (PydanticSerializationError, UnicodeDecodeError):

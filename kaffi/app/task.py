@@ -29,6 +29,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from kaffi.app import push
 from kaffi.app.middleware import is_async_callable
+from kaffi.app.push import BulkOutcome
 from kaffi.app.signature import TaskSignature
 from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import (
@@ -36,7 +37,6 @@ from kaffi.protocol.models import (
     DEFAULT_RETRY,
     EncodedJob,
     JobPayload,
-    RejectedJob,
     format_rfc3339,
     new_jid,
 )
@@ -364,8 +364,9 @@ class Task(Generic[P, R]):
             return EncodedJob(jid, b'%b,"jid":"%b","args":%b%b' % (head, jid.encode(), data, tail))
         return EncodedJob(jid, b'%b,"args":%b%b' % (head, data, tail))
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Push a job calling this task with these arguments; returns its jid.
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str | None:
+        """Push a job calling this task with these arguments; returns its jid, or None
+        when a push middleware dropped the job (did not call ``next``: nothing was sent).
 
         The arguments are validated against the type hints first: a wrong type, a missing
         or extra argument, or a value that cannot become JSON raises
@@ -373,13 +374,15 @@ class Task(Generic[P, R]):
         """
         return push.deliver_call(self, args, kwargs)
 
-    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """:meth:`delay` for asyncio code (uses ``app.async_client``)."""
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> str | None:
+        """:meth:`delay` for asyncio code (uses ``app.async_client``); None, too, when a
+        push middleware dropped the job."""
         return await push.deliver_call_async(self, args, kwargs)
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Push this call once the current database transaction commits, and nothing if
-        it rolls back; returns the jid the job will have.
+        it rolls back; returns the jid the job will have (the push middleware run at
+        the commit, so one may still drop it then).
 
         The arguments are validated now (a bad one raises here, inside the transaction)
         and the job is built now, so a ``countdown`` counts from this call. A worker
@@ -404,9 +407,10 @@ class Task(Generic[P, R]):
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> str:
+    ) -> str | None:
         """Celery's spelling: ``task.apply_async((1, 2), {"x": 3}, queue="low", countdown=5)``.
-        ``eta=`` is accepted as a name for ``at=``."""
+        ``eta=`` is accepted as a name for ``at=``. Returns the jid, or None when a push
+        middleware dropped the job."""
         if "eta" in options:
             if "at" in options:
                 raise ValidationError(
@@ -442,9 +446,11 @@ class Task(Generic[P, R]):
                 raise ValidationError(f"delay_many item {index}: {exc}", field=exc.field) from None
             yield payload
 
-    def delay_many(self, items: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[RejectedJob]:
+    def delay_many(self, items: Iterable[Sequence[Any] | Mapping[str, Any]]) -> BulkOutcome:
         """Push one job per item (a tuple of arguments, or a dict of keyword arguments)
-        with PUSHB, in chunks of 1000; returns the jobs the server rejected.
+        with PUSHB, in chunks of 1000; returns the jobs the server rejected, as a
+        :class:`~kaffi.app.push.BulkOutcome`: a list of them whose ``dropped`` counts the
+        jobs a push middleware dropped (those were never sent, and are not in the list).
 
         Items are validated a chunk at a time, each chunk before any of it is sent, and
         the next chunk is prepared while the server stores the last one. A bad item
@@ -453,20 +459,25 @@ class Task(Generic[P, R]):
         when it is among the first 1000). Push middleware run for each job, around
         collecting it: a chunk's PUSHB happens after the chains of its jobs returned.
         """
-        return push.deliver_many(self.app, push.collect(self.app, self._payloads(items), self))
+        outcome = BulkOutcome()
+        payloads = push.collect(self.app, self._payloads(items), self, outcome)
+        outcome.extend(push.deliver_many(self.app, payloads))
+        return outcome
 
     async def delay_many_async(
         self, items: Iterable[Sequence[Any] | Mapping[str, Any]]
-    ) -> list[RejectedJob]:
+    ) -> BulkOutcome:
         """:meth:`delay_many` for asyncio code (with async push middleware installed,
         every item is validated and run through them before the first chunk is sent)."""
+        outcome = BulkOutcome()
         if self.app.push_middleware:
             payloads: Iterable[dict[str, Any]] = await push.collect_async(
-                self.app, self._payloads(items), self
+                self.app, self._payloads(items), self, outcome
             )
         else:
             payloads = self._payloads(items)
-        return await push.deliver_many_async(self.app, payloads)
+        outcome.extend(await push.deliver_many_async(self.app, payloads))
+        return outcome
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """The client's Job builder for this call, with the task's options applied (for

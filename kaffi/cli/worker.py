@@ -178,10 +178,14 @@ def worker(
             else _nothing_to_stop
         )
         if processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None:
+            from kaffi.worker.lifecycle import check_memory_limit
             from kaffi.worker.supervisor import run_supervisor
 
             # Validate every option here, so a mistake is one line, not N dying children.
             Worker(application, **options).settings  # noqa: B018
+            if max_memory_per_child is not None:
+                # This process has the app loaded, as a child will when it starts.
+                check_memory_limit(max_memory_per_child, "--max-memory-per-child")
             options.update(max_jobs=max_jobs_per_child, max_memory_mb=max_memory_per_child)
             code = run_supervisor(
                 app,

@@ -39,6 +39,7 @@ from kaffi.client.config import ConnectionSettings
 from kaffi.errors import (
     ConnectError,
     ConnectTimeout,
+    UNREACHABLE_HINT,
     KaffiError,
     ReadError,
     ReadTimeout,
@@ -112,14 +113,17 @@ class map_exceptions:
 
 #: Per phase: the error a timeout becomes, and its message.
 _TIMEOUT_ERRORS: dict[Phase, tuple[type[KaffiError], str]] = {
-    Phase.CONNECT: (ConnectTimeout, "could not connect to {where} within {seconds:g} s"),
+    Phase.CONNECT: (
+        ConnectTimeout,
+        "could not connect to {where} within {seconds:g} s; " + UNREACHABLE_HINT,
+    ),
     Phase.HANDSHAKE: (ConnectTimeout, "{where} did not complete HI/HELLO within {seconds:g} s"),
     Phase.READ: (ReadTimeout, "{where} did not answer in time"),
     Phase.WRITE: (WriteTimeout, "{where} did not accept our bytes within {seconds:g} s"),
 }
 #: Per phase: the error any other OSError becomes, and its message.
 _OS_ERRORS: dict[Phase, tuple[type[KaffiError], str]] = {
-    Phase.CONNECT: (ConnectError, "could not connect to {where}: {text}"),
+    Phase.CONNECT: (ConnectError, "could not connect to {where}: {text}; " + UNREACHABLE_HINT),
     Phase.HANDSHAKE: (ConnectError, "connection to {where} failed during the handshake: {text}"),
     Phase.READ: (ReadError, "reading from {where} failed: {text}"),
     Phase.WRITE: (WriteError, "writing to {where} failed: {text}"),

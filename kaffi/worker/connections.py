@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kaffi.errors import (
+    UNREACHABLE_HINT,
     ConnectError,
     ConnectTimeout,
     KaffiError,
@@ -313,14 +314,22 @@ class Connector:
 
 
 def _reason(url: str, error: KaffiError) -> str:
-    """``error``'s text for a message that already names the server at ``url``."""
-    return str(error).removeprefix(f"could not connect to {url}: ")
+    """``error``'s text for a message that already names the server at ``url`` (and
+    gives the hint itself, last)."""
+    return (
+        str(error)
+        .removeprefix(f"could not connect to {url}: ")
+        .removesuffix(f"; {UNREACHABLE_HINT}")
+    )
 
 
 def _unreachable(url: str, error: KaffiError, attempts: int, window: float) -> ConnectError:
     """The start-up error: names the server (never its password) and the last failure."""
     tried = f"{attempts} attempt{'s' if attempts != 1 else ''} in {window:g}s"
-    message = f"cannot reach the Faktory server at {url}: {_reason(url, error)} ({tried})"
+    message = (
+        f"cannot reach the Faktory server at {url}: {_reason(url, error)} ({tried});"
+        f" {UNREACHABLE_HINT}"
+    )
     if isinstance(error, ConnectTimeout):
         return ConnectTimeout(message)
     return ConnectError(message)

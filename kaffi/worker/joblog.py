@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from types import TracebackType
 from typing import IO, Any
 
 __all__ = [
@@ -83,15 +84,26 @@ def install_record_factory() -> None:
         _factory_installed = True
 
 
+def count_jobs(number: int) -> str:
+    """``1 job``, ``2 jobs``: a count of jobs as log lines say it."""
+    return f"{number} job" if number == 1 else f"{number} jobs"
+
+
 def _msecs(created: float) -> int:
     """The milliseconds of ``created`` as a record's ``msecs`` shows them."""
     return int((created - int(created)) * 1000)
 
 
 def log_job_done(
-    jid: str, jobtype: str, duration: float, outcome: str, error: BaseException | None = None
+    jid: str,
+    jobtype: str,
+    duration: float,
+    outcome: str,
+    error: BaseException | None = None,
+    shown: TracebackType | None = None,
 ) -> None:
-    """The one line per job. Failures are warnings and carry the exception.
+    """The one line per job. Failures are warnings and carry the exception with the
+    traceback ``shown`` (the user's frames; none: the line alone).
 
     A success line is INFO. When the only handler that would see it is the one
     :func:`configure_logging` installed (what ``kaffi worker`` runs with), that handler
@@ -112,14 +124,13 @@ def log_job_done(
                 JOB_LOGGER.handle(_done_record(jid, jobtype, duration, outcome))
     elif JOB_LOGGER.isEnabledFor(logging.WARNING):
         JOB_LOGGER.warning(
-            "done %s %s in %.3fs: %s (%s: %s)",
-            jobtype,
-            jid,
+            "done%s in %.3fs: %s (%s: %s)",
+            _named(jid, jobtype),
             duration,
             outcome,
             type(error).__name__,
             error,
-            exc_info=error,
+            exc_info=(type(error), error, shown) if shown is not None else None,
             extra={
                 "duration": round(duration, 6),
                 "outcome": outcome,
@@ -128,7 +139,14 @@ def log_job_done(
         )
 
 
-_DONE_MESSAGE = "done %s %s in %.3fs: %s"
+_DONE_MESSAGE = "done%s in %.3fs: %s"
+
+
+def _named(jid: str, jobtype: str) -> str:
+    """`` jobtype jid`` for a job line, or nothing when the record carries them already
+    (the line is logged in that job's context, as the worker does): the text format
+    shows them once, in its ``[jobtype jid]`` prefix."""
+    return "" if job_context.get() == (jid, jobtype) else f" {jobtype} {jid}"
 
 
 def _done_record(jid: str, jobtype: str, duration: float, outcome: str) -> logging.LogRecord:
@@ -138,7 +156,7 @@ def _done_record(jid: str, jobtype: str, duration: float, outcome: str) -> loggi
         __file__,
         0,
         _DONE_MESSAGE,
-        (jobtype, jid, duration, outcome),
+        (_named(jid, jobtype), duration, outcome),
         None,
         "log_job_done",
         {"duration": round(duration, 6), "outcome": outcome},
@@ -243,9 +261,10 @@ class TextFormatter(logging.Formatter):
             self._done_time = (key, asctime)
         ctx = job_context.get()
         job = "" if ctx is None or not ctx[0] else f" [{ctx[1]} {ctx[0]}]"
+        named = "" if ctx == (jid, jobtype) else f" {jobtype} {jid}"
         return (
             f"{asctime} {logging.getLevelName(logging.INFO)} {JOB_LOGGER.name}{job}"
-            f" done {jobtype} {jid} in {duration:.3f}s: {outcome}"
+            f" done{named} in {duration:.3f}s: {outcome}"
         )
 
 
@@ -296,7 +315,7 @@ class JsonFormatter(logging.Formatter):
             "time": f"{self._seconds.text(created)}.{_msecs(created):03d}+00:00",
             "level": logging.getLevelName(logging.INFO).lower(),
             "logger": JOB_LOGGER.name,
-            "message": f"done {jobtype} {jid} in {duration:.3f}s: {outcome}",
+            "message": f"done{_named(jid, jobtype)} in {duration:.3f}s: {outcome}",
             "pid": os.getpid() if logging.logProcesses else None,
         }
         ctx = job_context.get()

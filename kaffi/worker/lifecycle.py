@@ -28,18 +28,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaffi._procinfo import rss_kb
-from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
+from kaffi.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    RemoteProtocolError,
+    ServerError,
+    TransportError,
+)
 from kaffi.protocol.commands import decode_beat, encode_beat
+from kaffi.worker.joblog import count_jobs
 
 if TYPE_CHECKING:
     from kaffi.client.aio import AsyncConnection
     from kaffi.worker.connections import Connector
 
-__all__ = ["MONITOR_INTERVAL", "QUIET", "RUNNING", "STOPPED", "TERMINATE", "Heartbeat", "Lifecycle"]
+__all__ = [
+    "MONITOR_INTERVAL",
+    "QUIET",
+    "RUNNING",
+    "STOPPED",
+    "TERMINATE",
+    "Heartbeat",
+    "Lifecycle",
+    "check_memory_limit",
+]
 
 log = logging.getLogger("kaffi.worker")
 
 RUNNING, QUIET, TERMINATE, STOPPED = "running", "quiet", "terminate", "stopped"
+#: What the shutdown line adds when the worker's signal handlers are installed.
+SKIP_WAIT_HINT = " (a second Ctrl-C or SIGTERM skips the wait)"
 #: How often the memory limit and the parent process are checked, when asked for.
 MONITOR_INTERVAL = 1.0
 
@@ -62,10 +80,11 @@ class Lifecycle:
         "processed",
         "recycling",
         "running",
-        "sigint_count",
+        "signals_installed",
         "state",
         "stop_event",
         "stop_reason",
+        "stop_signals",
         "timeout",
         "wake",
         "wid",
@@ -93,11 +112,15 @@ class Lifecycle:
         #: Leave once quiet and idle (burst mode done, recycling).
         self.exit_when_idle = False
         self.recycling = False
-        #: Set by a second SIGINT, a fatal error or a cancelled run(): skip the job wait.
+        #: Set by a second SIGTERM or SIGINT, a fatal error or a cancelled run(): skip the job wait.
         self.hurry_requested = False
         self.fatal: BaseException | None = None
         self.stop_reason = ""
-        self.sigint_count = 0
+        #: SIGTERMs and SIGINTs received: the second of either kind skips the job wait.
+        self.stop_signals = 0
+        #: True while the worker's signal handlers are installed (the shutdown line then
+        #: says what a second signal does).
+        self.signals_installed = False
         self.stop_event: asyncio.Event | None = None
         self.wake: asyncio.Event | None = None
         self.hurry: asyncio.Event | None = None
@@ -126,10 +149,10 @@ class Lifecycle:
             return
         self.state = QUIET
         log.info(
-            "worker %s quiet (%s): no more fetching, finishing %d jobs",
+            "worker %s quiet (%s): no more fetching, finishing %s",
             self.wid,
             reason,
-            self.running,
+            count_jobs(self.running),
         )
         if self.wake is not None:
             self.wake.set()
@@ -142,11 +165,12 @@ class Lifecycle:
         self.stop_reason = reason
         self.state = TERMINATE
         log.info(
-            "worker %s shutting down (%s): %d jobs running, waiting up to %gs",
+            "worker %s shutting down (%s): %s running, waiting up to %gs%s",
             self.wid,
             reason,
-            self.running,
+            count_jobs(self.running),
             self.timeout,
+            SKIP_WAIT_HINT if self.signals_installed else "",
         )
         if self.wake is not None:
             self.wake.set()
@@ -154,7 +178,8 @@ class Lifecycle:
             self.stop_event.set()
 
     def hurry_up(self) -> None:
-        """Stop waiting for running jobs (second SIGINT, fatal error, cancelled run)."""
+        """Stop waiting for running jobs (a second SIGTERM or SIGINT, a fatal error, a
+        cancelled run)."""
         self.hurry_requested = True
         if self.hurry is not None:
             self.hurry.set()
@@ -196,6 +221,19 @@ class Lifecycle:
             await asyncio.wait_for(wake.wait(), seconds)
         except asyncio.TimeoutError:
             return
+
+
+def check_memory_limit(limit_mb: float, option: str = "max_memory_mb") -> None:
+    """Refuse a memory limit below what this process already uses, idle: a worker would
+    be recycled as soon as it starts, and its replacement too, forever. Called before
+    a worker (or a supervisor's first child) starts; ``option`` is the name to show."""
+    idle_mb = rss_kb() / 1024
+    if limit_mb < idle_mb:
+        raise ConfigurationError(
+            f"{option} is {limit_mb:g} MB, below a worker's idle size ({idle_mb:.0f} MB"
+            " measured at start-up): every worker would be recycled as soon as it starts;"
+            f" give more than {idle_mb:.0f} MB"
+        )
 
 
 class Heartbeat:

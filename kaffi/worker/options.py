@@ -10,6 +10,7 @@ This module does no I/O and must not import the rest of the worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import pydantic
@@ -40,6 +41,11 @@ class WorkerOptions(BaseModel):
     #: Empty or None: a random wid, this machine's host name.
     wid: Annotated[str, Field(strict=True)] | None = None
     hostname: Annotated[str, Field(strict=True)] | None = None
+    #: Worker middleware run inside the App's own (the Node worker's ``middleware``).
+    middleware: tuple[Callable[..., Any], ...] = ()
+    #: jobtype -> function, looked up before the App's tasks (the Node worker's
+    #: ``registry``).
+    registry: dict[Annotated[str, Field(strict=True, min_length=1)], Callable[..., Any]] = {}
 
     @model_validator(mode="after")
     def _pool_fits_the_slots(self) -> WorkerOptions:
@@ -68,6 +74,14 @@ _MESSAGES = {
     "labels": "labels must be a list of strings, got {value!r}",
     "wid": "wid must be a string, got {value!r}",
     "hostname": "hostname must be a string, got {value!r}",
+    "middleware": (
+        "middleware must be a list of functions taking (ctx, next), added after the App's"
+        " own, got {value!r}"
+    ),
+    "registry": (
+        "registry must map each jobtype (a non-empty string) to the function that runs it,"
+        " got {value!r}"
+    ),
 }
 
 

@@ -23,6 +23,12 @@ What a job's outcome becomes
   workers send it), one ``file:line in function: source`` line per frame. The job's
   ``backtrace`` field caps the number of lines; when the job does not set it, kaffi
   sends up to the server's 50, as the Ruby worker does. ``backtrace: 0`` sends none.
+- What is logged and sent of the traceback starts at the user's code
+  (:func:`user_traceback`): the worker's own frames that called the job are left out,
+  so the user's frames come first in the FAIL and the logged traceback is theirs. A
+  job that fails for a configuration reason (``UnknownJobType``, ``ArgumentsError``)
+  has no user frame: it is logged as one line (its FAIL keeps kaffi's frames, which
+  say where the job was refused).
 - A lost connection never loses an ACK or FAIL: it is sent again on a fresh connection
   with full-jitter backoff for up to :data:`REPORT_RETRY_SECONDS`, then logged loudly
   (the job then runs again when its reservation lapses).
@@ -37,13 +43,22 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
+from kaffi.errors import (
+    ArgumentsError,
+    AuthenticationError,
+    RemoteProtocolError,
+    ServerError,
+    TransportError,
+    UnknownJobType,
+)
 from kaffi.protocol.commands import (
     decode_fetch,
     decode_info,
@@ -60,6 +75,8 @@ from kaffi.worker.lifecycle import RUNNING, TERMINATE
 
 if TYPE_CHECKING:
     from kaffi.app import App
+    from kaffi.app.middleware import Middleware
+    from kaffi.app.task import Task
     from kaffi.client.aio import AsyncConnection
     from kaffi.worker.connections import Connector
     from kaffi.worker.lifecycle import Lifecycle
@@ -73,6 +90,7 @@ __all__ = [
     "Slot",
     "format_backtrace",
     "shutdown_fail",
+    "user_traceback",
 ]
 
 T = TypeVar("T")
@@ -93,6 +111,25 @@ SHUTDOWN_ERRTYPE = "WorkerShutdown"
 _current_slot: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
     "kaffi_worker_slot", default=None
 )
+
+
+#: The package's folder: frames from files under it are the worker's own.
+_KAFFI_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: Failures that say the job and the worker do not fit together (no user code ran).
+_CONFIGURATION_ERRORS = (UnknownJobType, ArgumentsError)
+
+
+def user_traceback(exc: BaseException) -> TracebackType | None:
+    """``exc``'s traceback from the first frame outside kaffi (the job, or a middleware
+    of the user's), leaving out the worker's frames that led to it. None for a failure
+    of configuration (``UnknownJobType``, ``ArgumentsError``: one line says it all);
+    the whole traceback when no frame is the user's (a failure inside kaffi itself)."""
+    if isinstance(exc, _CONFIGURATION_ERRORS):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_KAFFI_DIR):
+        tb = tb.tb_next
+    return tb if tb is not None else exc.__traceback__
 
 
 class Slot:
@@ -124,8 +161,13 @@ class Processor:
         *,
         concurrency: int,
         max_jobs: int | None,
+        registry: Mapping[str, Task[Any, Any]] | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.app = app
+        #: The worker's own jobtypes and middleware (see Worker's options).
+        self.registry = registry
+        self.middleware = middleware
         self.life = life
         self.connector = connector
         self.queues = queues
@@ -296,7 +338,13 @@ class Processor:
         error: BaseException | None = None
         try:
             try:
-                await perform(self.app, job, run_sync=self._run_sync)
+                await perform(
+                    self.app,
+                    job,
+                    run_sync=self._run_sync,
+                    registry=self.registry,
+                    middleware=self.middleware,
+                )
             except asyncio.CancelledError as exc:
                 if slot.abandoned:
                     raise  # shutdown gave up on this job and FAILed it already
@@ -315,8 +363,9 @@ class Processor:
                 log_job_done(job.jid, job.jobtype, duration, "ack")
             else:
                 life.failed += 1
-                line = fail_line(job, error)
-                log_job_done(job.jid, job.jobtype, duration, "fail", error)
+                shown = user_traceback(error)
+                line = fail_line(job, error, shown)
+                log_job_done(job.jid, job.jobtype, duration, "fail", error, shown)
         finally:
             job_context.reset(token)
         if self.max_jobs is not None and life.processed >= self.max_jobs and not life.recycling:
@@ -390,8 +439,11 @@ class Processor:
             life.enter_quiet("burst: queues empty")
 
 
-def fail_line(job: JobPayload, exc: BaseException) -> bytes:
-    """The FAIL for ``job``, which raised ``exc``."""
+def fail_line(job: JobPayload, exc: BaseException, shown: TracebackType | None = None) -> bytes:
+    """The FAIL for ``job``, which raised ``exc``; its backtrace is ``shown`` (what
+    :func:`user_traceback` kept of ``exc``'s traceback; None: all of it, as for a
+    configuration failure, whose FAIL still says where kaffi refused the job),
+    innermost frame first."""
     errtype = type(exc).__name__
     if isinstance(exc, (SystemExit, KeyboardInterrupt, asyncio.CancelledError)):
         message = (
@@ -400,7 +452,8 @@ def fail_line(job: JobPayload, exc: BaseException) -> bytes:
         )
     else:
         message = str(exc) or errtype
-    backtrace = format_backtrace(traceback.extract_tb(exc.__traceback__), job.backtrace)
+    frames = traceback.extract_tb(shown if shown is not None else exc.__traceback__)
+    backtrace = format_backtrace(frames, job.backtrace)
     return encode_fail(job.jid, errtype, message, backtrace)
 
 

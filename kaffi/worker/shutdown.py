@@ -6,7 +6,7 @@ Shutdown order (SIGTERM, SIGINT, ``stop()``, a BEAT reply ``terminate``)
 2. FETCHes already on the wire are let return (within the server's ~2 s); whatever
    they bring is FAILed at once, never left reserved by a worker that is leaving.
 3. Running jobs get up to ``timeout`` seconds to finish; each is ACKed or FAILed as it
-   ends. A second SIGINT skips the rest of this wait.
+   ends. A second SIGTERM or SIGINT skips the rest of this wait.
 4. Jobs still running then (the stragglers) are FAILed with the stack they are stuck in,
    so Faktory retries them; async ones are cancelled, threads are left to die with the
    process (Python cannot kill a thread).
@@ -50,7 +50,7 @@ async def shutdown(processor: Processor) -> None:
     slots = processor.slots
     tasks = [s.task for s in slots if s.task is not None]
     # 2 and 3. Let FETCHes on the wire return (slots FAIL what they bring) and running
-    # jobs finish, for up to `timeout` seconds or until a second SIGINT.
+    # jobs finish, for up to `timeout` seconds or until a second SIGTERM or SIGINT.
     deadline = time.monotonic() + life.timeout
     hurry = asyncio.ensure_future(life.hurry.wait())
     try:

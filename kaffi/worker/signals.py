@@ -3,7 +3,8 @@
 What each signal means (the Faktory convention, as the Ruby and Go workers have it):
 
 - ``SIGTERM``, ``SIGINT``: shut down (stop fetching, wait up to the timeout, FAIL what
-  is still running, exit 0). A *second* ``SIGINT`` (Ctrl-C twice) skips the wait.
+  is still running, exit 0). A *second* ``SIGTERM`` or ``SIGINT`` of either kind
+  (Ctrl-C twice, or SIGTERM then Ctrl-C) skips the wait.
 - ``SIGTSTP``: quiet (stop fetching, finish what is held, keep heartbeating).
 - ``SIGTTIN``: log the stack of every thread and every asyncio task, to see where a
   stuck worker is stuck.

@@ -9,7 +9,7 @@ The supervisor runs no jobs and opens no connection. It
   interpreter inherits no sockets, pools, threads or locks from the parent;
 - forwards SIGTERM, SIGINT, SIGTSTP and SIGTTIN to every child. Children run in their own
   process group so a Ctrl-C in a terminal reaches them once, through the supervisor
-  (a second Ctrl-C is forwarded as the second SIGINT that skips the wait);
+  (a second Ctrl-C or SIGTERM is forwarded as the second signal that skips the wait);
 - restarts a child that dies (killed, crashed, exited non-zero) after a full-jitter
   backoff (:class:`~kaffi.worker.backoff.Backoff`: random, up to a doubling ceiling) and
   a log line, so children that crash together do not come back together; a child that
@@ -25,6 +25,12 @@ The supervisor runs no jobs and opens no connection. It
 - recycles: a child that reaches ``max_jobs`` or passes ``max_memory_mb`` tells the
   supervisor through its pipe and goes quiet, finishing what it holds; the supervisor
   starts its replacement at once, so capacity stays and nothing is lost;
+- never starts more than :data:`STARTS_PER_MINUTE` children in one place (slot) within
+  a minute, restarts and recycling alike: a replacement past that waits until the
+  oldest of those starts is a minute old, and one log line says why (the reason the
+  last one was replaced) and for how long. A memory limit below a worker's idle size
+  would otherwise replace a child every second, forever (``kaffi worker`` also refuses
+  such a limit at start-up);
 - exits when every child has exited (0, unless a child could not start), killing
   children that outlive a shutdown by far;
 - pins each child to one CPU (``cpu_affinity``, Linux): by default when there are at
@@ -57,7 +63,14 @@ from typing import Any
 
 from kaffi.worker.backoff import Backoff
 
-__all__ = ["AFFINITY_MODES", "EXIT_CONFIG", "Supervisor", "allowed_cpus", "plan_affinity"]
+__all__ = [
+    "AFFINITY_MODES",
+    "EXIT_CONFIG",
+    "STARTS_PER_MINUTE",
+    "Supervisor",
+    "allowed_cpus",
+    "plan_affinity",
+]
 
 log = logging.getLogger("kaffi.supervisor")
 
@@ -69,6 +82,10 @@ EXIT_CONFIG = 78
 RESTART_FIRST = 0.25
 RESTART_CAP = 30.0
 RESTART_RESET = 60.0
+#: The most children started in one slot within STARTS_WINDOW seconds (see the module
+#: docstring); the first start counts.
+STARTS_PER_MINUTE = 10
+STARTS_WINDOW = 60.0
 #: After a shutdown is asked, how long past the job timeout children get before SIGKILL.
 KILL_GRACE = 20.0
 _FORWARDED = ("SIGTERM", "SIGINT", "SIGTSTP", "SIGTTIN")
@@ -235,6 +252,8 @@ class Supervisor:
         self._quiet_requested = False
         self._stop_deadline: float | None = None
         self._restarts: list[tuple[float, float, int]] = []  # (when, backoff used, slot)
+        #: When each slot's children were started, within the last STARTS_WINDOW.
+        self._starts: dict[int, list[float]] = {}
         self._backoff = Backoff(RESTART_FIRST, RESTART_CAP)
         # Set once any child has reached the server: from then on a child that cannot reach
         # it is living through an outage, not showing a mistake in the set-up.
@@ -246,6 +265,7 @@ class Supervisor:
     # -- children -------------------------------------------------------------------------
 
     def _start_child(self, slot: int) -> _Child:
+        self._starts.setdefault(slot, []).append(time.monotonic())
         self._started_count += 1
         number = self._started_count
         cpu = None if self.cpus is None else self.cpus[slot]
@@ -290,6 +310,34 @@ class Supervisor:
             "" if cpu is None else f", CPU {cpu}",
         )
         return child
+
+    def _start_at(self, slot: int, earliest: float, why: str) -> float:
+        """When a replacement for ``slot`` may start: ``earliest``, unless the slot had
+        STARTS_PER_MINUTE starts within the window, then when the oldest leaves it (said
+        in one line, with ``why`` the last child was replaced)."""
+        starts = [t for t in self._starts.get(slot, []) if earliest - t < STARTS_WINDOW]
+        self._starts[slot] = starts
+        if len(starts) < STARTS_PER_MINUTE:
+            return earliest
+        when = starts[-STARTS_PER_MINUTE] + STARTS_WINDOW
+        log.warning(
+            "worker processes in place %d were started %d times in the last minute (last"
+            " replaced: %s); waiting %.0fs before starting another",
+            slot,
+            len(starts),
+            why,
+            when - time.monotonic(),
+        )
+        return when
+
+    def _replace(self, slot: int, why: str) -> None:
+        """Start a replacement for ``slot`` now, or later when it was replaced too often."""
+        now = time.monotonic()
+        when = self._start_at(slot, now, why)
+        if when <= now:
+            self._start_child(slot)
+        else:
+            self._restarts.append((when, 0.0, slot))
 
     def _forward(self, signum: int, frame: FrameType | None = None) -> None:
         name = signal.Signals(signum).name
@@ -410,7 +458,7 @@ class Supervisor:
                         reason,
                     )
                     if not self._stopping:
-                        self._start_child(child.slot)
+                        self._replace(child.slot, f"recycling: {reason}")
         except (EOFError, OSError):
             child.pipe.close()
 
@@ -453,7 +501,9 @@ class Supervisor:
             lived,
             wait,
         )
-        self._restarts.append((time.monotonic() + wait, wait, child.slot))
+        now = time.monotonic()
+        when = self._start_at(child.slot, now + wait, f"died ({how})")
+        self._restarts.append((when, wait, child.slot))
 
     def _outage(self, child: _Child) -> bool:
         """A replacement child that found the server gone, after the server was reached

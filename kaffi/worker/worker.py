@@ -32,17 +32,16 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaffi.errors import ConfigurationError
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
-from kaffi.worker.joblog import install_record_factory
-from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle
+from kaffi.worker.joblog import count_jobs, install_record_factory
+from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle, check_memory_limit
 from kaffi.worker.options import check_options
 from kaffi.worker.processor import (
     MIN_FETCH_TIMEOUT,
@@ -58,6 +57,7 @@ from kaffi.worker.threads import JobThreads
 if TYPE_CHECKING:
     from kaffi.app import App
     from kaffi.app.middleware import Middleware
+    from kaffi.app.task import Task
     from kaffi.client.config import ConnectionSettings
 
 __all__ = [
@@ -87,6 +87,11 @@ class Worker:
     - ``url`` (or ``settings``): the server; by default the App's own;
     - ``burst``: stop once every listed queue is empty and nothing is running;
     - ``health_file``: a path touched after every successful heartbeat;
+    - ``middleware``: a list of worker middleware of this worker's own, run inside the
+      App's (``app.use``) around every job, as the Node worker's ``middleware`` option;
+    - ``registry``: a mapping of jobtype to function, this worker's own jobtypes, looked
+      up before the App's tasks (so it can replace one), as the Node worker's
+      ``registry`` option; the functions' arguments are converted as a task's are;
     - ``max_jobs``, ``max_memory_mb``: recycle (quiet, finish, stop) after that many jobs
       or above that RSS; ``on_recycle`` is called when that starts (the supervisor
       starts a replacement then).
@@ -112,8 +117,12 @@ class Worker:
         on_recycle: Callable[[str], None] | None = None,
         parent_pid: int | None = None,
         pool_size: int | None = None,
+        middleware: Sequence[Middleware] = (),
+        registry: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         options = check_options(
+            middleware=middleware,
+            registry=registry if registry is not None else {},
             concurrency=concurrency,
             pool_size=pool_size,
             timeout=timeout,
@@ -139,6 +148,12 @@ class Worker:
         self.health_file = Path(health_file) if health_file is not None else None
         self.max_jobs = options.max_jobs
         self.max_memory_mb = options.max_memory_mb
+        #: This worker's middleware, run inside the App's own around every job.
+        self.middleware: list[Middleware] = list(options.middleware)
+        #: This worker's jobtypes (``registry=``), looked up before the App's tasks.
+        self.registry: dict[str, Task[Any, Any]] = {
+            jobtype: app.unregistered_task(jobtype, fn) for jobtype, fn in options.registry.items()
+        }
         self._url = url
         self._settings = settings
 
@@ -157,6 +172,8 @@ class Worker:
             self.queues,
             concurrency=self.concurrency,
             max_jobs=self.max_jobs,
+            registry=self.registry,
+            middleware=self.middleware,
         )
         self.heartbeat = Heartbeat(
             self.life,
@@ -182,7 +199,8 @@ class Worker:
     # -- the seed API ---------------------------------------------------------------------
 
     def use(self, middleware: Middleware) -> Worker:
-        """Add a worker middleware (to the App: every worker of it runs the chain)."""
+        """Add a worker middleware (to the App: every worker of it runs the chain; the
+        ``middleware=`` option is this worker's alone)."""
         self.app.use(middleware)
         return self
 
@@ -299,6 +317,9 @@ class Worker:
         and the outage is logged once (plus a reminder every 30 s while it lasts)."""
         if self._started:
             raise ConfigurationError("this Worker has already been started; build a new one")
+        if self.max_memory_mb is not None:
+            # Measured now, with the app loaded and before any job: the idle size.
+            check_memory_limit(self.max_memory_mb)
         self._started = True
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -317,7 +338,7 @@ class Worker:
             loop, on_stop=self._on_stop_signal, on_quiet=self.quiet, on_dump=self._dump_stacks
         )
         if install_signal_handlers:
-            handlers.install()
+            life.signals_installed = handlers.install()
         log.info(
             "worker %s starting: queues %s, concurrency %d, server %s, pid %d",
             self.wid,
@@ -365,10 +386,10 @@ class Worker:
             life.done.set()
             if started:
                 log.info(
-                    "worker %s stopped (%s): %d jobs processed, %d failed",
+                    "worker %s stopped (%s): %s processed, %d failed",
                     self.wid,
                     life.stop_reason or "done",
-                    life.processed,
+                    count_jobs(life.processed),
                     life.failed,
                 )
         if life.fatal is not None:
@@ -394,12 +415,12 @@ class Worker:
 
     def _on_stop_signal(self, signum: int) -> None:
         life = self.life
-        if signum == signal.SIGINT:
-            life.sigint_count += 1
-            if life.sigint_count >= 2:
-                log.warning("second SIGINT: not waiting for running jobs")
-                life.hurry_up()
-                return
+        life.stop_signals += 1
+        if life.stop_signals >= 2:
+            # SIGTERM then SIGINT counts too: whoever sends a second signal wants out now.
+            log.warning("second %s: not waiting for running jobs", signal_name(signum))
+            life.hurry_up()
+            return
         life.request_stop(f"{signal_name(signum)} received")
 
     def _dump_stacks(self, reason: str = "SIGTTIN") -> None:

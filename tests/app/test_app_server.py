@@ -81,7 +81,7 @@ def test_delay_async(app: App, kaffi_client: Client) -> None:
     async def notify(user_id: int) -> None:
         del user_id
 
-    async def main() -> str:
+    async def main() -> str | None:
         try:
             return await notify.delay_async(7)
         finally:
@@ -109,6 +109,7 @@ def test_countdown_schedules_and_mutate_requeues(app: App, kaffi_client: Client)
         return None
 
     jid = later.options(countdown=timedelta(hours=1)).delay()
+    assert jid is not None
     assert queue_size(app, "default") == 0
     assert app.client.info().faktory.sets.get("scheduled") == 1
     app.mutate.scheduled.with_jids(jid).requeue()
@@ -125,6 +126,8 @@ def test_mutate_retries_and_dead(app: App, kaffi_client: Client) -> None:
 
     first = flaky.delay()
     second = flaky.delay()
+    assert first is not None
+    assert second is not None
     for _ in (first, second):
         job = kaffi_client.fetch("default")
         assert job is not None
@@ -191,6 +194,26 @@ def test_seed_connect_returns_a_connected_client(faktory_server: Any) -> None:
 def test_seed_connect_fails_clearly_when_unreachable() -> None:
     with pytest.raises(ConnectError):
         kaffi.connect(closed_port_url(), connect_timeout=2.0)
+
+
+def test_delay_to_an_unreachable_server_says_how_to_fix_it() -> None:
+    app = App(closed_port_url(), connect_timeout=2.0)
+
+    @app.task
+    def job() -> None:
+        return None
+
+    try:
+        with pytest.raises(ConnectError) as caught:
+            job.delay()
+        with pytest.raises(ConnectError) as caught_async:
+            asyncio.run(job.delay_async())
+    finally:
+        app.close()
+    for error in (caught.value, caught_async.value):
+        message = str(error)
+        assert message.startswith("could not connect to tcp://127.0.0.1:"), message
+        assert message.endswith("; start a server with `kaffi server`, or set FAKTORY_URL")
 
 
 def test_worker_runs_what_delay_pushed(app: App) -> None:

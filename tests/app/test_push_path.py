@@ -85,6 +85,7 @@ def test_push_middleware_job_goes_to_the_client_as_the_model(
 
     seen = spy(app, monkeypatch)
     jid = noop.delay()
+    assert jid is not None
     assert isinstance(seen[0], JobPayload)
     job = kaffi_client.fetch("fast-mw")
     assert job is not None
@@ -125,7 +126,7 @@ def test_delay_async_reaches_the_server(app: App, kaffi_client: Client) -> None:
     async def job(x: int) -> None:
         del x
 
-    async def main() -> list[str]:
+    async def main() -> list[str | None]:
         jids = [await job.delay_async(i) for i in range(3)]
         assert await job.delay_many_async([(7,), (8,)]) == []
         await app.aclose()

@@ -38,8 +38,8 @@ class Point:
     y: float
 
 
-def sig(fn: Any, name: str = "t") -> TaskSignature:
-    return TaskSignature(fn, name)
+def sig(fn: Any, name: str = "t", *, strict: bool = True) -> TaskSignature:
+    return TaskSignature(fn, name, strict=strict)
 
 
 # -- binding ------------------------------------------------------------------------------
@@ -102,12 +102,15 @@ def test_varargs_are_appended_and_validated() -> None:
         del a, rest
 
     s = sig(fn)
-    assert s.encode((1, 2, "3"), {}) == [1, 2, 3]
+    assert s.encode((1, 2, 3), {}) == [1, 2, 3]
     assert s.decode([1, "2", 3]) == ([1, 2, 3], {})
     with pytest.raises(
         ValidationError, match=r"argument '\*rest\[1\]': Input should be a valid integer"
     ):
         s.encode((1, 2, "x"), {})
+    with pytest.raises(ValidationError, match=r"argument '\*rest\[1\]'"):
+        s.encode((1, 2, "3"), {})  # strict by default
+    assert sig(fn, strict=False).encode((1, 2, "3"), {}) == [1, 2, 3]
 
 
 def test_keyword_only_with_default_travels_after_the_positionals() -> None:
@@ -270,11 +273,42 @@ def test_none_default_widens_the_type() -> None:
     assert sig(fn).encode((1,), {"limit": None}) == [1, None]
 
 
-def test_lax_conversion_of_compatible_input() -> None:
+def test_lax_conversion_of_compatible_input_when_not_strict() -> None:
     def fn(n: int, when: date) -> None:
         del n, when
 
-    assert sig(fn).encode(("5", "2024-02-03"), {}) == [5, "2024-02-03"]
+    assert sig(fn, strict=False).encode(("5", "2024-02-03"), {}) == [5, "2024-02-03"]
+    assert sig(fn, strict=False).encode_json(("5", "2024-02-03"), {}) == b'[5,"2024-02-03"]'
+
+
+@pytest.mark.parametrize("value", ["7", True, 7.0])
+def test_strict_by_default_refuses_what_is_not_an_int(value: Any) -> None:
+    def fn(n: int) -> None:
+        del n
+
+    s = sig(fn)
+    for encode in (s.encode, s.encode_json):
+        with pytest.raises(ValidationError, match=r"argument 'n': Input should be a valid integer"):
+            encode((value,), {})
+
+
+def test_strict_keeps_what_is_exactly_the_type_and_an_int_for_a_float() -> None:
+    def fn(n: int, x: float, when: date, tags: list[str]) -> None:
+        del n, x, when, tags
+
+    s = sig(fn)
+    assert s.encode((7, 2, date(2024, 2, 3), ["a"]), {}) == [7, 2.0, "2024-02-03", ["a"]]
+    with pytest.raises(ValidationError, match="argument 'when'"):
+        s.encode((7, 2, "2024-02-03", ["a"]), {})
+
+
+def test_the_worker_side_stays_lax_where_json_cannot_carry_the_type() -> None:
+    def fn(n: int, when: datetime, ident: uuid.UUID, amount: Decimal) -> None:
+        del n, when, ident, amount
+
+    ident = uuid.uuid4()
+    args, _ = sig(fn).decode([7, "2024-02-03T04:05:06+00:00", str(ident), "1.50"])
+    assert args == [7, datetime(2024, 2, 3, 4, 5, 6, tzinfo=timezone.utc), ident, Decimal("1.50")]
 
 
 # -- serialisation and conversion back ----------------------------------------------------

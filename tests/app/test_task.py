@@ -176,6 +176,7 @@ def test_delay_builds_the_payload(app: App, sent: Recorder) -> None:
     jid = send_email.delay("a@b.c", times=2)
     [payload] = sent.payloads
     assert payload["jid"] == jid
+    assert jid is not None
     assert len(jid) == 24
     assert payload["jobtype"] == "send_email"
     assert payload["queue"] == "mail"
@@ -411,11 +412,42 @@ def test_push_middleware_can_drop_a_job(app: App, sent: Recorder) -> None:
         return None
 
     app.use_push(lambda ctx, next: None)
-    jid = job.delay()
-    assert len(jid) == 24
-    assert job.delay_many([(), ()]) == []
+    # The caller can tell: no jid, and the bulk outcome counts the drops apart.
+    assert job.delay() is None
+    assert job.apply_async() is None
+    assert asyncio.run(job.delay_async()) is None
+    outcome = job.delay_many([(), ()])
+    assert outcome == []
+    assert outcome.dropped == 2
+    outcome = asyncio.run(job.delay_many_async([(), (), ()]))
+    assert outcome == []
+    assert outcome.dropped == 3
     assert sent.payloads == []
     assert sent.chunks == []
+
+
+def test_a_middleware_that_drops_some_jobs_leaves_the_others_counted_apart(
+    app: App, sent: Recorder
+) -> None:
+    @app.task
+    def job(n: int) -> None:
+        del n
+
+    def odd_only(ctx: PushContext, next: Callable[[], None]) -> None:
+        if ctx.job.args[0] % 2:
+            next()
+
+    app.use_push(odd_only)
+    assert job.delay(2) is None
+    jid = job.delay(3)
+    assert jid is not None
+    assert len(jid) == 24
+    outcome = job.delay_many([(n,) for n in range(5)])
+    # The Recorder rejects the first job of each chunk: rejected and dropped apart.
+    assert [r.payload["args"] for r in outcome] == [[1]]
+    assert outcome.dropped == 3
+    assert [p["args"] for p in sent.payloads] == [[3], [1], [3]]
+    assert sent.chunks == [2]
 
 
 def test_middleware_must_be_callable(app: App) -> None:
@@ -440,3 +472,27 @@ def test_types_defined_inside_a_function_resolve(app: App, sent: Recorder) -> No
     assert ship.decode_args([{"id": 4}]) == ([Order(id=4)], {})
     with pytest.raises(ValidationError, match="argument 'order'"):
         ship.delay({"id": "x"})  # type: ignore[arg-type]
+
+
+def test_delay_is_strict_by_default_and_lax_with_strict_false() -> None:
+    for strict in (True, False):
+        app = App(testing="fake", strict=strict)
+
+        @app.task
+        def count(n: int) -> None:
+            del n
+
+        if strict:
+            for value in ("7", True):
+                with pytest.raises(ValidationError, match="argument 'n'"):
+                    count.delay(value)  # type: ignore[arg-type]
+            assert len(app.testing.jobs) == 0
+        else:
+            count.delay("7")  # type: ignore[arg-type]
+            count.delay(True)
+            assert [job.args for job in app.testing.jobs] == [[7], [1]]
+
+
+def test_strict_must_be_a_bool() -> None:
+    with pytest.raises(ConfigurationError, match=r"App\(strict=...\) must be True or False"):
+        App(strict="yes")  # type: ignore[arg-type]

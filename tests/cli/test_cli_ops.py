@@ -452,6 +452,10 @@ def test_unreachable_server_is_one_line(args: list[str]) -> None:
     result = CliRunner().invoke(main, [*args, "--url", url])
     assert_one_line_error(result)
     assert "127.0.0.1" in result.stderr
+    # The two usual fixes, said once at the end of the line.
+    assert result.stderr.rstrip().endswith(
+        "; start a server with `kaffi server`, or set FAKTORY_URL"
+    ), result.stderr
 
 
 @pytest.mark.parametrize("args", [["info"], ["push", "x"], ["flush", "--yes"]])

@@ -45,7 +45,7 @@ def build(kaffi_app: App, **lifespan_options: Any) -> FastAPI:
         return {"jid": jid, "pool": client is app.async_client and app is kaffi_app}
 
     @api.post("/blocking/{report_id}", status_code=202)
-    async def enqueue_blocking(report_id: int) -> dict[str, str]:
+    async def enqueue_blocking(report_id: int) -> dict[str, str | None]:
         # The mistake the lifespan's client avoids: a blocking push on the event loop.
         return {"jid": build_report.delay(report_id)}
 

@@ -73,6 +73,16 @@ async def arecord(tag: str) -> None:
 def hang() -> None:
     _record("hanging")
     time.sleep(300)
+
+
+HOARD = []
+
+
+@app.task
+def hoard(tag: str, megabytes: int) -> None:
+    # Written bytes, so the pages are resident: the process's RSS grows by that much.
+    HOARD.append(b"x" * (megabytes << 20))
+    _record(tag)
 """
 
 

@@ -131,6 +131,24 @@ def test_second_sigint_skips_the_wait(app: App, project: Path, faktory_server: A
     assert info.sets["retries"] == 1
 
 
+def test_sigterm_then_sigint_skips_the_wait(app: App, project: Path, faktory_server: Any) -> None:
+    push(app, "hang")
+    with kaffi_worker(project, faktory_server.url, "tasks_app:app", "--timeout", "120") as (
+        proc,
+        logs,
+    ):
+        wait_until(lambda: read_out(project) == ["hanging"], "the job to start")
+        proc.send_signal(signal.SIGTERM)
+        logs.wait_for("shutting down")
+        assert "(a second Ctrl-C or SIGTERM skips the wait)" in logs.text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0, logs.text()
+    assert "second SIGINT: not waiting for running jobs" in logs.text()
+    info = stats(app)
+    assert info.sets["working"] == 0
+    assert info.sets["retries"] == 1
+
+
 def test_tstp_quiets_and_ttin_dumps_stacks(app: App, project: Path, faktory_server: Any) -> None:
     with kaffi_worker(project, faktory_server.url, "tasks_app:app", "-c", "2") as (proc, logs):
         logs.wait_for("starting")
@@ -231,23 +249,24 @@ def test_processes_recycle_after_max_jobs_and_lose_nothing(
 
 
 def test_processes_recycle_above_max_memory(app: App, project: Path, faktory_server: Any) -> None:
-    total = 20
-    app.client.push_bulk(
-        [{"jobtype": "record", "args": [f"m{i}"], "retry": 3} for i in range(total)]
-    )
+    # A limit a worker fits in when idle (a smaller one is refused at start-up), and a
+    # job that takes it past it.
+    records = [f"m{i}" for i in range(20)]
+    app.client.push({"jobtype": "hoard", "args": ["big", 200], "retry": 3})
+    app.client.push_bulk([{"jobtype": "record", "args": [m], "retry": 3} for m in records])
     # Not --burst: a burst child can drain the queue and exit before its first memory
     # check; a child that keeps fetching is always there when the check comes.
     with kaffi_worker(
-        project, faktory_server.url, "tasks_app:app", "--max-memory-per-child", "1"
+        project, faktory_server.url, "tasks_app:app", "--max-memory-per-child", "150"
     ) as (proc, logs):
-        logs.wait_for("above the limit of 1 MB")
-        wait_until(lambda: len(read_out(project)) >= total, f"{total} jobs done")
+        logs.wait_for("above the limit of 150 MB")
+        wait_until(lambda: len(read_out(project)) >= len(records) + 1, "every job done")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0, logs.text()
     done = read_out(project)
     info = stats(app)
     assert info.sets["working"] == 0
-    assert sorted(done) == sorted(f"m{i}" for i in range(total))
+    assert sorted(done) == sorted(["big", *records])
     assert info.queues.get("default", 0) == 0
 
 
@@ -313,7 +332,9 @@ def test_every_option_reaches_the_worker(
     [
         (["--processes", "3"], 3, None, None),
         (["--max-jobs-per-child", "50"], 1, 50, None),
-        (["--max-memory-per-child", "200"], 1, None, 200.0),
+        # Above this (test) process's size, which kaffi worker measures as a worker's idle
+        # size before it starts the supervisor.
+        (["--max-memory-per-child", "100000"], 1, None, 100000.0),
     ],
 )
 def test_processes_and_child_limits_run_the_supervisor(

@@ -22,6 +22,7 @@ from kaffi.worker.joblog import (
     _msecs,
     _sole_kaffi_handler,
     configure_logging,
+    count_jobs,
     install_record_factory,
     job_context,
     log_job_done,
@@ -68,8 +69,10 @@ def test_one_line_per_job_with_duration_and_outcome(captured: list[logging.LogRe
     try:
         raise ValueError("boom")
     except ValueError as exc:
-        log_job_done("jid-2", "add", 0.5, "fail", exc)
-    ok, failed = captured
+        log_job_done("jid-2", "add", 0.5, "fail", exc, exc.__traceback__)
+        log_job_done("jid-3", "add", 0.5, "fail", exc)  # no frame to show: one line
+    ok, failed, alone = captured
+    assert alone.exc_info is None
     assert ok.levelno == logging.INFO
     assert ok.getMessage() == "done add jid-1 in 0.012s: ack"
     assert ok.outcome == "ack"  # type: ignore[attr-defined]
@@ -80,6 +83,30 @@ def test_one_line_per_job_with_duration_and_outcome(captured: list[logging.LogRe
     assert doc["errtype"] == "ValueError"
     assert doc["duration"] == 0.5
     assert "Traceback" in doc["exc"]
+
+
+def test_a_job_line_names_the_job_once(captured: list[logging.LogRecord]) -> None:
+    # Logged in the job's context (as the worker does), the [jobtype jid] prefix already
+    # names the job: the message does not repeat it.
+    token = job_context.set(("jid-4aa3", "send_welcome"))
+    try:
+        log_job_done("jid-4aa3", "send_welcome", 0.0123, "ack")
+        try:
+            raise ValueError("boom")
+        except ValueError as exc:
+            log_job_done("jid-4aa3", "send_welcome", 0.5, "fail", exc)
+    finally:
+        job_context.reset(token)
+    ok, failed = captured
+    text = TextFormatter()
+    assert text.format(ok).endswith(" [send_welcome jid-4aa3] done in 0.012s: ack")
+    first_line = text.format(failed).splitlines()[0]
+    assert first_line.endswith(" [send_welcome jid-4aa3] done in 0.500s: fail (ValueError: boom)")
+    assert json.loads(JsonFormatter().format(ok))["message"] == "done in 0.012s: ack"
+
+
+def test_counts_of_jobs_are_said_in_the_right_number() -> None:
+    assert [count_jobs(n) for n in (0, 1, 2)] == ["0 jobs", "1 job", "2 jobs"]
 
 
 def test_json_format_is_one_object_per_line_with_job_fields() -> None:
@@ -222,7 +249,8 @@ def test_job_lines_from_several_threads_name_their_own_thread(
     assert len(captured) == 600
     idents = {f"lane-{n}": t.ident for n, t in enumerate(threads)}
     for record in captured:
-        lane_name = "lane-" + record.args[1].split("-")[1]  # type: ignore[index,union-attr]
+        jid = record.getMessage().split()[2]  # "done add jid-<lane>-<n> in ..."
+        lane_name = "lane-" + jid.split("-")[1]
         assert record.threadName == lane_name
         assert record.thread == idents[lane_name]
 
@@ -304,8 +332,7 @@ def test_a_job_line_goes_straight_to_the_configured_stream(
     (line,) = stream.getvalue().splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert re.fullmatch(
-        stamp
-        + r" INFO kaffi\.job \[resize jid-abcdefgh\] done resize jid-abcdefgh in 0\.013s: ack",
+        stamp + r" INFO kaffi\.job \[resize jid-abcdefgh\] done in 0\.013s: ack",
         line,
     )
 

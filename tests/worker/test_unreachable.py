@@ -53,7 +53,8 @@ def test_run_raises_connect_error_when_the_server_cannot_be_reached() -> None:
     (error,) = errors
     assert isinstance(error, ConnectError)
     assert str(error).startswith(f"cannot reach the Faktory server at tcp://127.0.0.1:{port}: ")
-    assert "attempts in 1s" in str(error)
+    assert "attempts in 1s); start a server with `kaffi server`, or set FAKTORY_URL" in str(error)
+    assert str(error).count("kaffi server") == 1
     assert PASSWORD not in str(error)
     assert not worker.ready.is_set(), "no slot may start without a server"
     assert worker.state == "stopped"
