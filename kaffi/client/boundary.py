@@ -37,9 +37,9 @@ from collections.abc import Sequence
 
 from kaffi.client.config import ConnectionSettings
 from kaffi.errors import (
+    UNREACHABLE_HINT,
     ConnectError,
     ConnectTimeout,
-    UNREACHABLE_HINT,
     KaffiError,
     ReadError,
     ReadTimeout,

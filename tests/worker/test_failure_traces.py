@@ -11,8 +11,8 @@ import pytest
 import kaffi
 from kaffi.app import App
 from kaffi.worker.joblog import TextFormatter
+from tests.support import running, wait_until
 
-from .conftest import running, wait_until
 from .test_worker import failed_jobs
 
 KAFFI_DIR = str(Path(kaffi.__file__).parent)

@@ -17,8 +17,7 @@ from kaffi.cli import main
 from kaffi.errors import ConfigurationError
 from kaffi.worker.lifecycle import check_memory_limit
 from kaffi.worker.supervisor import STARTS_PER_MINUTE, Supervisor
-
-from .conftest import WAIT, start
+from tests.support import WAIT, start
 
 
 def test_a_limit_below_the_idle_size_is_refused() -> None:

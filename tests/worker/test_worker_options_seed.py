@@ -11,8 +11,7 @@ from kaffi.app import App
 from kaffi.app.execution import JobContext
 from kaffi.errors import ValidationError
 from kaffi.worker import Worker
-
-from .conftest import running, wait_until
+from tests.support import running, wait_until
 
 
 def test_middleware_runs_after_the_apps_own_and_registry_adds_jobtypes(app: App) -> None:
