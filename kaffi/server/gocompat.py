@@ -310,23 +310,27 @@ def _numeral(text: str, i: int) -> tuple[str | None, int]:
         while i < n and "0" <= text[i] <= "9":
             i += 1
     if i < n and text[i] == ".":
-        i += 1
-        if i >= n:
-            return _EOF, i
-        if not "0" <= text[i] <= "9":
-            return _bad(text[i], "after decimal point in numeric literal"), i
-        while i < n and "0" <= text[i] <= "9":
-            i += 1
+        err, i = _digits(text, i + 1, "after decimal point in numeric literal")
+        if err:
+            return err, i
     if i < n and text[i] in "eE":
         i += 1
         if i < n and text[i] in "+-":
             i += 1
-        if i >= n:
-            return _EOF, i
-        if not "0" <= text[i] <= "9":
-            return _bad(text[i], "in exponent of numeric literal"), i
-        while i < n and "0" <= text[i] <= "9":
-            i += 1
+        return _digits(text, i, "in exponent of numeric literal")
+    return None, i
+
+
+def _digits(text: str, i: int, context: str) -> tuple[str | None, int]:
+    """At a fraction's or an exponent's digits: one or more, else Go's error for what is
+    there instead (``context`` says where it is); leave ``i`` after the last digit."""
+    n = len(text)
+    if i >= n:
+        return _EOF, i
+    if not "0" <= text[i] <= "9":
+        return _bad(text[i], context), i
+    while i < n and "0" <= text[i] <= "9":
+        i += 1
     return None, i
 
 
