@@ -148,23 +148,16 @@ class RegisteredWorker:
         }
 
 
+@dataclass(slots=True, eq=False)
 class Waiter:
     """A blocked FETCH: the core calls ``deliver`` with the job it reserved for it."""
 
-    __slots__ = ("alive", "deliver", "done", "queues", "wid")
-
-    def __init__(
-        self,
-        queues: list[str],
-        wid: str,
-        deliver: Callable[[Reservation], None],
-        alive: Callable[[], bool],
-    ) -> None:
-        self.queues = queues
-        self.wid = wid
-        self.deliver = deliver
-        self.alive = alive
-        self.done = False
+    queues: list[str]
+    wid: str
+    deliver: Callable[[Reservation], None]
+    alive: Callable[[], bool]
+    #: Set once the FETCH has its job, or gave up, so that it is delivered to at most once.
+    done: bool = False
 
 
 @dataclass(slots=True)
