@@ -383,11 +383,7 @@ class AsyncConnection(TransportBase):
                 # Only wait when the kernel did not take everything at once.
                 await self._wait_drain(deadline)
         except BaseException as exc:
-            # map_exceptions' rule, without entering a context manager per command.
-            mapped = self._writing.error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from None
+            self._writing.reraise(exc)
 
     async def _wait_drain(self, deadline: float) -> None:
         protocol = self._protocol
@@ -423,7 +419,4 @@ class AsyncConnection(TransportBase):
                 reply = proto.next_reply()
             return reply
         except BaseException as exc:
-            mapped = self._reading.error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from None
+            self._reading.reraise(exc)

@@ -260,11 +260,7 @@ class Connection(TransportBase):
                 # sendall's timeout bounds the whole call (Python >= 3.5).
                 self._sock.sendall(data)
         except BaseException as exc:
-            # map_exceptions' rule, without entering a context manager per command.
-            mapped = self._writing.error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from None
+            self._writing.reraise(exc)
 
     def _send_rest(self, data: bytes, sent: int) -> None:
         """Write ``data[sent:]`` as the send buffer drains, within the write deadline."""
@@ -315,10 +311,7 @@ class Connection(TransportBase):
                 self._set_read_timeout(self._timeout)
             return reply
         except BaseException as exc:
-            mapped = self._reading.error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from None
+            self._reading.reraise(exc)
 
 
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)

@@ -81,10 +81,6 @@ class Command:
     arg: str | None
 
 
-def _find_line_end(buf: bytearray, start: int) -> int:
-    return buf.find(b"\n", start)
-
-
 def _pending_line_too_long(buf: bytearray, pos: int, max_line: int) -> bool:
     """True when the unterminated line at ``pos`` is already known to exceed ``max_line``.
 
@@ -136,6 +132,20 @@ class _StreamBuffer:
         """How many bytes are held that no returned frame has consumed yet."""
         return len(self._buf) - self._pos
 
+    def _line_at(self, buf: bytearray, pos: int) -> tuple[int, int] | None:
+        """The line starting at ``pos``: where its text ends (before ``\r\n`` or ``\n``)
+        and where its ``\n`` is, or None until it is complete. A line over ``max_line``
+        bytes, complete or not yet, breaks the stream."""
+        end = buf.find(b"\n", pos)
+        if end < 0:
+            if _pending_line_too_long(buf, pos, self.max_line):
+                raise self._fail(f"{self._stream} line longer than {self.max_line} bytes")
+            return None
+        line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+        if line_end - pos > self.max_line:
+            raise self._fail(f"{self._stream} line longer than {self.max_line} bytes")
+        return line_end, end
+
     def _fail(self, message: str) -> RemoteProtocolError:
         self._broken = True
         return RemoteProtocolError(message)
@@ -163,14 +173,10 @@ class ReplyParser(_StreamBuffer):
         buf, pos = self._buf, self._pos
         if pos >= len(buf):
             return None
-        end = _find_line_end(buf, pos)
-        if end < 0:
-            if _pending_line_too_long(buf, pos, self.max_line):
-                raise self._fail(f"reply line longer than {self.max_line} bytes")
+        found = self._line_at(buf, pos)
+        if found is None:
             return None
-        line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
-        if line_end - pos > self.max_line:
-            raise self._fail(f"reply line longer than {self.max_line} bytes")
+        line_end, end = found
         kind = buf[pos]
         body = bytes(buf[pos + 1 : line_end])
         if kind == 0x2B:  # '+'
@@ -238,14 +244,10 @@ class CommandParser(_StreamBuffer):
             raise RemoteProtocolError("the command stream was already found broken")
         while True:
             buf, pos = self._buf, self._pos
-            end = buf.find(b"\n", pos)
-            if end < 0:
-                if _pending_line_too_long(buf, pos, self.max_line):
-                    raise self._fail(f"command line longer than {self.max_line} bytes")
+            found = self._line_at(buf, pos)
+            if found is None:
                 return None
-            line_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
-            if line_end - pos > self.max_line:
-                raise self._fail(f"command line longer than {self.max_line} bytes")
+            line_end, end = found
             raw = bytes(buf[pos:line_end])
             self._pos = end + 1
             if not raw:

@@ -49,6 +49,8 @@ __all__ = [
 RFC3339_NANO = "2006-01-02T15:04:05.999999999Z07:00"
 #: Go's JSON scanner refuses nesting deeper than this.
 MAX_DEPTH = 10000
+#: Each container's opening character and the one that closes it.
+_CLOSER = {"{": "}", "[": "]"}
 _EOF = "unexpected end of JSON input"
 _WS = " \t\r\n"
 
@@ -189,42 +191,27 @@ def syntax_error(text: str) -> str | None:
 
     # state "value": a value must start here; "after": a value just ended.
     state = "value"
-    value_context = "looking for beginning of value"
     while True:
         i = skip_ws(i)
         if state == "value":
             if i >= n:
                 return _EOF
             c = text[i]
-            if c == "{":
+            if c in _CLOSER:
                 if len(stack) >= MAX_DEPTH:
                     return "exceeded max depth"
-                stack.append("{")
+                stack.append(c)
                 i = skip_ws(i + 1)
                 if i >= n:
                     return _EOF
-                if text[i] == "}":
+                if text[i] == _CLOSER[c]:
                     stack.pop()
                     i += 1
                     state = "after"
-                    continue
-                err, i = _object_key(text, i)
-                if err:
-                    return err
-                continue
-            if c == "[":
-                if len(stack) >= MAX_DEPTH:
-                    return "exceeded max depth"
-                stack.append("[")
-                i = skip_ws(i + 1)
-                if i >= n:
-                    return _EOF
-                if text[i] == "]":
-                    stack.pop()
-                    i += 1
-                    state = "after"
-                    continue
-                value_context = "looking for beginning of value"
+                elif c == "{":
+                    err, i = _object_key(text, i)
+                    if err:
+                        return err
                 continue
             if c == '"':
                 err, i = _string(text, i)
@@ -233,7 +220,7 @@ def syntax_error(text: str) -> str | None:
             elif c in "tfn":
                 err, i = _literal(text, i)
             else:
-                return _bad(c, value_context)
+                return _bad(c, "looking for beginning of value")
             if err:
                 return err
             state = "after"
@@ -247,31 +234,21 @@ def syntax_error(text: str) -> str | None:
             return _EOF
         c = text[i]
         top = stack[-1]
-        if top == "{":
-            if c == ",":
-                i = skip_ws(i + 1)
-                if i >= n:
-                    return _EOF
-                err, i = _object_key(text, i)
-                if err:
-                    return err
-                state = "value"
-                continue
-            if c == "}":
-                stack.pop()
-                i += 1
-                continue
-            return _bad(c, "after object key:value pair")
-        if c == ",":
-            i += 1
-            state = "value"
-            value_context = "looking for beginning of value"
-            continue
-        if c == "]":
+        if c == _CLOSER[top]:
             stack.pop()
             i += 1
             continue
-        return _bad(c, "after array element")
+        if c != ",":
+            return _bad(c, "after object key:value pair" if top == "{" else "after array element")
+        i += 1
+        state = "value"
+        if top == "{":
+            i = skip_ws(i)
+            if i >= n:
+                return _EOF
+            err, i = _object_key(text, i)
+            if err:
+                return err
 
 
 def _object_key(text: str, i: int) -> tuple[str | None, int]:
@@ -333,23 +310,27 @@ def _numeral(text: str, i: int) -> tuple[str | None, int]:
         while i < n and "0" <= text[i] <= "9":
             i += 1
     if i < n and text[i] == ".":
-        i += 1
-        if i >= n:
-            return _EOF, i
-        if not "0" <= text[i] <= "9":
-            return _bad(text[i], "after decimal point in numeric literal"), i
-        while i < n and "0" <= text[i] <= "9":
-            i += 1
+        err, i = _digits(text, i + 1, "after decimal point in numeric literal")
+        if err:
+            return err, i
     if i < n and text[i] in "eE":
         i += 1
         if i < n and text[i] in "+-":
             i += 1
-        if i >= n:
-            return _EOF, i
-        if not "0" <= text[i] <= "9":
-            return _bad(text[i], "in exponent of numeric literal"), i
-        while i < n and "0" <= text[i] <= "9":
-            i += 1
+        return _digits(text, i, "in exponent of numeric literal")
+    return None, i
+
+
+def _digits(text: str, i: int, context: str) -> tuple[str | None, int]:
+    """At a fraction's or an exponent's digits: one or more, else Go's error for what is
+    there instead (``context`` says where it is); leave ``i`` after the last digit."""
+    n = len(text)
+    if i >= n:
+        return _EOF, i
+    if not "0" <= text[i] <= "9":
+        return _bad(text[i], context), i
+    while i < n and "0" <= text[i] <= "9":
+        i += 1
     return None, i
 
 

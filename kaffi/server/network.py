@@ -164,12 +164,12 @@ class ServerProtocol(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         """The client does not read its replies: stop reading its commands."""
         self.write_paused = True
-        self._pause_reading()
+        self._set_read_paused(True)
 
     def resume_writing(self) -> None:
         """The client caught up: read its commands again."""
         self.write_paused = False
-        self._resume_reading()
+        self._set_read_paused(False)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -206,9 +206,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 self.timer = None
         if self.waiter is not None and parser.buffered > self.net.max_line:
             # Pipelined behind a blocked FETCH for too long: stop taking more.
-            self._pause_reading()
+            self._set_read_paused(True)
         elif self.read_paused and not self.write_paused:
-            self._resume_reading()
+            self._set_read_paused(False)
 
     def _block_fetch(self) -> None:
         session = self.session
@@ -293,21 +293,19 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _pause_reading(self) -> None:
-        if not self.read_paused and self.transport is not None and not self.closed:
-            self.read_paused = True
-            try:
+    def _set_read_paused(self, paused: bool) -> None:
+        """Stop (``paused``) or restart reading this connection's commands, once each."""
+        if self.read_paused == paused or self.transport is None or self.closed:
+            return
+        self.read_paused = paused
+        try:
+            if paused:
                 self.transport.pause_reading()
-            except (RuntimeError, AttributeError):
-                self.read_paused = False
-
-    def _resume_reading(self) -> None:
-        if self.read_paused and self.transport is not None and not self.closed:
-            self.read_paused = False
-            try:
+            else:
                 self.transport.resume_reading()
-            except (RuntimeError, AttributeError):
-                self.read_paused = True
+        except (RuntimeError, AttributeError):
+            # The transport is closing (or cannot pause): the flag keeps its old value.
+            self.read_paused = not paused
 
     def close_from_server(self) -> None:
         """The server forgets this connection's worker, or stops."""

@@ -52,6 +52,20 @@ def _error(message: str) -> Outcome:
     return Outcome(encode_error(message.replace("\r", " ").replace("\n", " ")))
 
 
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _str_or_null(value: object) -> bool:
+    """A JSON string or null: what Faktory decodes into a Go string field."""
+    return value is None or isinstance(value, str)
+
+
+def _int_or_null(value: object) -> bool:
+    """A JSON integer or null (never true/false): what Faktory decodes into a Go int."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
 class Session:
     """The protocol state of one connection."""
 
@@ -120,16 +134,13 @@ class Session:
         labels = hello.get("labels")
         version = hello.get("v")
         pwdhash = hello.get("pwdhash")
-        if (
-            not isinstance(wid, (str, type(None)))
-            or not isinstance(hostname, (str, type(None)))
-            or not isinstance(pwdhash, (str, type(None)))
-            or (pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)))
-            or (version is not None and (isinstance(version, bool) or not isinstance(version, int)))
-            or (
-                labels is not None
-                and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels))
-            )
+        if not (
+            _str_or_null(wid)
+            and _str_or_null(hostname)
+            and _str_or_null(pwdhash)
+            and _int_or_null(pid)
+            and _int_or_null(version)
+            and (labels is None or (isinstance(labels, list) and all(map(_is_str, labels))))
         ):
             return _CLOSE_SILENTLY
         if self.password:
@@ -243,12 +254,12 @@ class Session:
         fields: dict[str, Any] = {}
         for name in ("jid", "errtype", "message"):
             value = doc.get(name)
-            if value is not None and not isinstance(value, str):
+            if not _str_or_null(value):
                 return _error(f"invalid FAIL {arg}")
             fields[name] = value or ""
         backtrace = doc.get("backtrace")
         if backtrace is not None and not (
-            isinstance(backtrace, list) and all(isinstance(x, (str, type(None))) for x in backtrace)
+            isinstance(backtrace, list) and all(map(_str_or_null, backtrace))
         ):
             return _error(f"invalid FAIL {arg}")
         lines = [x or "" for x in backtrace] if backtrace else None
@@ -265,11 +276,7 @@ class Session:
         wid = doc.get("wid")
         state = doc.get("current_state")
         rss = doc.get("rss_kb")
-        if (
-            not isinstance(wid, (str, type(None)))
-            or not isinstance(state, (str, type(None)))
-            or (rss is not None and (isinstance(rss, bool) or not isinstance(rss, int)))
-        ):
+        if not (_str_or_null(wid) and _str_or_null(state) and _int_or_null(rss)):
             return _error(f"invalid BEAT {arg}")
         try:
             worker = self.core.beat(wid or "", state or "", rss or 0)

@@ -15,13 +15,14 @@ import heapq
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
 from kaffi.errors import KaffiError
 from kaffi.server import jobs as jobs_mod
-from kaffi.server.core import ServerCore, TimedEntry, TimedSet
+from kaffi.server.core import ServerCore
+from kaffi.server.structures import RegisteredWorker, TimedEntry, TimedSet
 
 __all__ = [
     "PAGE_SIZE",
@@ -342,16 +343,10 @@ def set_action(
 
 @dataclass(frozen=True)
 class WorkerRow:
-    """A connected worker process on the busy page."""
+    """A connected worker process on the busy page: a copy of the worker as the core knows
+    it (so the page reads one moment's state), and how many jobs it holds."""
 
-    wid: str
-    hostname: str
-    pid: int
-    labels: list[str]
-    started: float
-    last_beat: float
-    state: str
-    rss_kb: int
+    worker: RegisteredWorker
     busy: int
 
 
@@ -373,20 +368,7 @@ def busy_workers(core: ServerCore) -> list[WorkerRow]:
     for res in core.reservations.values():
         holding[res.wid] = holding.get(res.wid, 0) + 1
     workers = sorted(core.workers.values(), key=lambda w: (w.hostname, w.pid, w.wid))
-    return [
-        WorkerRow(
-            w.wid,
-            w.hostname,
-            w.pid,
-            list(w.labels),
-            w.started,
-            w.last_beat,
-            w.state,
-            w.rss_kb,
-            holding.get(w.wid, 0),
-        )
-        for w in workers
-    ]
+    return [WorkerRow(replace(w, labels=list(w.labels)), holding.get(w.wid, 0)) for w in workers]
 
 
 def busy_jobs(core: ServerCore) -> list[BusyJobRow]:
