@@ -65,6 +65,8 @@ class App:
     ``timeout``, ``pool_size``, ...) configure ``app.client`` and ``app.async_client``;
     without them the environment decides (``FAKTORY_PROVIDER``, ``FAKTORY_URL``).
     ``testing="inline"`` or ``"fake"`` builds an App that is always in that testing mode.
+    ``tracing=True`` adds OpenTelemetry spans across push and worker (needs
+    ``kaffi[otel]``; see :class:`kaffi.contrib.otel.Tracing`).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class App:
         url: str | None = None,
         *,
         testing: TestingMode | None = None,
+        tracing: bool = False,
         **client_options: Any,
     ) -> None:
         self.url = url
@@ -91,6 +94,11 @@ class App:
         self._lock = threading.Lock()
         if testing is not None:
             self.testing.enable(testing)
+        if tracing:
+            # The one import of an integration from here, and only when asked for.
+            from kaffi.contrib.otel import Tracing
+
+            Tracing().install(self)
 
     # -- tasks -----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ the command, so ``kaffi --help`` does not pay for asyncio, pydantic or the app.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -51,6 +52,13 @@ HEALTH_HELP = "A file touched after every successful heartbeat (for liveness pro
 AFFINITY_HELP = (
     "With a supervisor: pin each worker process to one CPU (Linux). auto pins when there"
     " are at least as many processes as usable CPUs; on always; off never."
+)
+METRICS_HELP = (
+    "Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT alone: 127.0.0.1; needs"
+    " kaffi[prometheus]). With a supervisor it serves the numbers of all worker processes."
+)
+METRICS_BUCKETS_HELP = (
+    "Upper bounds, in seconds, of the job duration histogram's buckets (like 0.01,0.1,1,10)."
 )
 LOG_LEVEL_HELP = "debug, info, warning, error or critical."
 LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
@@ -119,6 +127,16 @@ LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 @click.option("--burst", is_flag=True, help=BURST_HELP)
 @click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
 @click.option(
+    "--metrics", default=None, metavar="HOST:PORT", envvar="KAFFI_METRICS", help=METRICS_HELP
+)
+@click.option(
+    "--metrics-buckets",
+    default=None,
+    metavar="LIST",
+    envvar="KAFFI_METRICS_BUCKETS",
+    help=METRICS_BUCKETS_HELP,
+)
+@click.option(
     "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
 )
 @click.option(
@@ -143,10 +161,12 @@ def worker(
     cpu_affinity: str,
     burst: bool,
     health_file: str | None,
+    metrics: str | None,
+    metrics_buckets: str | None,
     log_level: str,
     log_format: str,
 ) -> None:
-    with handle_errors():
+    with handle_errors(), contextlib.ExitStack() as cleanup:
         from kaffi.worker.loader import load_app
         from kaffi.worker.logging import configure_logging
         from kaffi.worker.worker import Worker
@@ -164,7 +184,17 @@ def worker(
             "burst": burst,
             "health_file": health_file,
         }
-        if processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None:
+        supervised = (
+            processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None
+        )
+        on_child_exit = None
+        if metrics is not None:
+            from kaffi.contrib.prometheus import start_worker_metrics
+
+            options["events"], on_child_exit = start_worker_metrics(
+                cleanup, metrics, metrics_buckets, supervised=supervised
+            )
+        if supervised:
             from kaffi.worker.supervisor import run_supervisor
 
             # Validate every option here, so a mistake is one line, not N dying children.
@@ -177,6 +207,7 @@ def worker(
                 log_level=log_level,
                 log_format=log_format,
                 cpu_affinity=cpu_affinity,
+                on_child_exit=on_child_exit,
             )
             sys.exit(code)
         runner = Worker(application, **options)
@@ -184,6 +215,7 @@ def worker(
         if runner.abandoned_threads:
             # Jobs FAILed at shutdown may still be running in threads the interpreter
             # would wait for forever: the work is given back, so leave now.
+            cleanup.close()
             logging.shutdown()
             sys.stdout.flush()
             os._exit(0)

@@ -105,6 +105,7 @@ from kaffi.protocol.commands import (
 )
 from kaffi.protocol.models import MAX_BACKTRACE, JobPayload
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply
+from kaffi.worker.events import WorkerEvents, notify
 from kaffi.worker.logging import install_record_factory, job_context, log_job_done
 from kaffi.worker.queues import QueueOrder, parse_queues
 from kaffi.worker.signals import SignalHandlers, format_all_stacks, signal_name
@@ -330,7 +331,9 @@ class Worker:
     - ``health_file``: a path touched after every successful heartbeat;
     - ``max_jobs``, ``max_memory_mb``: recycle (quiet, finish, stop) after that many jobs
       or above that RSS; ``on_recycle`` is called when that starts (the supervisor
-      starts a replacement then).
+      starts a replacement then);
+    - ``events``: a :class:`~kaffi.worker.events.WorkerEvents` told what only the worker
+      loop knows (empty FETCHes, state changes, the server's reachability), for metrics.
     """
 
     def __init__(
@@ -353,6 +356,7 @@ class Worker:
         on_recycle: Callable[[str], None] | None = None,
         parent_pid: int | None = None,
         pool_size: int | None = None,
+        events: WorkerEvents | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError(
@@ -410,6 +414,8 @@ class Worker:
         self._parent_pid = parent_pid
         self._url = url
         self._settings = settings
+        #: The observer of what happens outside jobs (no-op by default).
+        self.events = events if events is not None else WorkerEvents()
 
         #: Jobs finished (ACKed or FAILed) and FAILed, since start.
         self.processed = 0
@@ -585,6 +591,7 @@ class Worker:
             # The first connection, before any slot: a server that cannot be reached
             # now is a start-up failure (raised), not an outage to ride out.
             if await self._first_connection():
+                notify(self.events, "started", self)
                 self._slots = [_Slot(i) for i in range(self.concurrency)]
                 self._live_slots = len(self._slots)
                 for slot in self._slots:
@@ -619,6 +626,7 @@ class Worker:
             handlers.remove()
             self._threads.shutdown()
             self.state = STOPPED
+            notify(self.events, "state_changed", self, STOPPED)
             self._stopped.set()
             self._done.set()
             if started:
@@ -659,6 +667,7 @@ class Worker:
         if self.state != RUNNING:
             return
         self.state = QUIET
+        notify(self.events, "state_changed", self, QUIET)
         log.info(
             "worker %s quiet (%s): no more fetching, finishing %d jobs",
             self.wid,
@@ -674,6 +683,7 @@ class Worker:
             return
         self._stop_reason = reason
         self.state = TERMINATE
+        notify(self.events, "state_changed", self, TERMINATE)
         log.info(
             "worker %s shutting down (%s): %d jobs running, waiting up to %gs",
             self.wid,
@@ -749,8 +759,10 @@ class Worker:
             conn = await self._connect()
         except (TransportError, RemoteProtocolError) as exc:
             outage.connect_failed(exc, attempt_started)
+            notify(self.events, "server_reachable", self, False)
             raise
         outage.connected()
+        notify(self.events, "server_reachable", self, True)
         return conn
 
     async def _first_connection(self) -> bool:
@@ -915,6 +927,7 @@ class Worker:
                     await self._pause(1.0)
                     continue
                 if job is None:
+                    notify(self.events, "fetch_empty", self)
                     if self.burst and self.state == RUNNING:
                         await self._burst_check(slot)
                     continue

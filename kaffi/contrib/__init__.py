@@ -1,0 +1,39 @@
+"""Optional integrations: each module here needs an extra that the core never imports.
+
+- :mod:`kaffi.contrib.prometheus` (``kaffi[prometheus]``): worker and producer metrics,
+  the ``/metrics`` server of ``kaffi worker --metrics``, multiprocess aggregation;
+- :mod:`kaffi.contrib.exporter` (``kaffi[prometheus]``): the queue and server metrics of
+  ``kaffi exporter``;
+- :mod:`kaffi.contrib.otel` (``kaffi[otel]``): OpenTelemetry spans across push and worker;
+- :mod:`kaffi.contrib.http`: the ``HOST:PORT`` rule the metrics servers share (no extra).
+
+Where they sit: above ``worker`` and ``app``, beside ``cli``. They reach kaffi only
+through its public extension points (worker and push middleware, the worker's
+:class:`~kaffi.worker.events.WorkerEvents`, :data:`kaffi.worker.logging.job_log_fields`),
+so they know nothing of the worker's internals. Nothing in the core imports them, except
+on request and inside a function: ``App(tracing=True)`` and the command line's
+``--metrics`` and ``kaffi exporter``. A module whose extra is missing raises
+:class:`~kaffi.errors.ConfigurationError` saying what to install (:func:`require`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from kaffi.errors import ConfigurationError
+
+__all__ = ["require"]
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import ``module`` (a third-party package an integration needs) or raise
+    ConfigurationError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise
+        raise ConfigurationError(
+            f"{module} is not installed: install kaffi[{extra}] (pip install 'kaffi[{extra}]')"
+        ) from None
