@@ -32,8 +32,9 @@ def require(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module.startswith(exc.name):
-            raise
+        missing = exc.name
+        if missing is None or not (module == missing or module.startswith(missing + ".")):
+            raise  # the package is there but something it imports is not: show that
         raise ConfigurationError(
             f"{module} is not installed: install kaffi[{extra}] (pip install 'kaffi[{extra}]')"
         ) from None

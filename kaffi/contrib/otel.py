@@ -18,7 +18,8 @@
 Spans carry the messaging semantic conventions: ``messaging.system`` = ``faktory``,
 ``messaging.destination.name`` (the queue), ``messaging.message.id`` (the jid),
 ``messaging.operation.type`` (``send``/``process``), plus ``messaging.faktory.jobtype``
-and ``messaging.faktory.retry_count`` (how many times the job failed before).
+and ``messaging.faktory.retry_count`` (how many earlier runs of the job failed: 0 on its
+first run).
 
 ``App(tracing=True)`` installs ``Tracing()``; ``Tracing(link=True).install(app)`` does the
 same with options. Only ``opentelemetry-api`` is needed: with no SDK configured every span
@@ -65,8 +66,10 @@ def _attributes(job: JobPayload, operation: str) -> dict[str, Any]:
         "messaging.faktory.jobtype": job.jobtype,
     }
     if operation == "process":
+        # Faktory's failure.retry_count is 0 after the first failure: runs failed before
+        # this one are one more (and 0 on a first run, which has no failure block).
         attributes["messaging.faktory.retry_count"] = (
-            job.failure.retry_count if job.failure is not None else 0
+            job.failure.retry_count + 1 if job.failure is not None else 0
         )
     return attributes
 
