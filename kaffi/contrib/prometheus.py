@@ -27,6 +27,8 @@ rest through :class:`~kaffi.worker.events.WorkerEvents`.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import contextlib
 import logging
 import math
@@ -135,7 +137,7 @@ WORKER_METRICS = {
 #: The values of ``kaffi_worker_state``'s ``state`` label, and the worker state of each.
 STATES = {"running": "running", "quiet": "quiet", "terminate": "terminating", "stopped": "stopped"}
 
-#: JobContext attribute the last middleware sets: the chain reached the job.
+#: JobContext attribute reached() sets: the chain got to the job.
 _REACHED = "_kaffi_metrics_reached"
 
 
@@ -166,18 +168,80 @@ def parse_buckets(text: str) -> tuple[float, ...]:
     return tuple(buckets)
 
 
-class _Series:
-    """The metric children of one (jobtype, queue): looked up once, not per job."""
+class _Tally:
+    """One histogram's observations since the last publish: a count per bucket (the
+    first bucket whose upper bound holds the value, as prometheus-client counts them) and
+    their sum."""
 
-    __slots__ = ("dropped", "duration", "failed", "in_progress", "latency", "ok")
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def publish(self, child: Histogram) -> None:
+        """Add the tallied observations to ``child`` (a labelled Histogram) and start over.
+
+        prometheus-client has no public call that adds many observations at once, so this
+        adds to the child's bucket and sum values, exactly as ``observe`` does for one
+        (``_buckets[i]``: the observations whose first fitting bound is bucket i; ``_sum``).
+        Those attributes have been the same from prometheus-client 0.4 to 0.26; the tests
+        read every bucket back through the exposition format.
+        """
+        if not self.total and not any(self.counts):
+            return
+        buckets = child._buckets
+        for i, count in enumerate(self.counts):
+            if count:
+                buckets[i].inc(count)
+                self.counts[i] = 0
+        child._sum.inc(self.total)
+        self.total = 0.0
+
+
+class _Series:
+    """One (jobtype, queue): its metric children, looked up once, and what happened since
+    the last publish, in plain numbers (the per-job cost is a few additions)."""
+
+    __slots__ = (
+        "dropped",
+        "dropped_child",
+        "duration",
+        "duration_child",
+        "failed",
+        "failed_child",
+        "in_progress_child",
+        "ok",
+        "ok_child",
+        "running",
+    )
 
     def __init__(self, collectors: _Collectors, jobtype: str, queue: str) -> None:
-        self.ok = collectors.jobs.labels(jobtype, queue, "ok")
-        self.failed = collectors.jobs.labels(jobtype, queue, "failed")
-        self.dropped = collectors.jobs.labels(jobtype, queue, "dropped")
-        self.duration = collectors.duration.labels(jobtype, queue)
-        self.in_progress = collectors.in_progress.labels(jobtype, queue)
-        self.latency = collectors.latency.labels(queue)
+        self.ok_child = collectors.jobs.labels(jobtype, queue, "ok")
+        self.failed_child = collectors.jobs.labels(jobtype, queue, "failed")
+        self.dropped_child = collectors.jobs.labels(jobtype, queue, "dropped")
+        self.duration_child = collectors.duration.labels(jobtype, queue)
+        self.in_progress_child = collectors.in_progress.labels(jobtype, queue)
+        self.ok = self.failed = self.dropped = 0
+        self.running = 0
+        self.duration = _Tally(collectors.duration_bounds)
+
+    def publish(self) -> None:
+        for count, child in (
+            (self.ok, self.ok_child),
+            (self.failed, self.failed_child),
+            (self.dropped, self.dropped_child),
+        ):
+            if count:
+                child.inc(count)
+        self.ok = self.failed = self.dropped = 0
+        self.duration.publish(self.duration_child)
+        self.in_progress_child.set(self.running)
 
 
 class _Collectors:
@@ -190,6 +254,8 @@ class _Collectors:
         latency_buckets: Sequence[float],
     ) -> None:
         doc = WORKER_METRICS
+        self.duration_bounds = (*buckets, math.inf)
+        self.latency_bounds = (*latency_buckets, math.inf)
         self.jobs = Counter(
             "kaffi_jobs",
             doc["kaffi_jobs_total"],
@@ -237,6 +303,8 @@ class _Collectors:
             multiprocess_mode="livemin",
         )
         self.series: dict[tuple[str, str], _Series] = {}
+        #: queue -> (the latency histogram's child, the tally since the last publish).
+        self.latencies: dict[str, tuple[Histogram, _Tally]] = {}
 
 
 class WorkerMetrics(WorkerEvents):
@@ -244,9 +312,15 @@ class WorkerMetrics(WorkerEvents):
     ``registry`` (prometheus-client's default one unless given; None: none).
 
     Use it as ``app.worker(events=WorkerMetrics())``: when the worker starts it adds its
-    middleware to the App (:meth:`install`), first and last in the chain. ``buckets``
-    are the job duration histogram's upper bounds in seconds, ``latency_buckets`` the
-    latency histogram's (the +Inf bucket is always added).
+    middleware to the App (:meth:`install`). ``buckets`` are the job duration
+    histogram's upper bounds in seconds, ``latency_buckets`` the latency histogram's (the
+    +Inf bucket is always added).
+
+    Per job, the middleware only adds to plain numbers; they are published to the
+    prometheus-client metrics every ``publish_interval`` seconds on the worker's event
+    loop (and when the worker stops), so a scrape may be that much behind. Outside a
+    running worker (no loop timer: the testing modes, say) every job is published at once;
+    :meth:`publish` does it on demand, on the thread that runs the jobs.
     """
 
     def __init__(
@@ -255,17 +329,24 @@ class WorkerMetrics(WorkerEvents):
         *,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         latency_buckets: Sequence[float] = LATENCY_BUCKETS,
+        publish_interval: float = 1.0,
     ) -> None:
         self.registry = registry
         self.buckets = tuple(buckets)
         self.latency_buckets = tuple(latency_buckets)
+        self.publish_interval = publish_interval
         self._collectors: _Collectors | None = None
         self._lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Only the settings travel (to a worker process): the metric objects and the
         # registry belong to this process; the receiving one registers in its default.
-        return {"buckets": self.buckets, "latency_buckets": self.latency_buckets}
+        return {
+            "buckets": self.buckets,
+            "latency_buckets": self.latency_buckets,
+            "publish_interval": self.publish_interval,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(REGISTRY, **state)  # type: ignore[misc]
@@ -287,10 +368,12 @@ class WorkerMetrics(WorkerEvents):
 
     def install(self, app: App) -> None:
         """Add the middleware to ``app``: :meth:`measure` first in the chain (it times the
-        rest), :meth:`reached` last. Calling it again changes nothing."""
+        rest) and, when the App has other middleware (which could drop a job),
+        :meth:`reached` last. Calling it again changes nothing."""
         if self.measure not in app.middleware:
             app.middleware.insert(0, self.measure)
-        if self.reached not in app.middleware:
+        others = [m for m in app.middleware if m != self.measure and m != self.reached]
+        if others and self.reached not in app.middleware:
             app.middleware.append(self.reached)
 
     async def measure(self, ctx: JobContext, next: Callable[[], Awaitable[None]]) -> None:
@@ -298,7 +381,7 @@ class WorkerMetrics(WorkerEvents):
         ``failed``: it raised, so the worker FAILs it, ``dropped``: the chain stopped
         before the job), times it, and observes its latency."""
         job = ctx.job
-        collectors = self.collectors
+        collectors = self._collectors or self.collectors
         series = collectors.series.get((job.jobtype, job.queue))
         if series is None:
             series = collectors.series[job.jobtype, job.queue] = _Series(
@@ -306,37 +389,75 @@ class WorkerMetrics(WorkerEvents):
             )
         enqueued = job.enqueued_at
         if enqueued is not None:
-            series.latency.observe(max(time.time() - enqueued.timestamp(), 0.0))
-        series.in_progress.inc()
-        ctx.__dict__[_REACHED] = False
+            latency = collectors.latencies.get(job.queue)
+            if latency is None:
+                latency = collectors.latencies[job.queue] = (
+                    collectors.latency.labels(job.queue),
+                    _Tally(collectors.latency_bounds),
+                )
+            latency[1].add(max(time.time() - enqueued.timestamp(), 0.0))
+        series.running += 1
+        fields = ctx.__dict__
+        fields[_REACHED] = False
         started = time.perf_counter()
         try:
             await next()
         except BaseException:
-            series.failed.inc()
+            series.failed += 1
             raise
         else:
-            (series.ok if ctx.__dict__[_REACHED] else series.dropped).inc()
+            # Not reached: dropped, if reached() is in the chain at all (it is left out
+            # when no other middleware could drop the job).
+            if fields[_REACHED] or self.reached not in ctx.app.middleware:
+                series.ok += 1
+            else:
+                series.dropped += 1
         finally:
-            series.duration.observe(time.perf_counter() - started)
-            series.in_progress.dec()
+            series.duration.add(time.perf_counter() - started)
+            series.running -= 1
+            if self._timer is None:
+                self.publish()
 
     async def reached(self, ctx: JobContext, next: Callable[[], Awaitable[None]]) -> None:
         """Worker middleware last in the chain: notes that every middleware called next."""
         ctx.__dict__[_REACHED] = True
         await next()
 
+    def publish(self) -> None:
+        """Move what was counted since the last publish into the prometheus-client
+        metrics. Call it on the thread that runs the jobs (the worker's loop does)."""
+        collectors = self._collectors
+        if collectors is None:
+            return
+        for series in list(collectors.series.values()):
+            series.publish()
+        for child, tally in list(collectors.latencies.values()):
+            tally.publish(child)
+
+    def _publish_periodically(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.publish()
+        self._timer = loop.call_later(self.publish_interval, self._publish_periodically, loop)
+
     # -- WorkerEvents -----------------------------------------------------------------------
 
     def started(self, worker: Worker) -> None:
-        """Install the middleware on the worker's App; the state is running and the
-        server reachable."""
+        """Install the middleware on the worker's App and start publishing every
+        ``publish_interval`` seconds on its loop; the state is running and the server
+        reachable."""
         self.install(worker.app)
         self._set_state("running")
         self.collectors.reachable.set(1)
+        if self._timer is None:
+            self._publish_periodically(asyncio.get_running_loop())
 
     def state_changed(self, worker: Worker, state: str) -> None:
-        """Show the new state in ``kaffi_worker_state``."""
+        """Show the new state in ``kaffi_worker_state``; once stopped, publish the last
+        numbers and stop the timer."""
+        if state == "stopped":
+            timer, self._timer = self._timer, None
+            if timer is not None:
+                timer.cancel()
+            self.publish()
         self._set_state(state)
 
     def server_reachable(self, worker: Worker, reachable: bool) -> None:

@@ -148,9 +148,12 @@ def test_in_progress_and_state_while_running(faktory_server: Any) -> None:
     import threading
 
     registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+    metrics = WorkerMetrics(registry, publish_interval=0.05)
     app = App(faktory_server.url)
     entered, release = threading.Event(), threading.Event()
+
+    def in_progress() -> float | None:
+        return value(parse(generate_latest(registry).decode()), "kaffi_jobs_in_progress")
 
     @app.task
     def hold() -> None:
@@ -162,8 +165,9 @@ def test_in_progress_and_state_while_running(faktory_server: Any) -> None:
         worker = app.worker(concurrency=1, events=metrics)
         with running(worker):
             assert entered.wait(WAIT)
+            # Published by the loop's timer while the job still runs.
+            wait_until(lambda: in_progress() == 1, "the running job to show")
             samples = parse(generate_latest(registry).decode())
-            assert value(samples, "kaffi_jobs_in_progress", jobtype="hold") == 1
             assert value(samples, "kaffi_worker_state", state="running") == 1
             worker.quiet()
             wait_until(lambda: worker.state == "quiet", "quiet")
@@ -455,3 +459,22 @@ def test_bad_metrics_address_is_one_line(faktory_server: Any) -> None:
         "kaffi: error: --metrics must be HOST:PORT (like 127.0.0.1:9191, [::1]:9191 or :9191),"
         " got '127.0.0.1:http': the port must be a number from 0 to 65535"
     ], result.stderr
+
+
+def test_outside_a_worker_every_job_is_published_at_once() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    app = App(testing="inline")
+
+    @app.task
+    def alone(x: int) -> int:
+        return x
+
+    metrics.install(app)
+    # No other middleware could drop a job: no end-of-chain marker to pay for.
+    assert app.middleware == [metrics.measure]
+    alone.delay(1)
+    alone.delay(2)
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, "kaffi_jobs_total", jobtype="alone", outcome="ok") == 2
+    assert value(samples, "kaffi_job_duration_seconds_count", jobtype="alone") == 2
