@@ -432,10 +432,13 @@ def test_kaffi_worker_metrics_two_processes(
     assert shared.is_dir()  # the operator's directory is left in place
 
 
-def test_bad_metrics_address_is_one_line(faktory_server: Any) -> None:
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_bad_metrics_address_is_one_line(faktory_server: Any, how: str) -> None:
     import subprocess
     import sys
 
+    given = ["--metrics", "127.0.0.1:http"] if how == "option" else []
+    env = dict(os.environ, KAFFI_METRICS="127.0.0.1:http") if how == "environment" else None
     result = subprocess.run(
         [
             sys.executable,
@@ -445,10 +448,10 @@ def test_bad_metrics_address_is_one_line(faktory_server: Any) -> None:
             "tests.contrib.metrics_app:app",
             "--url",
             faktory_server.url,
-            "--metrics",
-            "127.0.0.1:http",
+            *given,
         ],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=WAIT,
