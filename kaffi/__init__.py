@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from kaffi._version import __version__
 from kaffi.errors import (
+    AppImportError,
     ArgumentsError,
     AuthenticationError,
     ConfigurationError,
@@ -80,6 +81,7 @@ __all__ = [
     "stop",
     "use",
     "work",
+    "AppImportError",
     "ArgumentsError",
     "AuthenticationError",
     "ConfigurationError",

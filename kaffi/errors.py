@@ -41,6 +41,7 @@ __all__ = [
     "UnknownJobType",
     "ArgumentsError",
     "ConfigurationError",
+    "AppImportError",
 ]
 
 
@@ -144,6 +145,17 @@ class ValidationError(KaffiError, ValueError):
 
 class ConfigurationError(KaffiError):
     """kaffi was set up wrongly: a bad URL, an app that cannot be found, bad options."""
+
+
+class AppImportError(ConfigurationError):
+    """The app's module raised while it was imported (a SyntaxError, a missing
+    dependency, any error in its top-level code). The message is one line naming the
+    file, the line and the error; ``user_traceback`` holds the frames of the user's own
+    code (no importlib or kaffi frames), for ``--traceback``."""
+
+    def __init__(self, message: str, *, user_traceback: str = "") -> None:
+        self.user_traceback = user_traceback
+        super().__init__(message)
 
 
 class JobError(KaffiError):

@@ -21,10 +21,10 @@ from kaffi.app.execution import JobContext, current_job, perform
 from kaffi.app.middleware import Middleware
 from kaffi.app.push import PushContext
 from kaffi.app.task import Task
+from kaffi.app.workers import WorkerHandle
 
 if TYPE_CHECKING:
     from kaffi.client import Client
-    from kaffi.worker import Worker
 
 __all__ = [
     "App",
@@ -45,7 +45,7 @@ __all__ = [
 
 _lock = threading.Lock()
 _default_app: App | None = None
-_running: Worker | None = None
+_running: WorkerHandle | None = None
 
 
 def default_app() -> App:
@@ -81,7 +81,7 @@ def connect(url: str | None = None, **options: Any) -> Client:
     return client
 
 
-def work(**options: Any) -> Worker:
+def work(**options: Any) -> WorkerHandle:
     """Run a worker for the default App until it is stopped (``kaffi.stop()``, a signal,
     or ``burst=True`` running dry); returns the stopped Worker."""
     global _running

@@ -11,20 +11,22 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from kaffi.app.middleware import Middleware
 from kaffi.app.push import Delivery
 from kaffi.app.signature import TaskSignature
 from kaffi.app.task import Task, TaskOptions
-from kaffi.errors import ConfigurationError
+from kaffi.app.workers import WorkerHandle, build_worker
+from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
 
 if TYPE_CHECKING:
+    from kaffi.app.testing import Testing
     from kaffi.client import AsyncClient, Client, ConnectionSettings, Mutation
-    from kaffi.testing.modes import Testing
-    from kaffi.worker import Worker
+    from kaffi.periodic.schedule import Schedule
 
 __all__ = ["App", "Mutate"]
 
@@ -85,6 +87,8 @@ class App:
         self.middleware: list[Middleware] = []
         #: Client-side middleware, around every push, in registration order.
         self.push_middleware: list[Middleware] = []
+        #: name -> periodic Schedule (see :meth:`periodic`), run by ``kaffi beat``.
+        self.periodic_schedules: dict[str, Schedule] = {}
         #: Where pushes go instead of the network while a testing mode is active.
         self.delivery: Delivery | None = None
         self._settings: ConnectionSettings | None = None
@@ -201,6 +205,81 @@ class App:
         self._add(fn, name=name, localns=sys._getframe(1).f_locals)
         return self
 
+    def periodic(
+        self,
+        task: Task[Any, Any] | str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        tz: str | None = None,
+        queue: str | None = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        custom: Mapping[str, Any] | None = None,
+        catch_up: bool = False,
+    ) -> Schedule:
+        """Run ``task`` periodically: ``cron="0 7 * * mon-fri"`` (five fields or a nickname
+        like ``@hourly``, read in ``tz``, an IANA zone, UTC by default) or
+        ``every=timedelta(seconds=30)`` (at least 1 s), with ``args``/``kwargs``
+        validated now against the task's signature, as ``.delay()`` would.
+
+        ``name`` (default: the jobtype) must be unique in the App; the job options default
+        to the task's. ``catch_up=True`` pushes occurrences a running scheduler missed
+        (server unreachable, process stalled) late, once, instead of skipping them.
+        ``kaffi beat APP`` or ``kaffi worker APP --beat`` push the occurrences; see
+        :mod:`kaffi.periodic`. Returns the registered
+        :class:`~kaffi.periodic.schedule.Schedule`.
+        """
+        from kaffi.periodic.schedule import CronTrigger, EveryTrigger, Schedule, parse_zone
+
+        if isinstance(task, str):
+            found = self.tasks.get(task)
+            if found is None:
+                raise ConfigurationError(f"periodic: no task is registered as {task!r}")
+            task = found
+        if not isinstance(task, Task) or task.app is not self:
+            raise ConfigurationError(f"periodic: {task!r} is not a task of this App")
+        zone = parse_zone(tz)
+        trigger: CronTrigger | EveryTrigger
+        if cron is not None and every is None:
+            trigger = CronTrigger(cron, zone)
+        elif every is not None and cron is None:
+            trigger = EveryTrigger(every, zone)
+        else:
+            raise ConfigurationError(f"periodic {task.name!r}: give exactly one of cron= or every=")
+        configured = task.options(queue=queue, retry=retry, reserve_for=reserve_for, custom=custom)
+        if configured.at is not None or configured.countdown is not None:
+            raise ConfigurationError(
+                f"periodic {task.name!r}: the task has at= or countdown= set; its schedule"
+                " decides when it runs"
+            )
+        # The same binding and validation as .delay(): a bad argument fails here, now.
+        try:
+            payload = configured.payload(tuple(args), dict(kwargs or {}))
+        except ValidationError as exc:
+            reason = str(exc).removesuffix("; nothing was sent")
+            raise ValidationError(f"periodic: {reason}", field=exc.field) from None
+        job = {k: v for k, v in payload.items() if k not in ("jid", "jobtype", "args")}
+        schedule = Schedule(
+            name=name if name is not None else task.name,
+            jobtype=task.name,
+            trigger=trigger,
+            args=payload["args"],
+            job=job,
+            catch_up=bool(catch_up),
+        )
+        with self._lock:
+            if schedule.name in self.periodic_schedules:
+                raise ConfigurationError(
+                    f"periodic name {schedule.name!r} is already registered in this App;"
+                    " pass name=... to tell the schedules apart"
+                )
+            self.periodic_schedules[schedule.name] = schedule
+        return schedule
+
     # -- middleware ------------------------------------------------------------------------
 
     def use(self, middleware: Middleware) -> App:
@@ -296,18 +375,17 @@ class App:
 
     @property
     def testing(self) -> Testing:
-        """``app.testing.inline()`` and ``app.testing.fake()`` (see :mod:`kaffi.testing.modes`)."""
+        """``app.testing.inline()`` and ``app.testing.fake()`` (see :mod:`kaffi.app.testing`)."""
         if self._testing is None:
-            from kaffi.testing.modes import Testing
+            from kaffi.app.testing import Testing
 
             self._testing = Testing(self)
         return self._testing
 
-    def worker(self, **options: Any) -> Worker:
-        """A :class:`~kaffi.worker.Worker` for this App (``concurrency=``, ``queues=``, ...)."""
-        from kaffi.worker import Worker
-
-        return Worker(self, **options)
+    def worker(self, **options: Any) -> WorkerHandle:
+        """A :class:`~kaffi.worker.Worker` for this App (``concurrency=``, ``queues=``, ...),
+        built through the registered factory (:mod:`kaffi.app.workers`)."""
+        return build_worker(self, options)
 
     def __repr__(self) -> str:
         return f"<App tasks={len(self.tasks)} middleware={len(self.middleware)}>"

@@ -39,6 +39,7 @@ __all__ = [
     "run_chain",
     "run_chain_blocking",
     "run_coroutine_blocking",
+    "run_serving_blocking_calls",
 ]
 
 T = TypeVar("T")
@@ -263,6 +264,36 @@ def run_coroutine_blocking(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise failure[0]
     result: T = outcome[0]
     return result
+
+
+def run_serving_blocking_calls(
+    factory: Callable[[RunSync], Coroutine[Any, Any, T]],
+) -> T:
+    """Run the coroutine ``factory(run_sync)`` on a private event loop in a helper thread
+    while this thread runs every blocking call it hands to ``run_sync``; return its result.
+
+    The testing modes run jobs this way from synchronous code: a plain job function (and
+    a plain middleware) then runs in the caller's thread with no event loop running in
+    it, as a worker's job thread runs it. Code that refuses to run next to a running loop
+    (Django's ORM, ``asyncio.run``, asgiref's ``async_to_sync``) works as in a worker,
+    and thread-bound state (a database connection inside a test's transaction) is the
+    caller's. Exceptions are re-raised unchanged.
+    """
+    loop = asyncio.new_event_loop()
+    helper = threading.Thread(target=loop.run_forever, name="kaffi-blocking-loop", daemon=True)
+    helper.start()
+    result: list[T] = []
+
+    async def run(run_sync: RunSync) -> None:
+        result.append(await factory(run_sync))
+
+    try:
+        _run_rest_from_thread(loop, run)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        helper.join()
+        loop.close()
+    return result[0]
 
 
 def _name(fn: object) -> str:

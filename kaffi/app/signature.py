@@ -18,6 +18,12 @@ language sees a plain list. :class:`TaskSignature` owns the three steps around i
 A signature that cannot travel as an array (``**kwargs``, keyword-only parameters without
 a default) is refused when the task is declared, with :class:`~kaffi.errors.ConfigurationError`.
 
+*Refused types* are the extension point for objects that must never travel, whatever
+pydantic could make of them: :func:`refuse_argument_type` registers a class and the advice
+to give instead (``kaffi.contrib.django`` registers Django's ``Model``: "pass its primary
+key"). A value of such a class is refused at enqueue time, a parameter annotated with it
+when the task is declared. This module imports no framework to do so.
+
 The pydantic validators are built once per task and array length, never per call: the
 enqueue path is measured against other clients. This module does no I/O.
 """
@@ -41,7 +47,7 @@ from pydantic_core import PydanticSerializationError
 
 from kaffi.errors import ArgumentsError, ConfigurationError, ValidationError
 
-__all__ = ["Parameter", "TaskSignature"]
+__all__ = ["Parameter", "TaskSignature", "refuse_argument_type", "refused_types"]
 
 _EMPTY = inspect.Parameter.empty
 # NaN and infinities are not JSON; Faktory would refuse the whole job. A float typed as
@@ -56,6 +62,94 @@ _ADAPTER_CONFIG = ConfigDict(
 _FINITE_TYPES: frozenset[Any] = frozenset(
     {int, str, bool, float, bytes, datetime, date, time, timedelta, uuid.UUID, Decimal}
 )
+
+
+#: Classes whose instances are never sent as arguments -> the advice their error gives.
+_refused: dict[type, str] = {}
+#: The same classes as a tuple for ``isinstance``; empty (one falsy check per call) unless
+#: an integration registered some.
+_refused_types: tuple[type, ...] = ()
+
+
+def refuse_argument_type(cls: type, advice: str | None) -> None:
+    """Refuse instances of ``cls`` (and its subclasses) as task arguments.
+
+    A value of ``cls`` passed to ``.delay()`` raises :class:`~kaffi.errors.ValidationError`
+    naming the task, the argument and ``advice``, and nothing is sent; a task with a
+    parameter annotated with ``cls`` (also inside ``list[...]``, ``X | None`` ...) is
+    refused when it is declared, with :class:`~kaffi.errors.ConfigurationError`.
+    Registering a class again replaces its advice; ``advice=None`` removes it.
+
+    Integrations call this for objects that belong to one process, such as ORM rows,
+    which a worker (possibly in another language) could not use. Only the arguments
+    themselves are checked on every call (one ``isinstance`` each); inside a list or
+    dict, a refused value is named when something there cannot become JSON (as a model
+    instance never can), not searched for on every call.
+    """
+    global _refused_types
+    if not isinstance(cls, type):
+        raise ConfigurationError(f"refuse_argument_type() needs a class, got {cls!r}")
+    if advice is None:
+        _refused.pop(cls, None)
+        _refused_types = tuple(_refused)
+        return
+    if not isinstance(advice, str) or not advice.strip():
+        raise ConfigurationError(
+            f"refuse_argument_type({cls.__qualname__}) needs the advice to give, as text"
+        )
+    _refused[cls] = advice.strip()
+    _refused_types = tuple(_refused)
+
+
+def refused_types() -> dict[type, str]:
+    """The classes refused as arguments (see :func:`refuse_argument_type`) and their advice."""
+    return dict(_refused)
+
+
+def _refusal(value: Any) -> tuple[type, str] | None:
+    """The registered class ``value`` is an instance of, and its advice; None if none."""
+    for cls, advice in _refused.items():
+        if isinstance(value, cls):
+            return cls, advice
+    return None
+
+
+def _find_refused(value: Any, depth: int = 0) -> tuple[list[Any], Any, str] | None:
+    """The path to the first refused instance in ``value`` (through lists, tuples, sets
+    and dict values), the instance and its advice; None if there is none."""
+    found = _refusal(value)
+    if found is not None:
+        return [], value, found[1]
+    if depth > 20:  # deeper than any argument worth sending; a cycle, perhaps
+        return None
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (set, frozenset)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        inner = _find_refused(item, depth + 1)
+        if inner is not None:
+            inner[0].insert(0, key)
+            return inner
+    return None
+
+
+def _refused_in_annotation(annotation: Any) -> tuple[type, str] | None:
+    """The refused class an annotation names (itself or among its type arguments)."""
+    if isinstance(annotation, type):
+        for cls, advice in _refused.items():
+            if issubclass(annotation, cls):
+                return annotation, advice
+    for arg in typing.get_args(annotation):
+        found = _refused_in_annotation(arg)
+        if found is not None:
+            return found
+    return None
 
 
 class Parameter:
@@ -197,9 +291,23 @@ class TaskSignature:
         self._n_positional = len(self.positional)
         self._encoders = {}
         self._varargs_encoder = None
+        if _refused and hints is not None:
+            self._check_annotations()
         if hints is not None:
             # The common call (every parameter given) is ready before the first job.
             self._encoder(self._max)
+
+    def _check_annotations(self) -> None:
+        params = self.positional + self.keyword_only + ([self.varargs] if self.varargs else [])
+        for param in params:
+            found = _refused_in_annotation(param.annotation)
+            if found is not None:
+                cls, advice = found
+                raise ConfigurationError(
+                    f"task {self.task_name!r}: parameter {param.name!r} is annotated with"
+                    f" {cls.__module__}.{cls.__qualname__}, which cannot be sent as a job"
+                    f" argument: {advice}"
+                )
 
     def _ensure_hints(self) -> None:
         if self._hints is None:
@@ -286,6 +394,9 @@ class TaskSignature:
     def encode(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
         """Bind, validate and serialise a call into the JSON-compatible array to send."""
         values, extra = self.bind(args, kwargs)
+        if _refused_types:
+            self._refuse(values, 0)
+            self._refuse(extra, len(values))
         encoder = self._encoder(len(values))
         try:
             out: list[Any] = encoder.serializer.to_python(
@@ -331,6 +442,8 @@ class TaskSignature:
             if extra:
                 return None
             values = tuple(values)
+        if _refused_types:
+            self._refuse(values, 0)
         encoder = self._encoders.get(len(values)) or self._encoder(len(values))
         try:
             data: bytes = encoder.serializer.to_json(encoder.validator.validate_python(values))
@@ -342,6 +455,25 @@ class TaskSignature:
         if encoder.scan and (data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0):
             return None
         return data
+
+    def _refuse(self, values: Sequence[Any], offset: int) -> None:
+        """Raise for the first value of a refused class (see :func:`refuse_argument_type`)."""
+        for i, value in enumerate(values):
+            if isinstance(value, _refused_types):
+                raise self._refused_error([], value, offset + i)
+
+    def _refused_error(self, path: list[Any], value: Any, index: int) -> ValidationError:
+        found = _refusal(value)
+        advice = found[1] if found is not None else ""
+        name = self._label(index)
+        inner = "".join(f"[{part!r}]" for part in path)
+        kind = type(value)
+        return ValidationError(
+            f"task {self.task_name!r}: argument {name!r}{inner} is a"
+            f" {kind.__module__}.{kind.__qualname__} ({_short(value)}), which cannot be sent"
+            f" as a job argument: {advice}; nothing was sent",
+            field=name,
+        )
 
     def _check_finite(self, value: Any, index: int) -> None:
         path = _non_finite(value)
@@ -372,6 +504,10 @@ class TaskSignature:
         for err in exc.errors(include_url=False):
             loc = err["loc"]
             index = offset + (loc[0] if loc and isinstance(loc[0], int) else 0)
+            if _refused:
+                found = _find_refused(err["input"])
+                if found is not None:
+                    return self._refused_error(list(loc[1:]) + found[0], found[1], index)
             name = self._label(index)
             first = first or name
             inner = "".join(f"[{part!r}]" for part in loc[1:])
@@ -388,6 +524,9 @@ class TaskSignature:
     ) -> ValidationError:
         # The serializer does not say which element failed: find it, on this rare path only.
         for i, value in enumerate(values):
+            found = _find_refused(value) if _refused else None
+            if found is not None:
+                return self._refused_error(found[0], found[1], offset + i)
             try:
                 TypeAdapter(Any).dump_python(value, mode="json")
             except (PydanticSerializationError, UnicodeDecodeError):

@@ -3,7 +3,10 @@
 Calling a task runs the function here and now; ``.delay()`` (or ``.delay_async()`` from
 asyncio) pushes a job and returns its jid; ``.options(...)`` returns a configured copy;
 ``.apply_async(...)`` is the Celery spelling; ``.delay_many(...)`` pushes with PUSHB;
-``.job(...)`` returns the client's Job builder.
+``.job(...)`` returns the client's Job builder; ``.delay_on_commit(...)`` pushes once the
+current database transaction commits, through the *on-commit hook* an integration installs
+with :func:`set_on_commit_hook` (``kaffi.contrib.django`` installs Django's
+``transaction.on_commit``). This module imports no database framework.
 
 Options (queue, retry, reserve_for, at, countdown, custom, jid, backtrace) are checked
 once, when the task is declared or ``.options()`` is called, against the server's own
@@ -27,7 +30,7 @@ from pydantic_core import PydanticSerializationError, to_json
 from kaffi.app import push
 from kaffi.app.middleware import is_async_callable
 from kaffi.app.signature import TaskSignature
-from kaffi.errors import ValidationError
+from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import (
     DEFAULT_RESERVE_FOR,
     DEFAULT_RETRY,
@@ -42,12 +45,28 @@ if TYPE_CHECKING:
     from kaffi.app.app import App
     from kaffi.client import Job
 
-__all__ = ["Task", "TaskOptions"]
+__all__ = ["OnCommitHook", "Task", "TaskOptions", "set_on_commit_hook"]
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
 
 _PLACEHOLDER_JID = "0" * 24
+
+#: ``hook(callback)``: run ``callback`` once the current transaction commits, never if it
+#: rolls back (and at once when no transaction is open, as Django's ``on_commit`` does).
+OnCommitHook = Callable[[Callable[[], object]], object]
+_on_commit_hook: OnCommitHook | None = None
+
+
+def set_on_commit_hook(hook: OnCommitHook | None) -> OnCommitHook | None:
+    """Install what :meth:`Task.delay_on_commit` uses to wait for a commit; returns the
+    hook it replaces. ``kaffi.contrib.django`` installs ``django.db.transaction.on_commit``
+    when Django loads it; None removes the hook."""
+    global _on_commit_hook
+    if hook is not None and not callable(hook):
+        raise ConfigurationError(f"the on-commit hook must be callable, got {hook!r}")
+    previous, _on_commit_hook = _on_commit_hook, hook
+    return previous
 
 
 class TaskOptions:
@@ -357,6 +376,28 @@ class Task(Generic[P, R]):
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """:meth:`delay` for asyncio code (uses ``app.async_client``)."""
         return await push.deliver_call_async(self, args, kwargs)
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Push this call once the current database transaction commits, and nothing if
+        it rolls back; returns the jid the job will have.
+
+        The arguments are validated now (a bad one raises here, inside the transaction)
+        and the job is built now, so a ``countdown`` counts from this call. A worker
+        cannot then fetch the job before the rows it reads are committed. The transaction
+        is the one the installed on-commit hook knows (see :func:`set_on_commit_hook`):
+        with ``kaffi.contrib.django`` in ``INSTALLED_APPS``, Django's default database.
+        """
+        hook = _on_commit_hook
+        if hook is None:
+            raise ConfigurationError(
+                f"task {self.name!r}: delay_on_commit() needs an on-commit hook: add"
+                ' "kaffi.contrib.django" to INSTALLED_APPS, or install one with'
+                " kaffi.app.task.set_on_commit_hook()"
+            )
+        payload = self.payload(args, kwargs)
+        hook(functools.partial(push.deliver, self.app, payload, self))
+        jid: str = payload["jid"]
+        return jid
 
     def apply_async(
         self,

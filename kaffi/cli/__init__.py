@@ -4,6 +4,7 @@ One module per command family, each adding its commands to :data:`main`:
 
 - ``kaffi/cli/server.py``: ``kaffi server`` (the embedded server);
 - ``kaffi/cli/worker.py``: ``kaffi worker`` (run tasks);
+- ``kaffi/cli/beat.py``: ``kaffi beat`` (push periodic jobs);
 - ``kaffi/cli/ops.py``: ``kaffi info``, ``push``, ``queue``, ``mutate``, ``flush``;
 - ``kaffi/cli/exporter.py``: ``kaffi exporter`` (Prometheus metrics of a server).
 
@@ -23,7 +24,13 @@ from kaffi._version import __version__
 __all__ = ["main"]
 
 #: Modules that add commands to ``main`` when imported.
-_COMMAND_MODULES = ("kaffi.cli.server", "kaffi.cli.worker", "kaffi.cli.ops", "kaffi.cli.exporter")
+_COMMAND_MODULES = (
+    "kaffi.cli.server",
+    "kaffi.cli.worker",
+    "kaffi.cli.beat",
+    "kaffi.cli.ops",
+    "kaffi.cli.exporter",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

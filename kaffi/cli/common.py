@@ -1,5 +1,7 @@
 """Helpers every ``kaffi`` command shares: the ``--url`` option and one-line errors.
 
+- :func:`log_options` adds ``--log-level`` and ``--log-format`` to a command that runs
+  for a while (``kaffi worker``, ``kaffi beat``).
 - :func:`url_option` adds ``--url`` to a command. Left out, the URL is found the way
   every kaffi client finds it (:func:`kaffi.client.resolve_settings`): the variable named
   by ``FAKTORY_PROVIDER``, else ``FAKTORY_URL``, else ``tcp://localhost:7419``.
@@ -29,6 +31,7 @@ __all__ = [
     "URL_HELP",
     "EXIT_FAILURE",
     "url_option",
+    "log_options",
     "fail",
     "handle_errors",
     "connection_settings",
@@ -54,6 +57,25 @@ def url_option(command: _F) -> _F:
     applies the FAKTORY_PROVIDER / FAKTORY_URL / localhost fallbacks.
     """
     return click.option("--url", "url", default=None, metavar="URL", help=URL_HELP)(command)
+
+
+LOG_LEVEL_HELP = "debug, info, warning, error or critical."
+LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
+
+
+def log_options(command: _F) -> _F:
+    """Add ``--log-level LEVEL`` (default info) and ``--log-format text|json`` to a
+    command; they reach it as ``log_level`` and ``log_format``."""
+    command = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help=LOG_FORMAT_HELP,
+    )(command)
+    return click.option(
+        "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
+    )(command)
 
 
 def one_line(message: str) -> str:

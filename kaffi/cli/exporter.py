@@ -51,7 +51,7 @@ def exporter(url: str | None, listen: str, cache_seconds: float, log_level: str)
         from kaffi.cli.common import connection_settings
         from kaffi.contrib.exporter import run_exporter
         from kaffi.contrib.http import parse_listen_address
-        from kaffi.worker.logging import configure_logging
+        from kaffi.worker.joblog import configure_logging
 
         parse_listen_address(listen, what="--listen")
         settings = connection_settings(url)

@@ -38,10 +38,16 @@ __all__ = ["info", "push", "queue", "mutate", "flush"]
 
 INFO_HELP = """Show the server's queues, sets, version and uptime.
 
-Prints one row per queue with its size and latency (seconds since its oldest job was
-enqueued), the sizes of the scheduled, retries, dead and working sets, and the totals.
+Prints one row per queue with its size, latency (seconds since its oldest job was
+enqueued) and whether it is paused, the sizes of the scheduled, retries, dead and
+working sets, and the totals. Faktory's protocol does not say which queues are paused:
+kaffi's own server does, against a real Faktory the column says unknown (its web UI
+shows them).
 """
-INFO_JSON_HELP = "Print the server's INFO document as JSON, unchanged."
+INFO_JSON_HELP = (
+    "Print the server's INFO document as JSON, with paused_queues added (a list, or null"
+    " when the server does not say)."
+)
 
 PUSH_HELP = """Push one job of type JOBTYPE and print its jid.
 
@@ -176,8 +182,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def render_info(info: Info, latencies: dict[str, float], where: str) -> str:
-    """The readable ``kaffi info`` report."""
+def render_info(
+    info: Info, latencies: dict[str, float], where: str, paused: list[str] | None = None
+) -> str:
+    """The readable ``kaffi info`` report; ``paused`` None means the server did not say."""
     server = info.server
     description = server.description or "Faktory"
     version = server.faktory_version or "unknown version"
@@ -189,10 +197,12 @@ def render_info(info: Info, latencies: dict[str, float], where: str) -> str:
     queues = info.faktory.queues
     if queues:
         rows = [
-            [name, str(size), _format_latency(latencies.get(name))]
+            [name, str(size), _format_latency(latencies.get(name)), _state(name, paused)]
             for name, size in sorted(queues.items())
         ]
-        lines += _table(["QUEUE", "SIZE", "LATENCY"], rows)
+        lines += _table(["QUEUE", "SIZE", "LATENCY", "STATE"], rows)
+        if paused is None:
+            lines.append("(this server does not say which queues are paused)")
     else:
         lines.append("no queues yet")
     lines.append("")
@@ -215,6 +225,27 @@ def render_info(info: Info, latencies: dict[str, float], where: str) -> str:
     return "\n".join(lines)
 
 
+def _state(queue: str, paused: list[str] | None) -> str:
+    if paused is None:
+        return "unknown"
+    return "paused" if queue in paused else "running"
+
+
+def paused_queues(client: Client) -> list[str] | None:
+    """The paused queues, from kaffi's ``KAFFI PAUSED``; None from a server that has no
+    such command (a real Faktory answers ``-ERR unknown command KAFFI``)."""
+    from kaffi.errors import ServerError
+
+    try:
+        text = client.send("KAFFI", "PAUSED")
+    except ServerError:
+        return None
+    names = json.loads(text or "null")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return names
+
+
 def _count(value: int | None) -> str:
     # A server older than Faktory 1.x's task sizes does not say: show that, not a 0.
     return "unknown" if value is None else str(value)
@@ -231,12 +262,13 @@ def info(url: str | None, as_json: bool) -> None:
     settings = connection_settings(url)
     with _client(url) as client:
         doc = client.info()
+        paused = paused_queues(client)
         if as_json:
-            click.echo(json.dumps(doc.raw, indent=2))
+            click.echo(json.dumps({**doc.raw, "paused_queues": paused}, indent=2))
             return
         names = sorted(doc.faktory.queues)
         latencies = client.queue_latency(*names) if names else {}
-    click.echo(render_info(doc, latencies, settings.url))
+    click.echo(render_info(doc, latencies, settings.url, paused))
 
 
 # -- kaffi push -----------------------------------------------------------------------------
@@ -528,7 +560,11 @@ def mutate(
     scope = _scope(action, jobtype, jids, match)
     if action in _DESTRUCTIVE:
         _confirm(f"{_CONFIRM_VERB[action]} {scope} in the {target} set?", yes)
+    # MUTATE answers a bare +OK, never a count: the set sizes from INFO before and after
+    # are what there is to show (other clients may change them in between).
+    watched = [target] + (["dead"] if action == "kill" and target != "dead" else [])
     with _client(url) as client:
+        before = client.info().faktory.sets
         mutation = getattr(client, target)
         if jobtype is not None:
             mutation = mutation.of_type(jobtype)
@@ -537,7 +573,9 @@ def mutate(
         if match is not None:
             mutation = mutation.matching(match)
         getattr(mutation, action)()
-    click.echo(f"{_DONE[action]} {scope} in the {target} set")
+        after = client.info().faktory.sets
+    change = ", ".join(f"{s} {before.get(s, 0)} -> {after.get(s, 0)}" for s in watched)
+    click.echo(f"{_DONE[action]} {scope} in the {target} set ({change})")
 
 
 # -- kaffi flush ----------------------------------------------------------------------------

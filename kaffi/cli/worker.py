@@ -11,19 +11,25 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kaffi.cli import main
-from kaffi.cli.common import handle_errors, url_option
+from kaffi.cli.beat import beat_options, make_beat, start_beat_thread
+from kaffi.cli.common import handle_errors, log_options, url_option
+
+if TYPE_CHECKING:
+    from kaffi.app import App
 
 __all__ = ["worker"]
 
 WORKER_HELP = """Run the tasks of APP, fetching jobs from Faktory.
 
-APP is module:attribute (like myproj.tasks:app) or just a module holding exactly one
-kaffi.App; the current directory is importable.
+APP is module:attribute (like myproj.tasks:app), just a module holding exactly one
+kaffi.App, or the path of its file (myproj/tasks.py, with :attribute if needed); the
+current directory is importable. An app that fails to import is one error line naming
+the file and line (--traceback shows your code's frames).
 
 The worker first connects to the server, trying for up to the connect timeout (5 s).
 A server it cannot reach then, or a refused password, is one error line and exit
@@ -60,8 +66,11 @@ METRICS_HELP = (
 METRICS_BUCKETS_HELP = (
     "Upper bounds, in seconds, of the job duration histogram's buckets (like 0.01,0.1,1,10)."
 )
-LOG_LEVEL_HELP = "debug, info, warning, error or critical."
-LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
+TRACEBACK_HELP = "When APP fails to import, print its traceback (your code's frames) too."
+RUN_BEAT_HELP = (
+    "Also push the App's periodic jobs (as kaffi beat does), in a thread of this process;"
+    " with a supervisor, in the supervisor only."
+)
 
 
 @main.command("worker", help=WORKER_HELP)
@@ -136,16 +145,10 @@ LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
     envvar="KAFFI_METRICS_BUCKETS",
     help=METRICS_BUCKETS_HELP,
 )
-@click.option(
-    "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help=LOG_FORMAT_HELP,
-)
+@click.option("--beat", "run_beat", is_flag=True, help=RUN_BEAT_HELP)
+@beat_options
+@log_options
+@click.option("--traceback", "show_traceback", is_flag=True, help=TRACEBACK_HELP)
 def worker(
     app: str,
     queues: str,
@@ -163,16 +166,19 @@ def worker(
     health_file: str | None,
     metrics: str | None,
     metrics_buckets: str | None,
+    run_beat: bool,
+    lookahead: float,
+    margin: float,
     log_level: str,
     log_format: str,
+    show_traceback: bool,
 ) -> None:
     with handle_errors(), contextlib.ExitStack() as cleanup:
-        from kaffi.worker.loader import load_app
-        from kaffi.worker.logging import configure_logging
+        from kaffi.worker.joblog import configure_logging
         from kaffi.worker.worker import Worker
 
         configure_logging(log_level, log_format)
-        application = load_app(app)
+        application = _load(app, show_traceback)
         options: dict[str, Any] = {
             "queues": queues,
             "concurrency": concurrency,
@@ -194,6 +200,13 @@ def worker(
             options["events"], on_child_exit = start_worker_metrics(
                 cleanup, metrics, metrics_buckets, supervised=supervised
             )
+        # The scheduler runs in this process, beside the worker or the supervisor, never
+        # in the supervisor's children: one scheduler per `kaffi worker --beat`.
+        stop_beat = (
+            start_beat_thread(make_beat(application, url, lookahead, margin))
+            if run_beat
+            else _nothing_to_stop
+        )
         if supervised:
             from kaffi.worker.supervisor import run_supervisor
 
@@ -209,9 +222,11 @@ def worker(
                 cpu_affinity=cpu_affinity,
                 on_child_exit=on_child_exit,
             )
+            stop_beat()
             sys.exit(code)
         runner = Worker(application, **options)
         runner.work()
+        stop_beat()
         if runner.abandoned_threads:
             # Jobs FAILed at shutdown may still be running in threads the interpreter
             # would wait for forever: the work is given back, so leave now.
@@ -219,3 +234,21 @@ def worker(
             logging.shutdown()
             sys.stdout.flush()
             os._exit(0)
+
+
+def _load(spec: str, show_traceback: bool) -> App:
+    """The App of ``spec``; with ``--traceback``, an import failure prints the user's own
+    frames before the one error line."""
+    from kaffi.errors import AppImportError
+    from kaffi.worker.loader import load_app
+
+    try:
+        return load_app(spec)
+    except AppImportError as exc:
+        if show_traceback:
+            click.echo(exc.user_traceback.rstrip("\n"), err=True)
+        raise
+
+
+def _nothing_to_stop() -> None:
+    """What stops the scheduler when ``--beat`` was not given."""

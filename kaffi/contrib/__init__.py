@@ -1,5 +1,10 @@
-"""Optional integrations: each module here needs an extra that the core never imports.
+"""Optional integrations, each behind its own extra, which the core never imports.
 
+- :mod:`kaffi.contrib.django` (``kaffi[django]``): a Django app: settings, one App per
+  project with task discovery, ``manage.py kaffi_worker``, database connections handled
+  around each job, ``task.delay_on_commit()`` and model instances refused as arguments.
+- :mod:`kaffi.contrib.asgi` (``kaffi[asgi]``): Starlette and FastAPI: a lifespan that opens
+  and closes the App's AsyncClient, and dependencies handing it to endpoints.
 - :mod:`kaffi.contrib.prometheus` (``kaffi[prometheus]``): worker and producer metrics,
   the ``/metrics`` server of ``kaffi worker --metrics``, multiprocess aggregation;
 - :mod:`kaffi.contrib.exporter` (``kaffi[prometheus]``): the queue and server metrics of
@@ -9,11 +14,14 @@
 
 Where they sit: above ``worker`` and ``app``, beside ``cli``. They reach kaffi only
 through its public extension points (worker and push middleware, the worker's
-:class:`~kaffi.worker.events.WorkerEvents`, :data:`kaffi.worker.logging.job_log_fields`),
-so they know nothing of the worker's internals. Nothing in the core imports them, except
-on request and inside a function: ``App(tracing=True)`` and the command line's
-``--metrics`` and ``kaffi exporter``. A module whose extra is missing raises
-:class:`~kaffi.errors.ConfigurationError` saying what to install (:func:`require`).
+:class:`~kaffi.worker.events.WorkerEvents`, :data:`kaffi.worker.joblog.job_log_fields`,
+the hooks of :mod:`kaffi.app.task` and :mod:`kaffi.app.signature`), so they know nothing
+of the worker's internals. ``import kaffi`` never imports this package. The core imports
+it only on request and inside a function: ``App(tracing=True)`` and the command line's
+``--metrics`` and ``kaffi exporter``. Each module here imports its framework or library,
+which is only installed with the extra; where a missing extra is a configuration mistake
+(metrics, tracing), :func:`require` raises :class:`~kaffi.errors.ConfigurationError`
+saying what to install.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@
   another client) gets a root span. An exception the job raises is recorded on the span
   and sets its status to error. While the span is open, the job's log records and its
   job line carry ``trace_id`` and ``span_id`` (through
-  :data:`kaffi.worker.logging.job_log_fields`).
+  :data:`kaffi.worker.joblog.job_log_fields`).
 
 Spans carry the messaging semantic conventions: ``messaging.system`` = ``faktory``,
 ``messaging.destination.name`` (the queue), ``messaging.message.id`` (the jid),
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from kaffi._version import __version__
 from kaffi.contrib import require
-from kaffi.worker.logging import job_log_fields
+from kaffi.worker.joblog import job_log_fields
 
 require("opentelemetry.trace", "otel")
 

@@ -258,10 +258,12 @@ class JobPayload(_Model):
     @field_validator("reserve_for")
     @classmethod
     def _check_reserve_for(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is not None and cls._strict(info) and not MIN_RESERVE_FOR <= v <= MAX_RESERVE_FOR:
+        # Faktory 1.10.0 refuses only more than a day; anything lower is accepted, kept
+        # in the payload as sent, and reserved for MIN_RESERVE_FOR (60 s) at least, so
+        # code ported from Node with reserveFor: 30 works as it does there.
+        if v is not None and cls._strict(info) and v > MAX_RESERVE_FOR:
             raise ValueError(
-                f"reserve_for must be between {MIN_RESERVE_FOR} and {MAX_RESERVE_FOR} seconds,"
-                f" got {v}"
+                f"reserve_for must be at most {MAX_RESERVE_FOR} seconds (one day), got {v}"
             )
         return v
 

@@ -23,13 +23,13 @@ import contextlib
 import heapq
 import random
 import re
-import resource
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from kaffi._procinfo import rss_kb
 from kaffi.server import jobs as jobs_mod
 from kaffi.server.jobs import encode_job, time_string
 
@@ -68,16 +68,6 @@ _FAIL_MESSAGE_MAX = 1000
 _FAIL_ERRTYPE_MAX = 100
 _FAIL_BACKTRACE_MAX = 50
 _WORKER_STATES = {"running": 0, "quiet": 1, "terminate": 2}
-
-
-def _rss_mb() -> int:
-    """Resident memory of this process in MB (Linux's /proc, else the peak from getrusage)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * resource.getpagesize() // (1024 * 1024)
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 class CoreError(Exception):
@@ -126,7 +116,7 @@ class Journal(Protocol):
         """A job row is gone (acknowledged, discarded, dropped)."""
 
     def clear(self) -> None:
-        """Every job row is gone (FLUSH)."""
+        """Every job row is gone (FLUSH); told before the core zeroes its counters."""
 
     def queue(self, name: str, paused: bool | None) -> None:
         """A queue is known (paused or not), or forgotten when ``paused`` is None."""
@@ -246,13 +236,21 @@ class TimedEntry(NamedTuple):
 
 
 class TimedSet:
-    """A set of jobs ordered by time: the retry, scheduled and dead sets."""
+    """A set of jobs ordered by time: the retry, scheduled and dead sets.
 
-    __slots__ = ("_heap", "entries", "name")
+    In Faktory each set is a Redis sorted set whose members are the jobs' JSON, so a set
+    holds each identical payload once. ``indexed=True`` keeps an index from payload to
+    row (:meth:`rowid_of`) so that a second PUSH of an identical scheduled job can be
+    merged; the retry and dead sets, where identical payloads do not arise (each failure
+    is stamped with its time), do without its memory.
+    """
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("_by_data", "_heap", "entries", "name")
+
+    def __init__(self, name: str, *, indexed: bool = False) -> None:
         self.name = name
         self.entries: dict[int, TimedEntry] = {}
+        self._by_data: dict[bytes, int] | None = {} if indexed else None
         self._heap: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
@@ -260,12 +258,29 @@ class TimedSet:
 
     def add(self, entry: TimedEntry) -> None:
         """Put ``entry`` in the set (replacing a row of the same id)."""
+        old = self.entries.get(entry.rowid)
+        if old is not None:
+            self._forget(old)
         self.entries[entry.rowid] = entry
+        if self._by_data is not None:
+            self._by_data[entry.data] = entry.rowid
         heapq.heappush(self._heap, (entry.score, entry.rowid))
+
+    def rowid_of(self, data: bytes) -> int | None:
+        """The row holding exactly these encoded bytes, or None (always None for a set
+        built without ``indexed``)."""
+        return None if self._by_data is None else self._by_data.get(data)
 
     def remove(self, rowid: int) -> TimedEntry | None:
         """Take row ``rowid`` out, returning it, or None if it is not here."""
-        return self.entries.pop(rowid, None)
+        entry = self.entries.pop(rowid, None)
+        if entry is not None:
+            self._forget(entry)
+        return entry
+
+    def _forget(self, entry: TimedEntry) -> None:
+        if self._by_data is not None and self._by_data.get(entry.data) == entry.rowid:
+            del self._by_data[entry.data]
 
     def pop_due(self, now: float) -> Iterator[TimedEntry]:
         """Take out and yield, earliest first, every entry due at ``now`` or before."""
@@ -275,6 +290,7 @@ class TimedSet:
             entry = self.entries.get(rowid)
             if entry is not None and entry.score == score:
                 del self.entries[rowid]
+                self._forget(entry)
                 yield entry
         if len(heap) > 2 * len(self.entries) + 64:
             # Removed entries linger in the heap; rebuild it before they dominate.
@@ -284,6 +300,8 @@ class TimedSet:
     def clear(self) -> None:
         """Empty the set."""
         self.entries.clear()
+        if self._by_data is not None:
+            self._by_data.clear()
         self._heap.clear()
 
 
@@ -352,7 +370,7 @@ class ServerCore:
         self.reservations: dict[str, Reservation] = {}
         self._expiry_heap: list[tuple[float, int, str]] = []
         self.retries = TimedSet(STATE_RETRY)
-        self.scheduled = TimedSet(STATE_SCHEDULED)
+        self.scheduled = TimedSet(STATE_SCHEDULED, indexed=True)
         self.dead = TimedSet(STATE_DEAD)
         self.workers: dict[str, Worker] = {}
         self._waiters: dict[str, deque[Waiter]] = {}
@@ -454,11 +472,7 @@ class ServerCore:
         wid: str,
         known: bool = True,
     ) -> Reservation:
-        seconds = min(
-            max(reserve_for or jobs_mod.DEFAULT_RESERVE_FOR, jobs_mod.MIN_RESERVE_FOR),
-            jobs_mod.MAX_RESERVE_FOR,
-        )
-        expires = self.clock.now() + seconds
+        expires = self.clock.now() + jobs_mod.reservation_seconds(reserve_for)
         res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
         old = self.reservations.get(jid)
         if old is not None and self.journal is not None:
@@ -484,6 +498,10 @@ class ServerCore:
             if when > now_ns / 1e9:
                 job.pop("enqueued_at", None)
                 data = encode_job(job)
+                if self.scheduled.rowid_of(data) is not None:
+                    # Faktory's scheduled set is keyed by the re-encoded JSON: an
+                    # identical job (same jid, created_at and at) is stored once.
+                    return
                 rowid = self._rowid()
                 self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
                 if self.journal is not None:
@@ -728,6 +746,11 @@ class ServerCore:
                 if len(queue.jobs) > before:
                     break
 
+    def paused(self) -> list[str]:
+        """The names of the paused queues, sorted (kaffi's ``KAFFI PAUSED``: Faktory's
+        protocol has no way to ask)."""
+        return sorted(name for name, queue in self.queues.items() if queue.paused)
+
     def remove(self, names: list[str]) -> None:
         """QUEUE REMOVE: delete these queues and their jobs, and forget their names."""
         for name in self._names(names):
@@ -736,6 +759,37 @@ class ServerCore:
                 for job in queue.jobs:
                     self.journal.delete(job.rowid)
                 self.journal.queue(name, None)
+
+    def clear_queue(self, name: str) -> int:
+        """Delete every job waiting in queue ``name`` (the queue stays known, paused or
+        not, unlike QUEUE REMOVE); returns how many jobs went."""
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0
+        count = len(queue.jobs)
+        if self.journal is not None:
+            for job in queue.jobs:
+                self.journal.delete(job.rowid)
+        queue.jobs.clear()
+        return count
+
+    def delete_queued(self, name: str, jids: Iterable[str]) -> int:
+        """Delete the jobs with these jids from queue ``name``; returns how many went."""
+        queue = self.queues.get(name)
+        wanted = set(jids)
+        if queue is None or not wanted:
+            return 0
+        kept: deque[QueuedJob] = deque()
+        gone = 0
+        for job in queue.jobs:
+            if job.jid in wanted:
+                gone += 1
+                if self.journal is not None:
+                    self.journal.delete(job.rowid)
+            else:
+                kept.append(job)
+        queue.jobs = kept
+        return gone
 
     def latency(self, names: list[str]) -> dict[str, float]:
         """QUEUE LATENCY: seconds the oldest job of each named queue has waited (0 when empty)."""
@@ -804,10 +858,18 @@ class ServerCore:
     # -- INFO and FLUSH -------------------------------------------------------------------
 
     def flush(self) -> None:
-        """FLUSH: delete every job in every queue and set (queue names are kept, as in
-        Faktory)."""
-        for queue in self.queues.values():
+        """FLUSH: delete every job in every queue and set. Queue names are kept and every
+        queue is un-paused, as Faktory 1.10.0 does (its pause flags live in the Redis
+        database FLUSH empties)."""
+        if self.journal is not None:
+            # Told first, while the counters still hold what the journal has not counted.
+            self.journal.clear()
+        for name, queue in self.queues.items():
             queue.jobs.clear()
+            if queue.paused:
+                queue.paused = False
+                if self.journal is not None:
+                    self.journal.queue(name, False)
         self.reservations.clear()
         self._expiry_heap.clear()
         self.retries.clear()
@@ -815,8 +877,6 @@ class ServerCore:
         self.dead.clear()
         self.total_processed = 0
         self.total_failures = 0
-        if self.journal is not None:
-            self.journal.clear()
 
     def task_info(self) -> dict[str, dict[str, int | float]]:
         """INFO's ``tasks`` block: Faktory 1.10.0's keys in its order (Go sorts map keys),
@@ -835,7 +895,7 @@ class ServerCore:
         """The INFO document, with the same keys in the same order as Faktory 1.10.0."""
         queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
         now = self.clock.now_ns()
-        rss_mb = _rss_mb()
+        rss_mb = rss_kb() // 1024
         return {
             "now": time_string(now),
             "server_utc_time": time.strftime("%H:%M:%S UTC", time.gmtime(now // 1_000_000_000)),

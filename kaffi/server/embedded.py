@@ -9,7 +9,9 @@ Two ways to run it:
   runs on the caller's loop (the control methods then run directly, on that loop's thread).
 
 It refuses to listen on a non-loopback address without a password: an open Faktory port
-lets anyone run code in your workers.
+lets anyone run code in your workers. The same goes for the web UI (``web="host:port"``,
+off unless asked for; it needs the ``web`` extra, see :mod:`kaffi.server.web`), which
+runs on the server's loop.
 
 This module owns the server's lifecycle (storage, listener, loop thread) and its
 thread-safe control methods; it must never change the server's state itself other than
@@ -23,13 +25,15 @@ import concurrent.futures
 import ipaddress
 import logging
 import os
+import re
 import socket
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from kaffi.errors import ConfigurationError, KaffiError
@@ -37,6 +41,9 @@ from kaffi.protocol.resp import DEFAULT_MAX_LINE
 from kaffi.server.core import ServerCore
 from kaffi.server.network import FETCH_TIMEOUT, Network
 from kaffi.server.storage import SqliteJournal
+
+if TYPE_CHECKING:
+    from kaffi.server.web.runner import WebServer
 
 __all__ = ["EmbeddedServer", "DEFAULT_MAX_CONNECTIONS", "parse_bind", "is_loopback"]
 
@@ -47,23 +54,44 @@ _T = TypeVar("_T")
 _CALL_TIMEOUT = 30.0
 
 
+#: What a host name may be made of (RFC 1123 labels); IP addresses are checked apart.
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
 def parse_bind(bind: str) -> tuple[str, int]:
-    """``"host:port"`` (``[v6]:port`` too; a bare ``host`` means port 7419) to a pair."""
+    """``"HOST:PORT"`` (``[v6]:PORT`` for IPv6; an empty host, ``":7419"``, is 127.0.0.1)
+    to a pair; anything else raises ConfigurationError saying what was wrong."""
     text = bind.strip()
+    usage = "give HOST:PORT, like 127.0.0.1:7419 ([::1]:7419 for IPv6)"
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        host, closed, rest = text[1:].partition("]")
+        if not closed or not rest.startswith(":"):
+            raise ConfigurationError(f"bad bind address {bind!r}: {usage}")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigurationError(
+                f"bad bind address {bind!r}: {host!r} is not an IPv6 address"
+            ) from None
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     elif ":" in text:
-        host, port_text = text, ""
+        raise ConfigurationError(
+            f"bad bind address {bind!r}: IPv6 addresses go in brackets, {usage}"
+        )
     else:
-        host, port_text = text, ""
+        raise ConfigurationError(f"bad bind address {bind!r}: no port; {usage}")
     host = host or "127.0.0.1"
-    try:
-        port = int(port_text) if port_text else 7419
-    except ValueError:
-        raise ConfigurationError(f"bad bind address {bind!r}: the port must be a number") from None
+    if not text.startswith("[") and not _HOSTNAME.fullmatch(host):
+        raise ConfigurationError(
+            f"bad bind address {bind!r}: {host!r} is not a host name or address"
+        )
+    if not port_text.isdigit():
+        raise ConfigurationError(f"bad bind address {bind!r}: the port must be a number; {usage}")
+    port = int(port_text)
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"bad bind address {bind!r}: port {port} is out of range")
     return host, port
@@ -82,6 +110,17 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+def _resolves(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            return bool(socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+    return True
+
+
 class EmbeddedServer:
     """A Faktory-compatible server (protocol of Faktory 1.10.0) running in this process."""
 
@@ -96,14 +135,31 @@ class EmbeddedServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_line: int = DEFAULT_MAX_LINE,
         fetch_timeout: float = FETCH_TIMEOUT,
+        web: str | None = None,
     ) -> None:
         self._bind_host, self._bind_port = parse_bind(bind)
+        if not _resolves(self._bind_host):
+            raise ConfigurationError(
+                f"bad bind address {bind!r}: cannot resolve host {self._bind_host!r}"
+            )
         self.password = password or None
         if not self.password and not is_loopback(self._bind_host):
             raise ConfigurationError(
                 f"refusing to listen on {self._bind_host} without a password: anyone who can "
                 "reach it could run jobs; set a password or bind 127.0.0.1"
             )
+        self._web_bind: tuple[str, int] | None = None
+        if web is not None:
+            from kaffi.server.web import MISSING_EXTRA, web_available
+
+            self._web_bind = parse_bind(web)
+            if not self.password and not is_loopback(self._web_bind[0]):
+                raise ConfigurationError(
+                    f"refusing to serve the web UI on {self._web_bind[0]} without a password: "
+                    "anyone who can reach it could delete jobs; set a password or bind 127.0.0.1"
+                )
+            if not web_available():
+                raise ConfigurationError(MISSING_EXTRA)
         if (tls_cert is None) != (tls_key is None):
             raise ConfigurationError("TLS needs both a certificate (tls_cert) and a key (tls_key)")
         if fetch_timeout <= 0:
@@ -119,6 +175,10 @@ class EmbeddedServer:
         self.fetch_timeout = fetch_timeout
         self.host = ""
         self.port = 0
+        #: Where the web UI listens once started (empty and 0 without one).
+        self.web_host = ""
+        self.web_port = 0
+        self._web: WebServer | None = None
         self.core: ServerCore | None = None
         self._net: Network | None = None
         self._journal: SqliteJournal | None = None
@@ -144,6 +204,16 @@ class EmbeddedServer:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{auth}{host}:{self.port}"
+
+    @property
+    def web_url(self) -> str:
+        """``http://127.0.0.1:PORT/``: the web UI's address (when started with ``web=``);
+        ``https://`` when the server has a TLS certificate, which the UI serves too."""
+        if not self.web_port:
+            raise KaffiError("the web UI is not running: start the server with web='host:port'")
+        host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.web_port}/"
 
     @property
     def running(self) -> bool:
@@ -177,6 +247,12 @@ class EmbeddedServer:
             except Exception as exc:
                 if journal is not None:
                     journal.close()
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise ConfigurationError(
+                        f"cannot open the data file {self.data}: another server is using it "
+                        "(the database is locked); "
+                        "give this one a file of its own (--data FILE) or none (--memory)"
+                    ) from exc
                 raise ConfigurationError(f"cannot open the data file {self.data}: {exc}") from exc
             core.journal = journal
         loop = asyncio.get_running_loop()
@@ -197,13 +273,51 @@ class EmbeddedServer:
             raise ConfigurationError(
                 f"cannot listen on {self._bind_host}:{self._bind_port}: {exc.strerror or exc}"
             ) from None
+        if self._web_bind is not None:
+            try:
+                await self._start_web(core, net, journal)
+            except BaseException:
+                await net.close()
+                if journal is not None:
+                    journal.close()
+                raise
         self.core = core
         self._journal = journal
         self._net = net
         self._loop = loop
         self._loop_thread_id = threading.get_ident()
         self._stopped = asyncio.Event()
-        log.info("kaffi server listening on %s:%d", self.host, self.port)
+        # Debug, not info: `kaffi server` prints its own line saying where it listens.
+        log.debug("kaffi server listening on %s:%d", self.host, self.port)
+
+    async def _start_web(
+        self, core: ServerCore, net: Network, journal: SqliteJournal | None
+    ) -> None:
+        from kaffi.server.web.app import WebContext
+        from kaffi.server.web.runner import WebServer
+
+        assert self._web_bind is not None
+        history: Callable[[int], list[tuple[str, int, int]]] | None = None
+        if journal is not None:
+            store = journal
+
+            def history_of(days: int) -> list[tuple[str, int, int]]:
+                return store.daily(days, core.clock.now())
+
+            history = history_of
+        # net.flush, not schedule_flush: the redirect after an action is only sent once the
+        # change is on disk, as a command's reply is.
+        ctx = WebContext(core, net.flush, password=self.password, history=history)
+        web = WebServer(ctx)
+        host, port = self._web_bind
+        try:
+            self.web_host, self.web_port = await web.start(host, port, self.tls_cert, self.tls_key)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve the web UI on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        self._web = web
+        log.info("kaffi web UI on %s", self.web_url)
 
     async def stop_async(self) -> None:
         """Stop listening, close every connection, commit and close storage (on the loop
@@ -212,6 +326,10 @@ class EmbeddedServer:
         if net is None:
             return
         self._net = None
+        if self._web is not None:
+            web, self._web = self._web, None
+            await web.stop()
+            self.web_port = 0
         await net.close()
         if self._journal is not None:
             self._journal.close()

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_RESERVE_FOR",
     "MIN_RESERVE_FOR",
     "MAX_RESERVE_FOR",
+    "reservation_seconds",
 ]
 
 DEFAULT_RETRY = 25
@@ -40,6 +41,13 @@ DEFAULT_RESERVE_FOR = 1800
 MIN_RESERVE_FOR = 60
 MAX_RESERVE_FOR = 86400
 _QUEUE_RE = re.compile(r"[a-zA-Z0-9._-]+")
+
+
+def reservation_seconds(reserve_for: int) -> int:
+    """How long a job is reserved for: its ``reserve_for`` (default 1800 s), kept
+    between 60 s and a day."""
+    return min(max(reserve_for or DEFAULT_RESERVE_FOR, MIN_RESERVE_FOR), MAX_RESERVE_FOR)
+
 
 # Go struct field name -> Go type, for the messages of UnmarshalTypeError.
 _STRING_FIELDS = ("jid", "queue", "jobtype", "created_at", "enqueued_at", "at")

@@ -337,7 +337,8 @@ class Session:
     def _kaffi(self, arg: str | None) -> Outcome:
         """kaffi's own admin verb (no Faktory client sends it; real Faktory answers
         ``unknown command KAFFI``): ``KAFFI QUIET wid``, ``KAFFI TERMINATE wid`` ask a worker
-        to change state at its next BEAT; ``KAFFI WORKERS`` lists the known workers."""
+        to change state at its next BEAT; ``KAFFI WORKERS`` lists the known workers;
+        ``KAFFI PAUSED`` lists the paused queues (no Faktory command says which are)."""
         sub, _, rest = (arg or "").partition(" ")
         sub = sub.upper()
         if sub in ("QUIET", "TERMINATE"):
@@ -350,6 +351,8 @@ class Session:
         if sub == "WORKERS":
             workers = [w.to_dict() for w in self.core.workers.values()]
             return Outcome(encode_bulk(json.dumps(workers, separators=(",", ":"))))
+        if sub == "PAUSED":
+            return Outcome(encode_bulk(json.dumps(self.core.paused(), separators=(",", ":"))))
         return _error(f"no such KAFFI subcommand: {sub}")
 
     def _batch(self, arg: str | None) -> Outcome:

@@ -11,11 +11,18 @@ Faktory's Redis makes too.
 Changes are merged by row id before writing (a job pushed and fetched in the same turn is
 one row written once), and :meth:`SqliteJournal.load` feeds a fresh core at start.
 
+The same transaction adds what the core processed and failed since the last commit to
+that day's row of the ``daily`` table (UTC days, by the core's clock): the history the web
+UI's dashboard shows (:meth:`SqliteJournal.daily`). Every change of those counters comes
+with a job row change (ACK deletes a row, FAIL rewrites or deletes one), so the counters
+ride on the commits that already happen.
+
 Must never be used from two threads at once: the server's loop thread owns it.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import sqlite3
 from pathlib import Path
@@ -24,7 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kaffi.server.core import ServerCore
 
-__all__ = ["SqliteJournal"]
+__all__ = ["SqliteJournal", "utc_day"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,7 +47,22 @@ CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS daily (
+    day TEXT PRIMARY KEY,
+    processed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0
+);
 """
+
+
+def utc_day(seconds: float) -> str:
+    """The UTC date of ``seconds`` since the epoch, as ``YYYY-MM-DD``."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).date().isoformat()
+
 
 # A pending change of one row: a whole row, a move (state, score, wid), or a delete.
 _Put = tuple[int, str, str, str, float, str, bytes]
@@ -74,6 +96,12 @@ class SqliteJournal:
         self._deletes: set[int] = set()
         self._queues: dict[str, bool | None] = {}
         self._clear = False
+        #: The core whose counters go into ``daily`` (set by :meth:`load`), and the values
+        #: of its counters that are already written.
+        self._core: ServerCore | None = None
+        self._counted = (0, 0)
+        #: Counts kept across a FLUSH that zeroed the core's counters before a commit.
+        self._carried = (0, 0)
 
     # -- the Journal protocol -------------------------------------------------------------
 
@@ -105,6 +133,10 @@ class SqliteJournal:
         self._moves.clear()
         self._deletes.clear()
         self._clear = True
+        # The core zeroes its counters next: keep what they held that is not written yet.
+        processed, failed = self._uncounted()
+        self._carried = (self._carried[0] + processed, self._carried[1] + failed)
+        self._counted = (0, 0)
 
     def queue(self, name: str, paused: bool | None) -> None:
         """Buffer a queue's paused flag (None: the queue was removed) until :meth:`commit`."""
@@ -115,7 +147,28 @@ class SqliteJournal:
     @property
     def pending(self) -> bool:
         """True when changes wait for :meth:`commit`."""
-        return bool(self._puts or self._moves or self._deletes or self._queues or self._clear)
+        return bool(
+            self._puts
+            or self._moves
+            or self._deletes
+            or self._queues
+            or self._clear
+            or self._uncounted() != (0, 0)
+        )
+
+    def _uncounted(self) -> tuple[int, int]:
+        """Processed and failed jobs of the core not yet added to ``daily``."""
+        core = self._core
+        if core is None:
+            return (0, 0)
+        processed, failed = core.total_processed, core.total_failures
+        if processed < self._counted[0] or failed < self._counted[1]:
+            # FLUSH zeroed the core's counters: everything it shows now is new.
+            self._counted = (0, 0)
+        return (
+            processed - self._counted[0] + self._carried[0],
+            failed - self._counted[1] + self._carried[1],
+        )
 
     def commit(self) -> None:
         """Write every buffered change in one transaction."""
@@ -148,6 +201,23 @@ class SqliteJournal:
                         "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused",
                         (name, int(paused)),
                     )
+            processed, failed = self._uncounted()
+            if (processed or failed) and self._core is not None:
+                db.execute(
+                    "INSERT INTO daily (day, processed, failed) VALUES (?, ?, ?) "
+                    "ON CONFLICT(day) DO UPDATE SET processed = processed + excluded.processed, "
+                    "failed = failed + excluded.failed",
+                    (utc_day(self._core.clock.now()), processed, failed),
+                )
+            if self._core is not None and (processed or failed or self._clear):
+                # The totals INFO reports, so a restart does not zero them.
+                db.executemany(
+                    "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                    [
+                        ("total_processed", self._core.total_processed),
+                        ("total_failures", self._core.total_failures),
+                    ],
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -157,6 +227,25 @@ class SqliteJournal:
         self._deletes.clear()
         self._queues.clear()
         self._clear = False
+        if self._core is not None:
+            self._counted = (self._core.total_processed, self._core.total_failures)
+        self._carried = (0, 0)
+
+    def daily(self, days: int, now: float) -> list[tuple[str, int, int]]:
+        """The last ``days`` UTC days up to the day of ``now``, oldest first, as
+        ``(day, processed, failed)``; days without a row count zero."""
+        if days < 1:
+            raise ValueError(f"days must be at least 1, got {days}")
+        last = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
+        wanted = [(last - datetime.timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+        rows = {
+            day: (processed, failed)
+            for day, processed, failed in self._db.execute(
+                "SELECT day, processed, failed FROM daily WHERE day >= ? AND day <= ?",
+                (wanted[0], wanted[-1]),
+            )
+        }
+        return [(day, *rows.get(day, (0, 0))) for day in wanted]
 
     def load(self, core: ServerCore) -> int:
         """Rebuild ``core`` from the file; returns how many job rows were read."""
@@ -179,6 +268,11 @@ class SqliteJournal:
                 min_pos = min(min_pos, score)
                 max_pos = max(max_pos, score)
         core.restore_counters(max_rowid, min_pos, max_pos)
+        totals = dict(db.execute("SELECT name, value FROM counters"))
+        core.total_processed = int(totals.get("total_processed", 0))
+        core.total_failures = int(totals.get("total_failures", 0))
+        self._core = core
+        self._counted = (core.total_processed, core.total_failures)
         return count
 
     def close(self) -> None:

@@ -10,9 +10,11 @@ The supervisor runs no jobs and opens no connection. It
 - forwards SIGTERM, SIGINT, SIGTSTP and SIGTTIN to every child. Children run in their own
   process group so a Ctrl-C in a terminal reaches them once, through the supervisor
   (a second Ctrl-C is forwarded as the second SIGINT that skips the wait);
-- restarts a child that dies (killed, crashed, exited non-zero) with a doubling backoff
-  and a log line; a child that exits 0 on its own (the server told it to terminate, or
-  burst mode finished) is not replaced;
+- restarts a child that dies (killed, crashed, exited non-zero) after a full-jitter
+  backoff (:class:`~kaffi.worker.backoff.Backoff`: random, up to a doubling ceiling) and
+  a log line, so children that crash together do not come back together; a child that
+  exits 0 on its own (the server told it to terminate, or burst mode finished) is not
+  replaced;
 - gives up on a child that cannot start (exit status :data:`EXIT_CONFIG`: the app cannot
   be loaded, the password is refused, or the server cannot be reached within the connect
   timeout): restarting it would fail the same way, so the supervisor stops the other
@@ -53,6 +55,8 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from kaffi.worker.backoff import Backoff
+
 __all__ = ["AFFINITY_MODES", "EXIT_CONFIG", "Supervisor", "allowed_cpus", "plan_affinity"]
 
 log = logging.getLogger("kaffi.supervisor")
@@ -60,8 +64,8 @@ log = logging.getLogger("kaffi.supervisor")
 #: Exit status of a child that cannot start (bad app, refused password, unreachable
 #: server): not restarted; the supervisor stops and reports the child's error.
 EXIT_CONFIG = 78
-#: Restart backoff for a child that died: doubles from the first to the cap, and resets
-#: once a child has lived for RESTART_RESET seconds.
+#: Restart backoff for a child that died: a random wait up to a ceiling that doubles from
+#: the first to the cap, reset once a child has lived for RESTART_RESET seconds.
 RESTART_FIRST = 0.25
 RESTART_CAP = 30.0
 RESTART_RESET = 60.0
@@ -146,8 +150,8 @@ def _child_main(
         except OSError as exc:  # the CPU went away (cgroup change): run unpinned
             pin_error = exc
     from kaffi.errors import ConnectError, KaffiError
+    from kaffi.worker.joblog import configure_logging
     from kaffi.worker.loader import load_app
-    from kaffi.worker.logging import configure_logging
     from kaffi.worker.worker import Worker
 
     configure_logging(log_level, log_format)
@@ -233,7 +237,7 @@ class Supervisor:
         self._quiet_requested = False
         self._stop_deadline: float | None = None
         self._restarts: list[tuple[float, float, int]] = []  # (when, backoff used, slot)
-        self._backoff = RESTART_FIRST
+        self._backoff = Backoff(RESTART_FIRST, RESTART_CAP)
         # Set once any child has reached the server: from then on a child that cannot reach
         # it is living through an outage, not showing a mistake in the set-up.
         self._server_seen = False
@@ -442,7 +446,8 @@ class Supervisor:
             )
             return
         if lived > RESTART_RESET:
-            self._backoff = RESTART_FIRST
+            self._backoff.reset()
+        wait = self._backoff.next()
         how = (
             f"killed by {signal.Signals(-code).name}"
             if code is not None and code < 0
@@ -454,10 +459,9 @@ class Supervisor:
             child.process.pid,
             how,
             lived,
-            self._backoff,
+            wait,
         )
-        self._restarts.append((time.monotonic() + self._backoff, self._backoff, child.slot))
-        self._backoff = min(self._backoff * 2, RESTART_CAP)
+        self._restarts.append((time.monotonic() + wait, wait, child.slot))
 
     def _outage(self, child: _Child) -> bool:
         """A replacement child that found the server gone, after the server was reached

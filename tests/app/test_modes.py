@@ -260,7 +260,7 @@ def test_fake_run_all_async_and_delay_async() -> None:
 
 
 def test_fake_run_all_refuses_an_endless_chain(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kaffi.testing.modes as modes
+    import kaffi.app.testing as modes
 
     monkeypatch.setattr(modes, "MAX_RUN_ALL", 5)
     app = App()

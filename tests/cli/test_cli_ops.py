@@ -96,6 +96,23 @@ def test_info_shows_queues_sets_and_version(invoke: Invoke, client: Client) -> N
         assert row.split()[1] == "0"
 
 
+def test_info_shows_which_queues_are_paused(invoke: Invoke, client: Client) -> None:
+    client.push(JobPayload.create(jobtype="a", args=[], queue="held"))
+    client.push(JobPayload.create(jobtype="a", args=[], queue="flowing"))
+    client.queue_pause("held")
+    result = invoke("info")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
+    assert rows["held"][0] == "1"
+    assert rows["held"][-1] == "paused"
+    assert rows["flowing"][-1] == "running"
+    doc = json.loads(invoke("info", "--json").stdout)
+    assert doc["paused_queues"] == ["held"]
+    assert doc["faktory"]["queues"]["held"] == 1
+    client.queue_resume("held")
+    assert json.loads(invoke("info", "--json").stdout)["paused_queues"] == []
+
+
 def test_info_json_is_the_servers_document(invoke: Invoke, client: Client) -> None:
     client.push(JobPayload.create(jobtype="a", args=[], queue="q1"))
     result = invoke("info", "--json")
@@ -118,8 +135,9 @@ def test_render_info_formats_uptime_and_missing_latency() -> None:
     text = ops.render_info(info, {"b": 1.5}, "localhost:7419")
     assert text.splitlines()[0] == "Faktory 1.10.0 at localhost:7419, up 1h 2m 3s, 0 connections"
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()}
-    assert rows["a"] == ["0", "-"]
-    assert rows["b"] == ["3", "1.500s"]
+    assert rows["a"] == ["0", "-", "unknown"]
+    assert rows["b"] == ["3", "1.500s", "unknown"]
+    assert "(this server does not say which queues are paused)" in text.splitlines()
     assert rows["dead"] == ["2"]
     assert rows["retries"] == ["0"]
     # An INFO without Faktory's task sizes says so instead of showing zeros.
@@ -350,7 +368,7 @@ def test_mutate_requeue_by_jid(invoke: Invoke, client: Client) -> None:
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "requeue", "--jid", jid)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"requeued the job with jid {jid} in the dead set"
+    assert result.stdout.strip() == f"requeued the job with jid {jid} in the dead set (dead 2 -> 1)"
     queues, sets = sizes(client)
     assert sets["dead"] == 1
     assert queues["mut"] == 1
@@ -368,7 +386,9 @@ def test_mutate_discard_by_jobtype_asks_first(invoke: Invoke, client: Client) ->
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "discard", "--jobtype", "drop_me", "--yes")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "discarded the jobs of type 'drop_me' in the dead set"
+    assert result.stdout.strip() == (
+        "discarded the jobs of type 'drop_me' in the dead set (dead 2 -> 1)"
+    )
     assert sizes(client)[1]["dead"] == 1
 
 
@@ -378,6 +398,7 @@ def test_mutate_kill_by_match_moves_retries_to_dead(invoke: Invoke, client: Clie
     assert sizes(client)[1]["retries"] == 2
     result = invoke("mutate", "retries", "kill", "--match", "*needle*", input="y\n")
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("in the retries set (retries 2 -> 1, dead 0 -> 1)")
     _, sets = sizes(client)
     assert sets["retries"] == 1
     assert sets["dead"] == 1
@@ -390,6 +411,7 @@ def test_mutate_clear_empties_the_set_and_refuses_filters(invoke: Invoke, client
     assert sizes(client)[1]["dead"] == 2
     result = invoke("mutate", "dead", "clear", "--yes")
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "cleared every job in the dead set (dead 2 -> 0)"
     assert sizes(client)[1]["dead"] == 0
 
 

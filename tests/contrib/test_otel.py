@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 
 from kaffi import App, Client
 from kaffi.contrib.otel import Tracing
-from kaffi.worker.logging import (
+from kaffi.worker.joblog import (
     JOB_LOGGER,
     JsonFormatter,
     TextFormatter,
@@ -234,7 +234,7 @@ def test_app_tracing_true_installs_both_middleware() -> None:
 @pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
 def test_job_line_with_fields_matches_the_record(formatter: logging.Formatter) -> None:
     """The job line written without a record equals the record's formatting, fields and all."""
-    from kaffi.worker.logging import _done_record, install_record_factory
+    from kaffi.worker.joblog import _done_record, install_record_factory
 
     install_record_factory()
     fields = {"trace_id": "a" * 32, "span_id": "b" * 16}
@@ -261,7 +261,7 @@ def test_job_line_with_fields_matches_the_record(formatter: logging.Formatter) -
 
 
 def test_fields_never_reach_lines_outside_a_job() -> None:
-    from kaffi.worker.logging import install_record_factory
+    from kaffi.worker.joblog import install_record_factory
 
     install_record_factory()
     stream = io.StringIO()

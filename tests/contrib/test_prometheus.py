@@ -28,6 +28,7 @@ from kaffi.contrib.prometheus import (
     serve_metrics,
 )
 from kaffi.errors import ConfigurationError, TransportError
+from kaffi.worker import Worker
 from tests.contrib.helpers import REPO_ROOT, parse, scrape, served_url, total, value
 from tests.worker.conftest import WAIT, kaffi_worker, running, wait_until
 
@@ -186,7 +187,7 @@ def test_in_progress_and_state_while_running(faktory_server: Any) -> None:
 def test_server_reachable_follows_connects() -> None:
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    worker = App().worker(events=metrics)
+    worker = Worker(App(), events=metrics)
     metrics.server_reachable(worker, False)
     assert value(parse(generate_latest(registry).decode()), "kaffi_server_reachable") == 0
     metrics.server_reachable(worker, True)

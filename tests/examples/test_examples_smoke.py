@@ -56,6 +56,8 @@ def test_every_example_has_a_smoke_test() -> None:
         "middleware_pool.py",
         "cpu_bound.py",
         "cross_language.py",
+        "fastapi_service.py",
+        "periodic.py",
     }
     examples = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
     assert examples == tested
@@ -94,6 +96,29 @@ def test_producer_and_async_examples(name: str, expected: list[str]) -> None:
     out = run_example(name).stdout
     for line in expected:
         assert line in out
+
+
+def test_fastapi_service() -> None:
+    out = run_example("fastapi_service.py").stdout
+    for name in ("notes.txt", "poem.txt", "empty.txt"):
+        assert f"POST /uploads {name} -> 202, job " in out
+    assert re.search(r"notes\.txt: queued 0% -> .*done 100%; 200 words", out)
+    assert re.search(r"poem\.txt: queued 0% -> .*done 100%; 1080 words", out)
+    assert "empty.txt: queued 0% -> done 100%; 0 words" in out
+    assert out.rstrip().endswith("all 3 uploads processed; service stopped")
+
+
+def test_periodic() -> None:
+    out = run_example("periodic.py").stdout
+    assert re.search(r"nightly_report next runs at \d{4}-\d\d-\d\d 02:30 CES?T", out)
+    assert "two schedulers and a worker started" in out
+    assert (
+        len(re.findall(r"heartbeat\('billing'\) for \S+Z   jid heartbeat@\d{8}T\d{6}Z~", out)) >= 4
+    )
+    counted = re.search(r"(\d+) heartbeats, (\d+) runs: each ran once", out)
+    assert counted is not None, out
+    assert int(counted.group(1)) == int(counted.group(2)) >= 4
+    assert out.rstrip().endswith("server stopped, bye")
 
 
 def test_middleware_pool() -> None:

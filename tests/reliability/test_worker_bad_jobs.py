@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 
 import kaffi
+from kaffi.app.workers import WorkerHandle
 from kaffi.protocol.models import JobPayload
 from kaffi.server import EmbeddedServer
-from kaffi.worker import Worker
 from tests.reliability.support import WAIT, wait_until
 
 pytestmark = pytest.mark.reliability
 
 
 @contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
+def running(worker: WorkerHandle) -> Iterator[WorkerHandle]:
     errors: list[BaseException] = []
 
     def target() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def _port(line: str) -> int:
 def test_default_data_location_is_printed_and_sigint_stops_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FAKTORY_PASSWORD"}
     env["XDG_DATA_HOME"] = str(tmp_path)
-    expected = tmp_path / "kaffi" / "server.sqlite3"
+    expected = tmp_path / "kaffi" / "server-127.0.0.1-0.sqlite3"
     proc, line = _start(["--bind", "127.0.0.1:0"], env)
     try:
         assert f"data in {expected}" in line, line
@@ -162,13 +163,72 @@ def test_default_data_location_is_printed_and_sigint_stops_cleanly(tmp_path: Pat
             jid = client.push({"jobtype": "kept", "queue": "cli-q"})
     finally:
         _, err = _stop(proc, signal.SIGINT)
-    assert "INFO kaffi.server" in err  # --log-level defaults to info
+    # The "listening" line is printed once, on stdout, not logged a second time.
+    assert "listening" not in err
     assert expected.exists()
     # The job is in the default file: a server started on it again hands it out.
     with EmbeddedServer(data=expected) as srv, Client(srv.url) as client:
         job = client.fetch("cli-q")
         assert job is not None
         assert job.jid == jid
+
+
+def test_default_data_file_is_per_bind_address(tmp_path: Path) -> None:
+    """Two servers on two ports start side by side with their default data files."""
+    env = {k: v for k, v in os.environ.items() if k != "FAKTORY_PASSWORD"}
+    env["XDG_DATA_HOME"] = str(tmp_path)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    first, first_line = _start(["--bind", f"127.0.0.1:{ports[0]}"], env)
+    try:
+        second, second_line = _start(["--bind", f"127.0.0.1:{ports[1]}"], env)
+        _stop(second, signal.SIGTERM)
+    finally:
+        _stop(first, signal.SIGTERM)
+    assert f"server-127.0.0.1-{ports[0]}.sqlite3" in first_line
+    assert f"server-127.0.0.1-{ports[1]}.sqlite3" in second_line
+
+
+def test_default_data_path_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    folder = tmp_path / "kaffi"
+    # The default address keeps the file it always had, so existing data carries over.
+    assert default_data_path() == folder / "server.sqlite3"
+    assert default_data_path("127.0.0.1", 7419) == folder / "server.sqlite3"
+    assert default_data_path("127.0.0.1", 7500) == folder / "server-127.0.0.1-7500.sqlite3"
+    assert default_data_path("::1", 7419) == folder / "server-__1-7419.sqlite3"
+
+
+def test_a_data_file_in_use_says_what_to_do(tmp_path: Path) -> None:
+    data = tmp_path / "one.sqlite3"
+    with EmbeddedServer(data=data):
+        result = CliRunner().invoke(main, ["server", "--bind", "127.0.0.1:0", "--data", str(data)])
+    assert result.exit_code == 1
+    assert "another server is using it" in result.stderr
+    assert "(--data FILE) or none (--memory)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("bind", "needle"),
+    [
+        ("nonsense", "no port; give HOST:PORT"),
+        ("127.0.0.1:http", "the port must be a number"),
+        ("127.0.0.1:70000", "port 70000 is out of range"),
+        ("::1", "IPv6 addresses go in brackets"),
+        ("[::1", "give HOST:PORT"),
+        ("[nope]:7419", "'nope' is not an IPv6 address"),
+        ("bad host:7419", "'bad host' is not a host name or address"),
+        ("nonsense.invalid:7419", "cannot resolve host 'nonsense.invalid'"),
+    ],
+)
+def test_bind_must_be_host_colon_port(bind: str, needle: str) -> None:
+    result = CliRunner().invoke(main, ["server", "--bind", bind, "--memory"])
+    assert result.exit_code == 1, result.output
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_tls_password_data_and_log_level_options(tmp_path: Path) -> None:

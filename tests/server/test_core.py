@@ -294,3 +294,30 @@ def test_fail_texts_are_cleaned_like_faktory() -> None:
     assert failure["errtype"] == "unknown"
     assert failure["message"] == "unknown"
     assert failure["remaining"] == 2
+
+
+def test_flush_unpauses_every_queue_and_keeps_the_names() -> None:
+    """Faktory 1.10.0: a queue paused before FLUSH serves its next job (REFERENCE.md)."""
+    core = ServerCore()
+    core.push(job("jid-flush-001", queue="held"))
+    core.pause(["held"])
+    assert core.paused() == ["held"]
+    core.flush()
+    assert core.paused() == []
+    assert core.info()["faktory"]["queues"] == {"held": 0}
+    core.push(job("jid-flush-002", queue="held"))
+    res = core.fetch(["held"], "w")
+    assert res is not None
+    assert res.jid == "jid-flush-002"
+
+
+def test_kaffi_paused_lists_the_paused_queues() -> None:
+    core = ServerCore()
+    s = session(core)
+    for name in ("b", "a", "c"):
+        core.push(job(f"jid-pause-{name}01", queue=name))
+    core.pause(["c", "a"])
+    reply = s.handle(Command("KAFFI", "PAUSED")).reply
+    assert reply == b'$9\r\n["a","c"]\r\n'
+    core.resume(["*"])
+    assert s.handle(Command("KAFFI", "paused")).reply == b"$2\r\n[]\r\n"

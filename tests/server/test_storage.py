@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import pytest
 
 from kaffi.errors import ConfigurationError
 from kaffi.server import EmbeddedServer
+from kaffi.server.core import ServerCore
+from kaffi.server.storage import SqliteJournal
 from tests.server.wire import Closed, Wire, push_line
 
 _LISTENING = re.compile(r"listening on tcp://([\d.]+):(\d+)")
@@ -166,6 +169,44 @@ def test_embedded_restart_keeps_jobs(tmp_path: Path, wire: Callable[..., Wire]) 
         assert w.send("FETCH keep") == ["$-1"]
 
 
+def test_processed_and_failed_totals_survive_a_restart(
+    tmp_path: Path, wire: Callable[..., Wire]
+) -> None:
+    data = tmp_path / "totals.sqlite3"
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        for n in range(3):
+            w.send(push_line(jid=f"jid-total-0000{n}", queue="t", retry=0))
+            w.send("FETCH t")
+        w.send('ACK {"jid":"jid-total-00000"}')
+        w.send('ACK {"jid":"jid-total-00001"}')
+        w.send('FAIL {"jid":"jid-total-00002","errtype":"E","message":"m"}')
+        before = srv.info()["faktory"]
+        assert (before["total_processed"], before["total_failures"]) == (3, 1)
+    with EmbeddedServer(data=data) as srv:
+        after = srv.info()["faktory"]
+        assert (after["total_processed"], after["total_failures"]) == (3, 1)
+        w = wire(server=srv)
+        w.send("FLUSH")  # FLUSH zeroes them, as Faktory's FLUSHDB does, for good too
+    with EmbeddedServer(data=data) as srv:
+        again = srv.info()["faktory"]
+        assert (again["total_processed"], again["total_failures"]) == (0, 0)
+
+
+def test_flush_unpauses_queues_for_good(tmp_path: Path, wire: Callable[..., Wire]) -> None:
+    data = tmp_path / "paused.sqlite3"
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        w.send(push_line(jid="jid-held-00001", queue="held"))
+        w.send("QUEUE PAUSE held")
+        w.send("FLUSH")
+        w.send(push_line(jid="jid-held-00002", queue="held"))
+    # The un-pause was written down too: after a restart the queue still serves.
+    with EmbeddedServer(data=data) as srv:
+        w = wire(server=srv)
+        assert json.loads(w.send("FETCH held")[1])["jid"] == "jid-held-00002"
+
+
 def test_one_server_per_data_file(tmp_path: Path) -> None:
     data = tmp_path / "shared.sqlite3"
     with EmbeddedServer(data=data):
@@ -174,3 +215,40 @@ def test_one_server_per_data_file(tmp_path: Path) -> None:
             second.start()
     with EmbeddedServer(data=data) as again:
         assert again.running
+
+
+def _push_and_fetch(core: ServerCore, jid: str) -> None:
+    core.push({"jid": jid, "jobtype": "t", "args": [], "queue": "default", "retry": 1})
+    assert core.fetch(["default"], "wid-1") is not None
+
+
+def test_daily_counters_are_kept_per_utc_day(tmp_path: Path) -> None:
+    data = tmp_path / "daily.sqlite3"
+    journal = SqliteJournal(data)
+    core = ServerCore(journal=journal)
+    journal.load(core)
+    # Start the clock at the beginning of a known UTC day.
+    day_one = datetime.datetime(2030, 1, 1, 0, 0, 10, tzinfo=datetime.timezone.utc).timestamp()
+    core.clock.advance(day_one - core.clock.now())
+    for n in range(3):
+        _push_and_fetch(core, f"jid-ok-{n:06d}")
+        core.ack(f"jid-ok-{n:06d}")
+    _push_and_fetch(core, "jid-failing-01")
+    core.fail("jid-failing-01", "Boom", "it broke", None)
+    journal.commit()
+    core.clock.advance(86400.0)
+    _push_and_fetch(core, "jid-next-day-1")
+    core.ack("jid-next-day-1")
+    core.flush()  # zeroes the core's counters; the days already written stay
+    _push_and_fetch(core, "jid-next-day-2")
+    core.fail("jid-next-day-2", "Boom", "again", None)
+    journal.close()
+
+    reopened = SqliteJournal(data)
+    try:
+        history = reopened.daily(3, day_one + 86400.0)
+    finally:
+        reopened.close()
+    assert history == [("2029-12-31", 0, 0), ("2030-01-01", 4, 1), ("2030-01-02", 2, 1)]
+    with pytest.raises(ValueError, match="at least 1"):
+        SqliteJournal(tmp_path / "other.sqlite3").daily(0, day_one)

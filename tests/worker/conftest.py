@@ -16,13 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from kaffi.app import App
+from kaffi.app.workers import WorkerHandle
 from kaffi.protocol.models import FaktoryInfo
-from kaffi.worker import Worker
+
+#: Any worker: ``app.worker()`` promises a WorkerHandle, ``Worker(...)`` is one.
+W = TypeVar("W", bound=WorkerHandle)
 
 #: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
 WAIT = 30.0
@@ -37,7 +40,7 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT
         time.sleep(0.01)
 
 
-def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
+def start(worker: WorkerHandle) -> tuple[threading.Thread, list[BaseException]]:
     """Run ``worker`` in a thread; the list gets whatever ``run()`` raised."""
     errors: list[BaseException] = []
 
@@ -53,7 +56,7 @@ def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
 
 
 @contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
+def running(worker: W) -> Iterator[W]:
     """Run ``worker`` in a thread; stop it (and check it stopped cleanly) on exit."""
     thread, errors = start(worker)
     assert worker.ready.wait(WAIT), "worker did not start"

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from click.testing import CliRunner
 from kaffi.app import App
 from kaffi.cli import main
 from kaffi.worker import Worker, supervisor
-from kaffi.worker.logging import JsonFormatter
+from kaffi.worker.backoff import Backoff
+from kaffi.worker.joblog import JsonFormatter
 
 from .conftest import WAIT, kaffi_worker, read_out, stats, wait_until
 
@@ -409,8 +411,10 @@ def _exited_child(code: int) -> supervisor._Child:
     return supervisor._Child(1, _ExitedProcess(code), _SilentPipe())  # type: ignore[arg-type]
 
 
-def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly() -> None:
+def test_supervisor_restarts_with_a_jittered_backoff_and_not_what_exited_cleanly() -> None:
     sup = supervisor.Supervisor("tasks_app:app", processes=1, worker_options={})
+    sup._backoff = Backoff(supervisor.RESTART_FIRST, supervisor.RESTART_CAP, rng=Random(3))
+    twin = Random(3)
 
     def die(code: int) -> None:
         child = _exited_child(code)
@@ -420,11 +424,10 @@ def test_supervisor_restarts_with_a_doubling_backoff_and_not_what_exited_cleanly
     die(-signal.SIGKILL)
     die(1)
     die(-signal.SIGSEGV)
-    assert [backoff for _, backoff, _ in sup._restarts] == [
-        supervisor.RESTART_FIRST,
-        supervisor.RESTART_FIRST * 2,
-        supervisor.RESTART_FIRST * 4,
-    ]
+    waits = [backoff for _, backoff, _ in sup._restarts]
+    # Full jitter: uniform(0, RESTART_FIRST * 2**n), drawn from the supervisor's generator.
+    assert waits == [twin.uniform(0.0, supervisor.RESTART_FIRST * 2**n) for n in range(3)]
+    assert all(0 <= w <= supervisor.RESTART_FIRST * 2**n for n, w in enumerate(waits))
     die(0)  # finished on its own (burst, terminate): not replaced
     stopping = [sup._stopping]
     die(supervisor.EXIT_CONFIG)  # cannot start: restarting would not help, so stop
@@ -454,7 +457,8 @@ def test_a_replacement_child_that_meets_an_outage_is_restarted_not_fatal() -> No
     later._server_seen = True
     fail(later, "unreachable")
     assert (later._stopping, later._start_failure) == (False, None)
-    assert [backoff for _, backoff, _ in later._restarts] == [supervisor.RESTART_FIRST]
+    ((_, wait, _),) = later._restarts
+    assert 0 <= wait <= supervisor.RESTART_FIRST
 
     # A child that cannot start for another reason (bad app, refused password) still stops it.
     fail(later, "cannot-start")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from kaffi.errors import ConfigurationError
-from kaffi.worker.logging import (
+from kaffi.worker.joblog import (
     JsonFormatter,
     KaffiStreamHandler,
     TextFormatter,

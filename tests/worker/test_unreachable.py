@@ -16,7 +16,7 @@ from kaffi.cli import main
 from kaffi.client.aio import AsyncConnection
 from kaffi.errors import ConnectError
 from kaffi.server import EmbeddedServer
-from kaffi.worker import worker as worker_module
+from kaffi.worker import Worker, connections
 
 from .conftest import WAIT, kaffi_worker, running, start, wait_until
 
@@ -97,15 +97,15 @@ def test_a_server_that_comes_up_within_the_connect_timeout_is_used(
 
 def test_a_stop_while_waiting_for_the_server_ends_run_without_an_error() -> None:
     port = closed_port()
-    worker = App(url=f"tcp://127.0.0.1:{port}", connect_timeout=WAIT * 2).worker()
+    worker = Worker(App(url=f"tcp://127.0.0.1:{port}", connect_timeout=WAIT * 2))
     attempts: list[float] = []
-    original = worker._connect
+    original = worker.connector.connect
 
     async def counting_connect() -> AsyncConnection:
         attempts.append(time.monotonic())
         return await original()
 
-    worker._connect = counting_connect  # type: ignore[method-assign]
+    worker.connector.connect = counting_connect  # type: ignore[method-assign]
     thread, errors = start(worker)
     wait_until(lambda: len(attempts) >= 2, "a retried first connection")
     worker.stop(timeout=WAIT)
@@ -167,7 +167,7 @@ def test_the_outage_reminder_and_the_recovery_are_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
-    outage = worker_module._Outage("w1", "tcp://127.0.0.1:7419", clock=lambda: now[0])
+    outage = connections.Outage("w1", "tcp://127.0.0.1:7419", clock=lambda: now[0])
     caplog.set_level(logging.DEBUG, logger="kaffi.worker")
 
     def lines(level: int) -> list[str]:
@@ -179,7 +179,7 @@ def test_the_outage_reminder_and_the_recovery_are_logged_once(
         now[0] += 0.1
     assert len(lines(logging.WARNING)) == 1
     assert "cannot reach the Faktory server at tcp://127.0.0.1:7419" in lines(logging.WARNING)[0]
-    now[0] = 100.0 + worker_module.OUTAGE_REMINDER_SECONDS + 1
+    now[0] = 100.0 + connections.OUTAGE_REMINDER_SECONDS + 1
     outage.connect_failed(error, now[0])
     outage.connect_failed(error, now[0])
     assert len(lines(logging.WARNING)) == 2
@@ -212,15 +212,15 @@ def test_a_lost_server_is_logged_once_and_the_worker_resumes_when_it_is_back(
     def note(n: int) -> None:
         done.append(n)
 
-    worker = app.worker(concurrency=concurrency, beat_interval=0.5)
+    worker = Worker(app, concurrency=concurrency, beat_interval=0.5)
     connects: list[float] = []
-    original = worker._connect
+    original = worker.connector.connect
 
     async def counting_connect() -> AsyncConnection:
         connects.append(time.monotonic())
         return await original()
 
-    worker._connect = counting_connect  # type: ignore[method-assign]
+    worker.connector.connect = counting_connect  # type: ignore[method-assign]
     caplog.set_level(logging.INFO, logger="kaffi.worker")
 
     def messages(level: int) -> list[str]:

@@ -306,11 +306,11 @@ def test_server_quiet_then_terminate(app: App, faktory_server: Any) -> None:
     def noop() -> None:
         return None
 
-    with running(app.worker(concurrency=2)) as worker:
+    with running(Worker(app, concurrency=2)) as worker:
         wait_until(lambda: faktory_server.quiet_worker(worker.wid), "the server to know the worker")
         assert worker.beat() == "quiet"
         assert worker.state == "quiet"
-        wait_until(lambda: worker._live_slots == 0, "every slot to stop fetching")
+        wait_until(lambda: worker.life.live_slots == 0, "every slot to stop fetching")
         noop.delay()
         assert stats(app).queues["default"] == 1  # nobody fetches it
         assert faktory_server.terminate_worker(worker.wid)
@@ -431,7 +431,7 @@ def test_stop_fails_stragglers_with_their_stack(app: App) -> None:
 
 
 def test_worker_cannot_run_twice(app: App) -> None:
-    worker: Worker = app.worker(burst=True)
+    worker = Worker(app, burst=True)
     with running(worker):
         pass
     with pytest.raises(kaffi.ConfigurationError, match="already been started"):

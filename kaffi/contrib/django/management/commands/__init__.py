@@ -1,0 +1,1 @@
+"""``manage.py kaffi_worker`` (see :mod:`.kaffi_worker`)."""

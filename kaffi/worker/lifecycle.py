@@ -1,0 +1,322 @@
+"""The worker's lifecycle (running -> quiet -> terminate -> stopped) and its heartbeat.
+
+States are Faktory's and only ever move forward:
+
+- *running*: slots fetch and run jobs;
+- *quiet* (SIGTSTP, ``worker.quiet()``, a BEAT reply ``quiet``, burst mode once the
+  queues are empty, recycling): no slot starts a new FETCH; a FETCH already sent may
+  still bring a job, which is run; every held job finishes and is reported;
+- *terminate*: the shutdown (:mod:`kaffi.worker.shutdown`);
+- *stopped*: ``run()`` has returned.
+
+:class:`Lifecycle` holds the state, the counters and the events the other parts wait on,
+and makes every transition (always on the worker's loop). :class:`Heartbeat` sends BEAT
+every ``beat_interval`` on a connection of its own (so a FETCH blocked on the server
+never delays it), acts on the server's ``quiet``/``terminate``, touches the health file,
+and watches the memory limit and the supervisor.
+
+This module must not import the slot loop (:mod:`kaffi.worker.processor`) or the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kaffi._procinfo import rss_kb
+from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
+from kaffi.protocol.commands import decode_beat, encode_beat
+
+if TYPE_CHECKING:
+    from kaffi.client.aio import AsyncConnection
+    from kaffi.worker.connections import Connector
+
+__all__ = ["MONITOR_INTERVAL", "QUIET", "RUNNING", "STOPPED", "TERMINATE", "Heartbeat", "Lifecycle"]
+
+log = logging.getLogger("kaffi.worker")
+
+RUNNING, QUIET, TERMINATE, STOPPED = "running", "quiet", "terminate", "stopped"
+#: How often the memory limit and the parent process are checked, when asked for.
+MONITOR_INTERVAL = 1.0
+
+
+class Lifecycle:
+    """The state of one worker and every change to it. Not thread-safe: the worker calls
+    it on its loop (``Worker.quiet()``/``stop()`` from other threads hop onto the loop)."""
+
+    # Slots: the counters are touched several times per job.
+    __slots__ = (
+        "_on_recycle",
+        "burst",
+        "done",
+        "exit_when_idle",
+        "failed",
+        "fatal",
+        "hurry",
+        "hurry_requested",
+        "live_slots",
+        "on_state",
+        "processed",
+        "recycling",
+        "running",
+        "sigint_count",
+        "state",
+        "stop_event",
+        "stop_reason",
+        "timeout",
+        "wake",
+        "wid",
+    )
+
+    def __init__(
+        self,
+        wid: str,
+        *,
+        timeout: float,
+        burst: bool,
+        on_recycle: Callable[[str], None] | None = None,
+        on_state: Callable[[str], None] | None = None,
+    ) -> None:
+        self.wid = wid
+        self.timeout = timeout
+        self.burst = burst
+        self._on_recycle = on_recycle
+        #: Told each state entered by a transition here (quiet, terminate); the worker
+        #: passes it to its WorkerEvents.
+        self.on_state = on_state
+        self.state = RUNNING
+        #: Jobs finished (ACKed or FAILed) and FAILed, since start.
+        self.processed = 0
+        self.failed = 0
+        #: Jobs running now, and slots whose loop has not ended.
+        self.running = 0
+        self.live_slots = 0
+        #: Leave once quiet and idle (burst mode done, recycling).
+        self.exit_when_idle = False
+        self.recycling = False
+        #: Set by a second SIGINT, a fatal error or a cancelled run(): skip the job wait.
+        self.hurry_requested = False
+        self.fatal: BaseException | None = None
+        self.stop_reason = ""
+        self.sigint_count = 0
+        self.stop_event: asyncio.Event | None = None
+        self.wake: asyncio.Event | None = None
+        self.hurry: asyncio.Event | None = None
+        self.done: asyncio.Event | None = None
+
+    def bind(self) -> None:
+        """Create the events on the running loop; honour a quiet() or stop() that came
+        before run()."""
+        self.stop_event = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.hurry = asyncio.Event()
+        self.done = asyncio.Event()
+        if self.state != RUNNING:
+            self.wake.set()
+            if self.state == TERMINATE:
+                self.stop_event.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once the shutdown began."""
+        return self.state in (TERMINATE, STOPPED)
+
+    def enter_quiet(self, reason: str) -> None:
+        """running -> quiet (nothing else)."""
+        if self.state != RUNNING:
+            return
+        self.state = QUIET
+        if self.on_state is not None:
+            self.on_state(QUIET)
+        log.info(
+            "worker %s quiet (%s): no more fetching, finishing %d jobs",
+            self.wid,
+            reason,
+            self.running,
+        )
+        if self.wake is not None:
+            self.wake.set()
+        self.check_idle()
+
+    def request_stop(self, reason: str) -> None:
+        """running/quiet -> terminate: the shutdown begins."""
+        if self.state in (TERMINATE, STOPPED):
+            return
+        self.stop_reason = reason
+        self.state = TERMINATE
+        if self.on_state is not None:
+            self.on_state(TERMINATE)
+        log.info(
+            "worker %s shutting down (%s): %d jobs running, waiting up to %gs",
+            self.wid,
+            reason,
+            self.running,
+            self.timeout,
+        )
+        if self.wake is not None:
+            self.wake.set()
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def hurry_up(self) -> None:
+        """Stop waiting for running jobs (second SIGINT, fatal error, cancelled run)."""
+        self.hurry_requested = True
+        if self.hurry is not None:
+            self.hurry.set()
+
+    def fatal_error(self, exc: BaseException) -> None:
+        """An error that makes running pointless: remembered for run() to raise."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("worker %s cannot run: %s", self.wid, exc)
+        self.hurry_up()
+        self.request_stop(f"fatal: {exc}")
+
+    def check_idle(self) -> None:
+        """When quiet with nothing held and asked to leave then (burst, recycling): stop."""
+        if self.state == QUIET and self.exit_when_idle and self.live_slots == 0:
+            self.request_stop("burst finished" if self.burst and not self.recycling else "recycled")
+
+    def recycle(self, reason: str) -> None:
+        """Quiet, finish, stop (``max_jobs``, ``max_memory_mb``); tell the callback."""
+        if self.recycling:
+            return
+        self.recycling = True
+        self.exit_when_idle = True
+        log.info("worker %s recycling: %s", self.wid, reason)
+        if self._on_recycle is not None:
+            try:
+                self._on_recycle(reason)
+            except Exception:
+                log.exception("the recycle callback failed")
+        self.enter_quiet(f"recycling: {reason}")
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep, but wake as soon as the state changes (quiet/stop)."""
+        wake = self.wake
+        assert wake is not None
+        if wake.is_set() or seconds <= 0:
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            return
+
+
+class Heartbeat:
+    """BEAT every ``interval`` seconds on a connection of its own; the health file; the
+    memory and supervisor watch."""
+
+    def __init__(
+        self,
+        life: Lifecycle,
+        connector: Connector,
+        *,
+        interval: float,
+        health_file: Path | None,
+        max_memory_mb: float | None,
+        parent_pid: int | None,
+    ) -> None:
+        self.life = life
+        self.connector = connector
+        self.interval = interval
+        self.health_file = health_file
+        self.max_memory_mb = max_memory_mb
+        self.parent_pid = parent_pid
+        #: The heartbeat's connection (opened first of all, at start-up).
+        self.conn: AsyncConnection | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def run(self) -> None:
+        """Beat until cancelled; a refused password is fatal, other failures are retried
+        at the next beat."""
+        life = self.life
+        while True:
+            try:
+                await self.beat_once()
+            except AuthenticationError as exc:
+                life.fatal_error(exc)
+                return
+            except (TransportError, RemoteProtocolError, ServerError) as exc:
+                if self.connector.outage.down_since is None:
+                    log.warning("worker %s: heartbeat failed (will retry): %s", life.wid, exc)
+                else:
+                    log.debug("worker %s: heartbeat failed during the outage: %s", life.wid, exc)
+            await asyncio.sleep(self.interval)
+
+    async def beat_once(self) -> str:
+        """One BEAT (reconnecting once if needed); act on the answer and return it."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        life = self.life
+        async with self._lock:
+            current = (
+                None if life.state == RUNNING else (QUIET if life.state == QUIET else TERMINATE)
+            )
+            line = encode_beat(life.wid, current, rss_kb())
+            answer = ""
+            for attempt in (1, 2):
+                conn = self.conn
+                try:
+                    if conn is None or conn.broken:
+                        await self.connector.close(conn)
+                        self.conn = None
+                        conn = self.conn = await self.connector.open()
+                    answer = decode_beat(await conn.request(line))
+                    break
+                except ServerError as exc:
+                    if "unknown worker" not in exc.message or attempt == 2:
+                        raise
+                    # The server forgot us (no BEAT for 60 s): a new HELLO registers the
+                    # wid again; the slots' connections recover by themselves.
+                    log.warning("worker %s: server forgot this worker; registering again", life.wid)
+                    await self.connector.close(conn)
+                    self.conn = None
+                except (TransportError, RemoteProtocolError):
+                    await self.connector.close(conn)
+                    self.conn = None
+                    if attempt == 2:
+                        raise
+        self._touch_health_file()
+        if answer == QUIET:
+            life.enter_quiet("the server asked")
+        elif answer == TERMINATE:
+            life.request_stop("the server asked to terminate")
+        return answer
+
+    async def close(self) -> None:
+        """END the heartbeat's connection."""
+        await self.connector.close(self.conn)
+        self.conn = None
+
+    def _touch_health_file(self) -> None:
+        if self.health_file is None:
+            return
+        try:
+            self.health_file.touch()
+        except OSError as exc:
+            log.warning(
+                "worker %s: cannot touch health file %s: %s", self.life.wid, self.health_file, exc
+            )
+
+    @property
+    def watching(self) -> bool:
+        """Whether :meth:`monitor` has anything to watch."""
+        return self.max_memory_mb is not None or self.parent_pid is not None
+
+    async def monitor(self) -> None:
+        """Recycling by memory, and leaving when the supervisor that started us is gone."""
+        life = self.life
+        while life.state in (RUNNING, QUIET):
+            await asyncio.sleep(MONITOR_INTERVAL)
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                life.request_stop("the supervisor is gone")
+                return
+            if self.max_memory_mb is not None and not life.recycling:
+                used = rss_kb() / 1024
+                if used > self.max_memory_mb:
+                    life.recycle(f"RSS {used:.0f} MB above the limit of {self.max_memory_mb:g} MB")

@@ -1,0 +1,190 @@
+"""The import graph reads top-down: cli -> worker/testing -> app -> client/server ->
+protocol -> errors, with contrib (the optional integrations) beside cli: no layer below
+imports it, but for the one arrow back that ``App(tracing=True)`` needs. Every ``import``
+statement of every module counts, wherever it is (module level, inside a function, under
+``if TYPE_CHECKING:``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import kaffi
+
+PACKAGE = Path(kaffi.__file__).parent
+
+#: The worker's parts behind its manager: integrations see a worker through
+#: ``Worker``, ``WorkerEvents`` and ``job_log_fields`` only.
+WORKER_INTERNALS = (
+    "kaffi.worker.processor",
+    "kaffi.worker.lifecycle",
+    "kaffi.worker.connections",
+    "kaffi.worker.shutdown",
+    "kaffi.worker.backoff",
+    "kaffi.worker.threads",
+    "kaffi.worker.signals",
+)
+
+#: Package (or module) prefix -> the kaffi packages it must never import.
+FORBIDDEN = {
+    "kaffi.errors": ("kaffi.",),
+    "kaffi._procinfo": ("kaffi.",),
+    "kaffi.protocol": (
+        "kaffi.app",
+        "kaffi.worker",
+        "kaffi.server",
+        "kaffi.client",
+        "kaffi.cli",
+        "kaffi.contrib",
+    ),
+    "kaffi.client": (
+        "kaffi.app",
+        "kaffi.worker",
+        "kaffi.server",
+        "kaffi.testing",
+        "kaffi.cli",
+        "kaffi.contrib",
+    ),
+    "kaffi.server": (
+        "kaffi.app",
+        "kaffi.worker",
+        "kaffi.client",
+        "kaffi.testing",
+        "kaffi.cli",
+        "kaffi.contrib",
+    ),
+    "kaffi.app": ("kaffi.worker", "kaffi.testing", "kaffi.cli", "kaffi.contrib"),
+    "kaffi.worker": ("kaffi.testing", "kaffi.cli", "kaffi.contrib"),
+    "kaffi.testing": ("kaffi.cli", "kaffi.contrib"),
+    "kaffi.periodic": ("kaffi.worker", "kaffi.cli", "kaffi.contrib"),
+    "kaffi.contrib": WORKER_INTERNALS,
+}
+
+#: (module, import) pairs allowed despite FORBIDDEN, each for a documented reason.
+ALLOWED = {
+    # App(tracing=True) installs the tracing middleware: imported inside __init__, only
+    # when asked for, so the extra stays unloaded otherwise.
+    ("kaffi.app.app", "kaffi.contrib.otel"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path, name: str) -> set[str]:
+    """Every module ``path`` (module ``name``) imports, relative imports resolved."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            found.add(target)
+            # ``from kaffi import worker`` imports the module kaffi.worker too.
+            found.update(
+                f"{target}.{alias.name}"
+                for alias in node.names
+                if _is_module(f"{target}.{alias.name}")
+            )
+    return found
+
+
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def violations(path: Path, name: str | None = None) -> list[str]:
+    """``name imports target`` for each import of a layer above it."""
+    name = name or module_name(path)
+    rules = [banned for prefix, banned in FORBIDDEN.items() if _within(name, prefix)]
+    return sorted(
+        f"{name} imports {target}"
+        for target in imports_of(path, name)
+        if (name, target) not in ALLOWED
+        for banned in rules
+        for prefix in banned
+        if target == prefix.rstrip(".") or target.startswith(prefix.rstrip(".") + ".")
+    )
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_no_module_imports_a_layer_above_it(path: Path) -> None:
+    assert violations(path) == []
+
+
+def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:
+    # Run the same parser on a module that breaks the rules in each way it can.
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from kaffi.worker import Worker\n"
+        "def f():\n"
+        "    import kaffi.testing.modes\n"
+        "from kaffi import cli\n"
+        "from ..worker.queues import parse_queues\n"
+    )
+    probe = tmp_path / "_layers_probe.py"
+    probe.write_text(source)
+    assert violations(probe, "kaffi.app._layers_probe") == [
+        "kaffi.app._layers_probe imports kaffi.cli",
+        "kaffi.app._layers_probe imports kaffi.testing.modes",
+        "kaffi.app._layers_probe imports kaffi.worker",
+        "kaffi.app._layers_probe imports kaffi.worker.queues",
+    ]
+
+
+def test_every_layer_but_cli_keeps_out_of_contrib(tmp_path: Path) -> None:
+    probe = tmp_path / "_layers_probe.py"
+    probe.write_text("def f():\n    from kaffi.contrib.prometheus import WorkerMetrics\n")
+    for layer in ("protocol", "client", "server", "app", "worker", "testing", "periodic"):
+        assert violations(probe, f"kaffi.{layer}._layers_probe") == [
+            f"kaffi.{layer}._layers_probe imports kaffi.contrib.prometheus"
+        ]
+    assert violations(probe, "kaffi.cli._layers_probe") == []
+    # The one allowed arrow back is that module and that import only.
+    probe.write_text("from kaffi.contrib.otel import Tracing\n")
+    assert violations(probe, "kaffi.app.app") == []
+    assert violations(probe, "kaffi.app.task") == ["kaffi.app.task imports kaffi.contrib.otel"]
+
+
+def test_contrib_sees_the_worker_through_its_public_surface(tmp_path: Path) -> None:
+    probe = tmp_path / "_layers_probe.py"
+    probe.write_text(
+        "from kaffi.worker.events import WorkerEvents\n"
+        "from kaffi.worker.joblog import job_log_fields\n"
+        "from kaffi.worker.worker import Worker\n"
+        "from kaffi.worker.processor import Processor\n"
+    )
+    assert violations(probe, "kaffi.contrib._layers_probe") == [
+        "kaffi.contrib._layers_probe imports kaffi.worker.processor"
+    ]
+
+
+def test_app_worker_and_app_testing_still_work_without_the_imports() -> None:
+    from kaffi.app import App
+    from kaffi.testing.modes import Testing
+    from kaffi.worker import Worker
+
+    app = App()
+    assert isinstance(app.worker(concurrency=2), Worker)
+    assert isinstance(app.testing, Testing)

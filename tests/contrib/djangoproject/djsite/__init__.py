@@ -1,0 +1,1 @@
+"""A small Django project for kaffi.contrib.django's tests (tests/contrib/test_django.py)."""

@@ -1,0 +1,117 @@
+"""WorkerEvents: the worker's parts (lifecycle, connections, slots) tell the observer what
+only the worker loop knows, against a real embedded server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from kaffi import App
+from kaffi.server import EmbeddedServer
+from kaffi.worker import Worker
+from kaffi.worker.events import WorkerEvents
+from tests.worker.conftest import running, wait_until
+
+
+class Recorder(WorkerEvents):
+    """Every event, in order, with the worker it came with."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, object]] = []
+        self.workers: set[int] = set()
+        self.lock = threading.Lock()
+
+    def _note(self, worker: Worker, what: str, value: object = None) -> None:
+        with self.lock:
+            self.seen.append((what, value))
+            self.workers.add(id(worker))
+
+    def started(self, worker: Worker) -> None:
+        self._note(worker, "started")
+
+    def state_changed(self, worker: Worker, state: str) -> None:
+        self._note(worker, "state", state)
+
+    def server_reachable(self, worker: Worker, reachable: bool) -> None:
+        self._note(worker, "reachable", reachable)
+
+    def fetch_empty(self, worker: Worker) -> None:
+        self._note(worker, "fetch_empty")
+
+    def names(self) -> list[tuple[str, object]]:
+        with self.lock:
+            return list(self.seen)
+
+
+def test_started_states_and_empty_fetches_in_order(faktory_server: Any) -> None:
+    app = App(url=faktory_server.url)
+    events = Recorder()
+    worker = Worker(app, concurrency=2, queues=["events-empty"], events=events)
+    assert worker.events is events
+    try:
+        with running(worker):
+            # An empty queue: the server holds each FETCH ~2 s, then it comes back empty.
+            wait_until(lambda: ("fetch_empty", None) in events.names(), "an empty FETCH")
+            worker.quiet()
+            wait_until(lambda: worker.state == "quiet", "quiet")
+    finally:
+        app.close()
+    seen = events.names()
+    assert seen[0] == ("started", None)
+    states = [value for what, value in seen if what == "state"]
+    assert states == ["quiet", "terminate", "stopped"]
+    # Every slot connected once the worker was running: reachable each time, never not.
+    reachable = [value for what, value in seen if what == "reachable"]
+    assert reachable
+    assert set(reachable) == {True}
+    assert events.workers == {id(worker)}
+    # No empty FETCH is reported after the worker stopped.
+    assert seen[-1] == ("state", "stopped")
+
+
+def test_a_lost_server_is_told_unreachable_then_reachable() -> None:
+    server = EmbeddedServer().start()
+    port = server.port
+    app = App(url=server.url)
+    events = Recorder()
+    worker = Worker(app, concurrency=1, beat_interval=0.5, events=events)
+    try:
+        with running(worker):
+            wait_until(lambda: ("reachable", True) in events.names(), "the slot's connection")
+            server.stop()
+            wait_until(lambda: ("reachable", False) in events.names(), "a failed connect")
+            server = EmbeddedServer(bind=f"127.0.0.1:{port}").start()
+            wait_until(
+                lambda: events.names()[-1] == ("reachable", True), "a connect after the outage"
+            )
+    finally:
+        server.stop()
+        app.close()
+    reachable = [value for what, value in events.names() if what == "reachable"]
+    first_down = reachable.index(False)
+    assert True in reachable[first_down:]
+
+
+def test_an_observer_that_raises_is_logged_and_the_worker_runs_on(
+    faktory_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(WorkerEvents):
+        def state_changed(self, worker: Worker, state: str) -> None:
+            raise RuntimeError(f"observer broke on {state}")
+
+    app = App(url=faktory_server.url)
+    worker = Worker(app, concurrency=1, events=Broken())
+    caplog.set_level(logging.ERROR, logger="kaffi.worker")
+    try:
+        with running(worker):
+            worker.quiet()
+            wait_until(lambda: worker.state == "quiet", "quiet")
+        assert worker.state == "stopped"
+    finally:
+        app.close()
+    failures = [r.getMessage() for r in caplog.records if "observer" in r.getMessage()]
+    assert len(failures) == 3, failures  # quiet, terminate, stopped
+    assert all("failed in state_changed" in m for m in failures)
