@@ -1,12 +1,11 @@
 """Prometheus metrics for kaffi workers and producers (``pip install 'kaffi[prometheus]'``).
 
 - :class:`WorkerMetrics`: the worker's numbers. It is a
-  :class:`~kaffi.worker.events.WorkerEvents` (``Worker(events=WorkerMetrics())``): when the
-  worker starts it adds two worker middleware to the App, one first in the chain (jobs by
-  outcome, duration, jobs in progress, latency from ``enqueued_at`` to start) and one last
-  (it notes that the chain reached the job, which tells a job a middleware *dropped*,
-  by not calling ``next``, from one that ran); the worker tells it about empty FETCHes,
-  its state and whether the server can be reached.
+  :class:`~kaffi.worker.events.WorkerEvents` (``Worker(events=WorkerMetrics())``): the
+  worker tells it about every job (jobs by outcome, duration, jobs in progress, latency
+  from ``enqueued_at`` to start), empty FETCHes, its state and whether the server can be
+  reached. Outside a worker (the testing modes), :meth:`WorkerMetrics.install` counts
+  jobs with a worker middleware instead.
 - :class:`PushMetrics`: a push middleware counting jobs pushed and push errors, for
   producers (a web app) that already serve a ``/metrics``.
 - :func:`serve_metrics`: a ``/metrics`` HTTP server in a daemon thread
@@ -21,8 +20,9 @@ celery-exporter's users know. Metric objects are made on first use, in the proce
 uses them: a :class:`WorkerMetrics` given to ``kaffi worker --processes N`` travels to
 each child (by pickle) as its settings only.
 
-This module never touches the worker's internals: it sees jobs through middleware and the
-rest through :class:`~kaffi.worker.events.WorkerEvents`.
+This module never touches the worker's internals: it sees a worker through
+:class:`~kaffi.worker.events.WorkerEvents` only (per job a method call, cheaper than a
+middleware's coroutine), and jobs outside a worker through middleware.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from kaffi.app import App
     from kaffi.app.execution import JobContext
     from kaffi.app.push import PushContext
+    from kaffi.protocol.models import JobPayload
     from kaffi.worker.worker import Worker
 
 __all__ = [
@@ -137,8 +139,8 @@ WORKER_METRICS = {
 #: The values of ``kaffi_worker_state``'s ``state`` label, and the worker state of each.
 STATES = {"running": "running", "quiet": "quiet", "terminate": "terminating", "stopped": "stopped"}
 
-#: JobContext attribute reached() sets: the chain got to the job.
-_REACHED = "_kaffi_metrics_reached"
+#: The Unix epoch, from which a job's ``enqueued_at`` is measured.
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def parse_buckets(text: str) -> tuple[float, ...]:
@@ -311,12 +313,13 @@ class WorkerMetrics(WorkerEvents):
     """A worker's Prometheus metrics (see :data:`WORKER_METRICS`), registered in
     ``registry`` (prometheus-client's default one unless given; None: none).
 
-    Use it as ``app.worker(events=WorkerMetrics())``: when the worker starts it adds its
-    middleware to the App (:meth:`install`). ``buckets`` are the job duration
-    histogram's upper bounds in seconds, ``latency_buckets`` the latency histogram's (the
-    +Inf bucket is always added).
+    Use it as ``app.worker(events=WorkerMetrics())``: the worker tells it about each job
+    (:meth:`job_started`, :meth:`job_finished`). To count jobs run outside a worker (the
+    testing modes), :meth:`install` its middleware on the App. ``buckets`` are the job
+    duration histogram's upper bounds in seconds, ``latency_buckets`` the latency
+    histogram's (the +Inf bucket is always added).
 
-    Per job, the middleware only adds to plain numbers; they are published to the
+    Per job, it only adds to plain numbers; they are published to the
     prometheus-client metrics every ``publish_interval`` seconds on the worker's event
     loop (and when the worker stops), so a scrape may be that much behind. Outside a
     running worker (no loop timer: the testing modes, say) every job is published at once;
@@ -338,6 +341,9 @@ class WorkerMetrics(WorkerEvents):
         self._collectors: _Collectors | None = None
         self._lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
+        #: (a tzinfo, the epoch in it): ``enqueued_at - epoch`` with the same tzinfo object
+        #: on both sides skips the UTC offset calls that make ``timestamp()`` dear (0.5 µs).
+        self._epoch: tuple[Any, datetime] = (None, _EPOCH)
 
     def __getstate__(self) -> dict[str, Any]:
         # Only the settings travel (to a worker process): the metric objects and the
@@ -367,61 +373,72 @@ class WorkerMetrics(WorkerEvents):
     # -- middleware -------------------------------------------------------------------------
 
     def install(self, app: App) -> None:
-        """Add the middleware to ``app``: :meth:`measure` first in the chain (it times the
-        rest) and, when the App has other middleware (which could drop a job),
-        :meth:`reached` last. Calling it again changes nothing."""
+        """Count the jobs ``app`` runs outside a worker (the testing modes) with the
+        :meth:`measure` middleware, first in the chain. A worker given this object as its
+        ``events`` counts its jobs without it (and takes it out of the chain, so no job
+        counts twice). Calling it again changes nothing."""
         if self.measure not in app.middleware:
             app.middleware.insert(0, self.measure)
-        others = [m for m in app.middleware if m != self.measure and m != self.reached]
-        if others and self.reached not in app.middleware:
-            app.middleware.append(self.reached)
 
     async def measure(self, ctx: JobContext, next: Callable[[], Awaitable[None]]) -> None:
-        """Worker middleware around the whole chain: counts the job by outcome (``ok``,
-        ``failed``: it raised, so the worker FAILs it, ``dropped``: the chain stopped
-        before the job), times it, and observes its latency."""
+        """Worker middleware around the whole chain: what the worker's
+        :meth:`job_started` and :meth:`job_finished` calls do, for jobs run outside a
+        worker."""
         job = ctx.job
+        self.job_started(None, job)
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            await next()
+            outcome = "ok" if ctx.performed else "dropped"
+        finally:
+            self.job_finished(None, job, time.monotonic() - started, outcome)
+
+    def _series(self, job: JobPayload) -> _Series:
         collectors = self._collectors or self.collectors
         series = collectors.series.get((job.jobtype, job.queue))
         if series is None:
             series = collectors.series[job.jobtype, job.queue] = _Series(
                 collectors, job.jobtype, job.queue
             )
-        enqueued = job.enqueued_at
-        if enqueued is not None:
-            latency = collectors.latencies.get(job.queue)
-            if latency is None:
-                latency = collectors.latencies[job.queue] = (
-                    collectors.latency.labels(job.queue),
-                    _Tally(collectors.latency_bounds),
-                )
-            latency[1].add(max(time.time() - enqueued.timestamp(), 0.0))
-        series.running += 1
-        fields = ctx.__dict__
-        fields[_REACHED] = False
-        started = time.perf_counter()
-        try:
-            await next()
-        except BaseException:
-            series.failed += 1
-            raise
-        else:
-            # Not reached: dropped, if reached() is in the chain at all (it is left out
-            # when no other middleware could drop the job).
-            if fields[_REACHED] or self.reached not in ctx.app.middleware:
-                series.ok += 1
-            else:
-                series.dropped += 1
-        finally:
-            series.duration.add(time.perf_counter() - started)
-            series.running -= 1
-            if self._timer is None:
-                self.publish()
+        return series
 
-    async def reached(self, ctx: JobContext, next: Callable[[], Awaitable[None]]) -> None:
-        """Worker middleware last in the chain: notes that every middleware called next."""
-        ctx.__dict__[_REACHED] = True
-        await next()
+    def job_started(self, worker: Worker | None, job: JobPayload) -> None:
+        """A job starts: in progress, and its latency (``enqueued_at`` to now) observed."""
+        self._series(job).running += 1
+        enqueued = job.enqueued_at
+        if enqueued is None:
+            return
+        collectors = self._collectors or self.collectors
+        latency = collectors.latencies.get(job.queue)
+        if latency is None:
+            latency = collectors.latencies[job.queue] = (
+                collectors.latency.labels(job.queue),
+                _Tally(collectors.latency_bounds),
+            )
+        tz, epoch = self._epoch
+        if enqueued.tzinfo is not tz:
+            tz = enqueued.tzinfo
+            epoch = _EPOCH.astimezone(tz) if tz is not None else _EPOCH.replace(tzinfo=None)
+            self._epoch = (tz, epoch)
+        waited = time.time() - (enqueued - epoch).total_seconds()
+        latency[1].add(waited if waited > 0.0 else 0.0)
+
+    def job_finished(
+        self, worker: Worker | None, job: JobPayload, duration: float, outcome: str
+    ) -> None:
+        """A job is done: counted by ``outcome``, its duration observed."""
+        series = self._series(job)
+        series.running -= 1
+        if outcome == "ok":
+            series.ok += 1
+        elif outcome == "failed":
+            series.failed += 1
+        else:
+            series.dropped += 1
+        series.duration.add(duration)
+        if self._timer is None:
+            self.publish()
 
     def publish(self) -> None:
         """Move what was counted since the last publish into the prometheus-client
@@ -441,10 +458,11 @@ class WorkerMetrics(WorkerEvents):
     # -- WorkerEvents -----------------------------------------------------------------------
 
     def started(self, worker: Worker) -> None:
-        """Install the middleware on the worker's App and start publishing every
-        ``publish_interval`` seconds on its loop; the state is running and the server
-        reachable."""
-        self.install(worker.app)
+        """Start publishing every ``publish_interval`` seconds on the worker's loop; the
+        state is running and the server reachable. The worker reports jobs itself, so
+        :meth:`measure` leaves its App's chain if it was there."""
+        while self.measure in worker.app.middleware:
+            worker.app.middleware.remove(self.measure)
         self._set_state("running")
         self.collectors.reachable.set(1)
         if self._timer is None:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from kaffi.errors import ConfigurationError
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
-from kaffi.worker.events import WorkerEvents, notify
+from kaffi.worker.events import WorkerEvents, notify, observes_jobs
 from kaffi.worker.joblog import install_record_factory
 from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle
 from kaffi.worker.options import check_options
@@ -175,6 +175,14 @@ class Worker:
             concurrency=self.concurrency,
             max_jobs=self.max_jobs,
             on_fetch_empty=partial(notify, self.events, "fetch_empty", self),
+            # Per job: bound straight to the observer (Processor logs what it raises),
+            # and only when it overrides them.
+            on_job_started=(
+                partial(self.events.job_started, self) if observes_jobs(self.events) else None
+            ),
+            on_job_finished=(
+                partial(self.events.job_finished, self) if observes_jobs(self.events) else None
+            ),
         )
         self.heartbeat = Heartbeat(
             self.life,

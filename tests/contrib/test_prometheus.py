@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.samples import Sample
 
 from kaffi import App, Client
 from kaffi.app.execution import JobContext
@@ -29,6 +30,7 @@ from kaffi.contrib.prometheus import (
 )
 from kaffi.errors import ConfigurationError, TransportError
 from kaffi.worker import Worker
+from tests.contrib import metrics_app
 from tests.contrib.helpers import REPO_ROOT, parse, scrape, served_url, total, value
 from tests.worker.conftest import WAIT, kaffi_worker, running, wait_until
 
@@ -114,17 +116,22 @@ def _metrics_app(url: str) -> App:
     return app
 
 
-def test_worker_metrics_in_process(faktory_server: Any) -> None:
-    registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry, buckets=(0.5, 5.0))
-    app = _metrics_app(faktory_server.url)
+def _drain(app: App, metrics: WorkerMetrics, registry: CollectorRegistry) -> list[Sample]:
+    """Run a burst worker of ``app`` with ``metrics`` to the end; the samples then."""
     try:
         worker = app.worker(queues="m", burst=True, concurrency=2, events=metrics)
         with running(worker):
             wait_until(lambda: worker.state == "stopped", "the burst worker to stop")
-        samples = parse(generate_latest(registry).decode())
+        return parse(generate_latest(registry).decode())
     finally:
         app.close()
+
+
+def test_worker_metrics_in_process(faktory_server: Any) -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry, buckets=(0.5, 5.0))
+    app = _metrics_app(faktory_server.url)
+    samples = _drain(app, metrics, registry)
     jobs = "kaffi_jobs_total"
     assert value(samples, jobs, jobtype="ok", queue="m", outcome="ok") == 3
     assert value(samples, jobs, jobtype="boom", queue="m", outcome="failed") == 1
@@ -139,10 +146,22 @@ def test_worker_metrics_in_process(faktory_server: Any) -> None:
     assert value(samples, "kaffi_worker_state", state="stopped") == 1
     assert value(samples, "kaffi_worker_state", state="running") == 0
     assert value(samples, "kaffi_server_reachable") == 1
-    # Installed first and last in the chain, once.
-    assert app.middleware == [metrics.measure, _drop_skipped, metrics.reached]
+    # The worker told it about each job: no middleware of its own in the chain.
+    assert app.middleware == [_drop_skipped]
+
+
+def test_a_worker_takes_measure_out_of_the_chain(faktory_server: Any) -> None:
+    """install() is for jobs run outside a worker; a worker counts each job once anyway."""
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    app = _metrics_app(faktory_server.url)
     metrics.install(app)
-    assert len(app.middleware) == 3
+    metrics.install(app)
+    assert app.middleware == [metrics.measure, _drop_skipped]
+    samples = _drain(app, metrics, registry)
+    assert app.middleware == [_drop_skipped]
+    assert total(samples, "kaffi_jobs_total") == 5
+    assert value(samples, "kaffi_jobs_total", jobtype="skipped", outcome="dropped") == 1
 
 
 def test_in_progress_and_state_while_running(faktory_server: Any) -> None:
@@ -475,10 +494,26 @@ def test_outside_a_worker_every_job_is_published_at_once() -> None:
         return x
 
     metrics.install(app)
-    # No other middleware could drop a job: no end-of-chain marker to pay for.
     assert app.middleware == [metrics.measure]
     alone.delay(1)
     alone.delay(2)
     samples = parse(generate_latest(registry).decode())
     assert value(samples, "kaffi_jobs_total", jobtype="alone", outcome="ok") == 2
     assert value(samples, "kaffi_job_duration_seconds_count", jobtype="alone") == 2
+
+
+def test_outside_a_worker_dropped_and_failed_jobs_are_told_apart() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    app = App(testing="inline")
+    skipped = app.task(metrics_app.skipped.fn)
+    boom = app.task(metrics_app.boom.fn)
+    app.use(_drop_skipped)
+    metrics.install(app)
+    skipped.delay()
+    with pytest.raises(RuntimeError, match="boom on purpose"):
+        boom.delay()
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, "kaffi_jobs_total", jobtype="skipped", outcome="dropped") == 1
+    assert value(samples, "kaffi_jobs_total", jobtype="boom", outcome="failed") == 1
+    assert total(samples, "kaffi_jobs_in_progress") == 0

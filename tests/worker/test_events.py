@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from kaffi import App
+from kaffi.protocol.models import JobPayload
 from kaffi.server import EmbeddedServer
 from kaffi.worker import Worker
-from kaffi.worker.events import WorkerEvents
+from kaffi.worker.events import WorkerEvents, observes_jobs
+from tests.contrib import metrics_app
 from tests.worker.conftest import running, wait_until
 
 
@@ -115,3 +118,79 @@ def test_an_observer_that_raises_is_logged_and_the_worker_runs_on(
     failures = [r.getMessage() for r in caplog.records if "observer" in r.getMessage()]
     assert len(failures) == 3, failures  # quiet, terminate, stopped
     assert all("failed in state_changed" in m for m in failures)
+
+
+class JobRecorder(WorkerEvents):
+    """The job events: (jobtype, outcome) once finished, and how many started."""
+
+    def __init__(self) -> None:
+        self.started_jobs = 0
+        self.finished: list[tuple[str, str, float]] = []
+
+    def job_started(self, worker: Worker, job: JobPayload) -> None:
+        self.started_jobs += 1
+
+    def job_finished(self, worker: Worker, job: JobPayload, duration: float, outcome: str) -> None:
+        self.finished.append((job.jobtype, outcome, duration))
+
+
+def test_each_job_is_told_started_and_finished_with_its_outcome(faktory_server: Any) -> None:
+    app = App(url=faktory_server.url)
+
+    @app.task(queue="jobs")
+    def fine() -> None:
+        time.sleep(0.05)
+
+    @app.task(queue="jobs")
+    async def broken() -> None:
+        raise RuntimeError("broken")
+
+    # The metrics tests' job a middleware drops, and that middleware.
+    skipped = app.task(queue="jobs")(metrics_app.skipped.fn)
+    app.use(metrics_app.drop_skipped)
+    fine.delay()
+    broken.delay()
+    skipped.delay()
+    events = JobRecorder()
+    worker = Worker(app, queues=["jobs"], concurrency=1, burst=True, events=events)
+    assert observes_jobs(events)
+    assert not observes_jobs(Recorder())
+    try:
+        with running(worker):
+            wait_until(lambda: worker.state == "stopped", "the burst worker to stop")
+    finally:
+        app.close()
+    assert events.started_jobs == 3
+    outcomes = {jobtype: outcome for jobtype, outcome, _ in events.finished}
+    assert outcomes == {"fine": "ok", "broken": "failed", "skipped": "dropped"}
+    (fine_duration,) = [d for jobtype, _, d in events.finished if jobtype == "fine"]
+    assert fine_duration >= 0.05
+
+
+def test_a_job_observer_that_raises_does_not_fail_the_job(
+    faktory_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(WorkerEvents):
+        def job_finished(
+            self, worker: Worker, job: JobPayload, duration: float, outcome: str
+        ) -> None:
+            raise RuntimeError("observer broke")
+
+    app = App(url=faktory_server.url)
+    ran: list[int] = []
+
+    @app.task(queue="jobs-broken-observer")
+    def note(n: int) -> None:
+        ran.append(n)
+
+    note.delay(1)
+    worker = Worker(app, queues=["jobs-broken-observer"], concurrency=1, events=Broken())
+    caplog.set_level(logging.ERROR, logger="kaffi.worker")
+    try:
+        with running(worker):
+            wait_until(lambda: worker.processed == 1, "the job")
+        assert worker.failed == 0
+    finally:
+        app.close()
+    assert ran == [1]
+    assert any("job observer" in r.getMessage() for r in caplog.records)
