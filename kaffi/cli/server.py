@@ -47,6 +47,10 @@ TLS_KEY_HELP = "PEM private key of --tls-cert."
 LOG_LEVEL_HELP = "How much to log: debug, info, warning or error."
 QUIET_HELP = "Do not serve: ask worker WID of the running server to quiet, then exit."
 TERMINATE_HELP = "Do not serve: ask worker WID of the running server to terminate, then exit."
+FETCH_HOLD_HELP = (
+    "Seconds a FETCH on empty queues waits for a job before the server answers none "
+    "(Faktory's 2 s; a test server can answer sooner)."
+)
 URL_HELP = "With --quiet-worker/--terminate-worker: the server's URL (default: from --bind)."
 WEB_HELP = (
     "Address of the web UI, HOST:PORT (default: --bind's host, the port after --bind's). "
@@ -90,6 +94,14 @@ def default_data_path(host: str = "127.0.0.1", port: int = 7419) -> Path:
     show_default=True,
     help=LOG_LEVEL_HELP,
 )
+@click.option(
+    "--fetch-hold",
+    type=float,
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help=FETCH_HOLD_HELP,
+)
 @click.option("--quiet-worker", "quiet_wid", metavar="WID", help=QUIET_HELP)
 @click.option("--terminate-worker", "terminate_wid", metavar="WID", help=TERMINATE_HELP)
 @click.option("--url", default=None, metavar="URL", help=URL_HELP)
@@ -103,6 +115,7 @@ def server_command(
     tls_cert: str | None,
     tls_key: str | None,
     log_level: str,
+    fetch_hold: float,
     quiet_wid: str | None,
     terminate_wid: str | None,
     url: str | None,
@@ -148,7 +161,13 @@ def server_command(
     def make(web: str | None) -> EmbeddedServer:
         with handle_errors():
             return EmbeddedServer(
-                bind, data=data, password=password, tls_cert=tls_cert, tls_key=tls_key, web=web
+                bind,
+                data=data,
+                password=password,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                fetch_hold=fetch_hold,
+                web=web,
             )
 
     server = make(web)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import (
@@ -27,14 +27,27 @@ from kaffi.protocol.models import (
     new_jid,
 )
 
-if TYPE_CHECKING:
-    from kaffi.client.aio import AsyncClient
-    from kaffi.client.client import Client
-
-__all__ = ["Job", "AsyncJob", "as_payload"]
+__all__ = ["Job", "AsyncJob", "JobBuilder", "JobPusher", "AsyncJobPusher", "as_payload"]
 
 
-class _JobBuilder:
+class JobPusher(Protocol):
+    """What a :class:`Job` is bound to: a :class:`~kaffi.client.Client`, or anything with
+    its ``push``. (A protocol, so this module needs no import of the clients.)"""
+
+    def push(self, job: Job, /) -> str:
+        """PUSH ``job``; its jid."""
+
+
+class AsyncJobPusher(Protocol):
+    """What an :class:`AsyncJob` is bound to: an :class:`~kaffi.client.AsyncClient`."""
+
+    async def push(self, job: AsyncJob, /) -> str:
+        """PUSH ``job``; its jid."""
+
+
+class JobBuilder:
+    """The settings both builders share, and how they become a payload."""
+
     __slots__ = (
         "args",
         "at",
@@ -104,12 +117,12 @@ class _JobBuilder:
         )
 
 
-class Job(_JobBuilder):
+class Job(JobBuilder):
     """A job to push through a :class:`~kaffi.client.Client` (``client.job(...)``)."""
 
     __slots__ = ("client",)
 
-    def __init__(self, jobtype: str, *args: Any, client: Client | None = None, **fields: Any):
+    def __init__(self, jobtype: str, *args: Any, client: JobPusher | None = None, **fields: Any):
         super().__init__(jobtype, *args, **fields)
         self.client = client
 
@@ -123,12 +136,14 @@ class Job(_JobBuilder):
         return self.client.push(self)
 
 
-class AsyncJob(_JobBuilder):
+class AsyncJob(JobBuilder):
     """A job to push through an :class:`~kaffi.client.AsyncClient` (``await job.push()``)."""
 
     __slots__ = ("client",)
 
-    def __init__(self, jobtype: str, *args: Any, client: AsyncClient | None = None, **fields: Any):
+    def __init__(
+        self, jobtype: str, *args: Any, client: AsyncJobPusher | None = None, **fields: Any
+    ):
         super().__init__(jobtype, *args, **fields)
         self.client = client
 
@@ -143,7 +158,7 @@ class AsyncJob(_JobBuilder):
 
 
 def as_payload(
-    job: _JobBuilder | JobPayload | EncodedJob | Mapping[str, Any],
+    job: JobBuilder | JobPayload | EncodedJob | Mapping[str, Any],
 ) -> JobPayload | EncodedJob:
     """A validated payload from a builder, a payload or a dict (checked like the server
     would, so a bad field raises ValidationError before anything is sent). A JobPayload
@@ -160,7 +175,7 @@ def as_payload(
         return JobPayload.create(**job)
     if isinstance(job, JobPayload | EncodedJob):
         return job
-    if isinstance(job, _JobBuilder):
+    if isinstance(job, JobBuilder):
         return job.payload()
     raise ValidationError(
         f"expected a Job, a JobPayload or a dict to push, got {type(job).__name__}",

@@ -14,16 +14,29 @@ filters and empties the whole set. The encoding lives in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from kaffi.errors import ValidationError
 from kaffi.protocol.commands import MUTATE_TARGETS, encode_mutate
 
-if TYPE_CHECKING:
-    from kaffi.client.aio import AsyncClient
-    from kaffi.client.client import Client
+__all__ = ["Mutation", "AsyncMutation", "MutationRunner", "AsyncMutationRunner"]
 
-__all__ = ["Mutation", "AsyncMutation"]
+
+class MutationRunner(Protocol):
+    """What a :class:`Mutation` sends its line through (a :class:`~kaffi.client.Client`;
+    a protocol, so this module needs no import of the clients)."""
+
+    def _mutate(self, line: bytes, /) -> None:
+        """Send the MUTATE line and check the server's +OK."""
+
+
+class AsyncMutationRunner(Protocol):
+    """What an :class:`AsyncMutation` sends its line through (an
+    :class:`~kaffi.client.AsyncClient`)."""
+
+    async def _mutate(self, line: bytes, /) -> None:
+        """Send the MUTATE line and check the server's +OK."""
+
 
 _M = TypeVar("_M", bound="_MutationFilter")
 
@@ -97,7 +110,7 @@ class Mutation(_MutationFilter):
 
     __slots__ = ("client",)
 
-    def __init__(self, client: Client, target: str) -> None:
+    def __init__(self, client: MutationRunner, target: str) -> None:
         super().__init__(target)
         self.client = client
 
@@ -123,7 +136,7 @@ class AsyncMutation(_MutationFilter):
 
     __slots__ = ("client",)
 
-    def __init__(self, client: AsyncClient, target: str) -> None:
+    def __init__(self, client: AsyncMutationRunner, target: str) -> None:
         super().__init__(target)
         self.client = client
 

@@ -40,13 +40,11 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from kaffi.client.aio_connection import AsyncConnection
 from kaffi.client.connection import Connection
 from kaffi.errors import ConfigurationError, PoolTimeout, RemoteProtocolError, TransportError
-
-if TYPE_CHECKING:
-    from kaffi.client.aio import AsyncConnection
 
 __all__ = ["ConnectionPool", "AsyncConnectionPool", "STALE_CHECK_AFTER"]
 
@@ -67,7 +65,7 @@ def _poisoned(exc: BaseException) -> bool:
     return isinstance(exc, TransportError | RemoteProtocolError)
 
 
-_C = TypeVar("_C", "Connection", "AsyncConnection")
+_C = TypeVar("_C", Connection, AsyncConnection)
 
 
 class _PoolBase(abc.ABC, Generic[_C]):
@@ -223,7 +221,8 @@ class ConnectionPool(_PoolBase[Connection]):
         close = False
         with self._lock:
             self._in_use -= 1
-            if discard or conn.broken or conn.generation != self._generation:
+            # proto.broken: the same as conn.broken, without a property call per return.
+            if discard or conn.proto.broken or conn.generation != self._generation:
                 close = True
             else:
                 conn.idle_since = time.monotonic()
@@ -277,8 +276,8 @@ class ConnectionPool(_PoolBase[Connection]):
         self._pid = os.getpid()
 
 
-class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
-    """An asyncio pool of :class:`~kaffi.client.aio.AsyncConnection`, for one event loop.
+class AsyncConnectionPool(_PoolBase[AsyncConnection]):
+    """An asyncio pool of :class:`~kaffi.client.aio_connection.AsyncConnection`, for one event loop.
 
     The same arguments as :class:`ConnectionPool`, with an ``opener`` coroutine. Used
     from a different event loop than before (a second ``asyncio.run()``), it forgets the
@@ -394,7 +393,7 @@ class AsyncConnectionPool(_PoolBase["AsyncConnection"]):
             # Borrowed on an event loop the pool has since left behind.
             conn.dispose()
             return
-        if discard or conn.broken or conn.generation != self._generation:
+        if discard or conn.proto.broken or conn.generation != self._generation:
             self._hand_over(None)
             await conn.close()
         else:

@@ -1,9 +1,11 @@
 """The Faktory Work Protocol without I/O: framing, commands, replies and payload models.
 
 Both the clients (:mod:`kaffi.client`) and the embedded server (:mod:`kaffi.server`) are
-built on this package. It must never import ``socket``, ``ssl``, ``threading`` or
-``asyncio``: everything here takes bytes or values and returns bytes or values, so every
-rule can be tested without a network (see ``tests/protocol``).
+built on this package; the client side of a connection, handshake included, is the state
+machine :class:`~kaffi.protocol.connection.ClientConnection`. It must never import
+``socket``, ``ssl``, ``threading`` or ``asyncio``: everything here takes bytes or values and
+returns bytes or values, so every rule can be tested without a network (see
+``tests/protocol``).
 """
 
 from kaffi.protocol.commands import (
@@ -30,9 +32,12 @@ from kaffi.protocol.commands import (
     encode_pushb,
     encode_queue,
     encode_track,
+    format_backtrace,
+    format_exception_backtrace,
     password_hash,
     raise_for_error,
 )
+from kaffi.protocol.connection import ClientConnection, ConnectionState
 from kaffi.protocol.models import (
     Failure,
     Hello,
@@ -62,8 +67,10 @@ from kaffi.protocol.resp import (
 
 __all__ = [
     "BulkReply",
+    "ClientConnection",
     "Command",
     "CommandParser",
+    "ConnectionState",
     "ErrorReply",
     "Failure",
     "Hello",
@@ -102,6 +109,8 @@ __all__ = [
     "encode_reply",
     "encode_simple",
     "encode_track",
+    "format_backtrace",
+    "format_exception_backtrace",
     "format_rfc3339",
     "new_jid",
     "parse_rfc3339",

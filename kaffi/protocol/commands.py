@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import re
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -37,14 +38,17 @@ from kaffi.errors import (
     ValidationError,
 )
 from kaffi.protocol.models import (
+    FAIL_ERRTYPE_MAX,
+    FAIL_MESSAGE_MAX,
+    MAX_BACKTRACE,
     EncodedJob,
     Hello,
     Hi,
     Info,
     JobPayload,
     RejectedJob,
-    _has_non_finite,
     dumps,
+    has_non_finite,
     validate_queue_name,
 )
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
@@ -54,6 +58,7 @@ __all__ = [
     "MUTATE_TARGETS",
     "QUEUE_SUBCOMMANDS",
     "BEAT_STATES",
+    "GO_SPACE",
     "encode_line",
     "encode_hello",
     "encode_push",
@@ -61,6 +66,8 @@ __all__ = [
     "encode_fetch",
     "encode_ack",
     "encode_fail",
+    "format_backtrace",
+    "format_exception_backtrace",
     "encode_beat",
     "encode_info",
     "encode_flush",
@@ -88,10 +95,6 @@ BEAT_STATES = ("quiet", "terminate")
 
 MutateCommand = Literal["clear", "kill", "discard", "requeue"]
 MutateTarget = Literal["retries", "scheduled", "dead"]
-
-_FAIL_ERRTYPE_MAX = 100
-_FAIL_MESSAGE_MAX = 1000
-_FAIL_BACKTRACE_MAX = 50
 
 
 def encode_line(verb: str, arg: str | None = None) -> bytes:
@@ -209,7 +212,7 @@ def encode_pushb(jobs: Iterable[JobPayload | EncodedJob | Mapping[str, Any]]) ->
         # One call into pydantic-core for the whole batch: the same bytes as joining each
         # job's to_json(), about 3x cheaper per job (bench/notes.md has the measurements).
         body = _payload_list_adapter().dump_json(cast(list[JobPayload], batch), exclude_none=True)
-        if (b"NaN" in body or b"Infinity" in body) and _has_non_finite(body):
+        if (b"NaN" in body or b"Infinity" in body) and has_non_finite(body):
             # Name the job, as PUSH would (this raises).
             for job in cast(list[JobPayload], batch):
                 job.to_json_bytes()
@@ -250,9 +253,9 @@ def encode_ack(jid: str) -> bytes:
     return encode_line("ACK", dumps({"jid": jid}))
 
 
-# What Go's strings.TrimSpace removes (unicode.IsSpace): Python's str.strip() would also
-# remove \x1c-\x1f, which Faktory keeps.
-_GO_SPACE = (
+#: What Go's strings.TrimSpace removes (unicode.IsSpace): Python's str.strip() would also
+#: remove \x1c-\x1f, which Faktory keeps.
+GO_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680"
     + "".join(map(chr, range(0x2000, 0x200B)))
     + "\u2028\u2029\u202f\u205f\u3000"
@@ -271,7 +274,7 @@ def _fail_text(text: str, limit: int) -> str:
     # Faktory trims surrounding whitespace *before* cutting, so trim first or leading
     # blanks would eat into what the server keeps. Go cuts bytes, which never keeps more
     # than these characters.
-    return _no_surrogates(text.strip(_GO_SPACE)[:limit])
+    return _no_surrogates(text.strip(GO_SPACE)[:limit])
 
 
 def encode_fail(
@@ -282,12 +285,38 @@ def encode_fail(
     traceback costs nothing on the wire."""
     body: dict[str, Any] = {
         "jid": jid,
-        "errtype": _fail_text(errtype, _FAIL_ERRTYPE_MAX),
-        "message": _fail_text(message, _FAIL_MESSAGE_MAX),
+        "errtype": _fail_text(errtype, FAIL_ERRTYPE_MAX),
+        "message": _fail_text(message, FAIL_MESSAGE_MAX),
     }
     if backtrace:
-        body["backtrace"] = [_no_surrogates(line) for line in backtrace[:_FAIL_BACKTRACE_MAX]]
+        body["backtrace"] = [_no_surrogates(line) for line in backtrace[:MAX_BACKTRACE]]
     return encode_line("FAIL", dumps(body))
+
+
+def format_backtrace(
+    frames: Iterable[traceback.FrameSummary], limit: int | None = None
+) -> list[str]:
+    """The backtrace lines a FAIL carries: ``file:line in function: source`` per frame,
+    innermost first (so the server's 50-line cap keeps the frames closest to the error),
+    at most ``limit`` lines (a job's ``backtrace`` field; None: the server's 50).
+
+    The source text comes from :mod:`linecache`, as in any Python traceback."""
+    cap = MAX_BACKTRACE if limit is None else max(0, min(limit, MAX_BACKTRACE))
+    if cap == 0:
+        return []
+    lines = []
+    for fs in reversed(list(frames)):
+        source = f": {fs.line.strip()}" if fs.line else ""
+        lines.append(f"{fs.filename}:{fs.lineno} in {fs.name}{source}")
+        if len(lines) == cap:
+            break
+    return lines
+
+
+def format_exception_backtrace(exc: BaseException, limit: int | None = None) -> list[str]:
+    """:func:`format_backtrace` of the frames ``exc`` was raised through (none if it was
+    never raised)."""
+    return format_backtrace(traceback.extract_tb(exc.__traceback__), limit)
 
 
 def encode_beat(wid: str, current_state: str | None = None, rss_kb: int | None = None) -> bytes:

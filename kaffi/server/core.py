@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from kaffi._procinfo import rss_kb
+from kaffi.protocol.models import FAIL_ERRTYPE_MAX, FAIL_MESSAGE_MAX, MAX_BACKTRACE
 from kaffi.server import jobs as jobs_mod
+from kaffi.server.gocompat import trim_and_cut
 from kaffi.server.jobs import encode_job, time_string
 
 __all__ = [
@@ -39,7 +41,7 @@ __all__ = [
     "QueuedJob",
     "Reservation",
     "TimedSet",
-    "Worker",
+    "RegisteredWorker",
     "Waiter",
     "ServerCore",
     "CoreError",
@@ -64,9 +66,6 @@ STATE_DEAD = "dead"
 HEARTBEAT_EXPIRY = 60.0
 #: Dead jobs are kept this long (seconds): 180 days, like Faktory.
 DEAD_TTL = 180 * 86400.0
-_FAIL_MESSAGE_MAX = 1000
-_FAIL_ERRTYPE_MAX = 100
-_FAIL_BACKTRACE_MAX = 50
 _WORKER_STATES = {"running": 0, "quiet": 1, "terminate": 2}
 
 
@@ -146,7 +145,7 @@ class Reservation:
 
 
 @dataclass(slots=True)
-class Worker:
+class RegisteredWorker:
     """A worker the server knows by its wid: from HELLO, kept fresh by BEAT."""
 
     wid: str
@@ -372,7 +371,7 @@ class ServerCore:
         self.retries = TimedSet(STATE_RETRY)
         self.scheduled = TimedSet(STATE_SCHEDULED, indexed=True)
         self.dead = TimedSet(STATE_DEAD)
-        self.workers: dict[str, Worker] = {}
+        self.workers: dict[str, RegisteredWorker] = {}
         self._waiters: dict[str, deque[Waiter]] = {}
         self._next_rowid = 1
         self._back = 1.0
@@ -564,8 +563,8 @@ class ServerCore:
         """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
         if not jid:
             raise CoreError("missing JID")
-        errtype = errtype.strip()[:_FAIL_ERRTYPE_MAX] or "unknown"
-        message = message.strip()[:_FAIL_MESSAGE_MAX] or "unknown"
+        errtype = trim_and_cut(errtype, FAIL_ERRTYPE_MAX) or "unknown"
+        message = trim_and_cut(message, FAIL_MESSAGE_MAX) or "unknown"
         res = self.reservations.pop(jid, None)
         if res is None:
             raise CoreError(f"Job not found {jid}")
@@ -581,7 +580,7 @@ class ServerCore:
         retry = job.get("retry")
         if retry is None:
             retry = job["retry"] = jobs_mod.DEFAULT_RETRY
-        lines = list(backtrace[:_FAIL_BACKTRACE_MAX]) if backtrace else None
+        lines = list(backtrace[:MAX_BACKTRACE]) if backtrace else None
         failure = job.get("failure")
         if failure:
             # As Faktory: failed_at keeps the first failure's time, remaining counts down.
@@ -807,12 +806,12 @@ class ServerCore:
 
     def register(
         self, wid: str, hostname: str, pid: int, labels: list[str], conn_id: int
-    ) -> Worker:
+    ) -> RegisteredWorker:
         """HELLO with a wid: know the worker (or add a connection to it)."""
         now = self.clock.now()
         worker = self.workers.get(wid)
         if worker is None:
-            worker = self.workers[wid] = Worker(wid, hostname, pid, labels, now, now)
+            worker = self.workers[wid] = RegisteredWorker(wid, hostname, pid, labels, now, now)
             worker.first_connection = conn_id
         worker.last_beat = now
         worker.connections.add(conn_id)
@@ -827,7 +826,7 @@ class ServerCore:
             if not worker.connections:
                 del self.workers[wid]
 
-    def beat(self, wid: str, current_state: str, rss_kb: int) -> Worker:
+    def beat(self, wid: str, current_state: str, rss_kb: int) -> RegisteredWorker:
         """BEAT: refresh the worker, record its state and rss_kb, return it (its ``state`` is
         what the reply tells it); raises CoreError for an unknown wid."""
         worker = self.workers.get(wid)
@@ -840,7 +839,7 @@ class ServerCore:
         return worker
 
     @staticmethod
-    def _advance_state(worker: Worker, state: str) -> None:
+    def _advance_state(worker: RegisteredWorker, state: str) -> None:
         # States only move forward: running -> quiet -> terminate.
         if _WORKER_STATES.get(state, -1) > _WORKER_STATES[worker.state]:
             worker.state = state

@@ -39,19 +39,28 @@ from urllib.parse import quote
 from kaffi.errors import ConfigurationError, KaffiError
 from kaffi.protocol.resp import DEFAULT_MAX_LINE
 from kaffi.server.core import ServerCore
-from kaffi.server.network import FETCH_TIMEOUT, Network
+from kaffi.server.network import FETCH_HOLD, Network
 from kaffi.server.storage import SqliteJournal
 
 if TYPE_CHECKING:
     from kaffi.server.web.runner import WebServer
 
-__all__ = ["EmbeddedServer", "DEFAULT_MAX_CONNECTIONS", "parse_bind", "is_loopback"]
+__all__ = [
+    "EmbeddedServer",
+    "DEFAULT_MAX_CONNECTIONS",
+    "check_fetch_hold",
+    "parse_bind",
+    "is_loopback",
+]
 
 log = logging.getLogger("kaffi.server")
 
 DEFAULT_MAX_CONNECTIONS = 2000
 _T = TypeVar("_T")
 _CALL_TIMEOUT = 30.0
+#: The shortest and longest FETCH hold the server accepts (``fetch_hold``, seconds).
+MIN_FETCH_HOLD = 0.001
+MAX_FETCH_HOLD = 3600.0
 
 
 #: What a host name may be made of (RFC 1123 labels); IP addresses are checked apart.
@@ -121,8 +130,25 @@ def _resolves(host: str) -> bool:
     return True
 
 
+def check_fetch_hold(seconds: float) -> float:
+    """``seconds`` as a FETCH hold: a finite number of seconds from 0.001 to 3600."""
+    # bool is an int; NaN and infinity fail the range check (NaN compares false).
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ConfigurationError(f"fetch_hold must be a number of seconds, got {seconds!r}")
+    if not MIN_FETCH_HOLD <= seconds <= MAX_FETCH_HOLD:
+        raise ConfigurationError(
+            f"fetch_hold must be from {MIN_FETCH_HOLD:g} to {MAX_FETCH_HOLD:g} seconds, "
+            f"got {seconds!r}"
+        )
+    return float(seconds)
+
+
 class EmbeddedServer:
-    """A Faktory-compatible server (protocol of Faktory 1.10.0) running in this process."""
+    """A Faktory-compatible server (protocol of Faktory 1.10.0) running in this process.
+
+    ``fetch_hold`` is how many seconds a FETCH on empty queues waits for a job before the
+    server answers ``$-1`` (Faktory's 2 s by default; the test fixtures use 0.1 s).
+    """
 
     def __init__(
         self,
@@ -134,7 +160,7 @@ class EmbeddedServer:
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_line: int = DEFAULT_MAX_LINE,
-        fetch_timeout: float = FETCH_TIMEOUT,
+        fetch_hold: float = FETCH_HOLD,
         web: str | None = None,
     ) -> None:
         self._bind_host, self._bind_port = parse_bind(bind)
@@ -162,8 +188,9 @@ class EmbeddedServer:
                 raise ConfigurationError(MISSING_EXTRA)
         if (tls_cert is None) != (tls_key is None):
             raise ConfigurationError("TLS needs both a certificate (tls_cert) and a key (tls_key)")
-        if fetch_timeout <= 0:
-            raise ConfigurationError(f"fetch_timeout must be positive, got {fetch_timeout}")
+        #: How long a FETCH on empty queues waits before ``$-1`` (Faktory: 2 s). Test
+        #: servers shorten it, so a stopping worker's last FETCH does not hold it up.
+        self.fetch_hold = check_fetch_hold(fetch_hold)
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
         self.data = Path(data) if data is not None else None
@@ -171,8 +198,6 @@ class EmbeddedServer:
         self.tls_key = Path(tls_key) if tls_key is not None else None
         self.max_connections = max_connections
         self.max_line = max_line
-        #: How long a FETCH on empty queues waits (Faktory: 2 s); tests may lengthen it.
-        self.fetch_timeout = fetch_timeout
         self.host = ""
         self.port = 0
         #: Where the web UI listens once started (empty and 0 without one).
@@ -263,7 +288,7 @@ class EmbeddedServer:
             journal=journal,
             max_connections=self.max_connections,
             max_line=self.max_line,
-            fetch_timeout=self.fetch_timeout,
+            fetch_hold=self.fetch_hold,
         )
         try:
             self.host, self.port = await net.listen(self._bind_host, self._bind_port, ctx)

@@ -9,21 +9,28 @@ JSON decoder, with no I/O:
   (only called once Python's own parser has refused the text, so the fast path stays C);
 - :func:`loads`: JSON to Python values the way Go decodes into ``interface{}``: every
   number is a float64, so ``1.0`` reads back as ``1`` and ``NaN`` is refused;
-- :func:`parse_rfc3339`: ``time.Parse(time.RFC3339Nano, value)`` with Go's error texts;
+- :func:`parse_rfc3339`: ``time.Parse(time.RFC3339Nano, value)`` with Go's error texts
+  (the parsing itself is the protocol layer's one RFC 3339 parser);
 - :func:`type_name`, :func:`unmarshal_type_error`: the words of Go's ``UnmarshalTypeError``;
+- :func:`trim_and_cut`: ``strings.TrimSpace`` then a cut to N bytes of UTF-8, as Faktory
+  keeps a FAIL's texts.
 - :func:`dumps`: a document of dicts, lists, strings and numbers encoded the way Go's
   ``json.Marshal`` writes it (floats in Go's notation, no spaces).
 
-It must never do I/O or import anything from kaffi outside the standard library.
+It must never do I/O; from kaffi it imports only the protocol layer's rules.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timedelta, timezone
+import re
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
+
+from kaffi.protocol import models
+from kaffi.protocol.commands import GO_SPACE
 
 __all__ = [
     "GoJSONError",
@@ -35,6 +42,7 @@ __all__ = [
     "type_name",
     "unmarshal_type_error",
     "RFC3339_NANO",
+    "trim_and_cut",
     "MAX_DEPTH",
 ]
 
@@ -408,93 +416,42 @@ def _range(value: str, what: str) -> _TimeError:
     return _TimeError(f"parsing time {_time_quote(value)}: {what} out of range")
 
 
-def _getnum(s: str, fixed: bool) -> tuple[int, str] | None:
-    if not s or not s[0].isascii() or not s[0].isdigit():
-        return None
-    if len(s) < 2 or not s[1].isascii() or not s[1].isdigit():
-        if fixed:
-            return None
-        return int(s[0]), s[1:]
-    return int(s[:2]), s[2:]
-
-
-def _days_in(month: int, year: int) -> int:
-    if month == 2:
-        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-        return 29 if leap else 28
-    return 30 if month in (4, 6, 9, 11) else 31
-
-
 def parse_rfc3339(value: str) -> datetime:
     """Parse ``value`` like Go's ``time.Parse(time.RFC3339Nano, value)``.
 
-    Raises ``ValueError`` whose text is Go's error text, so a server can quote it.
+    The parsing is :func:`kaffi.protocol.models.parse_rfc3339`'s (in its Go mode); this
+    adds Go's error text, raised as ``ValueError``, so a server can quote it.
     """
-    rest = value
+    try:
+        return models.parse_rfc3339(value, go=True)
+    except models.RFC3339Error as exc:
+        if exc.kind == "syntax":
+            raise _cannot(value, exc.rest, exc.layout) from None
+        if exc.kind == "range":
+            raise _range(value, exc.what) from None
+        raise _TimeError(
+            f"parsing time {_time_quote(value)}: extra text: {_time_quote(exc.rest)}"
+        ) from None
 
-    def literal(prefix: str) -> None:
-        nonlocal rest
-        if not rest.startswith(prefix):
-            raise _cannot(value, rest, prefix)
-        rest = rest[len(prefix) :]
 
-    hold = rest
-    year_text = rest[:4]
-    if len(rest) < 4 or not (year_text.isascii() and year_text.lstrip("+-").isdigit()):
-        raise _cannot(value, hold, "2006")
-    year = int(year_text)
-    rest = rest[4:]
-    fields: list[int] = []
-    for sep, elem, fixed, name, top in (
-        ("-", "01", True, "month", 12),
-        ("-", "02", True, "", 0),
-        ("T", "15", False, "hour", 23),
-        (":", "04", True, "minute", 59),
-        (":", "05", True, "second", 59),
-    ):
-        literal(sep)
-        hold = rest
-        got = _getnum(rest, fixed)
-        if got is None:
-            raise _cannot(value, hold, elem)
-        number, rest = got
-        if name == "month" and not 1 <= number <= 12:
-            raise _range(value, "month")
-        if name and name != "month" and number > top:
-            raise _range(value, name)
-        fields.append(number)
-    month, day, hour, minute, second = fields
-    nanos = 0
-    if len(rest) >= 2 and rest[0] in ".," and rest[1].isascii() and rest[1].isdigit():
-        k = 1
-        while k < len(rest) and rest[k].isascii() and rest[k].isdigit():
-            k += 1
-        digits = rest[1:k]
-        nanos = int(digits[:9].ljust(9, "0"))
-        rest = rest[k:]
-    hold = rest
-    if rest.startswith("Z"):
-        tz = timezone.utc
-        rest = rest[1:]
-    else:
-        if len(rest) < 6 or rest[3] != ":" or rest[0] not in "+-":
-            raise _cannot(value, hold, "Z07:00")
-        hh = _getnum(rest[1:3], True)
-        mm = _getnum(rest[4:6], True)
-        if hh is None or mm is None:
-            raise _cannot(value, hold, "Z07:00")
-        if hh[0] > 24:
-            raise _range(value, "time zone offset hour")
-        if mm[0] > 60:
-            raise _range(value, "time zone offset minute")
-        delta = timedelta(hours=hh[0], minutes=mm[0])
-        tz = timezone(delta if rest[0] == "+" else -delta)
-        rest = rest[6:]
-    if rest:
-        raise _TimeError(f"parsing time {_time_quote(value)}: extra text: {_time_quote(rest)}")
-    if day < 1 or day > _days_in(month, year):
-        raise _range(value, "day")
-    if year < 1:
-        # Python's datetime cannot hold year 0; such a time is long past, like Go's.
-        return datetime(1, 1, 1, tzinfo=timezone.utc)
-    return datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=tz)
+# -- strings.TrimSpace and s[:n] ------------------------------------------------------------
+
+#: The lone surrogates ``surrogateescape`` decodes invalid UTF-8 bytes to, one per byte.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def trim_and_cut(text: str, limit: int) -> str:
+    """``strings.TrimSpace(text)`` cut to ``limit`` bytes of UTF-8, as Faktory keeps a
+    FAIL's errtype and message.
+
+    Go trims Unicode white space only (``GO_SPACE``: not the ``\\x1c``-``\\x1f`` that
+    Python's ``str.strip()`` also removes), and ``s[:limit]`` cuts bytes, not characters:
+    a character cut in two leaves bytes that Go's JSON encoder writes as one U+FFFD each.
+    """
+    text = text.strip(GO_SPACE)
+    if len(text) <= limit and text.isascii():
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return _ESCAPED_BYTE.sub("\ufffd", data[:limit].decode("utf-8", "surrogateescape"))

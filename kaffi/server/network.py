@@ -38,12 +38,13 @@ from kaffi.server.session import CLOSE, NULL, WAIT, Session
 if TYPE_CHECKING:
     from kaffi.server.storage import SqliteJournal
 
-__all__ = ["Network", "ServerProtocol", "FETCH_TIMEOUT", "HANDSHAKE_TIMEOUT", "TICK_INTERVAL"]
+__all__ = ["Network", "ServerProtocol", "FETCH_HOLD", "HANDSHAKE_TIMEOUT", "TICK_INTERVAL"]
 
 log = logging.getLogger("kaffi.server")
 
-#: How long a FETCH waits for a job before answering ``$-1`` (seconds).
-FETCH_TIMEOUT = 2.0
+#: How long a FETCH on empty queues waits for a job before answering ``$-1`` (seconds):
+#: Faktory 1.10.0 holds it 2 s.
+FETCH_HOLD = 2.0
 #: How long a client has to send HELLO after connecting (seconds).
 HANDSHAKE_TIMEOUT = 2.0
 #: How often the scheduled and retry sets, the reaper and heartbeats are checked.
@@ -216,7 +217,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if not session.quiet_fetch:
             self.net.core.add_waiter(waiter)
         # Reading goes on while blocked, so a client that goes away is noticed at once.
-        self.timer = self.net.loop.call_later(self.net.fetch_timeout, self._fetch_timeout)
+        self.timer = self.net.loop.call_later(self.net.fetch_hold, self._fetch_hold_over)
 
     def _alive(self) -> bool:
         return (
@@ -234,7 +235,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._send(encode_bulk(res.data))
         self._unblock()
 
-    def _fetch_timeout(self) -> None:
+    def _fetch_hold_over(self) -> None:
         self.timer = None
         if self.waiter is None:
             return
@@ -326,10 +327,10 @@ class Network:
         journal: SqliteJournal | None,
         max_connections: int,
         max_line: int,
-        fetch_timeout: float = FETCH_TIMEOUT,
+        fetch_hold: float = FETCH_HOLD,
     ) -> None:
         self.core = core
-        self.fetch_timeout = fetch_timeout
+        self.fetch_hold = fetch_hold
         self.loop = loop
         self.password = password
         self.journal = journal

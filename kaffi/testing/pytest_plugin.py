@@ -5,7 +5,9 @@ Registered through the ``pytest11`` entry point, so installing kaffi is enough:
 - ``faktory_server``: a fresh in-memory :class:`~kaffi.server.EmbeddedServer` on a free
   loopback port for each test (it starts in about a millisecond). It has ``.url``,
   ``.host``, ``.port`` and the server-side controls (``advance_clock``, ``quiet_worker``,
-  ``terminate_worker``, ``info``, ``flush``, ``workers``).
+  ``terminate_worker``, ``info``, ``flush``, ``workers``). Its FETCH on empty queues
+  answers after ``TEST_FETCH_HOLD`` (0.1 s) instead of Faktory's 2 s, so a worker under
+  test stops without waiting out its last FETCH.
 - When the environment variable ``KAFFI_TEST_URL`` is set (``tcp://host:port``, or
   ``tcp+tls://:password@host:port``), ``faktory_server`` is a handle on that server
   instead: FLUSHed before the test, with the same ``.url``; a test that calls a
@@ -30,9 +32,12 @@ from kaffi.protocol.resp import Reply, ReplyParser
 if TYPE_CHECKING:
     from kaffi.client import Client
 
-__all__ = ["RemoteServer", "faktory_server", "kaffi_client", "TEST_URL_ENV"]
+__all__ = ["RemoteServer", "faktory_server", "kaffi_client", "TEST_URL_ENV", "TEST_FETCH_HOLD"]
 
 TEST_URL_ENV = "KAFFI_TEST_URL"
+#: Seconds the test server holds a FETCH on empty queues (Faktory holds it 2 s): long
+#: enough that an idle worker does not spin, short enough that stopping one is quick.
+TEST_FETCH_HOLD = 0.1
 _TIMEOUT = 10.0
 
 
@@ -122,7 +127,7 @@ def faktory_server() -> Iterator[Any]:
         return
     from kaffi.server import EmbeddedServer
 
-    with EmbeddedServer() as server:
+    with EmbeddedServer(fetch_hold=TEST_FETCH_HOLD) as server:
         yield server
 
 

@@ -40,12 +40,19 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaffi.errors import AuthenticationError, RemoteProtocolError, ServerError, TransportError
-from kaffi.protocol.commands import decode_fetch, decode_info, encode_ack, encode_fail, encode_info
-from kaffi.protocol.models import MAX_BACKTRACE, JobPayload
+from kaffi.protocol.commands import (
+    decode_fetch,
+    decode_info,
+    encode_ack,
+    encode_fail,
+    encode_info,
+    format_backtrace,
+)
+from kaffi.protocol.models import JobPayload
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply
 from kaffi.worker.backoff import BACKOFF_CAP, Backoff, idle_fetch_delay
 from kaffi.worker.joblog import job_context, log_job_done
@@ -86,21 +93,6 @@ SHUTDOWN_ERRTYPE = "WorkerShutdown"
 _current_slot: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
     "kaffi_worker_slot", default=None
 )
-
-
-def format_backtrace(frames: Iterable[traceback.FrameSummary], limit: int | None) -> list[str]:
-    """``file:line in function: source`` per frame, innermost first, at most ``limit``
-    lines (None: the server's 50)."""
-    cap = MAX_BACKTRACE if limit is None else max(0, min(limit, MAX_BACKTRACE))
-    if cap == 0:
-        return []
-    lines = []
-    for fs in reversed(list(frames)):
-        source = f": {fs.line.strip()}" if fs.line else ""
-        lines.append(f"{fs.filename}:{fs.lineno} in {fs.name}{source}")
-        if len(lines) == cap:
-            break
-    return lines
 
 
 class Slot:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -18,6 +17,7 @@ from kaffi import App, Client
 from kaffi.app.push import PushContext
 from kaffi.errors import ConfigurationError, ConnectError, ValidationError
 from kaffi.protocol.models import JobPayload
+from tests.support import closed_port_url
 
 
 @pytest.fixture
@@ -41,14 +41,6 @@ def fetch_all(app: App, client: Client, *queues: str) -> list[JobPayload]:
 
 def queue_size(app: App, queue: str) -> int:
     return app.client.info().faktory.queues.get(queue, 0)
-
-
-def closed_port_url() -> str:
-    """A loopback URL where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
 
 
 def test_delay_pushes_a_job_any_worker_can_run(app: App, kaffi_client: Client) -> None:

@@ -175,14 +175,30 @@ def test_context_provider_gets_the_context(fn_kind: str, provider_kind: str) -> 
     assert seen == [("fn", 7), ("provider", "conn", [7])]
 
 
-def test_returned_class_is_not_a_provider() -> None:
+@pytest.mark.parametrize("fn_kind", ["sync", "async"])
+def test_returned_class_is_not_a_provider(fn_kind: str) -> None:
     app = App()
+    ran: list[str] = []
+    constructed: list[tuple[object, ...]] = []
 
-    @app.task
+    class Recorder:
+        # Called as a provider, it would be constructed with the job's context.
+        def __init__(self, *args: object) -> None:
+            constructed.append(args)
+
     def make() -> type:
-        return dict
+        ran.append("sync")
+        return Recorder
 
-    run(app, job("make"))
+    async def amake() -> type:
+        ran.append("async")
+        return Recorder
+
+    app.register("make", make if fn_kind == "sync" else amake)
+    ctx = run(app, job("make"))
+    assert ran == [fn_kind]
+    assert constructed == []
+    assert ctx.jobtype == "make"
 
 
 def test_sync_function_returning_a_coroutine_is_awaited() -> None:

@@ -138,17 +138,35 @@ def test_exceptions_propagate_unchanged_and_can_be_caught(kind: str) -> None:
     assert caught == [error]
 
 
-def test_middleware_can_swallow_an_error() -> None:
+@pytest.mark.parametrize("kind", ["plain", "async"])
+def test_middleware_can_swallow_an_error(kind: str) -> None:
+    swallowed: list[Boom] = []
+    after: list[str] = []
+    error = Boom()
+
     def plain(ctx: Any, next: Callable[[], None]) -> None:
         try:
             next()
-        except Boom:
-            return
+        except Boom as exc:
+            swallowed.append(exc)
+
+    async def coro(ctx: Any, next: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await next()
+        except Boom as exc:
+            swallowed.append(exc)
+
+    def outer(ctx: Any, next: Callable[[], None]) -> None:
+        next()  # returns normally: the error never reaches this middleware
+        after.append("outer")
 
     async def core(run_sync: RunSync | None) -> None:
-        raise Boom
+        raise error
 
-    asyncio.run(run_chain([plain], None, core))
+    chain = [outer, plain if kind == "plain" else coro]
+    assert asyncio.run(run_chain(chain, None, core)) is None
+    assert swallowed == [error]
+    assert after == ["outer"]
 
 
 @pytest.mark.parametrize("kind", ["plain", "async"])

@@ -46,8 +46,21 @@ def test_use_and_register_act_on_the_default_app_and_chain(default_app: App) -> 
     assert app_module.default_app() is default_app
 
 
-def test_stop_without_a_running_worker_does_nothing(default_app: App) -> None:
+def test_stop_without_a_running_worker_does_nothing(
+    default_app: App, faktory_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKTORY_URL", faktory_server.url)
+    monkeypatch.delenv("FAKTORY_PROVIDER", raising=False)
+    assert app_module._running is None
     kaffi.stop()
+    assert app_module._running is None
+    # Nothing is left pending: the next work() runs its job as if stop() was never called.
+    seen: list[int] = []
+    kaffi.register("add", lambda a, b: seen.append(a + b))
+    default_app.tasks["add"].delay(1, 1)
+    worker = kaffi.work(concurrency=1, burst=True)
+    assert seen == [2]
+    assert worker.processed == 1
 
 
 def test_work_runs_the_default_app_until_burst_ends(

@@ -4,7 +4,6 @@ server (the embedded one from the ``faktory_server`` fixture, or KAFFI_TEST_URL)
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,6 +15,7 @@ from click.testing import CliRunner, Result
 from kaffi.cli import main, ops
 from kaffi.client import Client
 from kaffi.protocol.models import JobPayload
+from tests.support import closed_port_url, embedded_server
 
 Invoke = Callable[..., Result]
 
@@ -42,14 +42,6 @@ def invoke(server_url: str, client: Client) -> Invoke:
         return runner.invoke(main, [*args, "--url", url or server_url], input=input)
 
     return run
-
-
-def closed_port_url() -> str:
-    """A loopback URL where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
 
 
 def sizes(client: Client) -> tuple[dict[str, int], dict[str, int]]:
@@ -504,9 +496,8 @@ def test_help_texts_are_the_constants() -> None:
 
 @pytest.mark.parametrize("args", [["info"], ["push", "x"], ["queue", "pause", "q"]])
 def test_wrong_password_is_one_line(args: list[str]) -> None:
-    from kaffi.server import EmbeddedServer
 
-    with EmbeddedServer(password="s3cret") as server:
+    with embedded_server(password="s3cret") as server:
         wrong = f"tcp://:not-it@127.0.0.1:{server.port}"
         result = CliRunner().invoke(main, [*args, "--url", wrong])
         assert_one_line_error(result)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from kaffi.client import Client
+from tests.support import closed_port_url, embedded_server
 
 TIMEOUT = 30
 
@@ -87,22 +87,19 @@ def test_destructive_commands_refuse_without_a_terminal(
 
 
 def test_unreachable_server_is_one_line() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = kaffi("info", "--url", f"tcp://127.0.0.1:{port}")
+    url = closed_port_url()
+    result = kaffi("info", "--url", url)
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("kaffi: error: ")
-    assert f"127.0.0.1:{port}" in lines[0]
+    assert url.removeprefix("tcp://") in lines[0]
 
 
 def test_wrong_password_is_one_line() -> None:
-    from kaffi.server import EmbeddedServer
 
-    with EmbeddedServer(password="s3cret") as server:
+    with embedded_server(password="s3cret") as server:
         result = kaffi("push", "x", "--url", f"tcp://:not-it@127.0.0.1:{server.port}")
         assert result.returncode == 1
         assert result.stdout == ""

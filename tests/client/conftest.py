@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from kaffi.client import Client
-from tests.client.fake_faktory import FakeFaktory
+from tests.support import FakeFaktory
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import select
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -29,7 +28,7 @@ from kaffi.errors import (
 )
 from kaffi.protocol.commands import encode_ack, encode_fetch, encode_info
 from kaffi.protocol.resp import BulkReply, SimpleReply, encode_bulk
-from tests.client.fake_faktory import CLOSE, SILENT, FakeFaktory, expected_pwdhash
+from tests.support import CLOSE, SILENT, FakeFaktory, closed_port_url, expected_pwdhash
 
 T = TypeVar("T")
 
@@ -92,13 +91,11 @@ def test_connection_password() -> None:
 
 
 def test_connection_refused() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
+    url = closed_port_url()
 
     async def main() -> None:
         with pytest.raises(ConnectError, match="could not connect"):
-            await AsyncConnection.open(resolve_settings(f"tcp://127.0.0.1:{port}"))
+            await AsyncConnection.open(resolve_settings(url))
 
     run(main())
 

@@ -17,7 +17,7 @@ from kaffi.client.connection import Connection
 from kaffi.errors import ReadTimeout, ServerError, TransportError, ValidationError
 from kaffi.protocol.models import EncodedJob, JobPayload
 from kaffi.protocol.resp import encode_bulk, encode_error
-from tests.client.fake_faktory import CLOSE, SILENT, FakeFaktory
+from tests.support import CLOSE, SILENT, FakeFaktory
 
 
 def pushb_jids(line: str) -> list[str]:
@@ -169,7 +169,7 @@ def test_async_two_in_flight_and_resend_after_a_drop(fake: FakeFaktory) -> None:
 
 def test_async_a_bad_job_in_a_later_chunk(fake: FakeFaktory) -> None:
     given: list[Any] = jobs(PUSHB_CHUNK + 1)
-    given[PUSHB_CHUNK] = {"jobtype": "A", "reserve_for": 1}
+    given[PUSHB_CHUNK] = {"jobtype": "A", "reserve_for": 90_000}
 
     async def body(client: AsyncClient) -> None:
         with pytest.raises(ValidationError, match=r"job 1000: .*jobs 0 to 999 were already"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import select
-import socket
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from kaffi.client import Client, Job, resolve_settings
-from kaffi.client.client import PUSHB_CHUNK, format_backtrace
+from kaffi.client.client import PUSHB_CHUNK
 from kaffi.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -25,9 +24,10 @@ from kaffi.errors import (
     ServerError,
     ValidationError,
 )
+from kaffi.protocol.commands import format_exception_backtrace
 from kaffi.protocol.models import JobPayload
 from kaffi.protocol.resp import encode_bulk
-from tests.client.fake_faktory import CLOSE, SILENT, FakeFaktory
+from tests.support import CLOSE, SILENT, FakeFaktory, closed_port_url
 
 
 def sent_json(line: str) -> Any:
@@ -97,7 +97,7 @@ def test_job_builder(client: Client, fake: FakeFaktory) -> None:
 
 def test_job_builder_validates_on_push(client: Client, fake: FakeFaktory) -> None:
     job = client.job("A")
-    job.reserve_for = 5
+    job.reserve_for = 90_000
     with pytest.raises(ValidationError, match="reserve_for"):
         job.push()
     assert fake.commands("PUSH") == []
@@ -181,7 +181,8 @@ def test_fail_from_an_exception(client: Client, fake: FakeFaktory) -> None:
     assert sent["errtype"] == "ValueError"
     assert sent["message"] == "it broke"
     assert len(sent["backtrace"]) == 2
-    assert sent["backtrace"][0].endswith(" in raise_value_error")  # innermost first
+    # Innermost first, as the worker formats it: file:line in function: source.
+    assert sent["backtrace"][0].endswith(' in raise_value_error: raise ValueError("it broke")')
     assert "test_client.py:" in sent["backtrace"][1]
 
 
@@ -210,7 +211,7 @@ def test_fail_unknown_job(client: Client, fake: FakeFaktory) -> None:
 
 
 def test_format_backtrace_of_an_unraised_exception() -> None:
-    assert format_backtrace(ValueError("never raised")) == []
+    assert format_exception_backtrace(ValueError("never raised")) == []
 
 
 def test_beat(fake: FakeFaktory) -> None:
@@ -353,11 +354,8 @@ def test_connect_proves_the_server_is_reachable(fake: FakeFaktory) -> None:
 
 
 def test_connect_to_nothing() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
     with pytest.raises(ConnectError):
-        Client(f"tcp://127.0.0.1:{port}").connect()
+        Client(closed_port_url()).connect()
 
 
 def test_context_manager_ends_connections_and_client_stays_usable(fake: FakeFaktory) -> None:

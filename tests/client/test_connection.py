@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 
 import pytest
@@ -23,7 +22,7 @@ from kaffi.errors import (
 )
 from kaffi.protocol.commands import decode_fetch, encode_ack, encode_fetch, encode_info
 from kaffi.protocol.resp import BulkReply, ErrorReply, SimpleReply
-from tests.client.fake_faktory import CLOSE, SILENT, FakeFaktory, expected_pwdhash
+from tests.support import CLOSE, SILENT, FakeFaktory, closed_port_url, expected_pwdhash, wait_until
 
 
 def settings(server: FakeFaktory, **options: float) -> ConnectionSettings:
@@ -118,11 +117,8 @@ def test_missing_password_is_refused_before_sending_hello() -> None:
 
 
 def test_connection_refused() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
     with pytest.raises(ConnectError, match="could not connect"):
-        Connection.open(resolve_settings(f"tcp://127.0.0.1:{port}", connect_timeout=2))
+        Connection.open(resolve_settings(closed_port_url(), connect_timeout=2))
 
 
 def test_silent_server_at_connect_is_a_connect_timeout() -> None:
@@ -231,10 +227,7 @@ def test_is_stale_notices_a_closed_server(fake: FakeFaktory) -> None:
     conn = Connection.open(settings(fake))
     assert not conn.is_stale()
     fake.drop_connections()
-    deadline = time.monotonic() + 5
-    while not conn.is_stale():
-        assert time.monotonic() < deadline, "the closed connection never looked stale"
-        time.sleep(0.01)
+    wait_until(conn.is_stale, "the closed connection to look stale")
     assert conn.broken
     conn.close()
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kaffi.client import AsyncClient, Client
-from tests.client.fake_faktory import FakeFaktory
+from tests.support import FakeFaktory
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 

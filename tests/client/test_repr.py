@@ -6,13 +6,13 @@ import asyncio
 from pathlib import Path
 
 from kaffi.client import AsyncClient, Client
-from kaffi.server import EmbeddedServer
+from tests.support import embedded_server
 
 PASSWORD = "s3cret-pw-9z"
 
 
 def test_sync_client_and_pool_repr_show_state_not_the_password() -> None:
-    with EmbeddedServer(password=PASSWORD) as srv:
+    with embedded_server(password=PASSWORD) as srv:
         assert PASSWORD in srv.url  # the URL a client needs carries it...
         assert PASSWORD not in repr(srv)  # ...the repr never does
         assert f"listening on 127.0.0.1:{srv.port}" in repr(srv)
@@ -32,7 +32,7 @@ def test_sync_client_and_pool_repr_show_state_not_the_password() -> None:
 def test_async_client_and_pool_repr_show_state_not_the_password() -> None:
     async def main() -> tuple[str, str]:
         async with (
-            EmbeddedServer(password=PASSWORD) as srv,
+            embedded_server(password=PASSWORD) as srv,
             AsyncClient(srv.url, pool_size=2) as client,
         ):
             await client.connect()
@@ -51,7 +51,7 @@ def test_async_client_and_pool_repr_show_state_not_the_password() -> None:
 
 def test_server_repr_names_its_data_file(tmp_path: Path) -> None:
     data = tmp_path / "jobs.sqlite3"
-    with EmbeddedServer(data=data, password=PASSWORD) as srv:
+    with embedded_server(data=data, password=PASSWORD) as srv:
         assert f"storage={data}" in repr(srv)
         assert PASSWORD not in repr(srv)
     assert repr(srv) == f"<EmbeddedServer stopped storage={data}>"

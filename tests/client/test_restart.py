@@ -8,18 +8,18 @@ import asyncio
 from pathlib import Path
 
 from kaffi.client import AsyncClient, Client
-from kaffi.server import EmbeddedServer
+from tests.support import embedded_server
 
 
 def test_sync_client_across_a_server_restart(tmp_path: Path) -> None:
     data = tmp_path / "jobs.sqlite3"
-    with EmbeddedServer(data=data) as first:
+    with embedded_server(data=data) as first:
         port = first.port
         client = Client(first.url, wid="w-restart", pool_size=2)
         jid = client.push({"jobtype": "A", "queue": "restart"})
         assert client.pool.idle == 1
     try:
-        with EmbeddedServer(f"127.0.0.1:{port}", data=data):
+        with embedded_server(f"127.0.0.1:{port}", data=data):
             job = client.fetch("restart")  # FETCH is never retried: the pool must notice
             assert job is not None
             assert job.jid == jid
@@ -34,13 +34,13 @@ def test_async_client_across_a_server_restart(tmp_path: Path) -> None:
     data = tmp_path / "jobs.sqlite3"
 
     async def main() -> None:
-        async with EmbeddedServer(data=data) as first:
+        async with embedded_server(data=data) as first:
             port = first.port
             client = AsyncClient(first.url, wid="w-arestart", pool_size=2)
             jid = await client.push({"jobtype": "A", "queue": "restart"})
             assert client.pool.idle == 1
         try:
-            async with EmbeddedServer(f"127.0.0.1:{port}", data=data):
+            async with embedded_server(f"127.0.0.1:{port}", data=data):
                 job = await client.fetch("restart")
                 assert job is not None
                 assert job.jid == jid

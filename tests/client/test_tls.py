@@ -15,8 +15,8 @@ import pytest
 
 from kaffi.client import AsyncClient, Client
 from kaffi.errors import ConnectError
-from tests.client.fake_faktory import FakeFaktory
 from tests.reliability import certs
+from tests.support import FakeFaktory
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,20 @@ from kaffi.client import Client, Connection, resolve_settings
 from kaffi.client import connection as connection_module
 from kaffi.errors import ReadError, ReadTimeout, ServerError, WriteTimeout
 from kaffi.protocol.commands import encode_ack
-from kaffi.protocol.models import Hi
+from kaffi.protocol.connection import ClientConnection
 from kaffi.protocol.resp import ErrorReply, SimpleReply
-from tests.client.fake_faktory import FakeFaktory
+from tests.support import FakeFaktory
 
 LINE = encode_ack("jid-00000001")
+
+
+def greeted() -> ClientConnection:
+    """The protocol state of a connection past HI/HELLO."""
+    proto = ClientConnection()
+    proto.receive_reply(b'+HI {"v":2}\r\n')
+    proto.send_hello(hostname="test", pid=1)
+    assert proto.receive_reply(b"+OK\r\n") == SimpleReply("OK")
+    return proto
 
 
 @pytest.fixture
@@ -29,7 +38,7 @@ def pair() -> Iterator[tuple[Connection, socket.socket]]:
     """A greeted-looking Connection on one end of a socket pair; the test is the server."""
     ours, theirs = socket.socketpair()
     theirs.settimeout(10)
-    conn = Connection(ours, resolve_settings("tcp://127.0.0.1:7419", timeout=5), Hi(v=2))
+    conn = Connection(ours, resolve_settings("tcp://127.0.0.1:7419", timeout=5), greeted())
     conn._start_deadlines()
     yield conn, theirs
     conn.abandon()
@@ -171,7 +180,7 @@ def test_a_large_command_is_written_as_the_peer_drains_it(
 def test_a_peer_that_stops_reading_is_a_write_timeout() -> None:
     ours, theirs = socket.socketpair()
     try:
-        conn = Connection(ours, resolve_settings("tcp://127.0.0.1:7419", timeout=0.3), Hi(v=2))
+        conn = Connection(ours, resolve_settings("tcp://127.0.0.1:7419", timeout=0.3), greeted())
         conn._start_deadlines()
         started = time.monotonic()
         with pytest.raises(WriteTimeout):

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 from kaffi.server import EmbeddedServer
+from tests.support import embedded_server
 
 
 @pytest.fixture
 def srv() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         yield server

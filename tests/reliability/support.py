@@ -14,10 +14,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,31 +23,7 @@ from typing import Any
 
 from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import ErrorReply, Reply, ReplyParser, SimpleReply
-
-#: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
-WAIT = 30.0
-#: How often polling loops look again.
-POLL = 0.02
-
-
-def wait_until(
-    predicate: Callable[[], object], what: str | Callable[[], str], timeout: float = WAIT
-) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            text = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {text}")
-        time.sleep(POLL)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (for a server restarted on the same port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from tests.support import WAIT, LogLines, wait_until
 
 # -- raw protocol sessions -------------------------------------------------------------------
 
@@ -316,41 +290,6 @@ class Project:
         return [line.split(" ", 1)[0] for line in read_lines(self.out) if line.endswith(" " + tag)]
 
 
-class LogPump:
-    """Collects a subprocess's output lines in a thread, so tests can wait on them."""
-
-    def __init__(self, stream: Any) -> None:
-        self.lines: list[str] = []
-        self._stream = stream
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for line in self._stream:
-                self.lines.append(line.rstrip("\n"))
-        except (OSError, ValueError):
-            # The pipe was closed under us: the process is gone and so is its output.
-            pass
-        finally:
-            self._done.set()
-
-    def wait_for(self, needle: str, timeout: float = WAIT) -> str:
-        wait_until(
-            lambda: any(needle in line for line in self.lines),
-            lambda: f"a log line with {needle!r}; last lines:\n" + "\n".join(self.lines[-20:]),
-            timeout,
-        )
-        return next(line for line in self.lines if needle in line)
-
-    def finish(self, timeout: float = 5.0) -> None:
-        self._done.wait(timeout)
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
 class Proc:
     """A ``python -m kaffi ...`` subprocess with its output collected."""
 
@@ -366,7 +305,8 @@ class Proc:
             text=True,
             errors="replace",
         )
-        self.log = LogPump(self.popen.stdout)
+        assert self.popen.stdout is not None
+        self.log = LogLines(self.popen.stdout)
 
     @property
     def pid(self) -> int:
@@ -452,20 +392,20 @@ def kill_all(pids: Iterable[int]) -> None:
 def wait_listening(port: int, proc: Proc | None = None, timeout: float = WAIT) -> None:
     """Poll until a server on 127.0.0.1:``port`` sends its greeting (fail fast if the
     process we started for it has exited)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def greets() -> bool:
         try:
             with RawSession("127.0.0.1", port, timeout=2) as raw:
                 raw.reply()
-                return
+                return True
         except (OSError, SessionClosed):
             if proc is not None and not proc.alive():
                 raise AssertionError(
                     f"the server process exited ({proc.popen.returncode}):\n" + proc.log.text()
                 ) from None
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listens on 127.0.0.1:{port}") from None
-            time.sleep(POLL)
+            return False
+
+    wait_until(greets, f"a server listening on 127.0.0.1:{port}", timeout)
 
 
 def server_args(port: int, data: Path, *extra: str) -> list[str]:

@@ -27,7 +27,7 @@ from kaffi.errors import (
     TransportError,
 )
 from kaffi.protocol.resp import DEFAULT_MAX_LINE
-from tests.reliability.fake_server import HI, OK, MisbehavingServer, Script, read_line
+from tests.support import HI, OK, FakeFaktory, Handler, read_line
 
 pytestmark = pytest.mark.reliability
 
@@ -49,7 +49,7 @@ def _silent_until_stopped(sock: socket.socket, stop: threading.Event) -> None:
             continue
 
 
-def greeted(answer: Callable[[socket.socket, threading.Event, bytes], None]) -> Script:
+def greeted(answer: Callable[[socket.socket, threading.Event, bytes], None]) -> Handler:
     """A script that greets properly, then lets ``answer`` reply to the first command."""
 
     def script(sock: socket.socket, stop: threading.Event) -> None:
@@ -65,7 +65,7 @@ def greeted(answer: Callable[[socket.socket, threading.Event, bytes], None]) -> 
     return script
 
 
-def before_hi(send: bytes, then_silent: bool = False) -> Script:
+def before_hi(send: bytes, then_silent: bool = False) -> Handler:
     def script(sock: socket.socket, stop: threading.Event) -> None:
         if send:
             sock.sendall(send)
@@ -75,7 +75,7 @@ def before_hi(send: bytes, then_silent: bool = False) -> Script:
     return script
 
 
-def reply_with(data: bytes, then_silent: bool = False) -> Script:
+def reply_with(data: bytes, then_silent: bool = False) -> Handler:
     def answer(sock: socket.socket, stop: threading.Event, line: bytes) -> None:
         sock.sendall(data)
         if then_silent:
@@ -114,7 +114,7 @@ def hello_then_close(sock: socket.socket, stop: threading.Event) -> None:
 @dataclass(frozen=True)
 class Case:
     name: str
-    script: Script
+    script: Handler
     expected: type[KaffiError]
     bound: float = TIMEOUT + MARGIN
     operation: str = "push"
@@ -210,7 +210,7 @@ def _check(case: Case, error: BaseException | None, elapsed: float, flavour: str
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_sync_client_gets_a_clear_error(case: Case) -> None:
-    with MisbehavingServer(case.script) as server:
+    with FakeFaktory(case.script) as server:
         started = time.monotonic()
         error: BaseException | None = None
         try:
@@ -222,7 +222,7 @@ def test_sync_client_gets_a_clear_error(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_async_client_gets_a_clear_error(case: Case) -> None:
-    with MisbehavingServer(case.script) as server:
+    with FakeFaktory(case.script) as server:
         started = time.monotonic()
         error: BaseException | None = None
         try:
@@ -235,7 +235,7 @@ def test_async_client_gets_a_clear_error(case: Case) -> None:
 def test_a_failed_call_leaves_the_client_usable_and_bounded() -> None:
     """After garbage, the client throws the connection away; the next call opens a new
     one and fails the same clear way (no stale state, no leaked connection)."""
-    with MisbehavingServer(reply_with(b"*garbage\r\n")) as server:
+    with FakeFaktory(reply_with(b"*garbage\r\n")) as server:
         client = kaffi.Client(server.url, timeout=TIMEOUT, connect_timeout=TIMEOUT)
         try:
             for attempt in range(1, 4):
@@ -251,7 +251,7 @@ def test_a_failed_call_leaves_the_client_usable_and_bounded() -> None:
 def test_push_to_a_server_that_keeps_closing_is_retried_once_then_raises() -> None:
     """A connection that dies before any reply byte is retried once on a new one
     (PUSH keeps its jid); then the error surfaces. Two connections, not a storm."""
-    with MisbehavingServer(reply_with(b"")) as server:
+    with FakeFaktory(reply_with(b"")) as server:
         client = kaffi.Client(server.url, timeout=TIMEOUT, connect_timeout=TIMEOUT)
         try:
             started = time.monotonic()

@@ -24,16 +24,14 @@ from kaffi.server import EmbeddedServer
 from tests.reliability.load import Producers
 from tests.reliability.proxy import FaultProxy
 from tests.reliability.support import (
-    WAIT,
     Project,
     Tally,
-    free_port,
     kaffi_process,
     server_args,
     sets_and_queues,
     wait_listening,
-    wait_until,
 )
+from tests.support import WAIT, embedded_server, free_port, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -119,7 +117,7 @@ def test_server_kill_9_and_restart_loses_no_acknowledged_push(
                     second.signal(signal.SIGTERM)
                     code = second.wait(WAIT)
                     assert code == 0, f"the restarted server exited {code}"
-                with EmbeddedServer(bind=f"127.0.0.1:{port}", data=data) as server:
+                with embedded_server(bind=f"127.0.0.1:{port}", data=data) as server:
                     _recover_lapsed(server)
                     must_run = producers.accepted
                     wait_until(
@@ -154,7 +152,7 @@ def test_server_kill_9_and_restart_loses_no_acknowledged_push(
 
 def test_a_proxy_dropping_connections_at_random_loses_nothing(project: Project) -> None:
     with (
-        EmbeddedServer() as server,
+        embedded_server() as server,
         FaultProxy("127.0.0.1", server.port, drop_probability=0.02, seed=7) as proxy,
     ):
         url = proxy.url()
@@ -213,7 +211,7 @@ def test_a_proxy_dropping_connections_at_random_loses_nothing(project: Project) 
 
 def test_a_worker_cut_off_backs_off_then_reconnects_by_itself(project: Project) -> None:
     concurrency = 5
-    with EmbeddedServer() as server, FaultProxy("127.0.0.1", server.port) as proxy:
+    with embedded_server() as server, FaultProxy("127.0.0.1", server.port) as proxy:
         url = proxy.url()
         with (
             kaffi.Client(server.url, timeout=10) as client,

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import signal
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,15 +21,14 @@ from kaffi.server.embedded import DEFAULT_MAX_CONNECTIONS
 from tests.reliability import certs
 from tests.reliability.proxy import FaultProxy
 from tests.reliability.support import (
-    WAIT,
     Project,
     RawSession,
-    free_port,
     is_err,
     kaffi_process,
     show,
     wait_listening,
 )
+from tests.support import WAIT, embedded_server, free_port, start, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -41,7 +39,7 @@ FAST = 5.0
 
 @pytest.fixture
 def secured() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(password=PASSWORD) as server:
+    with embedded_server(password=PASSWORD) as server:
         yield server
 
 
@@ -118,17 +116,8 @@ def test_a_worker_with_a_wrong_password_stops_with_the_error(secured: EmbeddedSe
     concurrency = 4
     with FaultProxy("127.0.0.1", secured.port) as proxy:
         worker = app.worker(url=proxy.url("wrong"), concurrency=concurrency, timeout=1)
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                asyncio.run(worker.run())
-            except BaseException as exc:  # handed to the test thread
-                errors.append(exc)
-
-        thread = threading.Thread(target=run, daemon=True)
         started = time.monotonic()
-        thread.start()
+        thread, errors = start(worker)
         thread.join(WAIT)
         elapsed = time.monotonic() - started
         alive = thread.is_alive()
@@ -188,7 +177,7 @@ def test_the_server_never_logs_the_password_or_a_pwdhash() -> None:
     kaffi_logger.setLevel(logging.DEBUG)
     forged = hashlib.sha256(b"a forged hash that must stay secret").hexdigest()
     try:
-        with EmbeddedServer(password=PASSWORD) as server:
+        with embedded_server(password=PASSWORD) as server:
             with kaffi.Client(server.url, timeout=10) as client:
                 client.push({"jobtype": "logged", "args": []})
             # A wrong pwdhash, sent by hand so we know exactly what must not appear.
@@ -266,7 +255,7 @@ def pki(tmp_path: Path) -> certs.Pki:
 
 @needs_pki
 def test_tls_verified_with_the_test_ca(pki: certs.Pki) -> None:
-    with EmbeddedServer(tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
+    with embedded_server(tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
         assert server.url.startswith("tcp+tls://"), server.url
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         with kaffi.Client(f"tcp+tls://127.0.0.1:{server.port}", tls=context, timeout=10) as client:
@@ -290,7 +279,7 @@ def test_tls_verified_with_the_test_ca(pki: certs.Pki) -> None:
 
 @needs_pki
 def test_tls_refused_without_the_ca(pki: certs.Pki) -> None:
-    with EmbeddedServer(tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
+    with embedded_server(tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
         client = kaffi.Client(f"tcp+tls://127.0.0.1:{server.port}", timeout=5, connect_timeout=5)
         try:
             started = time.monotonic()
@@ -308,7 +297,7 @@ def test_tls_refused_without_the_ca(pki: certs.Pki) -> None:
 @needs_pki
 def test_tls_refused_for_the_wrong_hostname(pki: certs.Pki) -> None:
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
-    with EmbeddedServer(tls_cert=pki.wrong_cert, tls_key=pki.wrong_key) as server:
+    with embedded_server(tls_cert=pki.wrong_cert, tls_key=pki.wrong_key) as server:
         client = kaffi.Client(
             f"tcp+tls://127.0.0.1:{server.port}", tls=context, timeout=5, connect_timeout=5
         )
@@ -322,7 +311,7 @@ def test_tls_refused_for_the_wrong_hostname(pki: certs.Pki) -> None:
         assert "mismatch" in text.lower(), text
     # The same CA, the right name: the CA itself was fine, only the name was wrong.
     with (
-        EmbeddedServer(tls_cert=pki.server_cert, tls_key=pki.server_key) as server,
+        embedded_server(tls_cert=pki.server_cert, tls_key=pki.server_key) as server,
         kaffi.Client(f"tcp+tls://localhost:{server.port}", tls=context, timeout=10) as ok,
     ):
         assert ok.info().faktory.sets["working"] == 0
@@ -332,7 +321,7 @@ def test_tls_refused_for_the_wrong_hostname(pki: certs.Pki) -> None:
 def test_a_worker_over_tls_with_a_password_runs_jobs(pki: certs.Pki, tmp_path: Path) -> None:
     project = Project.create(tmp_path)
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
-    with EmbeddedServer(
+    with embedded_server(
         password=PASSWORD, tls_cert=pki.server_cert, tls_key=pki.server_key
     ) as server:
         url = f"tcp+tls://:{PASSWORD}@localhost:{server.port}"
@@ -356,7 +345,7 @@ def test_a_worker_over_tls_with_a_password_runs_jobs(pki: certs.Pki, tmp_path: P
 
 @needs_pki
 def test_plain_tcp_against_a_tls_server_errors_within_the_timeout(pki: certs.Pki) -> None:
-    with EmbeddedServer(tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
+    with embedded_server(tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
         client = kaffi.Client(f"tcp://127.0.0.1:{server.port}", timeout=2, connect_timeout=2)
         try:
             started = time.monotonic()
@@ -373,11 +362,11 @@ def test_plain_tcp_against_a_tls_server_errors_within_the_timeout(pki: certs.Pki
 @pytest.mark.parametrize("bind", ["0.0.0.0:7419", "192.0.2.10:0", "[::]:0"])
 def test_a_non_loopback_bind_without_a_password_is_refused(bind: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        EmbeddedServer(bind=bind)
+        embedded_server(bind=bind)
     text = str(info.value)
     assert "password" in text, text
     # With a password it is allowed (constructed only: nothing listens beyond loopback).
-    server = EmbeddedServer(bind=bind, password=PASSWORD)
+    server = embedded_server(bind=bind, password=PASSWORD)
     assert not server.running
 
 
@@ -398,7 +387,7 @@ def test_the_server_command_refuses_a_non_loopback_bind(tmp_path: Path) -> None:
 
 
 def test_a_line_over_the_cap_gets_err_and_a_close() -> None:
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         assert server.max_line == DEFAULT_MAX_LINE
         with RawSession("127.0.0.1", server.port, timeout=20) as raw:
             raw.hello()
@@ -417,7 +406,7 @@ def test_a_line_over_the_cap_gets_err_and_a_close() -> None:
 def test_the_connection_count_is_capped_like_faktory() -> None:
     assert DEFAULT_MAX_CONNECTIONS == 2000
     limit = 40
-    with EmbeddedServer(max_connections=limit) as server:
+    with embedded_server(max_connections=limit) as server:
         sessions = [RawSession("127.0.0.1", server.port) for _ in range(limit)]
         try:
             for raw in sessions:
@@ -433,13 +422,15 @@ def test_the_connection_count_is_capped_like_faktory() -> None:
                 raw.close()
         # Freed slots are usable again.
         with kaffi.Client(server.url, timeout=10) as client:
-            deadline = time.monotonic() + WAIT
-            while True:
+            refusals: list[KaffiError] = []
+
+            def pushed() -> bool:
                 try:
                     client.push({"jobtype": "after-flood", "args": []})
-                    break
-                except KaffiError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+                except KaffiError as exc:
+                    refusals.append(exc)
+                    return False
+                return True
+
+            wait_until(pushed, lambda: f"a push to succeed; last error: {refusals[-1:]}")
             assert client.info().faktory.queues["default"] == 1

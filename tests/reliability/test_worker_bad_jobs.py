@@ -8,49 +8,21 @@ more to read the ``failure`` record the server attached.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 import kaffi
-from kaffi.app.workers import WorkerHandle
 from kaffi.protocol.models import JobPayload
-from kaffi.server import EmbeddedServer
-from tests.reliability.support import WAIT, wait_until
+from tests.support import embedded_server, running, wait_until
 
 pytestmark = pytest.mark.reliability
 
 
-@contextmanager
-def running(worker: WorkerHandle) -> Iterator[WorkerHandle]:
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(worker.run())
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="reliability-worker", daemon=True)
-    thread.start()
-    assert worker.ready.wait(WAIT), "the worker did not start"
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout=WAIT)
-        thread.join(WAIT)
-        assert not thread.is_alive(), "the worker thread did not end"
-    assert not errors, f"the worker raised {errors[0]!r}"
-
-
 def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
     done: list[tuple[int, int]] = []
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         app = kaffi.App(server.url)
 
         @app.task
@@ -149,7 +121,7 @@ def test_unrunnable_jobs_are_failed_clearly_and_the_worker_goes_on() -> None:
 
 def test_a_job_that_raises_system_exit_fails_and_the_worker_survives() -> None:
     done: list[int] = []
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         app = kaffi.App(server.url)
 
         @app.task

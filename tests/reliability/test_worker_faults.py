@@ -18,15 +18,8 @@ import pytest
 
 import kaffi
 from kaffi.server import EmbeddedServer
-from tests.reliability.support import (
-    WAIT,
-    Proc,
-    Project,
-    Tally,
-    kaffi_process,
-    sets_and_queues,
-    wait_until,
-)
+from tests.reliability.support import Proc, Project, Tally, kaffi_process, sets_and_queues
+from tests.support import WAIT, embedded_server, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -38,7 +31,7 @@ FIRST_RETRY_DUE = 60.0
 
 @pytest.fixture
 def server() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer() as srv:
+    with embedded_server() as srv:
         yield srv
 
 

@@ -15,11 +15,12 @@ import pytest
 
 from kaffi.server import EmbeddedServer
 from tests.server.wire import Wire
+from tests.support import embedded_server
 
 
 @pytest.fixture
 def srv() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         yield server
 
 

@@ -9,8 +9,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from click.testing import CliRunner
@@ -23,6 +25,7 @@ from kaffi.errors import AuthenticationError
 from kaffi.server import EmbeddedServer
 from tests.reliability import certs
 from tests.server.wire import Wire
+from tests.support import embedded_server
 
 
 def test_help_lists_the_options() -> None:
@@ -36,6 +39,7 @@ def test_help_lists_the_options() -> None:
         "--tls-cert",
         "--tls-key",
         "--log-level",
+        "--fetch-hold",
         "--quiet-worker",
         "--terminate-worker",
     ):
@@ -56,6 +60,11 @@ def test_refusals_are_one_line() -> None:
     result = runner.invoke(main, ["server", "--memory", "--tls-cert", __file__])
     assert result.exit_code == 1
     assert result.output.strip() == "kaffi: error: TLS needs both --tls-cert and --tls-key"
+    for hold in ("0", "nan", "7200"):
+        result = runner.invoke(main, ["server", "--memory", "--fetch-hold", hold])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("kaffi: error: fetch_hold must be from 0.001 to 3600")
+        assert "Traceback" not in result.output
 
 
 def test_default_data_path_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -81,10 +90,21 @@ def test_quiet_and_terminate_worker_from_outside(
     assert "unknown worker nobody" in result.output
 
 
+#: A server on a free port, in memory, whose empty FETCH answers after 0.05 s.
+SERVE_ARGS = ("--bind", "127.0.0.1:0", "--memory", "--fetch-hold", "0.05")
+
+
+class ServerAt(NamedTuple):
+    """Where a server listens, as ``Wire.hello`` wants it."""
+
+    host: str
+    port: int
+
+
 def test_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "FAKTORY_PASSWORD": "pw-from-env"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kaffi", "server", "--bind", "127.0.0.1:0", "--memory"],
+        [sys.executable, "-m", "kaffi", "server", *SERVE_ARGS],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -100,6 +120,14 @@ def test_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         w = Wire(host, int(port))
         try:
             assert '"s":' in w.line()  # the password from FAKTORY_PASSWORD is in force
+        finally:
+            w.close()
+        w = Wire.hello(ServerAt(host, int(port)), "w-hold", password="pw-from-env")
+        try:
+            started = time.monotonic()
+            assert w.send("FETCH empty") == ["$-1"]
+            # --fetch-hold 0.05: never Faktory's 2 s, even on a loaded machine.
+            assert time.monotonic() - started < 1.5
         finally:
             w.close()
         proc.send_signal(signal.SIGTERM)
@@ -167,7 +195,7 @@ def test_default_data_location_is_printed_and_sigint_stops_cleanly(tmp_path: Pat
     assert "listening" not in err
     assert expected.exists()
     # The job is in the default file: a server started on it again hands it out.
-    with EmbeddedServer(data=expected) as srv, Client(srv.url) as client:
+    with embedded_server(data=expected) as srv, Client(srv.url) as client:
         job = client.fetch("cli-q")
         assert job is not None
         assert job.jid == jid

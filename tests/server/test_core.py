@@ -321,3 +321,17 @@ def test_kaffi_paused_lists_the_paused_queues() -> None:
     assert reply == b'$9\r\n["a","c"]\r\n'
     core.resume(["*"])
     assert s.handle(Command("KAFFI", "paused")).reply == b"$2\r\n[]\r\n"
+
+
+def test_fail_texts_are_trimmed_as_go_trims_and_cut_in_bytes() -> None:
+    core = ServerCore()
+    core.push(job("jid-bytes-0001", retry=2))
+    core.fetch(["default"], "w")
+    # Go's TrimSpace keeps the \x1c-\x1f separators Python's str.strip() would remove, and
+    # removes the no-break space; the message is cut to 1000 bytes, not characters: 600
+    # two-byte characters keep 500.
+    core.fail("jid-bytes-0001", "\xa0\x1cKeyError\x1f\u3000", "é" * 600, ["x"] * 60)
+    failure = json.loads(next(iter(core.retries.entries.values())).data)["failure"]
+    assert failure["errtype"] == "\x1cKeyError\x1f"
+    assert failure["message"] == "é" * 500
+    assert len(failure["backtrace"]) == 50

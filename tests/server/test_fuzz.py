@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kaffi.protocol.resp import Command
-from kaffi.server import EmbeddedServer
 from kaffi.server.core import ServerCore
 from kaffi.server.session import Session
 from tests.server.wire import Wire, push_line
+from tests.support import embedded_server
 
 VERBS = [
     "PUSH",
@@ -173,7 +173,7 @@ def test_thousands_of_hostile_sessions_then_a_clean_client(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="kaffi.server")
     rng = random.Random(1234)
-    with EmbeddedServer(max_line=64 * 1024, max_connections=500) as srv:
+    with embedded_server(max_line=64 * 1024, max_connections=500) as srv:
 
         async def storm() -> None:
             limit = asyncio.Semaphore(100)

@@ -104,3 +104,35 @@ def test_time_values() -> None:
     assert parsed.isoformat() == "2030-01-31T12:00:00.123456+02:00"
     assert gocompat.parse_rfc3339("2030-01-31T12:00:00Z").tzinfo is not None
     assert gocompat.loads("[12345678901234567890, 1.0, 1e21]") == [12345678901234567000, 1, 1e21]
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "kept"),
+    [
+        ("  plain  ", 100, "plain"),
+        ("\x1c sep \x1f", 100, "\x1c sep \x1f"),  # not white space to Go
+        ("\u2003wide\u2028", 100, "wide"),
+        ("a" * 150, 100, "a" * 100),
+        ("é" * 60, 100, "é" * 50),
+        # A character cut in two: each byte left of it becomes one U+FFFD, as Go's JSON
+        # encoder writes invalid UTF-8.
+        ("a" + "€" * 40, 100, "a" + "€" * 33),
+        ("ab" + "€" * 40, 100, "ab" + "€" * 32 + "\ufffd\ufffd"),
+        ("abc" + "€" * 40, 100, "abc" + "€" * 32 + "\ufffd"),
+        ("", 100, ""),
+    ],
+)
+def test_trim_and_cut_is_trimspace_then_a_byte_slice(text: str, limit: int, kept: str) -> None:
+    assert gocompat.trim_and_cut(text, limit) == kept
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2030-01-31T12:00:00,5Z", "2030-01-31T12:00:00.500000+00:00"),  # Go takes a comma
+        ("2030-01-31T1:02:03Z", "2030-01-31T01:02:03+00:00"),  # and a one-digit hour
+        ("0000-01-01T00:00:00Z", "0001-01-01T00:00:00+00:00"),  # year 0: long past
+    ],
+)
+def test_time_values_go_takes_beyond_rfc3339(value: str, expected: str) -> None:
+    assert gocompat.parse_rfc3339(value).isoformat() == expected

@@ -21,16 +21,9 @@ from kaffi.errors import ConfigurationError, KaffiError
 from kaffi.server import EmbeddedServer
 from kaffi.server.network import TICK_INTERVAL
 from tests.server.wire import Wire, push_line
+from tests.support import embedded_server, wait_until
 
 DEADLINE = 10.0
-
-
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def waiting_fetches(srv: EmbeddedServer) -> int:
@@ -44,7 +37,7 @@ def waiting_fetches(srv: EmbeddedServer) -> int:
 @pytest.fixture
 def patient() -> Iterator[EmbeddedServer]:
     """A server whose FETCH waits 30 s, so a slow machine cannot turn a wake-up into $-1."""
-    with EmbeddedServer(fetch_timeout=30.0) as server:
+    with embedded_server(fetch_hold=30.0) as server:
         yield server
 
 
@@ -54,7 +47,7 @@ def test_blocked_fetch_is_woken_by_push(patient: EmbeddedServer, wire: Callable[
     producer = wire(server=srv)
     started = time.monotonic()
     worker.write(b"FETCH q1 q2\r\n")
-    wait_for(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
+    wait_until(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
     assert producer.send(push_line(jid="jid-wake-0001", queue="q2")) == ["+OK"]
     reply = worker.reply()
     assert json.loads(reply[1])["jid"] == "jid-wake-0001"
@@ -68,7 +61,7 @@ def test_commands_pipelined_behind_a_blocked_fetch_run_after_it(
     srv = patient
     worker = wire("w-1", server=srv)
     worker.write(b'FETCH q1\r\nACK {"jid":"jid-pipe-00001"}\r\nINFO\r\n')
-    wait_for(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
+    wait_until(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
     wire(server=srv).send(push_line(jid="jid-pipe-00001", queue="q1"))
     assert json.loads(worker.reply()[1])["jid"] == "jid-pipe-00001"
     assert worker.reply() == ["+OK"]
@@ -81,9 +74,9 @@ def test_job_for_a_vanished_fetcher_goes_back_to_the_front(
     srv = patient
     gone = wire("w-gone", server=srv)
     gone.write(b"FETCH default\r\n")
-    wait_for(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
+    wait_until(lambda: waiting_fetches(srv) == 1, "the FETCH to block")
     gone.close()
-    wait_for(lambda: waiting_fetches(srv) == 0, "the server to notice the close")
+    wait_until(lambda: waiting_fetches(srv) == 0, "the server to notice the close")
     producer = wire(server=srv)
     producer.send(push_line(jid="jid-first-0001"))
     producer.send(push_line(jid="jid-second-001"))
@@ -125,7 +118,7 @@ def test_scheduled_and_retry_sets_are_checked_at_least_every_second(
     assert w.send(push_line(jid="jid-soon-00001", at=at, queue="tick")) == ["+OK"]
     assert srv.info()["faktory"]["sets"]["scheduled"] == 1
     # No advance_clock here: only the server's own timer can move the job.
-    wait_for(lambda: srv.info()["faktory"]["queues"].get("tick") == 1, "the scheduled job")
+    wait_until(lambda: srv.info()["faktory"]["queues"].get("tick") == 1, "the scheduled job")
     assert srv.info()["faktory"]["sets"]["scheduled"] == 0
 
     assert json.loads(w.send("FETCH tick")[1])["jid"] == "jid-soon-00001"
@@ -138,7 +131,7 @@ def test_scheduled_and_retry_sets_are_checked_at_least_every_second(
         srv.core.clock.advance(15 + 29 + 1)
 
     srv._call(move_clock)
-    wait_for(lambda: srv.info()["faktory"]["queues"].get("tick") == 1, "the retry")
+    wait_until(lambda: srv.info()["faktory"]["queues"].get("tick") == 1, "the retry")
     assert srv.info()["faktory"]["sets"]["retries"] == 0
 
 
@@ -160,7 +153,7 @@ def test_workers_quiet_terminate_and_expiry(srv: EmbeddedServer, wire: Callable[
 
 
 def test_connection_limit(wire: Callable[..., Wire]) -> None:
-    with EmbeddedServer(max_connections=3) as small:
+    with embedded_server(max_connections=3) as small:
         for _ in range(3):
             wire(server=small)
         extra = wire(server=small, greet=False)
@@ -169,7 +162,7 @@ def test_connection_limit(wire: Callable[..., Wire]) -> None:
 
 
 def test_line_cap(wire: Callable[..., Wire]) -> None:
-    with EmbeddedServer(max_line=1024) as capped:
+    with embedded_server(max_line=1024) as capped:
         w = wire(server=capped)
         w.write(b"PUSH " + b"x" * 4000)
         assert w.line() == "-ERR command line longer than 1024 bytes"
@@ -186,7 +179,7 @@ def test_handshake_must_start_with_hello(wire: Callable[..., Wire]) -> None:
 
 def test_password(wire: Callable[..., Wire], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    with EmbeddedServer(password="s3cr3t-pw") as locked:
+    with embedded_server(password="s3cr3t-pw") as locked:
         assert locked.url == f"tcp://:s3cr3t-pw@127.0.0.1:{locked.port}"
         assert wire(server=locked, password="s3cr3t-pw").send("INFO")[0].startswith("$")
         bad = wire(server=locked, greet=False)
@@ -205,6 +198,26 @@ def test_loopback_only_without_password() -> None:
     EmbeddedServer(bind="0.0.0.0:0", password="x")  # allowed (not started here)
     with pytest.raises(ConfigurationError, match="tls_key"):
         EmbeddedServer(tls_cert="cert.pem")
+
+
+@pytest.mark.parametrize("hold", [0, -1.0, 0.0001, 3601, float("nan"), float("inf"), True, "2"])
+def test_fetch_hold_out_of_range_or_not_a_number_is_refused(hold: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"^fetch_hold must be") as info:
+        EmbeddedServer(fetch_hold=hold)
+    assert repr(hold) in str(info.value)
+
+
+def test_fetch_hold_defaults_to_faktorys_two_seconds_and_can_be_shortened(
+    wire: Callable[..., Wire],
+) -> None:
+    assert EmbeddedServer().fetch_hold == 2.0
+    assert EmbeddedServer(fetch_hold=1).fetch_hold == 1.0
+    with EmbeddedServer(fetch_hold=0.05) as quick:
+        w = wire("w-quick", server=quick)
+        started = time.monotonic()
+        assert w.send("FETCH empty-queue") == ["$-1"]
+        # Well under Faktory's 2 s even on a loaded machine.
+        assert time.monotonic() - started < 1.5
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -236,7 +249,7 @@ def test_tls(tmp_path: Path, wire: Callable[..., Wire]) -> None:
         capture_output=True,
         timeout=30,
     )
-    with EmbeddedServer(tls_cert=cert, tls_key=key) as secure:
+    with embedded_server(tls_cert=cert, tls_key=key) as secure:
         assert secure.url.startswith("tcp+tls://127.0.0.1:")
         ctx = ssl.create_default_context(cafile=str(cert))
         w = wire(server=secure, tls=ctx)
@@ -249,7 +262,7 @@ def test_tls(tmp_path: Path, wire: Callable[..., Wire]) -> None:
 
 def test_asyncio_host() -> None:
     async def main() -> dict[str, Any]:
-        async with EmbeddedServer() as server:
+        async with embedded_server() as server:
             reader, writer = await asyncio.open_connection(server.host, server.port)
             assert (await reader.readline()).startswith(b"+HI")
             writer.write(b'HELLO {"v":2}\r\nFLUSH\r\n')
@@ -264,7 +277,7 @@ def test_asyncio_host() -> None:
 
 def test_serve_forever_stops_on_cancel() -> None:
     async def main() -> None:
-        server = EmbeddedServer()
+        server = embedded_server()
         await server.start_async()
         task = asyncio.ensure_future(server.serve_forever())
         await asyncio.sleep(0)
@@ -278,7 +291,7 @@ def test_serve_forever_stops_on_cancel() -> None:
 
 
 def test_misuse_is_reported() -> None:
-    server = EmbeddedServer()
+    server = embedded_server()
     with pytest.raises(KaffiError, match="not running"):
         _ = server.url
     with pytest.raises(KaffiError, match="not running"):
@@ -293,7 +306,7 @@ def test_misuse_is_reported() -> None:
 
 def test_controls_from_another_thread_of_an_asyncio_host() -> None:
     async def main() -> int:
-        async with EmbeddedServer() as server:
+        async with embedded_server() as server:
             loop = asyncio.get_running_loop()
             info = await loop.run_in_executor(None, server.info)
             await loop.run_in_executor(None, server.advance_clock, 5)
@@ -304,7 +317,7 @@ def test_controls_from_another_thread_of_an_asyncio_host() -> None:
 
 def test_serve_forever_as_a_task_stopped_from_another_thread() -> None:
     async def main() -> None:
-        server = EmbeddedServer()
+        server = embedded_server()
         await server.start_async()
         task = asyncio.ensure_future(server.serve_forever())
         with pytest.raises(KaffiError, match="stop_async"):

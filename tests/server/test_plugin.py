@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from kaffi.server import EmbeddedServer
+from tests.support import embedded_server
 
 
 def test_fixtures_give_a_fresh_server_and_a_client(faktory_server: Any, kaffi_client: Any) -> None:
@@ -44,7 +44,7 @@ def test_kaffi_test_url_runs_the_same_tests_against_another_server(tmp_path: Pat
             """
         )
     )
-    with EmbeddedServer() as remote:
+    with embedded_server() as remote:
         from tests.server.wire import Wire, push_line
 
         w = Wire.hello(remote)
@@ -75,3 +75,26 @@ def test_kaffi_test_url_runs_the_same_tests_against_another_server(tmp_path: Pat
         assert "1 passed, 1 skipped" in result.stdout, result.stdout
         assert "needs the embedded server" in result.stdout
         assert "default" in remote.info()["faktory"]["queues"]  # the first test pushed there
+
+
+JID_TESTS = "tests/protocol/test_protocol_jid.py"
+
+
+def test_the_suite_stays_in_one_process_against_a_shared_server() -> None:
+    # tests/conftest.py turns xdist workers off under KAFFI_TEST_URL: tests that FLUSH one
+    # shared server must not run at the same time.
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFFI_", "PYTEST_"))}
+    with embedded_server() as shared:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", JID_TESTS],
+            cwd=repo,
+            env={**env, "KAFFI_TEST_URL": shared.url},
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=False,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
+    assert "workers" not in result.stdout

@@ -21,6 +21,7 @@ from kaffi.server import EmbeddedServer
 from kaffi.server.core import ServerCore
 from kaffi.server.storage import SqliteJournal
 from tests.server.wire import Closed, Wire, push_line
+from tests.support import embedded_server
 
 _LISTENING = re.compile(r"listening on tcp://([\d.]+):(\d+)")
 
@@ -155,7 +156,7 @@ def test_every_acknowledged_push_survives_kill_9_under_load(
 
 def test_embedded_restart_keeps_jobs(tmp_path: Path, wire: Callable[..., Wire]) -> None:
     data = tmp_path / "jobs.sqlite3"
-    with EmbeddedServer(data=data) as srv:
+    with embedded_server(data=data) as srv:
         w = wire(server=srv)
         w.send(push_line(jid="jid-keep-00001", queue="keep", custom={"a": [1, 2]}))
         w.send(push_line(jid="jid-gone-00001", queue="keep"))
@@ -163,7 +164,7 @@ def test_embedded_restart_keeps_jobs(tmp_path: Path, wire: Callable[..., Wire]) 
         w.send('ACK {"jid":"jid-keep-00001"}')
         w.send("FLUSH")
         w.send(push_line(jid="jid-after-flush", queue="keep"))
-    with EmbeddedServer(data=data) as srv:
+    with embedded_server(data=data) as srv:
         w = wire(server=srv)
         assert json.loads(w.send("FETCH keep")[1])["jid"] == "jid-after-flush"
         assert w.send("FETCH keep") == ["$-1"]
@@ -209,11 +210,11 @@ def test_flush_unpauses_queues_for_good(tmp_path: Path, wire: Callable[..., Wire
 
 def test_one_server_per_data_file(tmp_path: Path) -> None:
     data = tmp_path / "shared.sqlite3"
-    with EmbeddedServer(data=data):
-        second = EmbeddedServer(data=data)
+    with embedded_server(data=data):
+        second = embedded_server(data=data)
         with pytest.raises(ConfigurationError, match="locked"):
             second.start()
-    with EmbeddedServer(data=data) as again:
+    with embedded_server(data=data) as again:
         assert again.running
 
 

@@ -1,73 +1,24 @@
-"""Helpers for worker tests: run a Worker in a thread, poll with a deadline, read INFO,
-write an app module for the command line, and read a subprocess's log lines."""
+"""Helpers for worker tests: run a Worker in a thread, read INFO, write an app module
+for the command line, and read a subprocess's log lines."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import queue
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from kaffi.app import App
-from kaffi.app.workers import WorkerHandle
 from kaffi.protocol.models import FaktoryInfo
-
-#: Any worker: ``app.worker()`` promises a WorkerHandle, ``Worker(...)`` is one.
-W = TypeVar("W", bound=WorkerHandle)
-
-#: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
-WAIT = 30.0
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
-
-
-def start(worker: WorkerHandle) -> tuple[threading.Thread, list[BaseException]]:
-    """Run ``worker`` in a thread; the list gets whatever ``run()`` raised."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(worker.run())
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="test-worker", daemon=True)
-    thread.start()
-    return thread, errors
-
-
-@contextmanager
-def running(worker: W) -> Iterator[W]:
-    """Run ``worker`` in a thread; stop it (and check it stopped cleanly) on exit."""
-    thread, errors = start(worker)
-    assert worker.ready.wait(WAIT), "worker did not start"
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout=WAIT)
-        thread.join(WAIT)
-        assert not thread.is_alive(), "worker thread did not end"
-    if errors:
-        raise errors[0]
+from tests.support import WAIT, LogLines
 
 
 def stats(app: App) -> FaktoryInfo:
@@ -91,7 +42,8 @@ import time
 
 import kaffi
 
-app = kaffi.App()
+# Tests of an unreachable server shorten the connect timeout (5 s by default) this way.
+app = kaffi.App(connect_timeout=float(os.environ.get("KAFFI_TEST_CONNECT_TIMEOUT", "5")))
 OUT = os.environ.get("KAFFI_TEST_OUT")
 
 
@@ -159,56 +111,22 @@ def read_out(project: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-class LogReader:
-    """Collects a subprocess's stderr lines in a thread, for waiting on log lines."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        self.proc = proc
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, needle: str, count: int = 1, timeout: float = WAIT) -> list[str]:
-        try:
-            wait_until(
-                lambda: sum(needle in line for line in self.lines) >= count,
-                f"{count} log line(s) with {needle!r}",
-                timeout,
-            )
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; the log:\n" + "\n".join(self.lines[-40:])) from None
-        return [line for line in self.lines if needle in line]
-
-    def close(self) -> None:
-        self._thread.join(WAIT)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
 @contextmanager
 def kaffi_worker(
-    project: Path, url: str, *args: str
-) -> Iterator[tuple[subprocess.Popen[str], LogReader]]:
-    """``python -m kaffi worker ARGS`` in ``project``; killed if a test leaves it running."""
+    project: Path, url: str, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], LogLines]]:
+    """``python -m kaffi worker ARGS`` in ``project`` (``env``: extra variables); killed if
+    a test leaves it running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "kaffi", "worker", *args],
         cwd=project,
-        env=worker_env(project, url),
+        env={**worker_env(project, url), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    reader = LogReader(proc)
+    assert proc.stderr is not None
+    reader = LogLines(proc.stderr)
     try:
         yield proc, reader
     finally:
@@ -221,4 +139,6 @@ def kaffi_worker(
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait(WAIT)
-        reader.close()
+        reader.finish()
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -13,10 +13,10 @@ import pytest
 from kaffi.app import App
 from kaffi.client.aio import AsyncConnection
 from kaffi.errors import AuthenticationError, ReadError
-from kaffi.server import EmbeddedServer
 from kaffi.worker import Worker, processor
+from tests.support import WAIT, embedded_server, running, start, wait_until
 
-from .conftest import WAIT, running, start, stats, wait_until
+from .conftest import stats
 
 
 def test_an_ack_whose_connection_breaks_is_sent_again(
@@ -51,7 +51,7 @@ def test_an_ack_whose_connection_breaks_is_sent_again(
 
 
 def test_a_refused_password_stops_the_worker_with_a_clear_error() -> None:
-    with EmbeddedServer(password="right") as server:
+    with embedded_server(password="right") as server:
         url = f"tcp://:wrong@{server.host}:{server.port}"
         app = App(url=url)
         thread, outcome = start(app.worker(concurrency=2))
@@ -120,7 +120,7 @@ def test_a_report_that_cannot_be_sent_is_retried_then_given_up_loudly(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A port nobody listens on: every reconnect fails at once.
-    with EmbeddedServer() as server:
+    with embedded_server() as server:
         url = server.url
     monkeypatch.setattr(processor, "REPORT_RETRY_SECONDS", 0.6)
     worker = Worker(App(url=url), concurrency=1)

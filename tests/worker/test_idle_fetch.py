@@ -8,8 +8,7 @@ import pytest
 
 from kaffi.app import App
 from kaffi.worker import Worker, processor
-
-from .conftest import WAIT, running, wait_until
+from tests.support import WAIT, running, wait_until
 
 
 def test_each_slot_pauses_once_after_its_first_empty_fetch_and_never_before_work(

@@ -11,8 +11,7 @@ from kaffi.app import App
 from kaffi.client.aio import AsyncConnection
 from kaffi.errors import ReadError
 from kaffi.worker import Worker
-
-from .conftest import WAIT, running, wait_until
+from tests.support import WAIT, running, wait_until
 
 
 def connections_of(server: Any, wid: str) -> int:

@@ -6,11 +6,11 @@ import asyncio
 import contextvars
 import functools
 import threading
-import time
 
 import pytest
 
 from kaffi.worker.threads import JobThreads
+from tests.support import wait_until
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
@@ -62,10 +62,7 @@ def test_never_more_threads_than_the_size() -> None:
         gate.wait(10)
 
     def three_running() -> None:
-        deadline = time.monotonic() + 10
-        while len(names) < 3:
-            assert time.monotonic() < deadline, "three calls never started"
-            time.sleep(0.005)
+        wait_until(lambda: len(names) >= 3, "three calls to start")
 
     async def main() -> None:
         threads = JobThreads(asyncio.get_running_loop(), 3, "t")

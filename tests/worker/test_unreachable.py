@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gc
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -15,20 +15,14 @@ from kaffi.app import App
 from kaffi.cli import main
 from kaffi.client.aio import AsyncConnection
 from kaffi.errors import ConnectError
-from kaffi.server import EmbeddedServer
 from kaffi.worker import Worker, connections
+from tests.support import WAIT, embedded_server, free_port, running, start, wait_until
 
-from .conftest import WAIT, kaffi_worker, running, start, wait_until
+from .conftest import kaffi_worker
 
 PASSWORD = "s3cret-pw"
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound for a moment by us, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+#: The test app's connect timeout (see APP_SOURCE): the attempts to reach nobody end sooner.
+SHORT_CONNECT_TIMEOUT = {"KAFFI_TEST_CONNECT_TIMEOUT": "1"}
 
 
 def error_lines(text: str) -> list[str]:
@@ -48,7 +42,7 @@ def check_one_clear_error(text: str, port: int) -> None:
 
 
 def test_run_raises_connect_error_when_the_server_cannot_be_reached() -> None:
-    port = closed_port()
+    port = free_port()
     worker = App(url=f"tcp://:{PASSWORD}@127.0.0.1:{port}", connect_timeout=1.0).worker()
     began = time.monotonic()
     thread, errors = start(worker)
@@ -68,7 +62,7 @@ def test_run_raises_connect_error_when_the_server_cannot_be_reached() -> None:
 def test_a_server_that_comes_up_within_the_connect_timeout_is_used(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    port = closed_port()
+    port = free_port()
     app = App(url=f"tcp://127.0.0.1:{port}", connect_timeout=WAIT)
     worker = app.worker(concurrency=2)
     caplog.set_level(logging.INFO, logger="kaffi.worker")
@@ -82,7 +76,7 @@ def test_a_server_that_comes_up_within_the_connect_timeout_is_used(
             "the first failed attempt",
         )
         assert not worker.ready.is_set()
-        with EmbeddedServer(bind=f"127.0.0.1:{port}") as server:
+        with embedded_server(bind=f"127.0.0.1:{port}") as server:
             assert worker.ready.wait(WAIT), "the worker did not start once the server was up"
             wait_until(lambda: len(server.workers()) == 1, "the worker's HELLO")
             worker.stop(timeout=WAIT)
@@ -96,7 +90,7 @@ def test_a_server_that_comes_up_within_the_connect_timeout_is_used(
 
 
 def test_a_stop_while_waiting_for_the_server_ends_run_without_an_error() -> None:
-    port = closed_port()
+    port = free_port()
     worker = Worker(App(url=f"tcp://127.0.0.1:{port}", connect_timeout=WAIT * 2))
     attempts: list[float] = []
     original = worker.connector.connect
@@ -120,11 +114,17 @@ def test_the_command_prints_one_line_and_exits_1_with_clirunner(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(project)
-    port = closed_port()
+    port = free_port()
+    # The app's own URL and connect timeout (--url would bring the default 5 s).
+    monkeypatch.setenv("FAKTORY_URL", f"tcp://:{PASSWORD}@127.0.0.1:{port}")
+    monkeypatch.delenv("FAKTORY_PROVIDER", raising=False)
+    for name, value in SHORT_CONNECT_TIMEOUT.items():
+        monkeypatch.setenv(name, value)
+    # The command logs to the root logger, and so does asyncio when it collects an earlier
+    # test's task whose exception nobody read: collect now, so the output is the command's.
+    gc.collect()
     began = time.monotonic()
-    result = CliRunner().invoke(
-        main, ["worker", "tasks_app:app", "--url", f"tcp://:{PASSWORD}@127.0.0.1:{port}"]
-    )
+    result = CliRunner().invoke(main, ["worker", "tasks_app:app"])
     assert time.monotonic() - began < WAIT
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
@@ -132,22 +132,25 @@ def test_the_command_prints_one_line_and_exits_1_with_clirunner(
 
 
 def test_the_command_prints_one_line_and_exits_1_as_a_subprocess(project: Path) -> None:
-    port = closed_port()
+    port = free_port()
     began = time.monotonic()
-    with kaffi_worker(project, f"tcp://:{PASSWORD}@127.0.0.1:{port}", "tasks_app:app") as (
-        proc,
-        logs,
-    ):
+    url = f"tcp://:{PASSWORD}@127.0.0.1:{port}"
+    with kaffi_worker(project, url, "tasks_app:app", env=SHORT_CONNECT_TIMEOUT) as (proc, logs):
         assert proc.wait(WAIT) == 1, logs.text()
     assert time.monotonic() - began < WAIT
     check_one_clear_error(logs.text(), port)
 
 
 def test_the_supervisor_gives_up_instead_of_restarting_children(project: Path) -> None:
-    port = closed_port()
+    port = free_port()
     began = time.monotonic()
     with kaffi_worker(
-        project, f"tcp://:{PASSWORD}@127.0.0.1:{port}", "tasks_app:app", "--processes", "2"
+        project,
+        f"tcp://:{PASSWORD}@127.0.0.1:{port}",
+        "tasks_app:app",
+        "--processes",
+        "2",
+        env=SHORT_CONNECT_TIMEOUT,
     ) as (proc, logs):
         assert proc.wait(WAIT) == 1, logs.text()
     assert time.monotonic() - began < WAIT
@@ -202,7 +205,7 @@ def test_a_lost_server_is_logged_once_and_the_worker_resumes_when_it_is_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     concurrency = 4
-    server = EmbeddedServer().start()
+    server = embedded_server().start()
     port = server.port
     url = server.url
     app = App(url=url)
@@ -246,7 +249,7 @@ def test_a_lost_server_is_logged_once_and_the_worker_resumes_when_it_is_back(
             assert len(warnings) == 1, warnings
             assert f"cannot reach the Faktory server at tcp://127.0.0.1:{port}" in warnings[0]
             assert worker.state == "running"
-            server = EmbeddedServer(bind=f"127.0.0.1:{port}").start()
+            server = embedded_server(bind=f"127.0.0.1:{port}").start()
             wait_until(
                 lambda: any("is back" in m for m in messages(logging.INFO)),
                 "the worker to say the server is back",
@@ -266,7 +269,7 @@ def test_a_lost_server_is_logged_once_and_the_worker_resumes_when_it_is_back(
 
 
 def test_a_wrong_password_with_processes_exits_1_with_one_line(project: Path) -> None:
-    with EmbeddedServer(password="right") as server:
+    with embedded_server(password="right") as server:
         url = f"tcp://:{PASSWORD}@127.0.0.1:{server.port}"
         with kaffi_worker(project, url, "tasks_app:app", "--processes", "2") as (proc, logs):
             assert proc.wait(WAIT) == 1, logs.text()

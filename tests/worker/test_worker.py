@@ -15,8 +15,9 @@ from kaffi.app import App
 from kaffi.client.aio import AsyncConnection
 from kaffi.protocol.models import Failure, JobPayload
 from kaffi.worker import Worker
+from tests.support import WAIT, running, start, wait_until
 
-from .conftest import WAIT, running, start, stats, wait_until
+from .conftest import stats
 
 
 def failed_jobs(app: App, queue: str, count: int = 1) -> list[tuple[JobPayload, Failure]]:
@@ -329,8 +330,14 @@ def test_unknown_worker_registers_again_and_carries_on(app: App, faktory_server:
     def known() -> bool:
         return any(w["wid"] == worker.wid for w in faktory_server.workers())
 
-    with running(app.worker(concurrency=1)) as worker:
-        wait_until(known, "the server to know the worker")
+    def first_beat_seen() -> bool:
+        # HELLO registers the worker with no rss_kb; its first BEAT reports one.
+        return any(w["wid"] == worker.wid and w["rss_kb"] > 0 for w in faktory_server.workers())
+
+    # The heartbeat beats once at start, then not for 60 s (past the per-test timeout): once
+    # that first BEAT is in, no BEAT of the worker's own can come between the steps below.
+    with running(app.worker(concurrency=1, beat_interval=60)) as worker:
+        wait_until(first_beat_seen, "the worker's first heartbeat")
         faktory_server.advance_clock(120)  # the server forgets a worker silent for 60 s
         assert not known()
         assert worker.beat() == "OK"

@@ -1,17 +1,29 @@
-"""A scripted fake Faktory server for the client's unit tests.
+"""Helpers shared by the whole test suite: one way to wait, one fake server, test servers.
 
-It listens on 127.0.0.1 port 0, runs one thread per connection, records every line a
-client sends, and answers like Faktory 1.10.0 does for the commands the client uses
-(HI/HELLO with the password hash, PUSH, PUSHB, FETCH, ACK, FAIL, BEAT, INFO, FLUSH, END,
-MUTATE, QUEUE). A test can script the next replies to a verb (raw bytes, or one of the
-actions CLOSE / SILENT), replace the greeting, speak TLS, or drop every connection at once
-to look like a server restart.
+- :func:`wait_until` polls a predicate until a deadline (``WAIT``, generous for a loaded
+  2-core machine) and fails naming what it waited for. Tests never sleep to synchronise.
+- :func:`free_port` / :func:`closed_port_url`: a loopback port nobody listens on.
+- :func:`start` / :func:`running`: a :class:`~kaffi.worker.Worker` run in a thread, stopped
+  and checked at the end.
+- :func:`embedded_server`: an :class:`~kaffi.server.EmbeddedServer` with the short FETCH
+  hold of the ``faktory_server`` fixture (pass ``fetch_hold=`` for another one).
+- :class:`LogLines`: a subprocess's output, read in a thread, to wait on log lines.
+- :class:`FakeFaktory`: a fake Faktory on 127.0.0.1 port 0, one thread per connection.
+  By default it records every line a client sends and answers like Faktory 1.10.0 does
+  for the commands the client uses (HI/HELLO with the password hash, PUSH, PUSHB, FETCH,
+  ACK, FAIL, BEAT, INFO, FLUSH, END, MUTATE, QUEUE); a test can script the next replies to
+  a verb (raw bytes, or CLOSE / SILENT), replace the greeting, speak TLS, or drop every
+  connection at once to look like a server restart. Given a ``handler``, it hands each
+  accepted socket to it instead, for servers that misbehave (garbage, cut replies,
+  silence); a handler waits on the stop event it gets, so stopping the server ends it.
 
-Only the client tests use it; the real embedded server lives in ``kaffi.server``.
+The real server for tests is the embedded one (the ``faktory_server`` fixture); the fake
+is for what a real server never does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -19,22 +31,188 @@ import ssl
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from kaffi.app.workers import WorkerHandle
 from kaffi.protocol.resp import CommandParser, encode_bulk
+from kaffi.server import EmbeddedServer
+from kaffi.testing.pytest_plugin import TEST_FETCH_HOLD
 
-__all__ = ["CLOSE", "SILENT", "FakeFaktory", "Session", "expected_pwdhash"]
+#: Any worker: ``app.worker()`` promises a WorkerHandle, ``Worker(...)`` is one.
+W = TypeVar("W", bound=WorkerHandle)
+
+__all__ = [
+    "CLOSE",
+    "HI",
+    "LogLines",
+    "OK",
+    "POLL",
+    "SILENT",
+    "WAIT",
+    "FakeFaktory",
+    "Handler",
+    "Session",
+    "closed_port_url",
+    "embedded_server",
+    "expected_pwdhash",
+    "free_port",
+    "read_line",
+    "running",
+    "start",
+    "wait_until",
+]
+
+#: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
+WAIT = 30.0
+#: How often polling loops look again.
+POLL = 0.01
+
+
+def wait_until(
+    predicate: Callable[[], object], what: str | Callable[[], str], timeout: float = WAIT
+) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` (a text, or a function
+    giving one, for details known only at the end) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            text = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {text}")
+        time.sleep(POLL)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (bound for a moment, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """A ``tcp://`` URL on loopback where nothing listens."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+class LogLines:
+    """Collects a subprocess's output lines (one pipe) in a thread, so tests can wait on
+    them: ``wait_for(needle)``, ``lines``, ``text()``; ``finish()`` once the process ended."""
+
+    def __init__(self, stream: Iterable[str]) -> None:
+        self.lines: list[str] = []
+        self._stream = stream
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="test-log-lines", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for line in self._stream:
+                self.lines.append(line.rstrip("\n"))
+        except (OSError, ValueError):
+            # The pipe was closed under us: the process is gone and so is its output.
+            pass
+        finally:
+            self._done.set()
+
+    def wait_for(self, needle: str, count: int = 1, timeout: float = WAIT) -> list[str]:
+        """Wait until ``count`` lines contain ``needle``; return every such line."""
+
+        def found() -> list[str]:
+            return [line for line in self.lines if needle in line]
+
+        wait_until(
+            lambda: len(found()) >= count,
+            lambda: (
+                f"{count} log line(s) with {needle!r}; the last lines:\n"
+                + "\n".join(self.lines[-40:])
+            ),
+            timeout,
+        )
+        return found()
+
+    def finish(self, timeout: float = WAIT) -> None:
+        """Wait (bounded) until the whole output has been read: the pipe reached its end."""
+        self._done.wait(timeout)
+
+    def text(self) -> str:
+        """Everything read so far, one line per line."""
+        return "\n".join(self.lines)
+
+
+def start(worker: WorkerHandle) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``worker`` in a thread; the list gets whatever ``run()`` raised."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(worker.run())
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="test-worker", daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@contextmanager
+def running(worker: W) -> Iterator[W]:
+    """Run ``worker`` in a thread; stop it (and check it stopped cleanly) on exit."""
+    thread, errors = start(worker)
+    assert worker.ready.wait(WAIT), "worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=WAIT)
+        thread.join(WAIT)
+        assert not thread.is_alive(), "worker thread did not end"
+    if errors:
+        raise errors[0]
+
+
+def embedded_server(bind: str = "127.0.0.1:0", **options: Any) -> EmbeddedServer:
+    """An :class:`EmbeddedServer` (not started) whose empty FETCH answers after
+    ``TEST_FETCH_HOLD`` unless ``fetch_hold=`` says otherwise; other options pass through."""
+    options.setdefault("fetch_hold", TEST_FETCH_HOLD)
+    return EmbeddedServer(bind, **options)
+
+
+# -- the fake Faktory ----------------------------------------------------------------------
 
 #: Close the connection instead of answering.
 CLOSE = "close"
 #: Never answer (the connection stays open).
 SILENT = "silent"
+#: Faktory's greeting without a password, and its plain OK.
+HI = b'+HI {"v":2}\r\n'
+OK = b"+OK\r\n"
 
 #: A scripted reply: raw bytes, CLOSE, SILENT, or a tuple of those done in order
 #: (``(b"+O", CLOSE)``: half a reply, then hang up).
 Reply = bytes | str | tuple[bytes | str, ...]
+#: A raw connection handler: the accepted socket, and the event set when the server stops.
+Handler = Callable[[socket.socket, threading.Event], None]
+
+
+def read_line(sock: socket.socket, stop: threading.Event) -> bytes | None:
+    """One line from the client, for handlers (None when it went away or the server stops)."""
+    data = bytearray()
+    sock.settimeout(0.1)
+    while not stop.is_set():
+        try:
+            chunk = sock.recv(1)
+        except TimeoutError:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+        if chunk == b"\n":
+            return bytes(data)
+    return None
 
 
 def expected_pwdhash(password: str, salt: str, iterations: int) -> str:
@@ -58,8 +236,12 @@ class Session:
 
 
 class FakeFaktory:
+    """The one fake Faktory of the test suite (see the module docstring): scripted replies
+    per verb, or a raw ``handler`` that owns each connection."""
+
     def __init__(
         self,
+        handler: Handler | None = None,
         *,
         password: str | None = None,
         salt: str = "pepper-salt",
@@ -67,6 +249,7 @@ class FakeFaktory:
         tls: ssl.SSLContext | None = None,
         greeting: bytes | None = None,
     ) -> None:
+        self.handler = handler
         self.password = password
         self.salt = salt
         self.iterations = iterations
@@ -92,6 +275,12 @@ class FakeFaktory:
         if self.password:
             return f"{scheme}://:{self.password}@127.0.0.1:{self.port}"
         return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def accepted(self) -> int:
+        """How many connections the server has accepted so far."""
+        with self._cond:
+            return len(self.sessions)
 
     def start(self) -> FakeFaktory:
         self._acceptor.start()
@@ -164,6 +353,16 @@ class FakeFaktory:
 
     def _serve(self, session: Session) -> None:
         sock = session.sock
+        if self.handler is not None:
+            try:
+                self.handler(sock, self._stopping)
+            except OSError:
+                # The client gave up on us: that is what most hostile handlers provoke.
+                pass
+            finally:
+                session.closed = True
+                _hard_close(sock)
+            return
         try:
             sock.settimeout(10)
             if self.tls is not None:
@@ -171,8 +370,15 @@ class FakeFaktory:
                 session.sock = sock
             self._greet(sock)
             parser = CommandParser()
+            # Short reads, so stop() never waits for a read that a close did not wake.
+            sock.settimeout(0.1)
             while True:
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    if self._stopping.is_set():
+                        return
+                    continue
                 if not data:
                     return
                 parser.feed(data)
