@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.worker.conftest import WAIT, LogReader
+from tests.support import WAIT, LogLines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def total(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
-def served_url(reader: LogReader) -> str:
+def served_url(reader: LogLines) -> str:
     """The ``/metrics`` URL a ``kaffi`` process logged it serves."""
     line = reader.wait_for("serving metrics on ")[0]
     match = _SERVED.search(line)

@@ -20,7 +20,7 @@ from kaffi import Client
 from kaffi.contrib.exporter import FaktoryCollector
 from kaffi.protocol.models import Info
 from tests.contrib.helpers import REPO_ROOT, parse, scrape, served_url, value
-from tests.worker.conftest import WAIT, LogReader, wait_until
+from tests.support import WAIT, LogLines, wait_until
 
 
 def _closed_port() -> int:
@@ -135,7 +135,7 @@ def test_unreachable_server_is_up_zero(caplog: pytest.LogCaptureFixture) -> None
 
 
 @contextmanager
-def _exporter(*args: str) -> Iterator[tuple[subprocess.Popen[str], LogReader]]:
+def _exporter(*args: str) -> Iterator[tuple[subprocess.Popen[str], LogLines]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "kaffi", "exporter", "--listen", "127.0.0.1:0", *args],
         cwd=REPO_ROOT,
@@ -143,14 +143,16 @@ def _exporter(*args: str) -> Iterator[tuple[subprocess.Popen[str], LogReader]]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    reader = LogReader(proc)
+    assert proc.stderr is not None
+    reader = LogLines(proc.stderr)
     try:
         yield proc, reader
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(WAIT)
-        reader.close()
+        reader.finish()
+        proc.stderr.close()
 
 
 @pytest.mark.slow

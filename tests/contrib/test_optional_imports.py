@@ -15,7 +15,7 @@ import pytest
 from kaffi.contrib import require
 from kaffi.errors import ConfigurationError
 from tests.contrib.helpers import REPO_ROOT
-from tests.worker.conftest import WAIT
+from tests.support import WAIT
 
 PROBE = textwrap.dedent(
     """

@@ -29,7 +29,7 @@ from kaffi.worker.joblog import (
     log_job_done,
 )
 from tests.contrib.helpers import REPO_ROOT
-from tests.worker.conftest import WAIT, running, wait_until
+from tests.support import WAIT, running, wait_until
 
 
 def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:

@@ -32,7 +32,8 @@ from kaffi.errors import ConfigurationError, TransportError
 from kaffi.worker import Worker
 from tests.contrib import metrics_app
 from tests.contrib.helpers import REPO_ROOT, parse, scrape, served_url, total, value
-from tests.worker.conftest import WAIT, kaffi_worker, running, wait_until
+from tests.support import WAIT, running, wait_until
+from tests.worker.conftest import kaffi_worker
 
 # -- addresses and buckets ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from kaffi.server import EmbeddedServer
 from kaffi.worker import Worker
 from kaffi.worker.events import WorkerEvents, observes_jobs
 from tests.contrib import metrics_app
-from tests.worker.conftest import running, wait_until
+from tests.support import running, wait_until
 
 
 class Recorder(WorkerEvents):
