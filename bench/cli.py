@@ -10,8 +10,10 @@ Options:
 - ``--targets``: print whether each target holds; exit 1 when one is missed (never in
   ``--quick``, whose small N cannot support a verdict).
 - ``--repeat N``: run every measurement N times and keep the best (default 3; 1 quick).
-- ``--only raw,drain``: run only these sections (memory, raw, enqueue, drain, startup),
-  for re-measuring one path while optimising it; combine with ``--no-write``.
+- ``--only raw,drain``: run only these sections (memory, raw, enqueue, drain, metrics,
+  startup), for re-measuring one path while optimising it; combine with ``--no-write``.
+  ``metrics`` is the cost of ``kaffi worker --metrics``: the 1-process no-op drain with
+  metrics off and on, one after the other in each round.
 - ``--render``: measure nothing; redraw the chart and rewrite the page from
   ``bench/results/latest.json`` (after editing ``bench/notes.md``, say).
 - ``--no-peers``: kaffi and the raw ceilings only. ``--url``: the server (default
@@ -55,6 +57,7 @@ from bench.names import (
     KAFFI_WORKER,
     KAFFI_WORKER_2,
     KAFFI_WORKER_ASYNC,
+    KAFFI_WORKER_METRICS,
     OP_ASYNC,
     OP_BULK,
     OP_CPU_1,
@@ -128,7 +131,7 @@ QUICK = Sizes(
 )
 
 #: What ``--only`` can choose from.
-SECTIONS = ("memory", "raw", "enqueue", "drain", "startup")
+SECTIONS = ("memory", "raw", "enqueue", "drain", "metrics", "startup")
 
 #: Driver operation -> the suite's operation name.
 PEER_ENQUEUE_OPS = {
@@ -314,6 +317,29 @@ class Runner:
                 )
 
             self.attempt(f"{client}: {operation}", run)
+
+    def metrics_cost(self) -> None:
+        """The 1-process no-op drain without and with ``--metrics``, back to back, so the
+        two rows of a round see the same load (best of the rounds kept for each)."""
+        s, url, wlog = self.sizes, self.url, self.worker_log
+        for client, metrics in ((KAFFI_WORKER, False), (KAFFI_WORKER_METRICS, True)):
+
+            def run(client: str = client, metrics: bool = metrics) -> None:
+                self.record(
+                    drain(
+                        self.control,
+                        kaffi_suite.worker_spawner(url, wlog, metrics=metrics),
+                        operation=OP_DRAIN_1,
+                        client=client,
+                        jobs=s.drain,
+                        exits_when_done=True,
+                        timeout=s.timeout,
+                        wait_fetches=not self.quick,
+                        server_pid=self.server_pid,
+                    )
+                )
+
+            self.attempt(f"{client}: {OP_DRAIN_1}", run)
 
     def peers_drain(self, peers: list[Peer]) -> None:
         for peer in peers:
@@ -576,6 +602,8 @@ def _run(args: argparse.Namespace, log_dir: Path) -> int:
             if "drain" in sections:
                 runner.kaffi_drains(spin)
                 runner.peers_drain(peers)
+            if "metrics" in sections:
+                runner.metrics_cost()
             if "startup" in sections:
                 runner.startups(peers)
     finally:

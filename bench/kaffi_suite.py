@@ -198,8 +198,10 @@ def worker_spawner(
     processes: int = 1,
     concurrency: int = 20,
     burst: bool = True,
+    metrics: bool = False,
 ) -> Callable[[str], subprocess.Popen[bytes]]:
-    """Start ``kaffi worker bench.tasks:app`` on a queue (for :mod:`bench.workers`)."""
+    """Start ``kaffi worker bench.tasks:app`` on a queue (for :mod:`bench.workers`);
+    ``metrics``: with ``--metrics`` (Prometheus, served on a free loopback port)."""
 
     def spawn(queue: str) -> subprocess.Popen[bytes]:
         argv = [
@@ -219,6 +221,8 @@ def worker_spawner(
         ]
         if burst:
             argv.append("--burst")
+        if metrics:
+            argv += ["--metrics", "127.0.0.1:0"]
         with log.open("ab") as out:
             return subprocess.Popen(
                 argv,

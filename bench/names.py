@@ -17,6 +17,7 @@ __all__ = [
     "KAFFI_WORKER",
     "KAFFI_WORKER_2",
     "KAFFI_WORKER_ASYNC",
+    "KAFFI_WORKER_METRICS",
     "OPERATION_ORDER",
     "OP_ASYNC",
     "OP_BULK",
@@ -81,6 +82,7 @@ KAFFI_ASYNC_CLIENT = "kaffi AsyncClient.push"
 KAFFI_WORKER = "kaffi worker"
 KAFFI_WORKER_ASYNC = "kaffi worker, async def job"
 KAFFI_WORKER_2 = "kaffi worker --processes 2"
+KAFFI_WORKER_METRICS = "kaffi worker --metrics"
 RAW = "raw protocol"
 
 #: Rows within an operation: kaffi first, then the peers, then the ceiling.
@@ -92,6 +94,7 @@ CLIENT_ORDER = (
     KAFFI_DELAY_ASYNC,
     KAFFI_ASYNC_CLIENT,
     KAFFI_WORKER,
+    KAFFI_WORKER_METRICS,
     KAFFI_WORKER_ASYNC,
     "kaffi server",
 )

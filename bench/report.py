@@ -23,6 +23,7 @@ from bench.names import (
     KAFFI_DELAY,
     KAFFI_DELAY_MANY,
     KAFFI_WORKER,
+    KAFFI_WORKER_METRICS,
     OP_BULK,
     OP_CPU_1,
     OP_CPU_2,
@@ -198,6 +199,13 @@ def check_targets(results: Results) -> list[Verdict]:
             r(OP_DRAIN_1, KAFFI_WORKER),
             r(OP_RAW_FETCH_ACK, RAW),
             "raw FETCH+ACK",
+        ),
+        _ratio_target(
+            "drain, 1 process, with --metrics vs without",
+            0.9,
+            r(OP_DRAIN_1, KAFFI_WORKER_METRICS),
+            r(OP_DRAIN_1, KAFFI_WORKER),
+            "without",
         ),
         _ratio_target(
             "CPU-bound, 2 processes vs 1 process",

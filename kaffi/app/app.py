@@ -71,6 +71,8 @@ class App:
     mode, so ``"7"`` or ``True`` for an ``int`` parameter is refused; ``strict=False``
     keeps pydantic's lax coercion (``"7"`` is sent as ``7``). Workers always convert the
     JSON they receive laxly (a datetime arrives as a string).
+    ``tracing=True`` adds OpenTelemetry spans across push and worker (needs
+    ``kaffi[otel]``; see :class:`kaffi.contrib.otel.Tracing`).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class App:
         *,
         testing: TestingMode | None = None,
         strict: bool = True,
+        tracing: bool = False,
         **client_options: Any,
     ) -> None:
         if not isinstance(strict, bool):
@@ -104,6 +107,11 @@ class App:
         self._lock = threading.Lock()
         if testing is not None:
             self.testing.enable(testing)
+        if tracing:
+            # The one import of an integration from here, and only when asked for.
+            from kaffi.contrib.otel import Tracing
+
+            Tracing().install(self)
 
     # -- tasks -----------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ class JobContext:
     ``job`` is the :class:`~kaffi.protocol.models.JobPayload` as fetched, ``fn`` the task
     function, ``task`` the :class:`~kaffi.app.task.Task` (both None for a jobtype nobody
     registered, so middleware still sees such jobs before they fail), and ``app`` the App.
+    ``performed`` turns True when the chain reaches the job (every middleware called
+    ``next``); a job that ends with it False was dropped by a middleware.
     Middleware may hang their own attributes on it (``ctx.db = conn``); the job function
     reaches them through its ContextProvider or :func:`current_job`.
     """
@@ -46,11 +48,14 @@ class JobContext:
     fn: Callable[..., Any] | None
     task: Task[Any, Any] | None
     app: App
+    performed: bool
 
     def __init__(self, app: App, job: JobPayload, task: Task[Any, Any] | None = None) -> None:
         # Straight into __dict__: __setattr__ below exists only to let mypy accept user
         # attributes, and the per-job path should not pay for it.
-        self.__dict__.update(app=app, job=job, task=task, fn=task.fn if task else None)
+        self.__dict__.update(
+            app=app, job=job, task=task, fn=task.fn if task else None, performed=False
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -132,7 +137,7 @@ async def perform(
     if ctx is None:
         ctx = JobContext(app, job, task)
     else:
-        ctx.__dict__.update(job=job, task=task, fn=task.fn if task else None)
+        ctx.__dict__.update(job=job, task=task, fn=task.fn if task else None, performed=False)
     token = _current_job.set(ctx)
     chain = [*app.middleware, *middleware] if middleware else app.middleware
     try:
@@ -154,6 +159,7 @@ async def _core(
     *,
     registry: Mapping[str, Task[Any, Any]] | None = None,
 ) -> None:
+    ctx.__dict__["performed"] = True
     if task is None:
         known = ", ".join(sorted({*app.tasks, *(registry or ())})) or "none"
         raise UnknownJobType(

@@ -107,24 +107,69 @@ async def run_chain(
     if not middleware:
         await core(run_sync)
         return
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    count = len(middleware)
+    await _Run(middleware, _kinds(middleware), ctx, core).step(0, run_sync)
 
-    async def dispatch(i: int, current: RunSync | None) -> None:
-        if i == count:
-            await core(current)
-            return
-        mw = middleware[i]
+
+#: ``id(sequence) -> (its middleware, which of them are async)``: run_chain classifies a
+#: chain once, not per job (``is_async_callable`` costs more than the rest of a step).
+#: The snapshot is compared on every use, so a list changed in place (or a new list at a
+#: reused id) is classified again.
+_KINDS: dict[int, tuple[tuple[Middleware, ...], tuple[bool, ...]]] = {}
+#: Chains remembered at most (App lists are few and long-lived; anything beyond is churn).
+_KINDS_MAX = 64
+
+
+def _kinds(middleware: Sequence[Middleware]) -> tuple[bool, ...]:
+    """For each middleware, whether it is async (see :func:`is_async_callable`)."""
+    snapshot = tuple(middleware)
+    known = _KINDS.get(id(middleware))
+    if known is not None and known[0] == snapshot:
+        return known[1]
+    kinds = tuple(is_async_callable(mw) for mw in snapshot)
+    if len(_KINDS) >= _KINDS_MAX:
+        _KINDS.clear()
+    _KINDS[id(middleware)] = (snapshot, kinds)
+    return kinds
+
+
+class _Run:
+    """One run of a chain (one job or one push) inside the event loop.
+
+    Each step hands back an awaitable rather than being a coroutine of its own: an async
+    middleware's ``await next()`` awaits the next middleware's coroutine (or the core's)
+    directly, so a middleware adds its own coroutine and one small ``next`` object per
+    job, and no layers of dispatching coroutines and closures around them.
+    """
+
+    __slots__ = ("core", "count", "ctx", "kinds", "middleware")
+
+    def __init__(
+        self,
+        middleware: Sequence[Middleware],
+        kinds: tuple[bool, ...],
+        ctx: Any,
+        core: Callable[[RunSync | None], Awaitable[None]],
+    ) -> None:
+        self.middleware = middleware
+        self.kinds = kinds
+        self.count = len(kinds)
+        self.ctx = ctx
+        self.core = core
+
+    def step(self, i: int, current: RunSync | None) -> Awaitable[None]:
+        """What runs the chain from middleware ``i`` on (the core after the last one)."""
+        if i >= self.count:
+            return self.core(current)
+        mw = self.middleware[i]
+        if self.kinds[i]:
+            result: Awaitable[None] = mw(self.ctx, _AsyncNext(self, i, current))
+            return result
+        return self._plain(i, mw, current)
+
+    async def _plain(self, i: int, mw: Middleware, current: RunSync | None) -> None:
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
         once = _Once(i)
-        if is_async_callable(mw):
-
-            async def next_async() -> None:
-                once.check()
-                await dispatch(i + 1, current)
-
-            await mw(ctx, next_async)
-            return
 
         def next_blocking() -> None:
             once.check()
@@ -134,14 +179,31 @@ async def run_chain(
                     f"middleware #{i + 1} ({_name(mw)}) called next() on the event loop thread;"
                     " a plain middleware's next() must run in a worker thread: make it async"
                 )
-            _run_rest_from_thread(loop, functools.partial(dispatch, i + 1))
+            _run_rest_from_thread(loop, functools.partial(self.step, i + 1))
 
         offload = current if current is not None else _default_run_sync
-        result = await offload(functools.partial(mw, ctx, next_blocking))
+        result = await offload(functools.partial(mw, self.ctx, next_blocking))
         if inspect.isawaitable(result):
             await result
 
-    await dispatch(0, run_sync)
+
+class _AsyncNext:
+    """The ``next`` an async middleware gets: calling it gives the rest of the chain to
+    await, once."""
+
+    __slots__ = ("_called", "_current", "_i", "_run")
+
+    def __init__(self, run: _Run, i: int, current: RunSync | None) -> None:
+        self._run = run
+        self._i = i
+        self._current = current
+        self._called = False
+
+    def __call__(self) -> Awaitable[None]:
+        if self._called:
+            raise JobError(f"middleware #{self._i + 1} called next() more than once")
+        self._called = True
+        return self._run.step(self._i + 1, self._current)
 
 
 _DONE = object()
@@ -149,7 +211,7 @@ _DONE = object()
 
 def _run_rest_from_thread(
     loop: asyncio.AbstractEventLoop,
-    rest: Callable[[RunSync], Coroutine[Any, Any, None]],
+    rest: Callable[[RunSync], Awaitable[None]],
 ) -> None:
     """From a thread blocked in a plain middleware: run ``rest`` on ``loop`` and serve its
     blocking calls in this thread until it is done, then return or raise its outcome."""

@@ -7,6 +7,7 @@ the command, so ``kaffi --help`` does not pay for asyncio, pydantic or the app.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -57,6 +58,13 @@ HEALTH_HELP = "A file touched after every successful heartbeat (for liveness pro
 AFFINITY_HELP = (
     "With a supervisor: pin each worker process to one CPU (Linux). auto pins when there"
     " are at least as many processes as usable CPUs; on always; off never."
+)
+METRICS_HELP = (
+    "Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT alone: 127.0.0.1; needs"
+    " kaffi[prometheus]). With a supervisor it serves the numbers of all worker processes."
+)
+METRICS_BUCKETS_HELP = (
+    "Upper bounds, in seconds, of the job duration histogram's buckets (like 0.01,0.1,1,10)."
 )
 TRACEBACK_HELP = "When APP fails to import, print its traceback (your code's frames) too."
 RUN_BEAT_HELP = (
@@ -127,6 +135,16 @@ RUN_BEAT_HELP = (
 )
 @click.option("--burst", is_flag=True, help=BURST_HELP)
 @click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
+@click.option(
+    "--metrics", default=None, metavar="HOST:PORT", envvar="KAFFI_METRICS", help=METRICS_HELP
+)
+@click.option(
+    "--metrics-buckets",
+    default=None,
+    metavar="LIST",
+    envvar="KAFFI_METRICS_BUCKETS",
+    help=METRICS_BUCKETS_HELP,
+)
 @click.option("--beat", "run_beat", is_flag=True, help=RUN_BEAT_HELP)
 @beat_options
 @log_options
@@ -146,6 +164,8 @@ def worker(
     cpu_affinity: str,
     burst: bool,
     health_file: str | None,
+    metrics: str | None,
+    metrics_buckets: str | None,
     run_beat: bool,
     lookahead: float,
     margin: float,
@@ -153,7 +173,7 @@ def worker(
     log_format: str,
     show_traceback: bool,
 ) -> None:
-    with handle_errors():
+    with handle_errors(), contextlib.ExitStack() as cleanup:
         from kaffi.worker.joblog import configure_logging
         from kaffi.worker.worker import Worker
 
@@ -170,6 +190,16 @@ def worker(
             "burst": burst,
             "health_file": health_file,
         }
+        supervised = (
+            processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None
+        )
+        on_child_exit = None
+        if metrics is not None:
+            from kaffi.contrib.prometheus import start_worker_metrics
+
+            options["events"], on_child_exit = start_worker_metrics(
+                cleanup, metrics, metrics_buckets, supervised=supervised
+            )
         # The scheduler runs in this process, beside the worker or the supervisor, never
         # in the supervisor's children: one scheduler per `kaffi worker --beat`.
         stop_beat = (
@@ -177,7 +207,7 @@ def worker(
             if run_beat
             else _nothing_to_stop
         )
-        if processes > 1 or max_jobs_per_child is not None or max_memory_per_child is not None:
+        if supervised:
             from kaffi.worker.lifecycle import check_memory_limit
             from kaffi.worker.supervisor import run_supervisor
 
@@ -194,6 +224,7 @@ def worker(
                 log_level=log_level,
                 log_format=log_format,
                 cpu_affinity=cpu_affinity,
+                on_child_exit=on_child_exit,
             )
             stop_beat()
             sys.exit(code)
@@ -203,6 +234,7 @@ def worker(
         if runner.abandoned_threads:
             # Jobs FAILed at shutdown may still be running in threads the interpreter
             # would wait for forever: the work is given back, so leave now.
+            cleanup.close()
             logging.shutdown()
             sys.stdout.flush()
             os._exit(0)

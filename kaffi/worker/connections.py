@@ -176,6 +176,7 @@ class Connector:
         hostname: str,
         settings: Callable[[], ConnectionSettings],
         pool_size: int,
+        on_reachable: Callable[[bool], None] | None = None,
     ) -> None:
         self.wid = wid
         self.labels = labels
@@ -186,6 +187,8 @@ class Connector:
         self._outage: Outage | None = None
         #: The connections opened and not yet closed (each holds a permit).
         self._held: set[AsyncConnection] = set()
+        #: Told whether each connect once running succeeded (the worker's WorkerEvents).
+        self._on_reachable = on_reachable
 
     @property
     def budget(self) -> ConnectionBudget:
@@ -230,8 +233,12 @@ class Connector:
             conn = await self.connect()
         except (TransportError, RemoteProtocolError) as exc:
             outage.connect_failed(exc, attempt_started)
+            if self._on_reachable is not None:
+                self._on_reachable(False)
             raise
         outage.connected()
+        if self._on_reachable is not None:
+            self._on_reachable(True)
         return conn
 
     async def close(self, conn: AsyncConnection | None) -> None:

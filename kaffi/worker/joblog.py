@@ -4,6 +4,9 @@
   calls, in the event loop or in a job thread) carries ``jid`` and ``jobtype``
   attributes. A record factory adds them from a context variable, so it costs one
   ``ContextVar.get`` per record and nothing per job.
+- Integrations can add fields of their own to those records and to the job line through
+  :data:`job_log_fields` (kaffi's tracing puts ``trace_id`` and ``span_id`` there): JSON
+  shows them as keys, text inside the ``[jobtype jid ...]`` brackets as ``key=value``.
 - After each job the worker logs one line on the ``kaffi.job`` logger with ``jid``,
   ``jobtype``, ``duration`` (seconds) and ``outcome`` (``ack`` or ``fail``). When that
   level is off nothing is formatted; when the handler :func:`configure_logging`
@@ -25,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from types import TracebackType
 from typing import IO, Any
@@ -38,11 +41,24 @@ __all__ = [
     "configure_logging",
     "install_record_factory",
     "job_context",
+    "job_log_fields",
     "log_job_done",
 ]
 
 #: ``(jid, jobtype)`` of the job running in this context, or None.
 job_context: ContextVar[tuple[str, str] | None] = ContextVar("kaffi_job_context", default=None)
+
+#: Extra fields (name -> text) for the log records of the job running in this context and
+#: for its job line; None for none. Read only while :data:`job_context` is set, so a value
+#: left behind by the last job never reaches the worker's own lines between jobs. Whoever
+#: sets it does so in the job's own context before the job runs (an ``async`` worker
+#: middleware: the job line is written in that context once the chain returns), and sets
+#: it again, or to None, for every job.
+job_log_fields: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "kaffi_job_log_fields", default=None
+)
+#: The record attribute naming the fields :data:`job_log_fields` added to it.
+_FIELDS_ATTR = "kaffi_fields"
 
 JOB_LOGGER = logging.getLogger("kaffi.job")
 
@@ -59,6 +75,7 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x
     "jobtype",
     "job",
     "taskName",
+    _FIELDS_ATTR,
 }
 
 
@@ -77,6 +94,9 @@ def install_record_factory() -> None:
                 record.jid = record.jobtype = None
             else:
                 record.jid, record.jobtype = ctx
+                extra = job_log_fields.get()
+                if extra:
+                    _add_fields(record.__dict__, extra)
             return record
 
         logging.setLogRecordFactory(factory)
@@ -87,6 +107,20 @@ def install_record_factory() -> None:
 def count_jobs(number: int) -> str:
     """``1 job``, ``2 jobs``: a count of jobs as log lines say it."""
     return f"{number} job" if number == 1 else f"{number} jobs"
+
+
+def _add_fields(fields: dict[str, Any], extra: Mapping[str, str]) -> None:
+    """Put :data:`job_log_fields`' ``extra`` on a record (its ``__dict__``), never over an
+    attribute the record already has."""
+    added = tuple(key for key in extra if key not in fields)
+    for key in added:
+        fields[key] = extra[key]
+    fields[_FIELDS_ATTR] = added
+
+
+def _field_text(fields: Mapping[str, Any], names: tuple[str, ...]) -> str:
+    """`` key=value`` for each name, as the text formats show them."""
+    return "".join(f" {name}={fields[name]}" for name in names)
 
 
 def _msecs(created: float) -> int:
@@ -237,7 +271,9 @@ class TextFormatter(logging.Formatter):
         record.message = record.getMessage()
         record.asctime = self.formatTime(record)
         jid = getattr(record, "jid", None)
-        job = record.job = f" [{getattr(record, 'jobtype', None)} {jid}]" if jid else ""
+        names = getattr(record, _FIELDS_ATTR, ())
+        fields = _field_text(record.__dict__, names) if names else ""
+        job = record.job = f" [{getattr(record, 'jobtype', None)} {jid}{fields}]" if jid else ""
         text = f"{record.asctime} {record.levelname} {record.name}{job} {record.message}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -260,7 +296,12 @@ class TextFormatter(logging.Formatter):
             asctime = f"{self._seconds.text(created)},{msecs:03d}"
             self._done_time = (key, asctime)
         ctx = job_context.get()
-        job = "" if ctx is None or not ctx[0] else f" [{ctx[1]} {ctx[0]}]"
+        if ctx is None or not ctx[0]:
+            job = ""
+        else:
+            extra = job_log_fields.get()
+            fields = _field_text(extra, tuple(extra)) if extra else ""
+            job = f" [{ctx[1]} {ctx[0]}{fields}]"
         named = "" if ctx == (jid, jobtype) else f" {jobtype} {jid}"
         return (
             f"{asctime} {logging.getLevelName(logging.INFO)} {JOB_LOGGER.name}{job}"
@@ -319,10 +360,21 @@ class JsonFormatter(logging.Formatter):
             "pid": os.getpid() if logging.logProcesses else None,
         }
         ctx = job_context.get()
+        extra = None
         if ctx is not None and ctx[0]:
             doc["jid"], doc["jobtype"] = ctx
+            extra = job_log_fields.get()
         doc["duration"] = round(duration, 6)
         doc["outcome"] = outcome
+        if extra:
+            # format() sorts a record's extra fields: do the same with these and the two.
+            for key in extra:
+                if key not in doc:
+                    doc[key] = extra[key]
+            ordered = {k: doc[k] for k in ("time", "level", "logger", "message", "pid")}
+            ordered.update((k, doc[k]) for k in ("jid", "jobtype") if k in doc)
+            ordered.update((k, doc[k]) for k in sorted(doc.keys() - ordered.keys()))
+            doc = ordered
         return _JSON.encode(doc)
 
 

@@ -77,6 +77,7 @@ class Lifecycle:
         "hurry",
         "hurry_requested",
         "live_slots",
+        "on_state",
         "processed",
         "recycling",
         "running",
@@ -97,11 +98,15 @@ class Lifecycle:
         timeout: float,
         burst: bool,
         on_recycle: Callable[[str], None] | None = None,
+        on_state: Callable[[str], None] | None = None,
     ) -> None:
         self.wid = wid
         self.timeout = timeout
         self.burst = burst
         self._on_recycle = on_recycle
+        #: Told each state entered by a transition here (quiet, terminate); the worker
+        #: passes it to its WorkerEvents.
+        self.on_state = on_state
         self.state = RUNNING
         #: Jobs finished (ACKed or FAILed) and FAILed, since start.
         self.processed = 0
@@ -148,6 +153,8 @@ class Lifecycle:
         if self.state != RUNNING:
             return
         self.state = QUIET
+        if self.on_state is not None:
+            self.on_state(QUIET)
         log.info(
             "worker %s quiet (%s): no more fetching, finishing %s",
             self.wid,
@@ -164,6 +171,8 @@ class Lifecycle:
             return
         self.stop_reason = reason
         self.state = TERMINATE
+        if self.on_state is not None:
+            self.on_state(TERMINATE)
         log.info(
             "worker %s shutting down (%s): %s running, waiting up to %gs%s",
             self.wid,

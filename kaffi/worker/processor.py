@@ -163,6 +163,9 @@ class Processor:
         max_jobs: int | None,
         registry: Mapping[str, Task[Any, Any]] | None = None,
         middleware: Sequence[Middleware] = (),
+        on_fetch_empty: Callable[[], None] | None = None,
+        on_job_started: Callable[[JobPayload], None] | None = None,
+        on_job_finished: Callable[[JobPayload, float, str], None] | None = None,
     ) -> None:
         self.app = app
         #: The worker's own jobtypes and middleware (see Worker's options).
@@ -178,6 +181,11 @@ class Processor:
         self.fetch_timeout = MIN_FETCH_TIMEOUT
         self.threads: JobThreads | None = None
         self._perform_job: Callable[..., Awaitable[Any]] | None = None
+        #: Called after every FETCH that brought no job (the worker's WorkerEvents).
+        self.on_fetch_empty = on_fetch_empty
+        #: Told about every job (the worker's WorkerEvents, when it observes jobs).
+        self.on_job_started = on_job_started
+        self.on_job_finished = on_job_finished
 
     def start(self, loop: asyncio.AbstractEventLoop, threads: JobThreads) -> None:
         """Create the slots and start their loops."""
@@ -283,6 +291,8 @@ class Processor:
                 if refused.attempt:
                     refused.reset()
                 if job is None:
+                    if self.on_fetch_empty is not None:
+                        self.on_fetch_empty()
                     if life.burst and life.state == RUNNING:
                         await self.burst_check(slot)
                     if in_step:
@@ -336,18 +346,27 @@ class Processor:
         token = job_context.set((job.jid, job.jobtype))
         started = slot.started = time.monotonic()
         error: BaseException | None = None
+        performed = True
+        if self.on_job_started is not None:
+            self._observe(self.on_job_started, job)
         try:
             try:
-                await perform(
-                    self.app,
-                    job,
-                    run_sync=self._run_sync,
-                    registry=self.registry,
-                    middleware=self.middleware,
-                )
+                performed = (
+                    await perform(
+                        self.app,
+                        job,
+                        run_sync=self._run_sync,
+                        registry=self.registry,
+                        middleware=self.middleware,
+                    )
+                ).performed
             except asyncio.CancelledError as exc:
                 if slot.abandoned:
-                    raise  # shutdown gave up on this job and FAILed it already
+                    # Shutdown gave up on this job and FAILed it already.
+                    if self.on_job_finished is not None:
+                        duration = time.monotonic() - started
+                        self._observe(self.on_job_finished, job, duration, "failed")
+                    raise
                 error = exc  # the job itself raised CancelledError: an ordinary failure
             # SystemExit and KeyboardInterrupt too: a job never stops the worker.
             except BaseException as exc:
@@ -356,6 +375,9 @@ class Processor:
                 life.running -= 1
                 slot.job = None
             duration = time.monotonic() - started
+            if self.on_job_finished is not None:
+                outcome = "failed" if error is not None else "ok" if performed else "dropped"
+                self._observe(self.on_job_finished, job, duration, outcome)
             life.processed += 1
             # Logged inside the job's context, so the line carries jid and jobtype.
             if error is None:
@@ -371,6 +393,13 @@ class Processor:
         if self.max_jobs is not None and life.processed >= self.max_jobs and not life.recycling:
             life.recycle(f"{life.processed} jobs done (max {self.max_jobs})")
         return line
+
+    def _observe(self, callback: Callable[..., None], *args: Any) -> None:
+        """Call a job observer; what it raises is logged, never the job's problem."""
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("worker %s: the job observer %r failed", self.life.wid, callback)
 
     def _run_sync(self, fn: Callable[[], T]) -> Awaitable[T]:
         """perform()'s way to run a plain callable: a job thread, with this context.

@@ -54,7 +54,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -218,7 +218,8 @@ class Supervisor:
     """Runs ``processes`` worker processes for the app at ``app_path``; see the module
     docstring. ``worker_options`` are :class:`~kaffi.worker.Worker` keyword arguments
     (plain values: they travel to the children by pickle); ``wid`` there becomes the
-    prefix of the children's wids."""
+    prefix of the children's wids. ``on_child_exit`` is called with the pid of every child
+    that exited (metrics drop its live gauges then)."""
 
     def __init__(
         self,
@@ -229,6 +230,7 @@ class Supervisor:
         log_level: str = "INFO",
         log_format: str = "text",
         cpu_affinity: str = "auto",
+        on_child_exit: Callable[[int], None] | None = None,
     ) -> None:
         if processes < 1:
             from kaffi.errors import ValidationError
@@ -261,6 +263,7 @@ class Supervisor:
         self._previous_handlers: dict[int, Any] = {}
         #: The first child's start-up failure, raised by run() once every child is gone.
         self._start_failure: tuple[str, str] | None = None
+        self._on_child_exit = on_child_exit
 
     # -- children -------------------------------------------------------------------------
 
@@ -468,6 +471,11 @@ class Supervisor:
         child.process.join(0)
         self.children.remove(child)
         child.pipe.close()
+        if self._on_child_exit is not None and child.process.pid is not None:
+            try:
+                self._on_child_exit(child.process.pid)
+            except Exception:  # an observer never stops the supervision
+                log.exception("on_child_exit failed for pid %s", child.process.pid)
         code = child.process.exitcode
         lived = time.monotonic() - child.started
         if code == EXIT_CONFIG and not child.retiring and not self._outage(child):
@@ -548,6 +556,7 @@ def run_supervisor(
     log_level: str = "INFO",
     log_format: str = "text",
     cpu_affinity: str = "auto",
+    on_child_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Run a :class:`Supervisor` to the end; returns the exit status (raises what
     :meth:`Supervisor.run` raises when a worker process could not start)."""
@@ -558,6 +567,7 @@ def run_supervisor(
         log_level=log_level,
         log_format=log_format,
         cpu_affinity=cpu_affinity,
+        on_child_exit=on_child_exit,
     )
     code = sup.run()
     sys.stdout.flush()

@@ -13,7 +13,9 @@ own one concern (faktory_worker_go's manager and processor, split further):
 - :mod:`kaffi.worker.lifecycle`: the states (running -> quiet -> terminate -> stopped)
   and the heartbeat on a connection of its own;
 - :mod:`kaffi.worker.shutdown`: the shutdown order (written at its top);
-- :mod:`kaffi.worker.backoff`: the full-jitter waits every retry uses.
+- :mod:`kaffi.worker.backoff`: the full-jitter waits every retry uses;
+- :mod:`kaffi.worker.events`: what only the worker loop knows (empty FETCHes, state
+  changes, the server's reachability), told to an observer (metrics).
 
 Reaching the server
 -------------------
@@ -35,11 +37,13 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaffi.errors import ConfigurationError
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
+from kaffi.worker.events import WorkerEvents, notify, observes_jobs
 from kaffi.worker.joblog import count_jobs, install_record_factory
 from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle, check_memory_limit
 from kaffi.worker.options import check_options
@@ -94,7 +98,9 @@ class Worker:
       ``registry`` option; the functions' arguments are converted as a task's are;
     - ``max_jobs``, ``max_memory_mb``: recycle (quiet, finish, stop) after that many jobs
       or above that RSS; ``on_recycle`` is called when that starts (the supervisor
-      starts a replacement then).
+      starts a replacement then);
+    - ``events``: a :class:`~kaffi.worker.events.WorkerEvents` told what only the worker
+      loop knows (empty FETCHes, state changes, the server's reachability), for metrics.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class Worker:
         pool_size: int | None = None,
         middleware: Sequence[Middleware] = (),
         registry: Mapping[str, Callable[..., Any]] | None = None,
+        events: WorkerEvents | None = None,
     ) -> None:
         options = check_options(
             middleware=middleware,
@@ -156,14 +163,24 @@ class Worker:
         }
         self._url = url
         self._settings = settings
+        #: The observer of what happens outside jobs (no-op by default).
+        self.events = events if events is not None else WorkerEvents()
 
-        self.life = Lifecycle(self.wid, timeout=self.timeout, burst=burst, on_recycle=on_recycle)
+        # The parts tell the observer through these callbacks, which add the worker.
+        self.life = Lifecycle(
+            self.wid,
+            timeout=self.timeout,
+            burst=burst,
+            on_recycle=on_recycle,
+            on_state=partial(notify, self.events, "state_changed", self),
+        )
         self.connector = Connector(
             wid=self.wid,
             labels=self.labels,
             hostname=self.hostname,
             settings=lambda: self.settings,
             pool_size=self.pool_size,
+            on_reachable=partial(notify, self.events, "server_reachable", self),
         )
         self.processor = Processor(
             app,
@@ -174,6 +191,15 @@ class Worker:
             max_jobs=self.max_jobs,
             registry=self.registry,
             middleware=self.middleware,
+            on_fetch_empty=partial(notify, self.events, "fetch_empty", self),
+            # Per job: bound straight to the observer (Processor logs what it raises),
+            # and only when it overrides them.
+            on_job_started=(
+                partial(self.events.job_started, self) if observes_jobs(self.events) else None
+            ),
+            on_job_finished=(
+                partial(self.events.job_finished, self) if observes_jobs(self.events) else None
+            ),
         )
         self.heartbeat = Heartbeat(
             self.life,
@@ -355,6 +381,7 @@ class Worker:
             first = await self.connector.first_connection(life.stop_event, lambda: life.stopping)
             if first is not None:
                 self.heartbeat.conn = first
+                notify(self.events, "started", self)
                 self.processor.start(loop, threads)
                 beat_task = loop.create_task(self.heartbeat.run(), name="kaffi-heartbeat")
                 self.ready.set()
@@ -382,6 +409,7 @@ class Worker:
             handlers.remove()
             threads.shutdown()
             life.state = STOPPED
+            notify(self.events, "state_changed", self, STOPPED)
             self._stopped.set()
             life.done.set()
             if started:

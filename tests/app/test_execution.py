@@ -228,6 +228,32 @@ def test_middleware_not_calling_next_skips_the_job() -> None:
     ctx = run(app, job("never"))
     assert ran == []
     assert ctx.jobtype == "never"
+    assert ctx.performed is False
+
+
+def test_performed_says_the_chain_reached_the_job() -> None:
+    app = App()
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    seen: list[bool] = []
+
+    async def watch(ctx: JobContext, next: Callable[[], Awaitable[None]]) -> None:
+        seen.append(ctx.performed)
+        await next()
+        seen.append(ctx.performed)
+
+    app.use(watch)
+    payload = job("noop")
+    ctx = JobContext(app, payload)
+    assert ctx.performed is False
+    assert run(app, payload, ctx=ctx).performed is True
+    assert seen == [False, True]
+    # A context used again starts over.
+    app.use(lambda ctx, next: None)
+    assert run(app, payload, ctx=ctx).performed is False
 
 
 def test_middleware_exception_propagates() -> None:

@@ -1,6 +1,8 @@
 """The import graph reads top-down: cli -> worker/testing -> app -> client/server ->
-protocol -> errors. Every ``import`` statement of every module counts, wherever it is
-(module level, inside a function, under ``if TYPE_CHECKING:``)."""
+protocol -> errors, with contrib (the optional integrations) beside cli: no layer below
+imports it, but for the one arrow back that ``App(tracing=True)`` needs. Every ``import``
+statement of every module counts, wherever it is (module level, inside a function, under
+``if TYPE_CHECKING:``)."""
 
 from __future__ import annotations
 
@@ -13,16 +15,58 @@ import kaffi
 
 PACKAGE = Path(kaffi.__file__).parent
 
+#: The worker's parts behind its manager: integrations see a worker through
+#: ``Worker``, ``WorkerEvents`` and ``job_log_fields`` only.
+WORKER_INTERNALS = (
+    "kaffi.worker.processor",
+    "kaffi.worker.lifecycle",
+    "kaffi.worker.connections",
+    "kaffi.worker.shutdown",
+    "kaffi.worker.backoff",
+    "kaffi.worker.threads",
+    "kaffi.worker.signals",
+)
+
 #: Package (or module) prefix -> the kaffi packages it must never import.
 FORBIDDEN = {
     "kaffi.errors": ("kaffi.",),
     "kaffi._procinfo": ("kaffi.",),
-    "kaffi.protocol": ("kaffi.app", "kaffi.worker", "kaffi.server", "kaffi.client", "kaffi.cli"),
-    "kaffi.client": ("kaffi.app", "kaffi.worker", "kaffi.server", "kaffi.testing", "kaffi.cli"),
-    "kaffi.server": ("kaffi.app", "kaffi.worker", "kaffi.client", "kaffi.testing", "kaffi.cli"),
-    "kaffi.app": ("kaffi.worker", "kaffi.testing", "kaffi.cli"),
-    "kaffi.worker": ("kaffi.testing", "kaffi.cli"),
-    "kaffi.testing": ("kaffi.cli",),
+    "kaffi.protocol": (
+        "kaffi.app",
+        "kaffi.worker",
+        "kaffi.server",
+        "kaffi.client",
+        "kaffi.cli",
+        "kaffi.contrib",
+    ),
+    "kaffi.client": (
+        "kaffi.app",
+        "kaffi.worker",
+        "kaffi.server",
+        "kaffi.testing",
+        "kaffi.cli",
+        "kaffi.contrib",
+    ),
+    "kaffi.server": (
+        "kaffi.app",
+        "kaffi.worker",
+        "kaffi.client",
+        "kaffi.testing",
+        "kaffi.cli",
+        "kaffi.contrib",
+    ),
+    "kaffi.app": ("kaffi.worker", "kaffi.testing", "kaffi.cli", "kaffi.contrib"),
+    "kaffi.worker": ("kaffi.testing", "kaffi.cli", "kaffi.contrib"),
+    "kaffi.testing": ("kaffi.cli", "kaffi.contrib"),
+    "kaffi.periodic": ("kaffi.worker", "kaffi.cli", "kaffi.contrib"),
+    "kaffi.contrib": WORKER_INTERNALS,
+}
+
+#: (module, import) pairs allowed despite FORBIDDEN, each for a documented reason.
+ALLOWED = {
+    # App(tracing=True) installs the tracing middleware: imported inside __init__, only
+    # when asked for, so the extra stays unloaded otherwise.
+    ("kaffi.app.app", "kaffi.contrib.otel"),
 }
 
 
@@ -72,6 +116,7 @@ def violations(path: Path, name: str | None = None) -> list[str]:
     return sorted(
         f"{name} imports {target}"
         for target in imports_of(path, name)
+        if (name, target) not in ALLOWED
         for banned in rules
         for prefix in banned
         if target == prefix.rstrip(".") or target.startswith(prefix.rstrip(".") + ".")
@@ -105,6 +150,33 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:
         "kaffi.app._layers_probe imports kaffi.testing.modes",
         "kaffi.app._layers_probe imports kaffi.worker",
         "kaffi.app._layers_probe imports kaffi.worker.queues",
+    ]
+
+
+def test_every_layer_but_cli_keeps_out_of_contrib(tmp_path: Path) -> None:
+    probe = tmp_path / "_layers_probe.py"
+    probe.write_text("def f():\n    from kaffi.contrib.prometheus import WorkerMetrics\n")
+    for layer in ("protocol", "client", "server", "app", "worker", "testing", "periodic"):
+        assert violations(probe, f"kaffi.{layer}._layers_probe") == [
+            f"kaffi.{layer}._layers_probe imports kaffi.contrib.prometheus"
+        ]
+    assert violations(probe, "kaffi.cli._layers_probe") == []
+    # The one allowed arrow back is that module and that import only.
+    probe.write_text("from kaffi.contrib.otel import Tracing\n")
+    assert violations(probe, "kaffi.app.app") == []
+    assert violations(probe, "kaffi.app.task") == ["kaffi.app.task imports kaffi.contrib.otel"]
+
+
+def test_contrib_sees_the_worker_through_its_public_surface(tmp_path: Path) -> None:
+    probe = tmp_path / "_layers_probe.py"
+    probe.write_text(
+        "from kaffi.worker.events import WorkerEvents\n"
+        "from kaffi.worker.joblog import job_log_fields\n"
+        "from kaffi.worker.worker import Worker\n"
+        "from kaffi.worker.processor import Processor\n"
+    )
+    assert violations(probe, "kaffi.contrib._layers_probe") == [
+        "kaffi.contrib._layers_probe imports kaffi.worker.processor"
     ]
 
 

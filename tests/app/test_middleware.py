@@ -356,3 +356,42 @@ def test_lent_thread_reports_errors_of_blocking_calls() -> None:
     with pytest.raises(Boom) as info:
         asyncio.run(run_chain([plain], None, core))
     assert info.value is error
+
+
+def test_a_chain_changed_in_place_is_classified_again() -> None:
+    """run_chain remembers which middleware are async per list; a list changed in place
+    (a plain middleware swapped for an async one at the same place) is seen anew."""
+    log: list[str] = []
+    plain, coro = recorder(log, "a")
+    chain: list[Middleware] = [plain]
+
+    async def core(run_sync: RunSync | None) -> None:
+        log.append("core")
+
+    async def twice() -> None:
+        await run_chain(chain, None, core)
+        chain[0] = coro
+        await run_chain(chain, None, core)
+        chain.append(recorder(log, "b")[0])
+        await run_chain(chain, None, core)
+
+    asyncio.run(twice())
+    assert log == ["a>", "core", "<a"] * 2 + ["a>", "b>", "core", "<b", "<a"]
+
+
+def test_an_async_next_hands_back_the_rest_to_await_once() -> None:
+    """next() of an async middleware gives the awaitable of the rest of the chain: the
+    next middleware runs only when it is awaited."""
+    log: list[str] = []
+    _, inner = recorder(log, "inner")
+
+    async def outer(ctx: Any, next: Callable[[], Awaitable[None]]) -> None:
+        rest = next()
+        log.append("got rest")
+        await rest
+
+    async def core(run_sync: RunSync | None) -> None:
+        log.append("core")
+
+    asyncio.run(run_chain([outer, inner], None, core))
+    assert log == ["got rest", "inner>", "core", "<inner"]

@@ -29,6 +29,7 @@ from bench.names import (
     KAFFI_BULK,
     KAFFI_DELAY,
     KAFFI_WORKER,
+    KAFFI_WORKER_METRICS,
     OP_BULK,
     OP_CPU_1,
     OP_CPU_2,
@@ -98,6 +99,20 @@ def test_targets_hold_miss_or_are_not_measured() -> None:
     assert verdicts["CPU-bound, 2 processes vs 1 process"].holds is False
     assert verdicts["server: pipelined PUSH"].holds is True
     assert verdicts["server: RSS with 100,000 queued jobs"].holds is None
+    assert verdicts["drain, 1 process, with --metrics vs without"].holds is None
+
+
+@pytest.mark.parametrize(("seconds", "holds"), [(0.105, True), (0.12, False)])
+def test_metrics_cost_target(seconds: float, holds: bool) -> None:
+    results = _sample()  # the drain without metrics: 1,000 jobs in 0.1 s
+    results.add(Throughput(OP_DRAIN_1, KAFFI_WORKER_METRICS, 1000, seconds))
+    verdicts = {v.name: v for v in report.check_targets(results)}
+    verdict = verdicts["drain, 1 process, with --metrics vs without"]
+    assert verdict.holds is holds
+    assert verdict.measured == f"{0.1 / seconds:.2f}x"
+    table = report.throughput_table(results)
+    rows = [line for line in table.splitlines() if "kaffi worker" in line]
+    assert "**kaffi worker --metrics**" in rows[1]  # right under the drain without
 
 
 def test_page_has_the_table_the_targets_and_what_was_skipped() -> None:
