@@ -22,6 +22,7 @@ from kaffi.cli.common import (
     fail,
     handle_errors,
     log_options,
+    setting,
     url_option,
 )
 
@@ -58,21 +59,12 @@ _F = TypeVar("_F", bound=Callable[..., object])
 
 def beat_options(command: _F) -> _F:
     """Add ``--lookahead`` and ``--margin`` (seconds) to a command."""
-    command = click.option(
-        "--margin",
-        type=click.FloatRange(min=0),
-        default=5.0,
-        show_default=True,
-        metavar="SECONDS",
-        help=MARGIN_HELP,
+    seconds = click.FloatRange
+    command = setting(
+        "--margin", type=seconds(min=0), default=5.0, metavar="SECONDS", help=MARGIN_HELP
     )(command)
-    return click.option(
-        "--lookahead",
-        type=click.FloatRange(min=1),
-        default=60.0,
-        show_default=True,
-        metavar="SECONDS",
-        help=LOOKAHEAD_HELP,
+    return setting(
+        "--lookahead", type=seconds(min=1), default=60.0, metavar="SECONDS", help=LOOKAHEAD_HELP
     )(command)
 
 

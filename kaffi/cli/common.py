@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -59,6 +59,21 @@ def url_option(command: _F) -> _F:
     return click.option("--url", "url", default=None, metavar="URL", help=URL_HELP)(command)
 
 
+def setting(
+    *names: str, type: Any, default: object, help: str, metavar: str | None = None
+) -> Callable[[_F], _F]:
+    """A click option holding a checked value (a number range, a choice) with its default
+    shown in ``--help`` (when it has one), written on one line where a command lists many."""
+    return click.option(
+        *names,
+        type=type,
+        default=default,
+        show_default=default is not None,
+        metavar=metavar,
+        help=help,
+    )
+
+
 LOG_LEVEL_HELP = "debug, info, warning, error or critical."
 LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 
@@ -66,12 +81,8 @@ LOG_FORMAT_HELP = "text for people, json (one object per line) for machines."
 def log_options(command: _F) -> _F:
     """Add ``--log-level LEVEL`` (default info) and ``--log-format text|json`` to a
     command; they reach it as ``log_level`` and ``log_format``."""
-    command = click.option(
-        "--log-format",
-        type=click.Choice(["text", "json"]),
-        default="text",
-        show_default=True,
-        help=LOG_FORMAT_HELP,
+    command = setting(
+        "--log-format", type=click.Choice(["text", "json"]), default="text", help=LOG_FORMAT_HELP
     )(command)
     return click.option(
         "--log-level", default="info", show_default=True, metavar="LEVEL", help=LOG_LEVEL_HELP

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from kaffi.cli import main
-from kaffi.cli.common import handle_errors, url_option
+from kaffi.cli.common import handle_errors, setting, url_option
 
 __all__ = ["exporter"]
 
@@ -36,13 +36,7 @@ CACHE_HELP = "Seconds one answer of the server serves scrapes."
     envvar="KAFFI_EXPORTER_LISTEN",
     help=LISTEN_HELP,
 )
-@click.option(
-    "--cache-seconds",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help=CACHE_HELP,
-)
+@setting("--cache-seconds", type=click.FloatRange(min=0), default=1.0, help=CACHE_HELP)
 @click.option(
     "--log-level", default="info", show_default=True, metavar="LEVEL", help="debug, info, ..."
 )

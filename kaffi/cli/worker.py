@@ -17,7 +17,7 @@ import click
 
 from kaffi.cli import main
 from kaffi.cli.beat import beat_options, make_beat, start_beat_thread
-from kaffi.cli.common import handle_errors, log_options, url_option
+from kaffi.cli.common import handle_errors, log_options, setting, url_option
 
 if TYPE_CHECKING:
     from kaffi.app import App
@@ -78,60 +78,34 @@ RUN_BEAT_HELP = (
 @click.option(
     "--queues", "-q", default="default", show_default=True, metavar="LIST", help=QUEUES_HELP
 )
-@click.option(
-    "--concurrency",
-    "-c",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help=CONCURRENCY_HELP,
-)
-@click.option(
-    "--processes",
-    "-p",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help=PROCESSES_HELP,
-)
-@click.option(
-    "--timeout",
-    "-t",
-    type=click.FloatRange(min=0),
-    default=8.0,
-    show_default=True,
-    help=TIMEOUT_HELP,
-)
-@click.option(
+@setting("--concurrency", "-c", type=click.IntRange(min=1), default=20, help=CONCURRENCY_HELP)
+@setting("--processes", "-p", type=click.IntRange(min=1), default=1, help=PROCESSES_HELP)
+@setting("--timeout", "-t", type=click.FloatRange(min=0), default=8.0, help=TIMEOUT_HELP)
+@setting(
     "--beat-interval",
     type=click.FloatRange(min=0, min_open=True, max=60),
     default=15.0,
-    show_default=True,
     help=BEAT_HELP,
 )
 @click.option("--labels", "-l", default="", metavar="LIST", help=LABELS_HELP)
 @click.option("--wid", default=None, help=WID_HELP)
 @url_option
-@click.option(
+@setting(
     "--max-jobs-per-child",
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
     help=MAX_JOBS_HELP,
 )
-@click.option(
+@setting(
     "--max-memory-per-child",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="MB",
     help=MAX_MEMORY_HELP,
 )
-@click.option(
-    "--cpu-affinity",
-    type=click.Choice(["auto", "on", "off"]),
-    default="auto",
-    show_default=True,
-    help=AFFINITY_HELP,
+@setting(
+    "--cpu-affinity", type=click.Choice(["auto", "on", "off"]), default="auto", help=AFFINITY_HELP
 )
 @click.option("--burst", is_flag=True, help=BURST_HELP)
 @click.option("--health-file", default=None, metavar="PATH", help=HEALTH_HELP)
