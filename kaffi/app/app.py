@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 from kaffi.app.middleware import Middleware
 from kaffi.app.push import Delivery
@@ -24,6 +24,8 @@ from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from kaffi.app.testing import Testing
     from kaffi.client import AsyncClient, Client, ConnectionSettings, Mutation
     from kaffi.periodic.schedule import Schedule
@@ -58,6 +60,16 @@ class Mutate:
     def dead(self) -> Mutation:
         """A Mutation over the dead set (jobs that ran out of retries)."""
         return self._app.client.dead
+
+
+class TaskOptionArgs(TypedDict, total=False):
+    """The job options ``@app.task(...)`` takes, handed on as keywords (None: the default)."""
+
+    queue: str | None
+    retry: int | None
+    reserve_for: int | None
+    backtrace: int | None
+    custom: dict[str, Any] | None
 
 
 class App:
@@ -151,50 +163,29 @@ class App:
 
         localns = sys._getframe(1).f_locals
 
+        options: TaskOptionArgs = {
+            "queue": queue,
+            "retry": retry,
+            "reserve_for": reserve_for,
+            "backtrace": backtrace,
+            "custom": custom,
+        }
+
         def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
-            return self._add(
-                func,
-                localns=localns,
-                name=name,
-                queue=queue,
-                retry=retry,
-                reserve_for=reserve_for,
-                backtrace=backtrace,
-                custom=custom,
-            )
+            return self._register(self._build_task(func, localns=localns, name=name, **options))
 
         if fn is not None:
             return decorate(fn)
         return decorate
 
-    def _add(
-        self,
-        fn: Callable[P, R],
-        *,
-        localns: dict[str, Any] | None = None,
-        name: str | None,
-        queue: str | None = None,
-        retry: int | None = None,
-        reserve_for: int | None = None,
-        backtrace: int | None = None,
-        custom: dict[str, Any] | None = None,
-    ) -> Task[P, R]:
-        task = self._build_task(
-            fn,
-            localns=localns,
-            name=name,
-            queue=queue,
-            retry=retry,
-            reserve_for=reserve_for,
-            backtrace=backtrace,
-            custom=custom,
-        )
+    def _register(self, task: Task[P, R]) -> Task[P, R]:
+        """Add ``task`` to :attr:`tasks`, refusing a jobtype that is taken."""
         with self._lock:
             existing = self.tasks.get(task.name)
             if existing is not None:
                 raise ConfigurationError(
                     f"jobtype {task.name!r} is already registered to {_describe(existing.fn)};"
-                    f" {_describe(fn)} needs another name (pass name=...)"
+                    f" {_describe(task.fn)} needs another name (pass name=...)"
                 )
             self.tasks[task.name] = task
         return task
@@ -205,11 +196,7 @@ class App:
         *,
         localns: dict[str, Any] | None = None,
         name: str | None,
-        queue: str | None = None,
-        retry: int | None = None,
-        reserve_for: int | None = None,
-        backtrace: int | None = None,
-        custom: dict[str, Any] | None = None,
+        **options: Unpack[TaskOptionArgs],
     ) -> Task[P, R]:
         if isinstance(fn, Task):
             raise ConfigurationError(f"{fn!r} is already a task")
@@ -220,16 +207,21 @@ class App:
             raise ConfigurationError(
                 f"cannot tell the jobtype of {fn!r}: pass name= (a non-empty string)"
             )
-        options = TaskOptions(
+        queue, retry, reserve_for = (
+            options.get("queue"),
+            options.get("retry"),
+            options.get("reserve_for"),
+        )
+        task_options = TaskOptions(
             jobtype,
             queue=queue if queue is not None else "default",
             retry=retry if retry is not None else DEFAULT_RETRY,
             reserve_for=reserve_for if reserve_for is not None else DEFAULT_RESERVE_FOR,
-            backtrace=backtrace,
-            custom=custom,
+            backtrace=options.get("backtrace"),
+            custom=options.get("custom"),
         )
         signature = TaskSignature(fn, jobtype, localns, strict=self.strict)
-        return Task(self, fn, jobtype, options, signature)
+        return Task(self, fn, jobtype, task_options, signature)
 
     def unregistered_task(self, name: str, fn: Callable[..., Any]) -> Task[Any, Any]:
         """A :class:`~kaffi.app.task.Task` running ``fn`` for jobtype ``name``, built as
@@ -243,7 +235,7 @@ class App:
     def register(self, name: str, fn: Callable[..., Any]) -> App:
         """Register ``fn`` under the jobtype ``name`` without decorating it (as in the Node
         client's ``faktory.register``); returns the App for chaining."""
-        self._add(fn, name=name, localns=sys._getframe(1).f_locals)
+        self._register(self._build_task(fn, name=name, localns=sys._getframe(1).f_locals))
         return self
 
     def periodic(
