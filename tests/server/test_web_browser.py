@@ -43,7 +43,7 @@ _WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator[webdriver.Chrome]:
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
     if _CHROMIUM is None or _DRIVER is None:
         pytest.skip(
             "no chromium/chromedriver on this machine: apt-get install chromium chromium-driver"
@@ -57,6 +57,9 @@ def driver() -> Iterator[webdriver.Chrome]:
         "--disable-dev-shm-usage",
         "--window-size=1280,900",
         "--hide-scrollbars",
+        # A profile of its own under pytest's temporary folder, so no run leaves
+        # Chromium's profile folders behind in /tmp.
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
