@@ -28,6 +28,8 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,15 @@ class Progress:
                 " (id TEXT PRIMARY KEY, name TEXT, state TEXT, percent INTEGER, words INTEGER)"
             )
 
-    def _db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # One connection per call, closed after it: sqlite3's own ``with`` only commits.
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
 
     def set(self, upload_id: str, **fields: Any) -> None:
         """Create or update one upload's row."""

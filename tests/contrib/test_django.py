@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -417,7 +418,7 @@ def test_without_the_middleware_async_jobs_share_a_dropped_connection(
 
 def _seed(database: Path, customers: list[str]) -> list[int]:
     """Orders inserted with plain sqlite3 into a copy of the migrated database."""
-    with sqlite3.connect(database) as db:
+    with closing(sqlite3.connect(database)) as db, db:
         ids = []
         for customer in customers:
             cursor = db.execute(
@@ -456,13 +457,13 @@ def _manage(
 
 
 def _orders(database: Path) -> list[tuple[int, str, int | None]]:
-    with sqlite3.connect(database) as db:
+    with closing(sqlite3.connect(database)) as db, db:
         rows = db.execute("SELECT id, status, confirmed_by FROM shop_order ORDER BY id")
         return [(row[0], row[1], row[2]) for row in rows]
 
 
 def _receipts(database: Path) -> list[str]:
-    with sqlite3.connect(database) as db:
+    with closing(sqlite3.connect(database)) as db, db:
         return [row[0] for row in db.execute("SELECT note FROM shop_receipt ORDER BY order_id")]
 
 
@@ -479,7 +480,7 @@ def database(django_project: DjangoProject, tmp_path: Path) -> Path:
     """A copy of the migrated test database, for one subprocess test."""
     copy = tmp_path / "shop.sqlite3"
     shutil.copyfile(django_project.database, copy)
-    with sqlite3.connect(copy) as db:
+    with closing(sqlite3.connect(copy)) as db, db:
         db.execute("DELETE FROM shop_receipt")
         db.execute("DELETE FROM shop_order")
     return copy

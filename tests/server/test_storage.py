@@ -251,5 +251,9 @@ def test_daily_counters_are_kept_per_utc_day(tmp_path: Path) -> None:
     finally:
         reopened.close()
     assert history == [("2029-12-31", 0, 0), ("2030-01-01", 4, 1), ("2030-01-02", 2, 1)]
-    with pytest.raises(ValueError, match="at least 1"):
-        SqliteJournal(tmp_path / "other.sqlite3").daily(0, day_one)
+    other = SqliteJournal(tmp_path / "other.sqlite3")
+    try:
+        with pytest.raises(ValueError, match="at least 1"):
+            other.daily(0, day_one)
+    finally:
+        other.close()
