@@ -17,6 +17,7 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kaffi.app.middleware import Middleware, RunSync, is_async_callable, run_chain
@@ -93,6 +94,35 @@ class JobContext:
     def custom(self) -> dict[str, Any] | None:
         """The job's ``custom`` mapping, or None."""
         return self.job.custom
+
+    def track(
+        self,
+        percent: int | None = None,
+        desc: str | None = None,
+        *,
+        reserve_until: datetime | timedelta | None = None,
+    ) -> None:
+        """Report this job's progress to Faktory Enterprise (``TRACK SET``, through
+        ``app.client``): ``percent`` 0 to 100, ``desc`` a short text, and ``reserve_until``
+        (a datetime, or a timedelta from now) to extend the job's reservation past its
+        ``reserve_for``, so a long job is not handed out again. The job should be a
+        ``track=True`` task for ``app.progress(jid)`` to report it. From an ``async def``
+        job, use :meth:`track_async`."""
+        self.app.client.track_set(
+            self.job.jid, percent=percent, desc=desc, reserve_until=reserve_until
+        )
+
+    async def track_async(
+        self,
+        percent: int | None = None,
+        desc: str | None = None,
+        *,
+        reserve_until: datetime | timedelta | None = None,
+    ) -> None:
+        """:meth:`track` for ``async def`` jobs (through ``app.async_client``)."""
+        await self.app.async_client.track_set(
+            self.job.jid, percent=percent, desc=desc, reserve_until=reserve_until
+        )
 
     def __repr__(self) -> str:
         return f"<JobContext jid={self.job.jid} jobtype={self.job.jobtype!r}>"
