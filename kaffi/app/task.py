@@ -440,7 +440,8 @@ class Task(Generic[P, R]):
             payload["at"] = format_rfc3339(datetime.now(timezone.utc) + self._countdown)
         expires_in = self._options.expires_in
         if expires_in is not None:
-            payload["custom"] = {**payload["custom"], "expires_at": expires_at_from(expires_in)}
+            custom = payload.get("custom") or {}
+            payload["custom"] = {**custom, "expires_at": expires_at_from(expires_in)}
         return payload
 
     def encoded_job(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> EncodedJob:
