@@ -222,3 +222,36 @@ def test_progress_reply_is_typed() -> None:
     assert known.updated_at == datetime(2030, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)
     with pytest.raises(kaffi.RemoteProtocolError):
         decode_progress(BulkReply(b'{"jid":"j"}'))
+
+
+def test_track_in_a_testing_mode_keeps_the_reports(app: App) -> None:
+    contexts: list[kaffi.JobContext] = []
+
+    @app.task(track=True)
+    def work() -> None:
+        ctx = kaffi.current_job()
+        ctx.track(percent=30, desc="start")
+        ctx.track(percent=60)
+        contexts.append(ctx)
+
+    @app.task(track=True)
+    async def awork() -> None:
+        ctx = kaffi.current_job()
+        await ctx.track_async(desc="async")
+        contexts.append(ctx)
+
+    with app.testing.inline():
+        jid = work.delay()
+        ajid = awork.delay()
+    assert contexts[0].tracked == [
+        {"jid": jid, "percent": 30, "desc": "start"},
+        {"jid": jid, "percent": 60},
+    ]
+    assert contexts[1].tracked == [{"jid": ajid, "desc": "async"}]
+
+    @app.task
+    def bad() -> None:
+        kaffi.current_job().track(percent=150)
+
+    with app.testing.inline(), pytest.raises(ValidationError, match="percent"):
+        bad.delay()
