@@ -114,7 +114,9 @@ class Enterprise:
         if ttl is not None:
             key = unique_key(job)
             lock = self.locks.get(key)
-            if lock is not None and lock.expires > now:
+            # The holder's own jid again is the same job sent twice (a client resends a
+            # PUSH whose reply was lost): accepted, as delivery is at least once anyway.
+            if lock is not None and lock.expires > now and lock.owner != job["jid"]:
                 raise NotUniqueRejected(key)
             start = at if at is not None and at > now else now
             self.locks[key] = _Lock(job["jid"], start + ttl)

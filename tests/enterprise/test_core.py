@@ -280,3 +280,12 @@ def test_unique_key_is_jobtype_queue_and_args() -> None:
     assert unique_key(base) == unique_key(same)
     assert unique_key(base) != unique_key({**base, "queue": "r"})
     assert unique_key(base) != unique_key({**base, "jobtype": "B"})
+
+
+def test_the_same_jid_pushed_again_is_not_a_duplicate() -> None:
+    # A client resends a PUSH whose reply was lost: the job must not refuse itself.
+    core = ServerCore(enterprise=True)
+    s = session(core)
+    assert s.handle(Command("PUSH", unique("a" * 24))).reply == b"+OK\r\n"
+    assert s.handle(Command("PUSH", unique("a" * 24))).reply == b"+OK\r\n"
+    assert s.handle(Command("PUSH", unique("b" * 24))).reply == NOT_UNIQUE
