@@ -59,7 +59,8 @@ WEB_HELP = (
 NO_WEB_HELP = "Do not serve the web UI."
 ENTERPRISE_HELP = (
     "Also implement Faktory Enterprise's unique jobs, expiring jobs and TRACK (progress); "
-    "kept in memory. Without it the server answers as open-source Faktory."
+    "locks and progress are kept in memory. Without it the server answers as open-source "
+    "Faktory."
 )
 #: How EmbeddedServer's error starts when the UI's address cannot be bound.
 WEB_START_FAILED = "cannot serve the web UI"

@@ -8,6 +8,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from kaffi import App, AsyncClient, Client, current_job
 from kaffi.errors import EnterpriseRequired, NotUnique
 from kaffi.protocol.enterprise import Progress
 from kaffi.server import EmbeddedServer
-from tests.support import WAIT, running, wait_until
+from tests.support import WAIT, embedded_server, running, wait_until
 
 
 @pytest.fixture
@@ -206,6 +207,25 @@ def test_expired_jobs_are_dropped_at_fetch(
     raw = ent_app.client.info().raw
     assert raw["faktory"]["total_expired"] == 1
     assert "Enterprise" in raw["server"]["description"]
+
+
+def test_expiry_and_track_after_a_restart_with_data(tmp_path: Path) -> None:
+    data = tmp_path / "ent.sqlite3"
+    with embedded_server(data=data, enterprise=True) as srv, Client(srv.url) as client:
+        expiring = client.job("report", 1)
+        expiring.expires_in = 30
+        expiring.push()
+        tracked = client.job("report", 2)
+        tracked.track = True
+        tracked_jid = tracked.push()
+    with embedded_server(data=data, enterprise=True) as srv, Client(srv.url) as client:
+        # Expiry is read from the stored job; progress records are in memory only.
+        assert client.track_get(tracked_jid).state == "unknown"
+        srv.advance_clock(31)
+        fetched = client.fetch()
+        assert fetched is not None
+        assert fetched.jid == tracked_jid
+        assert client.info().raw["faktory"]["total_expired"] == 1
 
 
 # -- enterprise mode: tracking ---------------------------------------------------------------
