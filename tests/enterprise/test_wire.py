@@ -188,6 +188,25 @@ def test_async_client_raises_not_unique(faktory_enterprise_server: EmbeddedServe
     asyncio.run(main())
 
 
+def test_delay_async_raises_not_unique(ent_app: App) -> None:
+    @ent_app.task(unique_for=60)
+    def sync(n: int) -> None:
+        del n
+
+    async def main() -> None:
+        try:
+            assert await sync.delay_async(1)
+            with pytest.raises(NotUnique) as caught:
+                await sync.delay_async(1)
+            assert caught.value.jobtype == "sync"
+            outcome = await sync.delay_many_async([(1,), (2,)])
+            assert [r.payload["args"] for r in outcome if r.not_unique] == [[1]]
+        finally:
+            await ent_app.aclose()
+
+    asyncio.run(main())
+
+
 # -- enterprise mode: expiring jobs ----------------------------------------------------------
 
 
