@@ -17,9 +17,11 @@ from kaffi.errors import (
     ConfigurationError,
     ConnectError,
     ConnectTimeout,
+    EnterpriseRequired,
     JobError,
     KaffiError,
     LocalProtocolError,
+    NotUnique,
     PoolTimeout,
     ProtocolError,
     ReadError,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from kaffi.app import App, Task, connect, register, stop, use, work
     from kaffi.app.execution import JobContext, current_job
     from kaffi.client import AsyncClient, Client, Job, Mutation
+    from kaffi.protocol.enterprise import Progress
     from kaffi.protocol.models import Failure, Info, JobPayload, RejectedJob
     from kaffi.worker import Worker
 
@@ -58,6 +61,7 @@ _LAZY = {
     "Failure": "kaffi.protocol.models",
     "Info": "kaffi.protocol.models",
     "RejectedJob": "kaffi.protocol.models",
+    "Progress": "kaffi.protocol.enterprise",
     "Worker": "kaffi.worker",
 }
 
@@ -72,6 +76,7 @@ __all__ = [
     "JobContext",
     "JobPayload",
     "Mutation",
+    "Progress",
     "RejectedJob",
     "Task",
     "Worker",
@@ -87,9 +92,11 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "ConnectTimeout",
+    "EnterpriseRequired",
     "JobError",
     "KaffiError",
     "LocalProtocolError",
+    "NotUnique",
     "PoolTimeout",
     "ProtocolError",
     "ReadError",

@@ -8,6 +8,9 @@ The tree is split by *cause*, so callers can decide what to do without parsing m
   that read it is no longer trustworthy and is thrown away).
 - :class:`ServerError`: the server answered ``-ERR``/``-CODE``. The connection stays usable.
   :class:`AuthenticationError` is the one server error that also closes the connection.
+  :class:`NotUnique` (a unique job's duplicate, ``-NOTUNIQUE``) and
+  :class:`EnterpriseRequired` (an open-source server refusing an Enterprise command) are
+  server errors too.
 - :class:`TransportError`: the network failed (connect refused, reset, timeout). The
   connection is thrown away. Nothing here shadows the builtin ``ConnectionError`` or
   ``TimeoutError``: the names are ``ConnectError`` and ``ConnectTimeout`` and so on.
@@ -28,6 +31,8 @@ __all__ = [
     "RemoteProtocolError",
     "ServerError",
     "AuthenticationError",
+    "NotUnique",
+    "EnterpriseRequired",
     "TransportError",
     "ConnectError",
     "ReadError",
@@ -91,6 +96,39 @@ class AuthenticationError(ServerError):
         self.args = (
             f"authentication failed: the server said '-{code} {message}'; "
             "check the password in FAKTORY_URL (tcp://:PASSWORD@host:port) or password=",
+        )
+
+
+class NotUnique(ServerError):
+    """A Faktory Enterprise server refused a PUSH because a job with the same jobtype, args
+    and queue holds a unique lock (``-NOTUNIQUE Job not unique``).
+
+    ``jobtype`` is the refused job's type (None when it could not be told); ``code`` and
+    ``message`` are the server's, as for every :class:`ServerError`.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, command: str | None = None, jobtype: str | None = None
+    ) -> None:
+        super().__init__(code, message, command=command)
+        self.jobtype = jobtype
+        what = f"job {jobtype!r}" if jobtype else "job"
+        self.args = (
+            f"{what} is not unique: another with the same args and queue holds its unique lock"
+            f" (the server said '-{code} {message}')",
+        )
+
+
+class EnterpriseRequired(ServerError):
+    """The server is open-source Faktory and the command needs Faktory Enterprise
+    (``-ERR batch subsystem is only available in Faktory Enterprise`` and the like)."""
+
+    def __init__(self, code: str, message: str, *, command: str | None = None) -> None:
+        super().__init__(code, message, command=command)
+        where = f"{command} " if command else ""
+        self.args = (
+            f"{where}needs Faktory Enterprise (or `kaffi server --enterprise`): the server"
+            f" said '-{code} {message}'",
         )
 
 

@@ -12,7 +12,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 from kaffi.app.middleware import Middleware
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from kaffi.app.testing import Testing
     from kaffi.client import AsyncClient, Client, ConnectionSettings, Mutation
     from kaffi.periodic.schedule import Schedule
+    from kaffi.protocol.enterprise import Progress
 
 __all__ = ["App", "Mutate"]
 
@@ -70,6 +71,11 @@ class TaskOptionArgs(TypedDict, total=False):
     reserve_for: int | None
     backtrace: int | None
     custom: dict[str, Any] | None
+    unique_for: float | timedelta | None
+    unique_until: str | None
+    expires_at: datetime | str | None
+    expires_in: float | timedelta | None
+    track: bool | None
 
 
 class App:
@@ -141,6 +147,11 @@ class App:
         reserve_for: int | None = None,
         backtrace: int | None = None,
         custom: dict[str, Any] | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_until: str | None = None,
+        expires_at: datetime | str | None = None,
+        expires_in: float | timedelta | None = None,
+        track: bool | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -154,11 +165,18 @@ class App:
         reserve_for: int | None = None,
         backtrace: int | None = None,
         custom: dict[str, Any] | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_until: str | None = None,
+        expires_at: datetime | str | None = None,
+        expires_in: float | timedelta | None = None,
+        track: bool | None = None,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue="low")``.
 
         The jobtype is the function's ``__name__`` unless ``name=`` says otherwise; a
         jobtype can be registered once. Options are checked now, naming a bad one.
+        ``unique_for``, ``unique_until``, ``expires_at``/``expires_in`` and ``track`` are
+        Faktory Enterprise's (see ``docs/enterprise.md``).
         """
 
         localns = sys._getframe(1).f_locals
@@ -169,6 +187,11 @@ class App:
             "reserve_for": reserve_for,
             "backtrace": backtrace,
             "custom": custom,
+            "unique_for": unique_for,
+            "unique_until": unique_until,
+            "expires_at": expires_at,
+            "expires_in": expires_in,
+            "track": track,
         }
 
         def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
@@ -219,6 +242,11 @@ class App:
             reserve_for=reserve_for if reserve_for is not None else DEFAULT_RESERVE_FOR,
             backtrace=options.get("backtrace"),
             custom=options.get("custom"),
+            unique_for=options.get("unique_for"),
+            unique_until=options.get("unique_until"),
+            expires_at=options.get("expires_at"),
+            expires_in=options.get("expires_in"),
+            track=options.get("track"),
         )
         signature = TaskSignature(fn, jobtype, localns, strict=self.strict)
         return Task(self, fn, jobtype, task_options, signature)
@@ -377,6 +405,16 @@ class App:
                 client = factory(settings=self.settings, **self._pool_options())
                 setattr(self, attribute, client)
             return client
+
+    def progress(self, jid: str) -> Progress:
+        """A tracked job's progress (Faktory Enterprise ``TRACK GET``): its state, and
+        the percent and description its job last reported with ``current_job().track()``.
+        An open-source server raises :class:`~kaffi.errors.EnterpriseRequired`."""
+        return self.client.track_get(jid)
+
+    async def progress_async(self, jid: str) -> Progress:
+        """:meth:`progress` for asyncio code (uses ``app.async_client``)."""
+        return await self.async_client.track_get(jid)
 
     @property
     def mutate(self) -> Mutate:

@@ -17,10 +17,12 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kaffi.app.middleware import Middleware, RunSync, is_async_callable, run_chain
 from kaffi.errors import JobError, UnknownJobType
+from kaffi.protocol.enterprise import track_set_document
 from kaffi.protocol.models import JobPayload
 
 if TYPE_CHECKING:
@@ -93,6 +95,49 @@ class JobContext:
     def custom(self) -> dict[str, Any] | None:
         """The job's ``custom`` mapping, or None."""
         return self.job.custom
+
+    def track(
+        self,
+        percent: int | None = None,
+        desc: str | None = None,
+        *,
+        reserve_until: datetime | timedelta | None = None,
+    ) -> None:
+        """Report this job's progress to Faktory Enterprise (``TRACK SET``, through
+        ``app.client``): ``percent`` 0 to 100, ``desc`` a short text, and ``reserve_until``
+        (a datetime, or a timedelta from now) to extend the job's reservation past its
+        ``reserve_for``, so a long job is not handed out again. The job should be a
+        ``track=True`` task for ``app.progress(jid)`` to report it. From an ``async def``
+        job, use :meth:`track_async`. In a testing mode (inline, fake) nothing is sent:
+        the reports are kept in :attr:`tracked`."""
+        if self.app.delivery is not None:
+            self.tracked.append(track_set_document(self.job.jid, percent, desc, reserve_until))
+            return
+        self.app.client.track_set(
+            self.job.jid, percent=percent, desc=desc, reserve_until=reserve_until
+        )
+
+    async def track_async(
+        self,
+        percent: int | None = None,
+        desc: str | None = None,
+        *,
+        reserve_until: datetime | timedelta | None = None,
+    ) -> None:
+        """:meth:`track` for ``async def`` jobs (through ``app.async_client``)."""
+        if self.app.delivery is not None:
+            self.tracked.append(track_set_document(self.job.jid, percent, desc, reserve_until))
+            return
+        await self.app.async_client.track_set(
+            self.job.jid, percent=percent, desc=desc, reserve_until=reserve_until
+        )
+
+    @property
+    def tracked(self) -> list[dict[str, Any]]:
+        """The ``TRACK SET`` documents :meth:`track` kept while the App was in a testing
+        mode, which has no server to send them to (oldest first)."""
+        reports: list[dict[str, Any]] = self.__dict__.setdefault("_tracked", [])
+        return reports
 
     def __repr__(self) -> str:
         return f"<JobContext jid={self.job.jid} jobtype={self.job.jobtype!r}>"

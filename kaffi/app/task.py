@@ -20,10 +20,11 @@ dict: :meth:`Task.encoded_job` gives the same bytes as encoding :meth:`Task.payl
 from __future__ import annotations
 
 import copy
+import enum
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
 
@@ -32,6 +33,11 @@ from kaffi.app.middleware import is_async_callable
 from kaffi.app.push import BulkOutcome
 from kaffi.app.signature import TaskSignature
 from kaffi.errors import ConfigurationError, ValidationError
+from kaffi.protocol.enterprise import (
+    check_expires_in,
+    enterprise_custom,
+    expires_at_from,
+)
 from kaffi.protocol.models import (
     DEFAULT_RESERVE_FOR,
     DEFAULT_RETRY,
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
     from kaffi.app.app import App
     from kaffi.client import Job
 
-__all__ = ["OnCommitHook", "Task", "TaskOptions", "set_on_commit_hook"]
+__all__ = ["KEEP", "OnCommitHook", "Task", "TaskOptions", "set_on_commit_hook"]
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
@@ -69,6 +75,18 @@ def set_on_commit_hook(hook: OnCommitHook | None) -> OnCommitHook | None:
     return previous
 
 
+class _Keep(enum.Enum):
+    KEEP = 0
+
+
+#: ``.options()``'s default for the options where None has a meaning of its own
+#: (``unique_for=None`` turns uniqueness off): keep the task's value.
+KEEP = _Keep.KEEP
+
+#: The Faktory Enterprise options: None switches each off, even in ``.options()``.
+_ENTERPRISE_OPTIONS = ("unique_for", "unique_until", "expires_at", "expires_in", "track")
+
+
 class TaskOptions:
     """A task's validated job options and the payload template built from them."""
 
@@ -77,12 +95,17 @@ class TaskOptions:
         "backtrace",
         "countdown",
         "custom",
+        "expires_at",
+        "expires_in",
         "jid",
         "json_head",
         "queue",
         "reserve_for",
         "retry",
         "template",
+        "track",
+        "unique_for",
+        "unique_until",
     )
 
     def __init__(
@@ -97,12 +120,44 @@ class TaskOptions:
         at: datetime | str | None = None,
         countdown: float | timedelta | None = None,
         jid: str | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_until: str | None = None,
+        expires_at: datetime | str | None = None,
+        expires_in: float | timedelta | None = None,
+        track: bool | None = None,
     ) -> None:
         if at is not None and countdown is not None:
             raise ValidationError(
                 f"task {jobtype!r}: give at= or countdown=, not both", field="countdown"
             )
+        if expires_at is not None and expires_in is not None:
+            raise ValidationError(
+                f"task {jobtype!r}: give expires_at= or expires_in=, not both", field="expires_in"
+            )
         self.countdown = _check_countdown(jobtype, countdown)
+        owner = f"task {jobtype!r}: "
+        # Faktory Enterprise's custom keys (kaffi.protocol.enterprise cites the sources);
+        # expires_in becomes an absolute expires_at at each push, as countdown does.
+        extra = enterprise_custom(
+            unique_for=unique_for,
+            unique_until=unique_until,
+            expires_at=expires_at,
+            track=track,
+            owner=owner,
+        )
+        self.expires_in = check_expires_in(expires_in, owner)
+        self.unique_for = unique_for
+        self.unique_until = unique_until
+        self.expires_at = expires_at
+        self.track = track
+        user_custom = custom
+        if extra:
+            if custom is not None and not isinstance(custom, Mapping):
+                raise ValidationError(
+                    f"{owner}bad option custom: it must be a mapping, got {custom!r}",
+                    field="custom",
+                )
+            custom = {**(custom or {}), **extra}
         try:
             # The payload model applies the server's own rules and names the bad field.
             model = JobPayload.create(
@@ -138,6 +193,14 @@ class TaskOptions:
         self.reserve_for = model.reserve_for
         self.backtrace = model.backtrace
         self.custom = template.get("custom")
+        if extra:
+            # What the user gave as custom, without the keys the options wrote (so that
+            # replace() can switch an option off).
+            self.custom = (
+                {k: v for k, v in (self.custom or {}).items() if k not in extra}
+                if user_custom is not None
+                else None
+            )
         self.at = model.at
         self.jid = jid
         template.pop("args", None)
@@ -158,13 +221,30 @@ class TaskOptions:
             "at": self.at,
             "countdown": self.countdown,
             "jid": self.jid,
+            "unique_for": self.unique_for,
+            "unique_until": self.unique_until,
+            "expires_at": self.expires_at,
+            "expires_in": self.expires_in,
+            "track": self.track,
         }
-        given = {k: v for k, v in changes.items() if v is not None}
-        # A new schedule replaces the old one, whichever form either was in.
+        given = {
+            k: v
+            for k, v in changes.items()
+            if v is not KEEP and (v is not None or k in _ENTERPRISE_OPTIONS)
+        }
+        # A new schedule replaces the old one, whichever form either was in; so does a
+        # new expiry.
         if "at" in given:
             current["countdown"] = None
         if "countdown" in given:
             current["at"] = None
+        if given.get("expires_at") is not None:
+            current["expires_in"] = None
+        if given.get("expires_in") is not None:
+            current["expires_at"] = None
+        # Switching uniqueness off takes its release rule with it.
+        if "unique_for" in given and given["unique_for"] is None:
+            given.setdefault("unique_until", None)
         current.update(given)
         return TaskOptions(jobtype, **current)
 
@@ -299,10 +379,22 @@ class Task(Generic[P, R]):
         custom: Mapping[str, Any] | None = None,
         jid: str | None = None,
         backtrace: int | None = None,
+        unique_for: float | timedelta | Literal[_Keep.KEEP] | None = KEEP,
+        unique_until: str | Literal[_Keep.KEEP] | None = KEEP,
+        expires_at: datetime | str | Literal[_Keep.KEEP] | None = KEEP,
+        expires_in: float | timedelta | Literal[_Keep.KEEP] | None = KEEP,
+        track: bool | Literal[_Keep.KEEP] | None = KEEP,
     ) -> Task[P, R]:
         """A copy of this task with other job options (checked now, naming a bad one);
         options left at None keep the task's value. ``countdown`` is seconds or a
-        timedelta counted from each ``.delay()``; ``at`` a datetime or RFC 3339 string."""
+        timedelta counted from each ``.delay()``; ``at`` a datetime or RFC 3339 string.
+
+        The Faktory Enterprise options (see ``docs/enterprise.md``) keep the task's value
+        when left out and are switched off by None: ``unique_for=None`` sends a job that
+        ignores unique locks. ``unique_for`` is seconds (or a timedelta) a duplicate is
+        refused for, ``unique_until`` ``"success"`` or ``"start"``, ``expires_at`` a
+        datetime or ``expires_in`` seconds/a timedelta counted from each push, ``track``
+        True to make the job's progress readable with ``app.progress(jid)``."""
         options = self._options.replace(
             self.name,
             queue=queue,
@@ -313,6 +405,11 @@ class Task(Generic[P, R]):
             custom=custom,
             jid=jid,
             backtrace=backtrace,
+            unique_for=unique_for,
+            unique_until=unique_until,
+            expires_at=expires_at,
+            expires_in=expires_in,
+            track=track,
         )
         configured = copy.copy(self)
         configured._options = options
@@ -341,6 +438,10 @@ class Task(Generic[P, R]):
         payload["args"] = self._encode(args, kwargs)
         if self._countdown is not None:
             payload["at"] = format_rfc3339(datetime.now(timezone.utc) + self._countdown)
+        expires_in = self._options.expires_in
+        if expires_in is not None:
+            custom = payload.get("custom") or {}
+            payload["custom"] = {**custom, "expires_at": expires_at_from(expires_in)}
         return payload
 
     def encoded_job(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> EncodedJob:
@@ -348,7 +449,8 @@ class Task(Generic[P, R]):
         ``EncodedJob.from_checked(self.payload(args, kwargs))``, built without the dict."""
         head = self._json_head
         data = self._encode_json(args, kwargs) if head is not None else None
-        if head is None or data is None:
+        if head is None or data is None or self._options.expires_in is not None:
+            # (An expires_in changes custom at every push: the template's JSON cannot hold it.)
             # Anything out of the ordinary: the dict path, which reports what is wrong.
             return EncodedJob.from_checked(self.payload(args, kwargs))
         # The dict path's key order: the template's keys, then jid (unless an option fixed
@@ -488,6 +590,11 @@ class Task(Generic[P, R]):
         for field in ("jid", "queue", "retry", "reserve_for", "at", "custom", "backtrace"):
             if field in payload:
                 setattr(job, field, payload[field])
+        # custom already holds the Enterprise keys; a builder's expires_in would count
+        # from its push, so it is kept as that rather than the expires_at written now.
+        if self._options.expires_in is not None:
+            job.expires_in = self._options.expires_in
+            job.custom = {k: v for k, v in payload["custom"].items() if k != "expires_at"}
         return job
 
     def __repr__(self) -> str:
@@ -496,4 +603,5 @@ class Task(Generic[P, R]):
 
 _OPTION_NAMES = frozenset(
     {"queue", "at", "countdown", "retry", "reserve_for", "custom", "jid", "backtrace"}
+    | set(_ENTERPRISE_OPTIONS)
 )

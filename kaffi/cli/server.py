@@ -57,6 +57,11 @@ WEB_HELP = (
     "Non-loopback addresses need --password."
 )
 NO_WEB_HELP = "Do not serve the web UI."
+ENTERPRISE_HELP = (
+    "Also implement Faktory Enterprise's unique jobs, expiring jobs and TRACK (progress); "
+    "locks and progress are kept in memory. Without it the server answers as open-source "
+    "Faktory."
+)
 #: How EmbeddedServer's error starts when the UI's address cannot be bound.
 WEB_START_FAILED = "cannot serve the web UI"
 
@@ -107,6 +112,7 @@ def default_data_path(host: str = "127.0.0.1", port: int = 7419) -> Path:
 @click.option("--url", default=None, metavar="URL", help=URL_HELP)
 @click.option("--web", default=None, metavar="HOST:PORT", help=WEB_HELP)
 @click.option("--no-web", is_flag=True, help=NO_WEB_HELP)
+@click.option("--enterprise", is_flag=True, help=ENTERPRISE_HELP)
 def server_command(
     bind: str,
     data: Path | None,
@@ -121,6 +127,7 @@ def server_command(
     url: str | None,
     web: str | None,
     no_web: bool,
+    enterprise: bool,
 ) -> None:
     """Run kaffi's embedded Faktory-compatible server (for development, CI and tests;
     use the real Faktory in production)."""
@@ -168,6 +175,7 @@ def server_command(
                 tls_key=tls_key,
                 fetch_hold=fetch_hold,
                 web=web,
+                enterprise=enterprise,
             )
 
     server = make(web)

@@ -53,8 +53,10 @@ from __future__ import annotations
 
 import abc
 import inspect
+import json
 import ssl
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
 from kaffi.client.config import ConnectionSettings, resolve_settings
@@ -82,6 +84,7 @@ from kaffi.protocol.commands import (
     decode_info,
     decode_latency,
     decode_ok,
+    decode_progress,
     encode_ack,
     encode_beat,
     encode_fail,
@@ -91,10 +94,12 @@ from kaffi.protocol.commands import (
     encode_line,
     encode_push,
     encode_queue,
+    encode_track,
     format_exception_backtrace,
     raise_for_error,
 )
 from kaffi.protocol.connection import OK_REPLY
+from kaffi.protocol.enterprise import Progress, track_set_document
 from kaffi.protocol.models import EncodedJob, Info, JobPayload, RejectedJob
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
 
@@ -283,7 +288,7 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         """
         # An EncodedJob (every .delay()) needs no conversion: skip the call.
         payload = job if type(job) is EncodedJob else as_payload(job)
-        return self._request((encode_push(payload), True, None, _pushed, payload.jid))
+        return self._request((encode_push(payload), True, None, _pushed, payload))
 
     @command
     def push_bulk(self, jobs: Iterable[JobLike]) -> Outcome[list[RejectedJob]]:
@@ -414,6 +419,29 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         """Seconds the oldest job of each queue has waited."""
         return self._request((encode_queue("LATENCY", *names), True, None, _latency, None))
 
+    # -- Faktory Enterprise -----------------------------------------------------------------
+
+    @command
+    def track_set(
+        self,
+        jid: str,
+        *,
+        percent: int | None = None,
+        desc: str | None = None,
+        reserve_until: datetime | timedelta | None = None,
+    ) -> Outcome[None]:
+        """TRACK SET (Faktory Enterprise): record a job's progress (``percent`` 0 to 100,
+        ``desc``) and/or extend its reservation to ``reserve_until`` (a datetime, or a
+        timedelta from now). Idempotent, so retried. An open-source server raises
+        :class:`~kaffi.errors.EnterpriseRequired`."""
+        line = encode_track("SET", track_set_document(jid, percent, desc, reserve_until))
+        return self._request((line, True, None, decode_ok, "TRACK SET"))
+
+    @command
+    def track_get(self, jid: str) -> Outcome[Progress]:
+        """TRACK GET (Faktory Enterprise): the job's progress, typed (a ``Progress``)."""
+        return self._request((encode_track("GET", check_jid(jid)), True, None, _progress, None))
+
     @property
     def retries(self) -> MutationT:
         """The retry set, for MUTATE: ``client.retries.of_type("x").requeue()``."""
@@ -442,10 +470,16 @@ def _as_is(reply: Reply, _: None) -> Reply:
     return reply
 
 
-def _pushed(reply: Reply, jid: str) -> str:
+def _pushed(reply: Reply, job: JobPayload | EncodedJob) -> str:
     if reply is not OK_REPLY:
+        if isinstance(reply, ErrorReply) and reply.code == "NOTUNIQUE":
+            raise_for_error(reply, "PUSH", jobtype=jobtype_of(job))
         decode_ok(reply, "PUSH")
-    return jid
+    return job.jid
+
+
+def _progress(reply: Reply, _: None) -> Progress:
+    return decode_progress(reply)
 
 
 def _fetched(reply: Reply, _: None) -> JobPayload | None:
@@ -525,6 +559,18 @@ def fail_line(
     ):
         raise ValidationError("backtrace must be a list of strings", field="backtrace")
     return encode_fail(jid, errtype or "unknown", message or "", backtrace)
+
+
+def jobtype_of(job: JobPayload | EncodedJob) -> str | None:
+    """The jobtype of a job as sent (read back from an EncodedJob's JSON, which only a
+    refused PUSH needs)."""
+    if isinstance(job, JobPayload):
+        return job.jobtype
+    try:
+        jobtype = json.loads(job.data).get("jobtype")
+    except ValueError:
+        return None
+    return jobtype if isinstance(jobtype, str) else None
 
 
 def raw_line(command: str | bytes, arg: str | None) -> bytes:

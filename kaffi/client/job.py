@@ -15,10 +15,11 @@ A builder never talks to the server on its own: only ``push()`` does, through it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from kaffi.errors import ConfigurationError, ValidationError
+from kaffi.protocol.enterprise import check_expires_in, enterprise_custom, expires_at_from
 from kaffi.protocol.models import (
     DEFAULT_RESERVE_FOR,
     DEFAULT_RETRY,
@@ -53,12 +54,17 @@ class JobBuilder:
         "at",
         "backtrace",
         "custom",
+        "expires_at",
+        "expires_in",
         "jid",
         "jobtype",
         "priority",
         "queue",
         "reserve_for",
         "retry",
+        "track",
+        "unique_for",
+        "unique_until",
     )
 
     def __init__(
@@ -73,6 +79,11 @@ class JobBuilder:
         reserve_for: int | None = DEFAULT_RESERVE_FOR,
         custom: dict[str, Any] | None = None,
         backtrace: int | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_until: str | None = None,
+        expires_at: datetime | str | None = None,
+        expires_in: float | timedelta | None = None,
+        track: bool | None = None,
     ) -> None:
         self.jobtype = jobtype
         self.args: list[Any] = list(args)
@@ -85,11 +96,43 @@ class JobBuilder:
         self.reserve_for = reserve_for
         self.custom = custom
         self.backtrace = backtrace
+        #: Faktory Enterprise options, written into ``custom`` by :meth:`payload` (see
+        #: :func:`kaffi.protocol.enterprise.enterprise_custom`).
+        self.unique_for = unique_for
+        self.unique_until = unique_until
+        self.expires_at = expires_at
+        self.expires_in = expires_in
+        self.track = track
 
     @staticmethod
     def new_jid() -> str:
         """A fresh random job id (24 hex characters)."""
         return new_jid()
+
+    def _custom(self) -> dict[str, Any] | None:
+        """``custom`` with the Enterprise options' keys added (they win over the same keys
+        in ``custom``); ``expires_in`` becomes an ``expires_at`` counted from now."""
+        if self.expires_at is not None and self.expires_in is not None:
+            raise ValidationError(
+                "invalid job: give expires_at or expires_in, not both", field="expires_in"
+            )
+        extra = enterprise_custom(
+            unique_for=self.unique_for,
+            unique_until=self.unique_until,
+            expires_at=self.expires_at,
+            track=self.track,
+            owner="invalid job: ",
+        )
+        expires_in = check_expires_in(self.expires_in, "invalid job: ")
+        if expires_in is not None:
+            extra["expires_at"] = expires_at_from(expires_in)
+        if not extra:
+            return self.custom
+        if self.custom is not None and not isinstance(self.custom, Mapping):
+            raise ValidationError(
+                f"invalid job: custom must be a mapping, got {self.custom!r}", field="custom"
+            )
+        return {**(self.custom or {}), **extra}
 
     def payload(self) -> JobPayload:
         """The validated wire payload (raises ValidationError naming the bad field)."""
@@ -102,7 +145,7 @@ class JobBuilder:
             retry=self.retry,
             at=self.at,
             reserve_for=self.reserve_for,
-            custom=self.custom,
+            custom=self._custom(),
             backtrace=self.backtrace,
         )
 

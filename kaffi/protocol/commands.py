@@ -29,14 +29,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from pydantic import ConfigDict, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from kaffi.errors import (
     AuthenticationError,
+    EnterpriseRequired,
     LocalProtocolError,
+    NotUnique,
     RemoteProtocolError,
     ServerError,
     ValidationError,
 )
+from kaffi.protocol.enterprise import Progress
 from kaffi.protocol.models import (
     FAIL_ERRTYPE_MAX,
     FAIL_MESSAGE_MAX,
@@ -52,6 +56,7 @@ from kaffi.protocol.models import (
     validate_queue_name,
 )
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
+from kaffi.protocol.rfc3339 import RFC3339Error
 
 __all__ = [
     "MUTATE_COMMANDS",
@@ -85,6 +90,7 @@ __all__ = [
     "decode_pushb",
     "decode_info",
     "decode_latency",
+    "decode_progress",
     "raise_for_error",
 ]
 
@@ -432,11 +438,35 @@ def encode_track(subcommand: str, arg: str | Mapping[str, Any]) -> bytes:
 # -- replies ------------------------------------------------------------------------------
 
 
-def raise_for_error(reply: ErrorReply, command: str | None = None) -> None:
-    """Raise the kaffi error for an error reply."""
+#: How the open-source server ends its reply to an Enterprise command (ENTERPRISE.md
+#: section 8: "batch subsystem is only available in Faktory Enterprise", "tracking ...").
+_ENTERPRISE_ONLY = "only available in Faktory Enterprise"
+
+
+def raise_for_error(
+    reply: ErrorReply, command: str | None = None, *, jobtype: str | None = None
+) -> None:
+    """Raise the kaffi error for an error reply: :class:`~kaffi.errors.NotUnique` for
+    ``-NOTUNIQUE`` (``jobtype`` names the refused job), :class:`~kaffi.errors.EnterpriseRequired`
+    for an open-source server's refusal of an Enterprise command."""
     if reply.message.startswith("Invalid password"):
         raise AuthenticationError(reply.code, reply.message, command=command)
+    if reply.code == "NOTUNIQUE":
+        raise NotUnique(reply.code, reply.message, command=command, jobtype=jobtype)
+    if reply.code == "ERR" and reply.message.endswith(_ENTERPRISE_ONLY):
+        raise EnterpriseRequired(reply.code, reply.message, command=command)
     raise ServerError(reply.code, reply.message, command=command)
+
+
+def decode_progress(reply: Reply) -> Progress:
+    """``TRACK GET``'s document, typed."""
+    doc = decode_json(reply, "TRACK GET")
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError(f"expected a JSON object to TRACK GET, got {doc!r}")
+    try:
+        return Progress.model_validate(doc)
+    except (PydanticValidationError, RFC3339Error) as exc:
+        raise RemoteProtocolError(f"unexpected TRACK GET reply {doc!r}: {exc}") from None
 
 
 def decode_ok(reply: Reply, command: str = "") -> None:

@@ -527,6 +527,12 @@ class RejectedJob(_Model):
     reason: str
     payload: dict[str, Any]
 
+    @property
+    def not_unique(self) -> bool:
+        """Whether Faktory Enterprise refused the job as a duplicate of a unique job (its
+        reason is the coded error text, ``NOTUNIQUE Job not unique``)."""
+        return self.reason.startswith("NOTUNIQUE")
+
 
 class TaskStats(BaseModel):
     """One background task of the server, as INFO's ``faktory.tasks`` reports it.

@@ -27,6 +27,7 @@ from typing import Any
 from kaffi._procinfo import rss_kb
 from kaffi.protocol.models import FAIL_ERRTYPE_MAX, FAIL_MESSAGE_MAX, MAX_BACKTRACE
 from kaffi.server import jobs as jobs_mod
+from kaffi.server.enterprise import Enterprise
 from kaffi.server.gocompat import trim_and_cut
 from kaffi.server.jobs import encode_job, time_string
 from kaffi.server.structures import (
@@ -92,9 +93,18 @@ def retry_delay(retry_count: int) -> float:
 class ServerCore:
     """All the state of one server, and the operations the commands need."""
 
-    def __init__(self, clock: Clock | None = None, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        *,
+        enterprise: bool = False,
+    ) -> None:
         self.clock = clock or Clock()
         self.journal = journal
+        #: The Faktory Enterprise features (``kaffi server --enterprise``), or None: then
+        #: the server is the open-source Faktory and nothing reads ``custom``.
+        self.enterprise = Enterprise() if enterprise else None
         self.queues: dict[str, Queue] = {}
         self.reservations: dict[str, Reservation] = {}
         self._expiry_heap: list[tuple[float, int, str]] = []
@@ -167,6 +177,10 @@ class ServerCore:
         now = self.clock.now()
         if not queue.paused:
             waiters = self._waiters.get(queue_name)
+            if waiters and self.enterprise is not None and self.enterprise.has_expired(data, now):
+                # Handed straight to a FETCH: Enterprise's check at FETCH happens here.
+                self._drop_expired(rowid, jid, known)
+                return
             while waiters:
                 waiter = waiters.popleft()
                 if waiter.done:
@@ -201,8 +215,11 @@ class ServerCore:
         wid: str,
         known: bool = True,
     ) -> Reservation:
-        expires = self.clock.now() + jobs_mod.reservation_seconds(reserve_for)
+        now = self.clock.now()
+        expires = now + jobs_mod.reservation_seconds(reserve_for)
         res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
+        if self.enterprise is not None:
+            self.enterprise.started(jid, data, now)
         old = self.reservations.get(jid)
         if old is not None and self.journal is not None:
             # Faktory keys reservations by jid: a second job with the same jid replaces it.
@@ -217,27 +234,28 @@ class ServerCore:
         return res
 
     def push(self, job: dict[str, Any]) -> None:
-        """Store a validated job (see :func:`kaffi.server.jobs.parse_job`)."""
+        """Store a validated job (see :func:`kaffi.server.jobs.parse_job`). In Enterprise
+        mode a duplicate of a unique job raises
+        :class:`~kaffi.server.enterprise.NotUniqueRejected` and is not stored."""
         now_ns = self.clock.now_ns()
+        at = job.get("at")
+        when = jobs_mod.at_timestamp(at) if at else None
+        if self.enterprise is not None:
+            self.enterprise.admit(job, now_ns / 1e9, when)
         if not job.get("created_at"):
             job["created_at"] = time_string(now_ns)
-        at = job.get("at")
-        if at:
-            when = jobs_mod.at_timestamp(at)
-            if when > now_ns / 1e9:
-                job.pop("enqueued_at", None)
-                data = encode_job(job)
-                if self.scheduled.rowid_of(data) is not None:
-                    # Faktory's scheduled set is keyed by the re-encoded JSON: an
-                    # identical job (same jid, created_at and at) is stored once.
-                    return
-                rowid = self._rowid()
-                self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
-                if self.journal is not None:
-                    self.journal.put(
-                        rowid, job["jid"], STATE_SCHEDULED, job["queue"], when, data, ""
-                    )
+        if when is not None and when > now_ns / 1e9:
+            job.pop("enqueued_at", None)
+            data = encode_job(job)
+            if self.scheduled.rowid_of(data) is not None:
+                # Faktory's scheduled set is keyed by the re-encoded JSON: an
+                # identical job (same jid, created_at and at) is stored once.
                 return
+            rowid = self._rowid()
+            self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
+            if self.journal is not None:
+                self.journal.put(rowid, job["jid"], STATE_SCHEDULED, job["queue"], when, data, "")
+            return
         job["enqueued_at"] = time_string(now_ns)
         data = encode_job(job)
         self._enqueue(
@@ -245,14 +263,37 @@ class ServerCore:
         )
 
     def fetch(self, queues: Iterable[str], wid: str) -> Reservation | None:
-        """Reserve the first job of the first non-empty, unpaused queue, in the given order."""
+        """Reserve the first job of the first non-empty, unpaused queue, in the given order.
+        In Enterprise mode an expired job met on the way is dropped and counted."""
+        ent = self.enterprise
         for name in queues:
             queue = self.queues.get(name)
-            if queue is None or queue.paused or not queue.jobs:
+            if queue is None or queue.paused:
                 continue
-            job = queue.jobs.popleft()
-            return self._reserve(name, job.rowid, job.jid, job.data, job.reserve_for, wid)
+            while queue.jobs:
+                job = queue.jobs.popleft()
+                if ent is not None and ent.has_expired(job.data, self.clock.now()):
+                    self._drop_expired(job.rowid, job.jid, True)
+                    continue
+                return self._reserve(name, job.rowid, job.jid, job.data, job.reserve_for, wid)
         return None
+
+    def _drop_expired(self, rowid: int, jid: str, known: bool) -> None:
+        assert self.enterprise is not None
+        self.enterprise.dropped_expired(jid)
+        if known and self.journal is not None:
+            self.journal.delete(rowid)
+
+    def extend_reservation(self, jid: str, until: float) -> None:
+        """Enterprise's TRACK SET ``reserve_until``: the job reserved as ``jid`` stays
+        reserved until ``until`` (a reservation is only ever lengthened)."""
+        res = self.reservations.get(jid)
+        if res is None or until <= res.expires:
+            return
+        res.expires = until
+        heapq.heappush(self._expiry_heap, (until, res.rowid, jid))
+        if self.journal is not None:
+            self.journal.move(res.rowid, STATE_RESERVED, until, res.wid)
 
     def add_waiter(self, waiter: Waiter) -> None:
         """Park a blocked FETCH: the next job pushed to one of its queues goes to it."""
@@ -286,6 +327,8 @@ class ServerCore:
         if res is None:
             return
         self.total_processed += 1
+        if self.enterprise is not None:
+            self.enterprise.succeeded(jid, res.data, self.clock.now())
         if self.journal is not None:
             self.journal.delete(res.rowid)
 
@@ -326,6 +369,9 @@ class ServerCore:
         failure["message"] = message
         failure["errtype"] = errtype
         failure["backtrace"] = lines
+        if self.enterprise is not None:
+            dead = retry != 0 and failure["retry_count"] >= retry
+            self.enterprise.failed(res.jid, dead, self.clock.now())
         if retry == 0:
             # No retry and no death: the job is gone.
             if self.journal is not None:
@@ -373,6 +419,8 @@ class ServerCore:
                 retries.enqueued += 1
                 self._requeue_entry(entry)
         self._reap(now)
+        if self.enterprise is not None:
+            self.enterprise.prune(now)
         # Faktory's Dead scanner counts the jobs it purged (180 days old) as "enqueued".
         with scanners["Dead"].run() as dead:
             for entry in list(self.dead.pop_due(now - DEAD_TTL)):
@@ -606,6 +654,8 @@ class ServerCore:
         self.dead.clear()
         self.total_processed = 0
         self.total_failures = 0
+        if self.enterprise is not None:
+            self.enterprise.clear()
 
     def task_info(self) -> dict[str, dict[str, int | float]]:
         """INFO's ``tasks`` block: Faktory 1.10.0's keys in its order (Go sorts map keys),
@@ -625,7 +675,7 @@ class ServerCore:
         queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
         now = self.clock.now_ns()
         rss_mb = rss_kb() // 1024
-        return {
+        info: dict[str, Any] = {
             "now": time_string(now),
             "server_utc_time": time.strftime("%H:%M:%S UTC", time.gmtime(now // 1_000_000_000)),
             "faktory": {
@@ -651,6 +701,11 @@ class ServerCore:
                 "used_memory_mb": int(rss_mb),
             },
         }
+        if self.enterprise is not None:
+            # Clients tell Enterprise by "Enterprise" in the description (ENTERPRISE.md 0).
+            info["server"]["description"] = "kaffi embedded Faktory Enterprise-compatible server"
+            info["faktory"]["total_expired"] = self.enterprise.expired
+        return info
 
     # -- loading from storage -------------------------------------------------------------
 

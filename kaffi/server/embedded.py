@@ -148,6 +148,9 @@ class EmbeddedServer:
 
     ``fetch_hold`` is how many seconds a FETCH on empty queues waits for a job before the
     server answers ``$-1`` (Faktory's 2 s by default; the test fixtures use 0.1 s).
+    ``enterprise=True`` adds the Faktory Enterprise features kaffi implements (unique
+    and expiring jobs, progress tracking; see ``docs/enterprise.md``); without it the
+    server answers as the open-source Faktory 1.10.0 does.
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class EmbeddedServer:
         max_line: int = DEFAULT_MAX_LINE,
         fetch_hold: float = FETCH_HOLD,
         web: str | None = None,
+        enterprise: bool = False,
     ) -> None:
         self._bind_host, self._bind_port = parse_bind(bind)
         if not _resolves(self._bind_host):
@@ -194,6 +198,9 @@ class EmbeddedServer:
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
         self.data = Path(data) if data is not None else None
+        #: Whether the server implements the Faktory Enterprise features it knows
+        #: (unique and expiring jobs, TRACK: see ``docs/enterprise.md``).
+        self.enterprise = bool(enterprise)
         self.tls_cert = Path(tls_cert) if tls_cert is not None else None
         self.tls_key = Path(tls_key) if tls_key is not None else None
         self.max_connections = max_connections
@@ -264,7 +271,7 @@ class EmbeddedServer:
             raise KaffiError("the server is already running")
         ctx = self._ssl_context()
         journal: SqliteJournal | None = None
-        core = ServerCore()
+        core = ServerCore(enterprise=self.enterprise)
         if self.data is not None:
             try:
                 journal = SqliteJournal(self.data)

@@ -22,6 +22,12 @@ from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import Command, encode_bulk, encode_error
 from kaffi.server import gocompat
 from kaffi.server.core import CoreError, ServerCore
+from kaffi.server.enterprise import (
+    NOT_UNIQUE_CODE,
+    NOT_UNIQUE_MESSAGE,
+    Enterprise,
+    NotUniqueRejected,
+)
 from kaffi.server.jobs import JobRejected, decode_fields, parse_job, validate
 
 __all__ = ["Session", "Outcome", "CONTINUE", "CLOSE", "WAIT", "OK", "NULL"]
@@ -45,6 +51,10 @@ class Outcome:
 _CONTINUE_OK = Outcome(OK)
 _CLOSE_SILENTLY = Outcome(None, CLOSE)
 _INTERNAL = Outcome(encode_error("internal error"))
+_NOT_UNIQUE = Outcome(encode_error(NOT_UNIQUE_MESSAGE, NOT_UNIQUE_CODE))
+#: PUSHB's per-job reason for a duplicate: a coded error's text is "CODE message" there
+#: (Faktory's PUSHB stores err.Error(); ENTERPRISE.md section 3).
+_NOT_UNIQUE_REASON = f"{NOT_UNIQUE_CODE} {NOT_UNIQUE_MESSAGE}"
 
 
 def _error(message: str) -> Outcome:
@@ -166,7 +176,10 @@ class Session:
             job = parse_job(arg)
         except JobRejected as exc:
             return _error(str(exc))
-        self.core.push(job)
+        try:
+            self.core.push(job)
+        except NotUniqueRejected:
+            return _NOT_UNIQUE
         return _CONTINUE_OK
 
     def _pushb(self, arg: str | None) -> Outcome:
@@ -203,7 +216,10 @@ class Session:
             except JobRejected as exc:
                 rejected[job.get("jid") or ""] = str(exc)
                 continue
-            self.core.push(job)
+            try:
+                self.core.push(job)
+            except NotUniqueRejected:
+                rejected[job.get("jid") or ""] = _NOT_UNIQUE_REASON
         if not rejected:
             return Outcome(encode_bulk(b"{}"))
         body = json.dumps(dict(sorted(rejected.items())), separators=(",", ":"), ensure_ascii=False)
@@ -363,10 +379,47 @@ class Session:
         return _error(f"no such KAFFI subcommand: {sub}")
 
     def _batch(self, arg: str | None) -> Outcome:
-        return _error("batch subsystem is only available in Faktory Enterprise")
+        if self.core.enterprise is None:
+            return _error("batch subsystem is only available in Faktory Enterprise")
+        return _error("batch subsystem is not implemented by kaffi server --enterprise yet")
 
     def _track(self, arg: str | None) -> Outcome:
-        return _error("tracking subsystem is only available in Faktory Enterprise")
+        ent = self.core.enterprise
+        if ent is None:
+            return _error("tracking subsystem is only available in Faktory Enterprise")
+        sub, _, rest = (arg or "").partition(" ")
+        if sub == "GET":
+            jid = rest.strip()
+            if not jid:
+                return _error("TRACK GET needs a jid")
+            return Outcome(encode_bulk(gocompat.dumps(ent.track_get(jid))))
+        if sub == "SET":
+            return self._track_set(ent, rest)
+        return _error(f"no such TRACK subcommand: {sub}")
+
+    def _track_set(self, ent: Enterprise, arg: str) -> Outcome:
+        """``TRACK SET {"jid":...,"percent":...,"desc":...,"reserve_until":...}``."""
+        try:
+            doc = gocompat.loads(arg)
+        except gocompat.GoJSONError as exc:
+            return _error(f"invalid JSON: {exc}")
+        if not isinstance(doc, dict):
+            return _error("TRACK SET needs a JSON object")
+        jid, percent, desc = doc.get("jid"), doc.get("percent"), doc.get("desc")
+        until = doc.get("reserve_until")
+        if not isinstance(jid, str) or not jid:
+            return _error("TRACK SET needs a jid")
+        if not _int_or_null(percent) or not _str_or_null(desc) or not _str_or_null(until):
+            return _error(f"invalid TRACK SET {arg}")
+        now = self.core.clock.now()
+        if until:
+            try:
+                when = gocompat.parse_rfc3339(until).timestamp()
+            except ValueError:
+                return _error(f"invalid reserve_until {until}")
+            self.core.extend_reservation(jid, when)
+        ent.track_set(jid, percent, desc, now)
+        return _CONTINUE_OK
 
 
 #: ``{"jid":"..."}`` with a jid JSON reads as it is written (no escapes, no control

@@ -12,6 +12,9 @@ Registered through the ``pytest11`` entry point, so installing kaffi is enough:
   ``tcp+tls://:password@host:port``), ``faktory_server`` is a handle on that server
   instead: FLUSHed before the test, with the same ``.url``; a test that calls a
   server-only control (``advance_clock``, ``quiet_worker``...) is skipped there.
+- ``faktory_enterprise_server``: the same with the Faktory Enterprise features
+  (``EmbeddedServer(enterprise=True)``); with ``KAFFI_TEST_URL`` the test runs only when
+  that server is Enterprise.
 - ``kaffi_client``: a :class:`kaffi.Client` connected to ``faktory_server``, closed after.
 """
 
@@ -32,7 +35,14 @@ from kaffi.protocol.resp import Reply, ReplyParser
 if TYPE_CHECKING:
     from kaffi.client import Client
 
-__all__ = ["RemoteServer", "faktory_server", "kaffi_client", "TEST_URL_ENV", "TEST_FETCH_HOLD"]
+__all__ = [
+    "RemoteServer",
+    "faktory_server",
+    "faktory_enterprise_server",
+    "kaffi_client",
+    "TEST_URL_ENV",
+    "TEST_FETCH_HOLD",
+]
 
 TEST_URL_ENV = "KAFFI_TEST_URL"
 #: Seconds the test server holds a FETCH on empty queues (Faktory holds it 2 s): long
@@ -128,6 +138,29 @@ def faktory_server() -> Iterator[Any]:
     from kaffi.server import EmbeddedServer
 
     with EmbeddedServer(fetch_hold=TEST_FETCH_HOLD) as server:
+        yield server
+
+
+@pytest.fixture
+def faktory_enterprise_server() -> Iterator[Any]:
+    """A fresh server with the Faktory Enterprise features: the embedded one started
+    with ``enterprise=True``, or ``KAFFI_TEST_URL`` when that server says it is
+    Enterprise (INFO's description); the test is skipped when it is not."""
+    url = os.environ.get(TEST_URL_ENV)
+    if url:
+        from kaffi.client import Client
+
+        remote = RemoteServer(url)
+        with Client(url) as client:
+            description = str(client.info().raw.get("server", {}).get("description", ""))
+        if "Enterprise" not in description:
+            pytest.skip(f"{TEST_URL_ENV} points to a server that is not Faktory Enterprise")
+        remote.flush()
+        yield remote
+        return
+    from kaffi.server import EmbeddedServer
+
+    with EmbeddedServer(fetch_hold=TEST_FETCH_HOLD, enterprise=True) as server:
         yield server
 
 

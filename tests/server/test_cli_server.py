@@ -42,6 +42,7 @@ def test_help_lists_the_options() -> None:
         "--fetch-hold",
         "--quiet-worker",
         "--terminate-worker",
+        "--enterprise",
     ):
         assert option in result.output
 
@@ -306,3 +307,18 @@ def test_console_script_and_python_m_kaffi() -> None:
     assert helped.returncode == 0, helped.stderr
     assert "Usage: kaffi" in helped.stdout
     assert "server" in helped.stdout
+
+
+def test_enterprise_flag_serves_unique_jobs_and_track() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FAKTORY_PASSWORD"}
+    proc, line = _start(["--bind", "127.0.0.1:0", "--memory", "--no-web", "--enterprise"], env)
+    try:
+        with Client(f"tcp://127.0.0.1:{_port(line)}") as client:
+            job = {"jobtype": "u", "args": [1], "custom": {"unique_for": 60, "track": 1}}
+            jid = client.push(job)
+            with pytest.raises(kaffi.NotUnique):
+                client.push(dict(job))
+            assert client.track_get(jid).state == "enqueued"
+            assert "Enterprise" in client.info().raw["server"]["description"]
+    finally:
+        _stop(proc, signal.SIGTERM)
