@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from kaffi._procinfo import rss_kb
 from kaffi.protocol.models import FAIL_ERRTYPE_MAX, FAIL_MESSAGE_MAX, MAX_BACKTRACE
+from kaffi.server import info as info_mod
 from kaffi.server import jobs as jobs_mod
 from kaffi.server.enterprise import Enterprise
 from kaffi.server.gocompat import trim_and_cut
@@ -657,55 +657,9 @@ class ServerCore:
         if self.enterprise is not None:
             self.enterprise.clear()
 
-    def task_info(self) -> dict[str, dict[str, int | float]]:
-        """INFO's ``tasks`` block: Faktory 1.10.0's keys in its order (Go sorts map keys),
-        each ``size`` being the set's size, the reserved jobs (Busy) or the registered
-        worker processes (Workers)."""
-        scanners = self.scanner_stats
-        return {
-            "Busy": {"reaped": self.reaped_reservations, "size": len(self.reservations)},
-            "Dead": scanners["Dead"].info(len(self.dead)),
-            "Retries": scanners["Retries"].info(len(self.retries)),
-            "Scheduled": scanners["Scheduled"].info(len(self.scheduled)),
-            "Workers": {"reaped": self.reaped_workers, "size": len(self.workers)},
-        }
-
     def info(self) -> dict[str, Any]:
-        """The INFO document, with the same keys in the same order as Faktory 1.10.0."""
-        queues = {name: len(self.queues[name].jobs) for name in sorted(self.queues)}
-        now = self.clock.now_ns()
-        rss_mb = rss_kb() // 1024
-        info: dict[str, Any] = {
-            "now": time_string(now),
-            "server_utc_time": time.strftime("%H:%M:%S UTC", time.gmtime(now // 1_000_000_000)),
-            "faktory": {
-                "queues": queues,
-                "sets": {
-                    "dead": len(self.dead),
-                    "retries": len(self.retries),
-                    "scheduled": len(self.scheduled),
-                    "working": len(self.reservations),
-                },
-                "tasks": self.task_info(),
-                "total_failures": self.total_failures,
-                "total_processed": self.total_processed,
-                "total_enqueued": sum(queues.values()),
-                "total_queues": len(queues),
-            },
-            "server": {
-                "description": "kaffi embedded Faktory-compatible server",
-                "faktory_version": "1.10.0",
-                "uptime": int(time.time() - self.started),
-                "connections": self.connections,
-                "command_count": self.command_count,
-                "used_memory_mb": int(rss_mb),
-            },
-        }
-        if self.enterprise is not None:
-            # Clients tell Enterprise by "Enterprise" in the description (ENTERPRISE.md 0).
-            info["server"]["description"] = "kaffi embedded Faktory Enterprise-compatible server"
-            info["faktory"]["total_expired"] = self.enterprise.expired
-        return info
+        """The INFO document, Faktory 1.10.0's shape (built in :mod:`kaffi.server.info`)."""
+        return info_mod.info_document(self)
 
     # -- loading from storage -------------------------------------------------------------
 
