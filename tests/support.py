@@ -26,8 +26,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -48,6 +52,7 @@ __all__ = [
     "CLOSE",
     "HI",
     "LogLines",
+    "kaffi_process",
     "OK",
     "POLL",
     "SILENT",
@@ -140,6 +145,38 @@ class LogLines:
     def text(self) -> str:
         """Everything read so far, one line per line."""
         return "\n".join(self.lines)
+
+
+@contextmanager
+def kaffi_process(
+    *args: str, cwd: str | os.PathLike[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], LogLines]]:
+    """``python -m kaffi ARGS`` in ``cwd`` with its stderr read into :class:`LogLines`;
+    stopped when the block ends if a test leaves it running: SIGTERM first (a supervisor
+    passes it on to its children, which hold the stderr pipe open while they live), then
+    a kill."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kaffi", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    reader = LogLines(proc.stderr)
+    try:
+        yield proc, reader
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(WAIT / 2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait(WAIT)
+        reader.finish()
+        proc.stderr.close()
 
 
 def start(worker: WorkerHandle) -> tuple[threading.Thread, list[BaseException]]:

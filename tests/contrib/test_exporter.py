@@ -20,7 +20,7 @@ from kaffi import Client
 from kaffi.contrib.exporter import FaktoryCollector
 from kaffi.protocol.models import Info
 from tests.contrib.helpers import REPO_ROOT, parse, scrape, served_url, value
-from tests.support import WAIT, LogLines, wait_until
+from tests.support import WAIT, LogLines, kaffi_process, wait_until
 
 
 def _closed_port() -> int:
@@ -136,23 +136,8 @@ def test_unreachable_server_is_up_zero(caplog: pytest.LogCaptureFixture) -> None
 
 @contextmanager
 def _exporter(*args: str) -> Iterator[tuple[subprocess.Popen[str], LogLines]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kaffi", "exporter", "--listen", "127.0.0.1:0", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    reader = LogLines(proc.stderr)
-    try:
-        yield proc, reader
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(WAIT)
-        reader.finish()
-        proc.stderr.close()
+    with kaffi_process("exporter", "--listen", "127.0.0.1:0", *args, cwd=REPO_ROOT) as running:
+        yield running
 
 
 @pytest.mark.slow

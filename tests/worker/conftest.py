@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import pytest
 
 from kaffi.app import App
 from kaffi.protocol.models import FaktoryInfo
-from tests.support import WAIT, LogLines
+from tests.support import LogLines, kaffi_process
 
 
 def stats(app: App) -> FaktoryInfo:
@@ -125,30 +124,9 @@ def read_out(project: Path) -> list[str]:
 def kaffi_worker(
     project: Path, url: str, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], LogLines]]:
-    """``python -m kaffi worker ARGS`` in ``project`` (``env``: extra variables); killed if
-    a test leaves it running."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kaffi", "worker", *args],
-        cwd=project,
-        env={**worker_env(project, url), **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    reader = LogLines(proc.stderr)
-    try:
-        yield proc, reader
-    finally:
-        if proc.poll() is None:
-            # A graceful stop first: a supervisor passes it on to its children, which
-            # hold the stderr pipe open for as long as they live.
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(WAIT / 2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait(WAIT)
-        reader.finish()
-        assert proc.stderr is not None
-        proc.stderr.close()
+    """``python -m kaffi worker ARGS`` in ``project`` (``env``: extra variables); stopped
+    if a test leaves it running."""
+    with kaffi_process(
+        "worker", *args, cwd=project, env={**worker_env(project, url), **(env or {})}
+    ) as running:
+        yield running
