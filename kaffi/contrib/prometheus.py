@@ -405,15 +405,20 @@ class WorkerMetrics(WorkerEvents):
 
     def job_started(self, worker: Worker | None, job: JobPayload) -> None:
         """A job starts: in progress, and its latency (``enqueued_at`` to now) observed."""
-        self._series(job).running += 1
+        collectors = self._collectors or self.collectors
+        queue = job.queue
+        # The lookup of _series inlined: this runs for every job (0.2 µs of 1 µs).
+        series = collectors.series.get((job.jobtype, queue))
+        if series is None:
+            series = self._series(job)
+        series.running += 1
         enqueued = job.enqueued_at
         if enqueued is None:
             return
-        collectors = self._collectors or self.collectors
-        latency = collectors.latencies.get(job.queue)
+        latency = collectors.latencies.get(queue)
         if latency is None:
-            latency = collectors.latencies[job.queue] = (
-                collectors.latency.labels(job.queue),
+            latency = collectors.latencies[queue] = (
+                collectors.latency.labels(queue),
                 _Tally(collectors.latency_bounds),
             )
         tz, epoch = self._epoch
