@@ -264,9 +264,11 @@ class Batches:
         batch = self.batches.get(callback_of) if isinstance(callback_of, str) else None
         if batch is None:
             return
-        if batch.complete is not None and batch.complete["jid"] == jid:
+        # Matched by jid and state: a client may give both callbacks the same jid.
+        complete, success = batch.complete, batch.success
+        if complete is not None and complete["jid"] == jid and batch.complete_st == ENQUEUED:
             batch.complete_st = DONE
-        elif batch.success is not None and batch.success["jid"] == jid:
+        elif success is not None and success["jid"] == jid and batch.success_st == ENQUEUED:
             batch.success_st = DONE
         else:
             return
@@ -294,8 +296,7 @@ class Batches:
     # -- callbacks ------------------------------------------------------------------------
 
     def _child_batches(self, batch: Batch) -> list[Batch]:
-        # A child that is gone (expired uncommitted, or forgotten after it finished) no
-        # longer holds its parent back.
+        # A child that is gone (it expired uncommitted) no longer holds its parent back.
         return [c for c in map(self.batches.get, batch.children) if c is not None]
 
     def _completed(self, batch: Batch) -> bool:

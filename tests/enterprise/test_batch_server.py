@@ -18,7 +18,7 @@ from kaffi import Client
 from kaffi.errors import ServerError
 from kaffi.protocol.models import parse_rfc3339
 from kaffi.server import EmbeddedServer
-from kaffi.server.batches import FINISHED_TTL, UNCOMMITTED_TTL
+from kaffi.server.batches import FINISHED_TTL, UNCOMMITTED_TTL, UNFINISHED_TTL
 from tests.support import embedded_server
 
 #: The callbacks of most batches here, in a queue of their own.
@@ -245,6 +245,16 @@ def test_callback_fields_jid_custom_and_a_single_callback(wire: Wire) -> None:
     assert wire.counts(bid) == (1, 0, 0, "", "2")
 
 
+def test_callbacks_sharing_a_jid_both_finish(wire: Wire) -> None:
+    same = "samejid-0000000000000000"
+    bid = wire.new(complete={**COMPLETE, "jid": same}, success={**SUCCESS, "jid": same})
+    wire.commit(bid)
+    assert wire.run("cb")["jobtype"] == "done"
+    assert wire.counts(bid) == (0, 0, 0, "2", "1")
+    assert wire.run("cb")["jobtype"] == "ok"
+    assert wire.counts(bid) == (0, 0, 0, "2", "2")
+
+
 def test_a_dead_job_completes_the_batch_but_success_never_fires(wire: Wire) -> None:
     bid = wire.new()
     doomed = wire.push(bid, retry=0)
@@ -260,6 +270,25 @@ def test_a_dead_job_completes_the_batch_but_success_never_fires(wire: Wire) -> N
     wire.run("cb")
     assert wire.counts(bid) == (2, 0, 1, "2", "")
     assert wire.queued("cb") == 0
+
+
+def test_a_job_that_dies_after_retries_and_is_requeued_from_the_dead_set(wire: Wire) -> None:
+    bid = wire.new()
+    jid = wire.push(bid, retry=1)
+    wire.commit(bid)
+    for _ in range(2):
+        assert wire.fetch() is not None
+        wire.fail(jid)
+        wire.server.advance_clock(3600)
+    assert wire.client.info().raw["faktory"]["sets"]["dead"] == 1
+    assert wire.counts(bid) == (1, 0, 1, "1", "")
+    wire.run("cb")
+    assert wire.counts(bid) == (1, 0, 1, "2", "")
+    # Requeued from the Dead set and ACKed, the job lets the batch succeed.
+    requeue = {"cmd": "requeue", "target": "dead", "filter": {"jids": [jid]}}
+    assert wire.send("MUTATE", json.dumps(requeue, separators=(",", ":"))) == "OK"
+    assert wire.run()["jid"] == jid
+    assert wire.counts(bid) == (1, 0, 0, "2", "1")
 
 
 def test_success_after_a_failed_job_succeeds_on_retry(wire: Wire) -> None:
@@ -450,6 +479,32 @@ def test_committed_batches_stay_until_30_minutes_after_their_callbacks(wire: Wir
     wire.server.advance_clock(2)
     assert wire.error("BATCH", f"STATUS {done}") == f"ERR no such batch {done}"
     assert wire.counts(waiting) == (1, 1, 0, "", "")
+
+
+def test_a_batch_that_cannot_finish_stays_180_days(wire: Wire) -> None:
+    bid = wire.new()
+    jid = wire.push(bid, retry=0)
+    wire.commit(bid)
+    assert wire.fetch() is not None
+    wire.fail(jid)
+    wire.run("cb")
+    wire.server.advance_clock(FINISHED_TTL + 1)
+    assert wire.counts(bid) == (1, 0, 1, "2", "")
+    wire.server.advance_clock(UNFINISHED_TTL)
+    assert wire.error("BATCH", f"STATUS {bid}") == f"ERR no such batch {bid}"
+
+
+def test_a_child_batch_is_forgotten_with_its_parent(wire: Wire) -> None:
+    parent = wire.new()
+    child = wire.new(parent_bid=parent)
+    wire.commit(child)
+    wire.commit(parent)
+    for _ in range(4):
+        wire.run("cb")
+    assert wire.counts(parent) == (0, 0, 0, "2", "2")
+    wire.server.advance_clock(FINISHED_TTL + 1)
+    for bid in (parent, child):
+        assert wire.error("BATCH", f"STATUS {bid}") == f"ERR no such batch {bid}"
 
 
 def test_flush_forgets_batches(wire: Wire) -> None:
