@@ -360,9 +360,14 @@ def test_open_after_commit_adds_jobs_the_callbacks_wait_for(wire: Wire) -> None:
 def test_scheduled_jobs_join_and_count_when_they_run(wire: Wire) -> None:
     bid = wire.new(complete=None)
     at = rfc3339(datetime.now(timezone.utc) + timedelta(seconds=600))
-    wire.push(bid, at=at)
+    job = {"jid": "sched" * 5, "jobtype": "work", "args": [], "at": at, "custom": {"bid": bid}}
+    job["created_at"] = rfc3339(datetime.now(timezone.utc))
+    # The same scheduled job sent twice (a resent PUSH) is stored, and counted, once.
+    for _ in range(2):
+        assert wire.send("PUSH", json.dumps(job)) == "OK"
     wire.commit(bid)
     assert wire.counts(bid) == (1, 1, 0, "", "")
+    assert wire.client.info().raw["faktory"]["sets"]["scheduled"] == 1
     wire.server.advance_clock(601)
     wire.run()
     assert wire.counts(bid) == (1, 0, 0, "", "1")
