@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from kaffi import Client
+from kaffi import App, Client, current_job
 from kaffi.errors import ServerError
 from kaffi.protocol.models import parse_rfc3339
 from kaffi.server import EmbeddedServer
 from kaffi.server.batches import FINISHED_TTL, UNCOMMITTED_TTL, UNFINISHED_TTL
-from tests.support import embedded_server
+from tests.support import embedded_server, running, wait_until
 
 #: The callbacks of most batches here, in a queue of their own.
 COMPLETE = {"jobtype": "done", "queue": "cb", "args": ["c"]}
@@ -389,6 +389,49 @@ def test_a_job_dropped_as_expired_counts_as_a_failure(wire: Wire) -> None:
     wire.commit(bid)
     assert wire.fetch() is None
     assert wire.counts(bid) == (1, 0, 1, "1", "")
+
+
+def test_a_worker_runs_the_batch_and_its_callbacks_after_a_retry(
+    faktory_enterprise_server: EmbeddedServer,
+) -> None:
+    app = App(faktory_enterprise_server.url)
+    ran: list[tuple[Any, ...]] = []
+    first_try = {1}
+
+    @app.task(name="work", retry=3)
+    def work(n: int) -> None:
+        if n in first_try:
+            first_try.discard(n)
+            raise RuntimeError("the first try fails")
+        ran.append(("work", n))
+
+    @app.task(name="finished")
+    def finished(kind: str) -> None:
+        custom = current_job().custom or {}
+        ran.append((kind, custom.get("_bid"), custom.get("bid")))
+
+    callbacks = {
+        "complete": {"jobtype": "finished", "args": ["complete"]},
+        "success": {"jobtype": "finished", "args": ["success"]},
+    }
+    try:
+        bid = app.client.send("BATCH", "NEW " + json.dumps(callbacks))
+        assert bid is not None
+        for n in range(3):
+            work.options(custom={"bid": bid}).delay(n)
+        assert app.client.send("BATCH", f"COMMIT {bid}") == "OK"
+        with running(app.worker(concurrency=1)):
+            wait_until(lambda: ("complete", bid, None) in ran, "the complete callback")
+            # Job 1 waits to retry: no success yet.
+            assert sorted(ran[:2]) == [("work", 0), ("work", 2)]
+            assert ran[2:] == [("complete", bid, None)]
+            faktory_enterprise_server.advance_clock(3600)
+            wait_until(lambda: len(ran) == 5, lambda: f"the retry and success, ran {ran}")
+        assert ran[3:] == [("work", 1), ("success", bid, None)]
+        status = json.loads(app.client.send("BATCH", f"STATUS {bid}") or "")
+        assert (status["pending"], status["failed"], status["success_st"]) == (0, 0, "2")
+    finally:
+        app.close()
 
 
 # -- nesting -------------------------------------------------------------------------------------
