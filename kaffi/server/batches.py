@@ -4,11 +4,11 @@ success and complete callbacks (``shared/faktory/ENTERPRISE.md`` section 1; the 
 where it is unsure are written in ``docs/embedded-server.md``).
 
 :class:`Batches` owns every batch of one server and decides when a callback is due; it
-enqueues a callback through the ``push`` function it is given (the core's PUSH), so a
-callback is an ordinary job with its own queue and retries. It learns about jobs from
-:class:`~kaffi.server.enterprise.Enterprise`, which the core calls at PUSH, ACK, FAIL
-and FETCH, and reads nothing but the jobs' ``custom``: it keeps no per-job records except
-the jids of the batch's jobs whose last run failed.
+enqueues a callback through the ``push`` function it is given (the core's PUSH, wrapped
+so that it never raises), so a callback is an ordinary job with its own queue and
+retries. It learns about jobs from :class:`~kaffi.server.enterprise.Enterprise`, which
+the core calls at PUSH, ACK, FAIL and FETCH, and reads nothing but the jobs' ``custom``:
+it keeps no per-job records except the jids of the batch's jobs whose last run failed.
 
 It must never do I/O, keep a clock of its own (times are the core's) or touch the core's
 queues except through ``push``.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -37,8 +36,6 @@ __all__ = [
     "UNFINISHED_TTL",
     "new_bid",
 ]
-
-log = logging.getLogger("kaffi.server")
 
 #: An uncommitted batch is forgotten this long after its last NEW or OPEN (the wiki).
 UNCOMMITTED_TTL = 1800.0
@@ -363,12 +360,7 @@ class Batches:
         if batch.parent:
             custom["_pbid"] = batch.parent
         job["custom"] = custom
-        try:
-            self._push(job)
-        except Exception as exc:
-            # A callback refused as a duplicate (it carries unique_for) must not undo the
-            # ACK that made it due; it counts as enqueued, as Enterprise fires it once.
-            log.warning("batch %s: %s callback not enqueued: %s", batch.bid, name, exc)
+        self._push(job)
 
     # -- timers, FLUSH, storage -----------------------------------------------------------
 

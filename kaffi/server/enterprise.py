@@ -21,6 +21,7 @@ the job changes of that loop turn. Without ``--data`` nothing is noted.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,6 +41,8 @@ __all__ = [
     "TRACK_TTL",
     "unique_key",
 ]
+
+log = logging.getLogger("kaffi.server")
 
 #: Enterprise's reply to a duplicate: ``-NOTUNIQUE Job not unique`` (ENTERPRISE.md 3,
 #: observed by faktory-rs against the Enterprise binary).
@@ -142,7 +145,17 @@ class Enterprise:
         #: (kind, key) of the records changed since the storage layer last wrote them;
         #: None when nothing is stored (no ``--data``).
         self._changed: set[tuple[str, str]] | None = None
-        self.batches = Batches(push, lambda bid: self._note(BATCH, bid))
+        self._push = push
+        self.batches = Batches(self._push_callback, lambda bid: self._note(BATCH, bid))
+
+    def _push_callback(self, job: dict[str, Any]) -> None:
+        try:
+            self._push(job)
+        except JobRefused as exc:
+            # A callback refused as a duplicate (it carries unique_for) must not undo the
+            # ACK that made it due; it counts as enqueued, as Enterprise fires it once.
+            bid = job["custom"]["_bid"]
+            log.warning("batch %s: callback %s not enqueued: %s", bid, job["jid"], exc.reason)
 
     def _note(self, kind: str, key: str) -> None:
         if self._changed is not None:

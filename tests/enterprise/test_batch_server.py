@@ -255,6 +255,24 @@ def test_callbacks_sharing_a_jid_both_finish(wire: Wire) -> None:
     assert wire.counts(bid) == (0, 0, 0, "2", "2")
 
 
+def test_a_callback_refused_as_a_duplicate_is_logged_and_not_retried(
+    wire: Wire, caplog: pytest.LogCaptureFixture
+) -> None:
+    unique_cb = {"jobtype": "report", "args": [], "custom": {"unique_for": 600}}
+    holder = {"jid": "holder" * 4, **unique_cb}
+    assert wire.send("PUSH", json.dumps(holder)) == "OK"
+    bid = wire.new(complete=unique_cb, success=None)
+    with caplog.at_level("WARNING", logger="kaffi.server"):
+        wire.commit(bid)
+        # The server logs on its own thread: wait for the line, never sleep.
+        wait_until(lambda: "not enqueued: NOTUNIQUE" in caplog.text, "the warning")
+    assert f"batch {bid}: callback" in caplog.text
+    assert wire.counts(bid) == (0, 0, 0, "1", "")
+    assert wire.queued("default") == 1  # only the lock holder
+    wire.commit(bid)
+    assert wire.queued("default") == 1
+
+
 def test_a_dead_job_completes_the_batch_but_success_never_fires(wire: Wire) -> None:
     bid = wire.new()
     doomed = wire.push(bid, retry=0)
