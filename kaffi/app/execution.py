@@ -27,6 +27,7 @@ from kaffi.protocol.models import JobPayload
 
 if TYPE_CHECKING:
     from kaffi.app.app import App
+    from kaffi.app.batch import Batch
     from kaffi.app.task import Task
 
 __all__ = ["JobContext", "current_job", "perform"]
@@ -96,6 +97,40 @@ class JobContext:
         """The job's ``custom`` mapping, or None."""
         return self.job.custom
 
+    @property
+    def bid(self) -> str | None:
+        """The Faktory Enterprise batch this job belongs to (``custom.bid``), or None."""
+        return _custom_str(self.job, "bid")
+
+    @property
+    def callback_bid(self) -> str | None:
+        """When this job is a batch's success or complete callback, that batch
+        (``custom._bid``, set by the server); else None."""
+        return _custom_str(self.job, "_bid")
+
+    @property
+    def parent_bid(self) -> str | None:
+        """When this job is a callback of a child batch, the parent batch
+        (``custom._pbid``, as the Ruby client reads it); else None."""
+        return _custom_str(self.job, "_pbid")
+
+    @property
+    def batch(self) -> Batch:
+        """This job's batch, to add jobs to it from inside: ``.add(job)`` reopens it
+        (``BATCH OPEN``), pushes the job with its bid and commits it again, as the Ruby
+        client does; ``with current_job().batch:`` does the same around a block of
+        ``.delay()`` calls (``async with`` and ``add_async`` from ``async def`` jobs).
+        A job outside any batch raises :class:`~kaffi.errors.JobError`."""
+        bid = self.bid
+        if bid is None:
+            raise JobError(
+                f"job {self.job.jid} ({self.job.jobtype}) is not part of a batch (it has no"
+                " custom.bid), so current_job().batch has nothing to open"
+            )
+        from kaffi.app.batch import Batch
+
+        return Batch(self.app, bid=bid)
+
     def track(
         self,
         percent: int | None = None,
@@ -141,6 +176,12 @@ class JobContext:
 
     def __repr__(self) -> str:
         return f"<JobContext jid={self.job.jid} jobtype={self.job.jobtype!r}>"
+
+
+def _custom_str(job: JobPayload, key: str) -> str | None:
+    custom = job.custom
+    value = custom.get(key) if custom else None
+    return value if isinstance(value, str) and value else None
 
 
 def current_job() -> JobContext:
