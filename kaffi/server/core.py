@@ -104,7 +104,7 @@ class ServerCore:
         self.journal = journal
         #: The Faktory Enterprise features (``kaffi server --enterprise``), or None: then
         #: the server is the open-source Faktory and nothing reads ``custom``.
-        self.enterprise = Enterprise() if enterprise else None
+        self.enterprise = Enterprise(self.push) if enterprise else None
         self.queues: dict[str, Queue] = {}
         self.reservations: dict[str, Reservation] = {}
         self._expiry_heap: list[tuple[float, int, str]] = []
@@ -179,7 +179,7 @@ class ServerCore:
             waiters = self._waiters.get(queue_name)
             if waiters and self.enterprise is not None and self.enterprise.has_expired(data, now):
                 # Handed straight to a FETCH: Enterprise's check at FETCH happens here.
-                self._drop_expired(rowid, jid, known)
+                self._drop_expired(rowid, jid, data, known)
                 return
             while waiters:
                 waiter = waiters.popleft()
@@ -235,13 +235,11 @@ class ServerCore:
 
     def push(self, job: dict[str, Any]) -> None:
         """Store a validated job (see :func:`kaffi.server.jobs.parse_job`). In Enterprise
-        mode a duplicate of a unique job raises
-        :class:`~kaffi.server.enterprise.NotUniqueRejected` and is not stored."""
+        mode a job the rules refuse (a duplicate, an unknown batch) raises
+        :class:`~kaffi.server.enterprise.JobRefused` and is not stored."""
         now_ns = self.clock.now_ns()
         at = job.get("at")
         when = jobs_mod.at_timestamp(at) if at else None
-        if self.enterprise is not None:
-            self.enterprise.admit(job, now_ns / 1e9, when)
         if not job.get("created_at"):
             job["created_at"] = time_string(now_ns)
         if when is not None and when > now_ns / 1e9:
@@ -251,11 +249,15 @@ class ServerCore:
                 # Faktory's scheduled set is keyed by the re-encoded JSON: an
                 # identical job (same jid, created_at and at) is stored once.
                 return
+            if self.enterprise is not None:
+                self.enterprise.admit(job, now_ns / 1e9, when)
             rowid = self._rowid()
             self.scheduled.add(TimedEntry(when, rowid, job["jid"], data))
             if self.journal is not None:
                 self.journal.put(rowid, job["jid"], STATE_SCHEDULED, job["queue"], when, data, "")
             return
+        if self.enterprise is not None:
+            self.enterprise.admit(job, now_ns / 1e9, when)
         job["enqueued_at"] = time_string(now_ns)
         data = encode_job(job)
         self._enqueue(
@@ -273,14 +275,14 @@ class ServerCore:
             while queue.jobs:
                 job = queue.jobs.popleft()
                 if ent is not None and ent.has_expired(job.data, self.clock.now()):
-                    self._drop_expired(job.rowid, job.jid, True)
+                    self._drop_expired(job.rowid, job.jid, job.data, True)
                     continue
                 return self._reserve(name, job.rowid, job.jid, job.data, job.reserve_for, wid)
         return None
 
-    def _drop_expired(self, rowid: int, jid: str, known: bool) -> None:
+    def _drop_expired(self, rowid: int, jid: str, data: bytes, known: bool) -> None:
         assert self.enterprise is not None
-        self.enterprise.dropped_expired(jid)
+        self.enterprise.dropped_expired(jid, data, self.clock.now())
         if known and self.journal is not None:
             self.journal.delete(rowid)
 
@@ -371,7 +373,7 @@ class ServerCore:
         failure["backtrace"] = lines
         if self.enterprise is not None:
             dead = retry != 0 and failure["retry_count"] >= retry
-            self.enterprise.failed(res.jid, dead, self.clock.now())
+            self.enterprise.failed(res.jid, res.data, dead, self.clock.now())
         if retry == 0:
             # No retry and no death: the job is gone.
             if self.journal is not None:

@@ -21,13 +21,9 @@ from typing import Any
 from kaffi.protocol.commands import password_hash
 from kaffi.protocol.resp import Command, encode_bulk, encode_error
 from kaffi.server import gocompat
+from kaffi.server.batches import BatchError
 from kaffi.server.core import CoreError, ServerCore
-from kaffi.server.enterprise import (
-    NOT_UNIQUE_CODE,
-    NOT_UNIQUE_MESSAGE,
-    Enterprise,
-    NotUniqueRejected,
-)
+from kaffi.server.enterprise import Enterprise, JobRefused
 from kaffi.server.jobs import JobRejected, decode_fields, parse_job, validate
 
 __all__ = ["Session", "Outcome", "CONTINUE", "CLOSE", "WAIT", "OK", "NULL"]
@@ -51,10 +47,6 @@ class Outcome:
 _CONTINUE_OK = Outcome(OK)
 _CLOSE_SILENTLY = Outcome(None, CLOSE)
 _INTERNAL = Outcome(encode_error("internal error"))
-_NOT_UNIQUE = Outcome(encode_error(NOT_UNIQUE_MESSAGE, NOT_UNIQUE_CODE))
-#: PUSHB's per-job reason for a duplicate: a coded error's text is "CODE message" there
-#: (Faktory's PUSHB stores err.Error(); ENTERPRISE.md section 3).
-_NOT_UNIQUE_REASON = f"{NOT_UNIQUE_CODE} {NOT_UNIQUE_MESSAGE}"
 
 
 def _error(message: str) -> Outcome:
@@ -178,8 +170,9 @@ class Session:
             return _error(str(exc))
         try:
             self.core.push(job)
-        except NotUniqueRejected:
-            return _NOT_UNIQUE
+        except JobRefused as exc:
+            # A duplicate is -NOTUNIQUE Job not unique (ENTERPRISE.md section 3).
+            return Outcome(encode_error(exc.message, exc.code))
         return _CONTINUE_OK
 
     def _pushb(self, arg: str | None) -> Outcome:
@@ -218,8 +211,8 @@ class Session:
                 continue
             try:
                 self.core.push(job)
-            except NotUniqueRejected:
-                rejected[job.get("jid") or ""] = _NOT_UNIQUE_REASON
+            except JobRefused as exc:
+                rejected[job.get("jid") or ""] = exc.reason
         if not rejected:
             return Outcome(encode_bulk(b"{}"))
         body = json.dumps(dict(sorted(rejected.items())), separators=(",", ":"), ensure_ascii=False)
@@ -379,9 +372,18 @@ class Session:
         return _error(f"no such KAFFI subcommand: {sub}")
 
     def _batch(self, arg: str | None) -> Outcome:
-        if self.core.enterprise is None:
+        """``BATCH NEW {json}``, ``BATCH OPEN|COMMIT|STATUS <bid>`` (Enterprise mode)."""
+        ent = self.core.enterprise
+        if ent is None:
             return _error("batch subsystem is only available in Faktory Enterprise")
-        return _error("batch subsystem is not implemented by kaffi server --enterprise yet")
+        sub, _, rest = (arg or "").partition(" ")
+        if not sub:
+            return _error("BATCH needs a subcommand: NEW, OPEN, COMMIT or STATUS")
+        try:
+            reply = ent.batches.command(sub, rest, self.core.clock.now())
+        except BatchError as exc:
+            return _error(str(exc))
+        return _CONTINUE_OK if reply is None else Outcome(encode_bulk(reply))
 
     def _track(self, arg: str | None) -> Outcome:
         ent = self.core.enterprise

@@ -17,6 +17,13 @@ UI's dashboard shows (:meth:`SqliteJournal.daily`). Every change of those counte
 with a job row change (ACK deletes a row, FAIL rewrites or deletes one), so the counters
 ride on the commits that already happen.
 
+In Enterprise mode the same transaction writes the Enterprise records that changed since
+the last commit (unique locks, progress records, batches, the expired counter: one row per
+record in the ``enterprise`` table, its value JSON), as the core's
+:class:`~kaffi.server.enterprise.Enterprise` lists them; :meth:`SqliteJournal.load` gives
+them back before the server answers anyone. A server started without ``--enterprise``
+leaves those rows alone (FLUSH empties the table, as it empties everything).
+
 Must never be used from two threads at once: the server's loop thread owns it.
 """
 
@@ -30,6 +37,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kaffi.server.core import ServerCore
+    from kaffi.server.enterprise import Enterprise
 
 __all__ = ["SqliteJournal", "utc_day"]
 
@@ -50,6 +58,12 @@ CREATE TABLE IF NOT EXISTS queues (
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enterprise (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
 );
 CREATE TABLE IF NOT EXISTS daily (
     day TEXT PRIMARY KEY,
@@ -99,6 +113,8 @@ class SqliteJournal:
         #: The core whose counters go into ``daily`` (set by :meth:`load`), and the values
         #: of its counters that are already written.
         self._core: ServerCore | None = None
+        #: Its Enterprise state, in Enterprise mode.
+        self._enterprise: Enterprise | None = None
         self._counted = (0, 0)
         #: Counts kept across a FLUSH that zeroed the core's counters before a commit.
         self._carried = (0, 0)
@@ -154,6 +170,7 @@ class SqliteJournal:
             or self._queues
             or self._clear
             or self._uncounted() != (0, 0)
+            or (self._enterprise is not None and self._enterprise.has_changes)
         )
 
     def _uncounted(self) -> tuple[int, int]:
@@ -179,6 +196,7 @@ class SqliteJournal:
         try:
             if self._clear:
                 db.execute("DELETE FROM jobs")
+                db.execute("DELETE FROM enterprise")
             if self._deletes:
                 db.executemany("DELETE FROM jobs WHERE rowid_ = ?", [(r,) for r in self._deletes])
             if self._puts:
@@ -209,6 +227,8 @@ class SqliteJournal:
                     "failed = failed + excluded.failed",
                     (utc_day(self._core.clock.now()), processed, failed),
                 )
+            if self._enterprise is not None and self._enterprise.has_changes:
+                self._write_enterprise(self._enterprise.changes())
             if self._core is not None and (processed or failed or self._clear):
                 # The totals INFO reports, so a restart does not zero them.
                 db.executemany(
@@ -230,6 +250,18 @@ class SqliteJournal:
         if self._core is not None:
             self._counted = (self._core.total_processed, self._core.total_failures)
         self._carried = (0, 0)
+        if self._enterprise is not None:
+            self._enterprise.changes_written()
+
+    def _write_enterprise(self, changes: list[tuple[str, str, str | None]]) -> None:
+        gone = [(kind, key) for kind, key, value in changes if value is None]
+        kept = [(kind, key, value) for kind, key, value in changes if value is not None]
+        if gone:
+            self._db.executemany("DELETE FROM enterprise WHERE kind = ? AND key = ?", gone)
+        if kept:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO enterprise (kind, key, value) VALUES (?, ?, ?)", kept
+            )
 
     def daily(self, days: int, now: float) -> list[tuple[str, int, int]]:
         """The last ``days`` UTC days up to the day of ``now``, oldest first, as
@@ -273,6 +305,11 @@ class SqliteJournal:
         core.total_failures = int(totals.get("total_failures", 0))
         self._core = core
         self._counted = (core.total_processed, core.total_failures)
+        if core.enterprise is not None:
+            for kind, key, value in db.execute("SELECT kind, key, value FROM enterprise"):
+                core.enterprise.load(kind, key, value)
+            core.enterprise.durable()
+            self._enterprise = core.enterprise
         return count
 
     def close(self) -> None:

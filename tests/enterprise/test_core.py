@@ -240,7 +240,7 @@ def test_bad_track_lines_get_errors_and_the_connection_goes_on() -> None:
         assert reply is not None
         assert reply.startswith(start), (line, reply)
     batch = s.handle(Command("BATCH", "NEW {}")).reply
-    assert batch == b"-ERR batch subsystem is not implemented by kaffi server --enterprise yet\r\n"
+    assert batch == b"-ERR batch requires a success or complete callback\r\n"
 
 
 def test_without_enterprise_nothing_reads_custom() -> None:

@@ -238,8 +238,8 @@ def test_expiry_and_track_after_a_restart_with_data(tmp_path: Path) -> None:
         tracked.track = True
         tracked_jid = tracked.push()
     with embedded_server(data=data, enterprise=True) as srv, Client(srv.url) as client:
-        # Expiry is read from the stored job; progress records are in memory only.
-        assert client.track_get(tracked_jid).state == "unknown"
+        # Expiry is read from the stored job; the progress record is stored too.
+        assert client.track_get(tracked_jid).state == "enqueued"
         srv.advance_clock(31)
         fetched = client.fetch()
         assert fetched is not None
