@@ -190,17 +190,17 @@ class BatchStatus(BaseModel):
     complete_st: str = ""
     success_st: str = ""
 
-    @field_validator("parent_bid", "created_at", mode="before")
+    @field_validator("parent_bid", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
+    def _no_parent(cls, value: Any) -> Any:
         # Go's client sends parent_bid with omitempty; "" means no parent all the same.
-        if value == "":
-            return None
-        return value
+        return None if value == "" else value
 
     @field_validator("created_at", mode="before")
     @classmethod
     def _time(cls, value: Any) -> Any:
+        if value == "":
+            return None
         if isinstance(value, str):
             return parse_rfc3339(value, go=True)
         return value
