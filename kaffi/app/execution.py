@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kaffi.app.middleware import Middleware, RunSync, is_async_callable, run_chain
 from kaffi.errors import JobError, UnknownJobType
+from kaffi.protocol.batches import current_bid
 from kaffi.protocol.enterprise import track_set_document
 from kaffi.protocol.models import JobPayload
 
@@ -121,6 +122,9 @@ class JobContext:
         client does; ``with current_job().batch:`` does the same around a block of
         ``.delay()`` calls (``async with`` and ``add_async`` from ``async def`` jobs).
         A job outside any batch raises :class:`~kaffi.errors.JobError`."""
+        found: Batch | None = self.__dict__.get("_batch")
+        if found is not None:
+            return found
         bid = self.bid
         if bid is None:
             raise JobError(
@@ -129,7 +133,9 @@ class JobContext:
             )
         from kaffi.app.batch import Batch
 
-        return Batch(self.app, bid=bid)
+        # One Batch per job: inside `with current_job().batch:`, .add() is then one push.
+        batch: Batch = self.__dict__.setdefault("_batch", Batch(self.app, bid=bid))
+        return batch
 
     def track(
         self,
@@ -225,6 +231,9 @@ async def perform(
     else:
         ctx.__dict__.update(job=job, task=task, fn=task.fn if task else None, performed=False)
     token = _current_job.set(ctx)
+    # A job run inline inside a batch's block is no part of that block: as on a worker,
+    # its pushes join a batch only through current_job().batch.
+    bid_token = current_bid.set(None) if current_bid.get() is not None else None
     chain = [*app.middleware, *middleware] if middleware else app.middleware
     try:
         if chain:
@@ -234,6 +243,8 @@ async def perform(
             await _core(app, ctx, task, run_sync, registry=registry)
     finally:
         _current_job.reset(token)
+        if bid_token is not None:
+            current_bid.reset(bid_token)
     return ctx
 
 

@@ -157,6 +157,11 @@ class CallbackState(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __format__(self, spec: str) -> str:
+        # The same text in f-strings on every Python (3.12 changed how mixed-in enums
+        # format).
+        return format(self.value, spec)
+
 
 #: The wire values of a callback's state (ENTERPRISE.md section 1; faktory-rs reads the
 #: same three and nothing else).

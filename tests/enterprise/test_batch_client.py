@@ -111,6 +111,7 @@ def test_status_is_typed_with_readable_callback_states() -> None:
     assert status.complete is CallbackState.ENQUEUED
     assert status.success is CallbackState.NOT_ENQUEUED
     assert str(status.complete) == "enqueued"
+    assert f"{status.success}|{status.complete:>9}" == "not enqueued| enqueued"
     assert str(status) == (
         f"batch {BID}: 5 jobs, 2 pending, 1 failed; complete callback enqueued,"
         " success callback not enqueued"
@@ -359,9 +360,15 @@ def test_inline_jobs_see_their_batch_and_add_to_it(app: App) -> None:
         seen.append(("follow_up", n, current_job().bid))
 
     @app.task
+    def unrelated(n: int) -> None:
+        seen.append(("unrelated", n, current_job().bid))
+
+    @app.task
     def work(n: int) -> None:
         seen.append(("work", n, current_job().bid))
+        assert current_job().batch is current_job().batch
         current_job().batch.add(follow_up.job(n * 10))
+        unrelated.delay(n)  # a plain push from a job joins no batch, as on a worker
 
     @app.task
     def outside() -> None:
@@ -376,6 +383,7 @@ def test_inline_jobs_see_their_batch_and_add_to_it(app: App) -> None:
     assert seen == [
         ("work", 1, batch.bid),
         ("follow_up", 10, batch.bid),
+        ("unrelated", 1, None),
         ("outside", 0, None),
     ]
     assert batch.bid is not None
