@@ -84,7 +84,7 @@ class Batch:
                 complete=complete,
             )
             batch_new_document(self.definition)
-        elif (description, parent, success, complete) != (None, None, None, None):
+        elif any(given is not None for given in (description, parent, success, complete)):
             raise ConfigurationError(
                 f"batch {bid}: an existing batch is opened by its bid alone; its description,"
                 " parent and callbacks were set when it was created"

@@ -20,7 +20,7 @@ straight to bytes (:meth:`~kaffi.app.task.Task.encoded_job`), with no dict in be
 Inside a Faktory Enterprise batch's block (``with app.batch(...)``), every payload is
 stamped with the batch's ``custom.bid`` here, before the push middleware see it, so the
 middleware, the testing modes and the server all see the job as a member of the batch
-(see :mod:`kaffi.client.batch`).
+(see :mod:`kaffi.protocol.batches`).
 """
 
 from __future__ import annotations
@@ -200,9 +200,10 @@ def collect(
     """Run each payload through the push middleware as it is taken, yielding those to
     send and counting the dropped ones in ``outcome.dropped``. For bulk pushes the
     chain's core only collects: a chunk's PUSHB happens after the chains of its jobs
-    returned. Inside a batch's block each joins the batch."""
+    returned. Inside a batch's block each joins the batch (before the middleware; without
+    middleware, :func:`deliver_many` stamps them)."""
     if not app.push_middleware:
-        yield from map(join_current, payloads)
+        yield from payloads
         return
     for payload in payloads:
         ctx = PushContext(app, _payload_model(join_current(payload)), task)
@@ -227,7 +228,7 @@ async def collect_async(
     """:func:`collect` from asyncio (async middleware are awaited, so this one collects
     every payload before returning)."""
     if not app.push_middleware:
-        return list(map(join_current, payloads))
+        return list(payloads)
     kept: list[dict[str, Any]] = []
     for payload in payloads:
         ctx = PushContext(app, _payload_model(join_current(payload)), task)

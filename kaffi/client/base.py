@@ -484,7 +484,7 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
             definition = batch_definition(
                 description=description, parent_bid=parent_bid, success=success, complete=complete
             )
-        elif (description, parent_bid, success, complete) != (None, None, None, None):
+        elif any(given is not None for given in (description, parent_bid, success, complete)):
             raise ValidationError(
                 "batch_new: give a BatchDefinition or its fields (description, parent_bid,"
                 " success, complete), not both",
