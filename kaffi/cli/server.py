@@ -58,9 +58,9 @@ WEB_HELP = (
 )
 NO_WEB_HELP = "Do not serve the web UI."
 ENTERPRISE_HELP = (
-    "Also implement Faktory Enterprise's unique jobs, expiring jobs and TRACK (progress); "
-    "locks and progress are kept in memory. Without it the server answers as open-source "
-    "Faktory."
+    "Also implement Faktory Enterprise's unique jobs, expiring jobs, batches and TRACK "
+    "(progress); their state is stored with --data like the jobs. Without it the server "
+    "answers as open-source Faktory."
 )
 #: How EmbeddedServer's error starts when the UI's address cannot be bound.
 WEB_START_FAILED = "cannot serve the web UI"

@@ -264,9 +264,11 @@ class Batches:
         batch = self.batches.get(callback_of) if isinstance(callback_of, str) else None
         if batch is None:
             return
-        if batch.complete is not None and batch.complete["jid"] == jid:
+        # Matched by jid and state: a client may give both callbacks the same jid.
+        complete, success = batch.complete, batch.success
+        if complete is not None and complete["jid"] == jid and batch.complete_st == ENQUEUED:
             batch.complete_st = DONE
-        elif batch.success is not None and batch.success["jid"] == jid:
+        elif success is not None and success["jid"] == jid and batch.success_st == ENQUEUED:
             batch.success_st = DONE
         else:
             return
@@ -294,8 +296,7 @@ class Batches:
     # -- callbacks ------------------------------------------------------------------------
 
     def _child_batches(self, batch: Batch) -> list[Batch]:
-        # A child that is gone (expired uncommitted, or forgotten after it finished) no
-        # longer holds its parent back.
+        # A child that is gone (it expired uncommitted) no longer holds its parent back.
         return [c for c in map(self.batches.get, batch.children) if c is not None]
 
     def _completed(self, batch: Batch) -> bool:
@@ -341,7 +342,11 @@ class Batches:
             if batch.finished is None and self._success_done(batch):
                 batch.finished = now
                 self._touch(batch, now)
-            batch = self.batches.get(batch.parent) if batch.parent else None
+            if not batch.parent or not self._settled(batch):
+                # The parent waits on this batch settling: until then nothing changed
+                # for it.
+                return
+            batch = self.batches.get(batch.parent)
 
     def _fire(self, batch: Batch, callback: dict[str, Any], name: str, now: float) -> None:
         """Enqueue a callback once: an ordinary job carrying ``custom._bid`` (and
@@ -368,24 +373,39 @@ class Batches:
     # -- timers, FLUSH, storage -----------------------------------------------------------
 
     def prune(self, now: float) -> None:
-        """Forget uncommitted batches 30 minutes after their last NEW or OPEN, finished
-        ones :data:`FINISHED_TTL` after their last callback, others after
-        :data:`UNFINISHED_TTL` without a change."""
-        gone = [
-            bid
-            for bid, b in self.batches.items()
-            if (not b.committed and now - b.opened >= UNCOMMITTED_TTL)
-            or (b.committed and b.finished is not None and now - b.finished >= FINISHED_TTL)
-            or (b.committed and now - b.updated >= UNFINISHED_TTL)
-        ]
+        """Forget uncommitted batches :data:`UNCOMMITTED_TTL` after their last NEW or
+        OPEN. A committed batch with no parent left is forgotten, with its child batches,
+        :data:`FINISHED_TTL` after all its callbacks finished, or :data:`UNFINISHED_TTL`
+        after its last change when they cannot all finish (a dead job). A child batch
+        stays as long as its parent, which reads it."""
+        expired: list[Batch] = []
+        gone: set[str] = set()
+        for b in self.batches.values():
+            if not b.committed:
+                if now - b.opened >= UNCOMMITTED_TTL:
+                    expired.append(b)
+            elif b.parent is None or b.parent not in self.batches:
+                finished = b.finished is not None and now - b.finished >= FINISHED_TTL
+                if finished or now - b.updated >= UNFINISHED_TTL:
+                    gone.update(self._subtree(b))
+        gone.update(b.bid for b in expired)
         for bid in gone:
             del self.batches[bid]
             self._changed(bid)
-        # A parent waiting only on a child that expired may be due now.
-        for bid in gone:
-            for parent in self.batches.values():
-                if bid in parent.children:
-                    self._settle(parent, now)
+        for child in expired:
+            # An expired child no longer holds its parent back: the parent may be due.
+            parent = self.batches.get(child.parent) if child.parent else None
+            if parent is not None and child.bid in parent.children:
+                parent.children.remove(child.bid)
+                self._touch(parent, now)
+                self._settle(parent, now)
+
+    def _subtree(self, batch: Batch) -> list[str]:
+        """The bids of ``batch`` and of every batch below it."""
+        found = [batch.bid]
+        for child in self._child_batches(batch):
+            found.extend(self._subtree(child))
+        return found
 
     def clear(self) -> None:
         """FLUSH: no batches."""

@@ -234,9 +234,8 @@ class ServerCore:
         return res
 
     def push(self, job: dict[str, Any]) -> None:
-        """Store a validated job (see :func:`kaffi.server.jobs.parse_job`). In Enterprise
-        mode a job the rules refuse (a duplicate, an unknown batch) raises
-        :class:`~kaffi.server.enterprise.JobRefused` and is not stored."""
+        """Store a validated job (see :func:`kaffi.server.jobs.parse_job`); in Enterprise mode
+        a job the rules refuse raises :class:`~kaffi.server.enterprise.JobRefused`."""
         now_ns = self.clock.now_ns()
         at = job.get("at")
         when = jobs_mod.at_timestamp(at) if at else None
@@ -246,8 +245,7 @@ class ServerCore:
             job.pop("enqueued_at", None)
             data = encode_job(job)
             if self.scheduled.rowid_of(data) is not None:
-                # Faktory's scheduled set is keyed by the re-encoded JSON: an
-                # identical job (same jid, created_at and at) is stored once.
+                # Faktory keys its scheduled set by the JSON: an identical job is stored once.
                 return
             if self.enterprise is not None:
                 self.enterprise.admit(job, now_ns / 1e9, when)

@@ -149,7 +149,7 @@ class EmbeddedServer:
     ``fetch_hold`` is how many seconds a FETCH on empty queues waits for a job before the
     server answers ``$-1`` (Faktory's 2 s by default; the test fixtures use 0.1 s).
     ``enterprise=True`` adds the Faktory Enterprise features kaffi implements (unique
-    and expiring jobs, progress tracking; see ``docs/enterprise.md``); without it the
+    and expiring jobs, batches, progress tracking; see ``docs/enterprise.md``); without it the
     server answers as the open-source Faktory 1.10.0 does.
     """
 
@@ -199,7 +199,7 @@ class EmbeddedServer:
             raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
         self.data = Path(data) if data is not None else None
         #: Whether the server implements the Faktory Enterprise features it knows
-        #: (unique and expiring jobs, TRACK: see ``docs/enterprise.md``).
+        #: (unique and expiring jobs, batches, TRACK: see ``docs/enterprise.md``).
         self.enterprise = bool(enterprise)
         self.tls_cert = Path(tls_cert) if tls_cert is not None else None
         self.tls_key = Path(tls_key) if tls_key is not None else None
