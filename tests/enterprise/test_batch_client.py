@@ -43,6 +43,7 @@ from kaffi.protocol.resp import (
     encode_error,
     encode_simple,
 )
+from kaffi.testing.modes import RecordedBatch
 from tests.support import FakeFaktory
 
 BID = "b-W5uwOl0DNxfZyg"
@@ -301,6 +302,7 @@ def test_fake_mode_records_batches_and_their_jobs_carry_the_bid(app: App) -> Non
             (7, None),
         ]
         record = app.testing.batches[outer.bid]
+        assert isinstance(record, RecordedBatch)
         assert (record.opened, record.committed) == (1, 1)
         assert record.definition is not None
         assert record.definition.description == "nightly"
