@@ -2,7 +2,8 @@
 
 Every example runs as it is (``python examples/NAME.py``). With FAKTORY_URL set it uses
 that server (a real Faktory, say); otherwise it starts kaffi's embedded server on a free
-loopback port, in memory, for as long as the example runs.
+loopback port, in memory, for as long as the example runs (with the Faktory Enterprise
+features when the example asks for them, as ``kaffi server --enterprise`` would).
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ __all__ = ["faktory_url", "stopwatch", "wait_until"]
 
 
 @contextlib.contextmanager
-def faktory_url() -> Iterator[str]:
-    """Yield the URL of the server the example should use."""
+def faktory_url(*, enterprise: bool = False) -> Iterator[str]:
+    """Yield the URL of the server the example should use (``enterprise=True``: an
+    embedded server with the Faktory Enterprise features)."""
     url = os.environ.get("FAKTORY_URL")
     if url:
         yield url
         return
     from kaffi.server import EmbeddedServer
 
-    with EmbeddedServer() as server:
+    with EmbeddedServer(enterprise=enterprise) as server:
         yield server.url
 
 

@@ -14,6 +14,7 @@ from kaffi.errors import (
     AppImportError,
     ArgumentsError,
     AuthenticationError,
+    BatchNotFound,
     ConfigurationError,
     ConnectError,
     ConnectTimeout,
@@ -37,8 +38,10 @@ from kaffi.errors import (
 
 if TYPE_CHECKING:
     from kaffi.app import App, Task, connect, register, stop, use, work
+    from kaffi.app.batch import Batch
     from kaffi.app.execution import JobContext, current_job
     from kaffi.client import AsyncClient, Client, Job, Mutation
+    from kaffi.protocol.batches import BatchStatus, CallbackState
     from kaffi.protocol.enterprise import Progress
     from kaffi.protocol.models import Failure, Info, JobPayload, RejectedJob
     from kaffi.worker import Worker
@@ -62,6 +65,9 @@ _LAZY = {
     "Info": "kaffi.protocol.models",
     "RejectedJob": "kaffi.protocol.models",
     "Progress": "kaffi.protocol.enterprise",
+    "Batch": "kaffi.app.batch",
+    "BatchStatus": "kaffi.protocol.batches",
+    "CallbackState": "kaffi.protocol.batches",
     "Worker": "kaffi.worker",
 }
 
@@ -69,6 +75,9 @@ __all__ = [
     "__version__",
     "App",
     "AsyncClient",
+    "Batch",
+    "BatchStatus",
+    "CallbackState",
     "Client",
     "Failure",
     "Info",
@@ -89,6 +98,7 @@ __all__ = [
     "AppImportError",
     "ArgumentsError",
     "AuthenticationError",
+    "BatchNotFound",
     "ConfigurationError",
     "ConnectError",
     "ConnectTimeout",

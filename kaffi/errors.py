@@ -9,8 +9,9 @@ The tree is split by *cause*, so callers can decide what to do without parsing m
 - :class:`ServerError`: the server answered ``-ERR``/``-CODE``. The connection stays usable.
   :class:`AuthenticationError` is the one server error that also closes the connection.
   :class:`NotUnique` (a unique job's duplicate, ``-NOTUNIQUE``) and
-  :class:`EnterpriseRequired` (an open-source server refusing an Enterprise command) are
-  server errors too.
+  :class:`EnterpriseRequired` (an open-source server refusing an Enterprise command) and
+  :class:`BatchNotFound` (an Enterprise batch the server does not know) are server errors
+  too.
 - :class:`TransportError`: the network failed (connect refused, reset, timeout). The
   connection is thrown away. Nothing here shadows the builtin ``ConnectionError`` or
   ``TimeoutError``: the names are ``ConnectError`` and ``ConnectTimeout`` and so on.
@@ -33,6 +34,7 @@ __all__ = [
     "AuthenticationError",
     "NotUnique",
     "EnterpriseRequired",
+    "BatchNotFound",
     "TransportError",
     "ConnectError",
     "ReadError",
@@ -129,6 +131,28 @@ class EnterpriseRequired(ServerError):
         self.args = (
             f"{where}needs Faktory Enterprise (or `kaffi server --enterprise`): the server"
             f" said '-{code} {message}'",
+        )
+
+
+class BatchNotFound(ServerError):
+    """A Faktory Enterprise server does not know the batch (``-ERR no such batch <bid>``):
+    it never existed, or it expired (an uncommitted batch lives 30 minutes).
+
+    ``bid`` is the batch named in the server's text (None when it named none); ``code``
+    and ``message`` are the server's, as for every :class:`ServerError`. Raised by the
+    BATCH commands and by a PUSH of a job whose ``custom.bid`` names such a batch.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, command: str | None = None, bid: str | None = None
+    ) -> None:
+        super().__init__(code, message, command=command)
+        self.bid = bid
+        where = f" (to {command})" if command else ""
+        what = f"batch {bid!r}" if bid else "the batch"
+        self.args = (
+            f"{what} does not exist on the server{where}: it was never created or it expired"
+            f" (the server said '-{code} {message}')",
         )
 
 

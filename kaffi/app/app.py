@@ -26,9 +26,12 @@ from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from kaffi.app.batch import Batch
     from kaffi.app.testing import Testing
     from kaffi.client import AsyncClient, Client, ConnectionSettings, Mutation
+    from kaffi.client.batch import CallbackLike
     from kaffi.periodic.schedule import Schedule
+    from kaffi.protocol.batches import BatchStatus
     from kaffi.protocol.enterprise import Progress
 
 __all__ = ["App", "Mutate"]
@@ -415,6 +418,79 @@ class App:
     async def progress_async(self, jid: str) -> Progress:
         """:meth:`progress` for asyncio code (uses ``app.async_client``)."""
         return await self.async_client.track_get(jid)
+
+    # -- Faktory Enterprise batches ---------------------------------------------------------
+
+    def batch(
+        self,
+        *,
+        description: str | None = None,
+        success: CallbackLike | None = None,
+        complete: CallbackLike | None = None,
+        parent: Batch | str | None = None,
+    ) -> Batch:
+        """A new Faktory Enterprise batch, for a ``with`` (or ``async with``) block::
+
+            with app.batch(description="import", success=report.job("ok")) as batch:
+                for f in files:
+                    import_file.delay(f)  # each job carries custom.bid = batch.bid
+
+        Entering the block sends ``BATCH NEW``; every push made in the block (``.delay``,
+        ``delay_many``, ``apply_async``, ``app.client.push``, asyncio code and tasks
+        started in it) joins the batch; leaving it sends ``BATCH COMMIT``. An exception
+        in the block leaves the batch uncommitted (logged, noted on the exception) and
+        propagates. ``success`` and ``complete`` are callback jobs (``task.job(...)``; at
+        least one); ``parent`` (a Batch or a bid) makes this a child batch. See
+        :class:`~kaffi.app.batch.Batch` and ``docs/enterprise.md``."""
+        from kaffi.app.batch import Batch
+
+        return Batch(
+            self, description=description, success=success, complete=complete, parent=parent
+        )
+
+    def batch_async(
+        self,
+        *,
+        description: str | None = None,
+        success: CallbackLike | None = None,
+        complete: CallbackLike | None = None,
+        parent: Batch | str | None = None,
+    ) -> Batch:
+        """:meth:`batch` for ``async with`` (through ``app.async_client``); the same
+        :class:`~kaffi.app.batch.Batch`, named for symmetry with the other ``_async``
+        methods."""
+        return self.batch(
+            description=description, success=success, complete=complete, parent=parent
+        )
+
+    def batch_open(self, bid: str) -> Batch:
+        """The existing batch ``bid``, to add jobs to in a ``with`` block (``BATCH OPEN``
+        on entering, ``BATCH COMMIT`` on leaving), or with ``.add(job)``."""
+        from kaffi.app.batch import Batch
+
+        return Batch(self, bid=bid)
+
+    def batch_status(self, bid: str) -> BatchStatus:
+        """A batch's status (Faktory Enterprise ``BATCH STATUS``), typed: ``total``,
+        ``pending``, ``failed``, and the callbacks' states (``status.complete``,
+        ``status.success``). An unknown batch raises
+        :class:`~kaffi.errors.BatchNotFound`; an open-source server
+        :class:`~kaffi.errors.EnterpriseRequired`."""
+        self._no_batch_status_in_testing()
+        return self.client.batch_status(bid)
+
+    async def batch_status_async(self, bid: str) -> BatchStatus:
+        """:meth:`batch_status` for asyncio code (uses ``app.async_client``)."""
+        self._no_batch_status_in_testing()
+        return await self.async_client.batch_status(bid)
+
+    def _no_batch_status_in_testing(self) -> None:
+        if self.delivery is not None:
+            raise ConfigurationError(
+                "app.batch_status() needs a Faktory Enterprise server, and a testing mode"
+                " has none: read app.testing.batches (what each batch was created with and"
+                " whether it was committed) and the jobs' custom['bid'] instead"
+            )
 
     @property
     def mutate(self) -> Mutate:

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from kaffi.app.middleware import Middleware, RunSync, is_async_callable, run_chain
 from kaffi.errors import JobError, UnknownJobType
+from kaffi.protocol.batches import current_bid
 from kaffi.protocol.enterprise import track_set_document
 from kaffi.protocol.models import JobPayload
 
 if TYPE_CHECKING:
     from kaffi.app.app import App
+    from kaffi.app.batch import Batch
     from kaffi.app.task import Task
 
 __all__ = ["JobContext", "current_job", "perform"]
@@ -96,6 +98,45 @@ class JobContext:
         """The job's ``custom`` mapping, or None."""
         return self.job.custom
 
+    @property
+    def bid(self) -> str | None:
+        """The Faktory Enterprise batch this job belongs to (``custom.bid``), or None."""
+        return _custom_str(self.job, "bid")
+
+    @property
+    def callback_bid(self) -> str | None:
+        """When this job is a batch's success or complete callback, that batch
+        (``custom._bid``, set by the server); else None."""
+        return _custom_str(self.job, "_bid")
+
+    @property
+    def parent_bid(self) -> str | None:
+        """When this job is a callback of a child batch, the parent batch
+        (``custom._pbid``, as the Ruby client reads it); else None."""
+        return _custom_str(self.job, "_pbid")
+
+    @property
+    def batch(self) -> Batch:
+        """This job's batch, to add jobs to it from inside: ``.add(job)`` reopens it
+        (``BATCH OPEN``), pushes the job with its bid and commits it again, as the Ruby
+        client does; ``with current_job().batch:`` does the same around a block of
+        ``.delay()`` calls (``async with`` and ``add_async`` from ``async def`` jobs).
+        A job outside any batch raises :class:`~kaffi.errors.JobError`."""
+        found: Batch | None = self.__dict__.get("_batch")
+        if found is not None:
+            return found
+        bid = self.bid
+        if bid is None:
+            raise JobError(
+                f"job {self.job.jid} ({self.job.jobtype}) is not part of a batch (it has no"
+                " custom.bid), so current_job().batch has nothing to open"
+            )
+        from kaffi.app.batch import Batch
+
+        # One Batch per job: inside `with current_job().batch:`, .add() is then one push.
+        batch: Batch = self.__dict__.setdefault("_batch", Batch(self.app, bid=bid))
+        return batch
+
     def track(
         self,
         percent: int | None = None,
@@ -143,6 +184,12 @@ class JobContext:
         return f"<JobContext jid={self.job.jid} jobtype={self.job.jobtype!r}>"
 
 
+def _custom_str(job: JobPayload, key: str) -> str | None:
+    custom = job.custom
+    value = custom.get(key) if custom else None
+    return value if isinstance(value, str) and value else None
+
+
 def current_job() -> JobContext:
     """The context of the job running in this task or thread.
 
@@ -184,6 +231,9 @@ async def perform(
     else:
         ctx.__dict__.update(job=job, task=task, fn=task.fn if task else None, performed=False)
     token = _current_job.set(ctx)
+    # A job run inline inside a batch's block is no part of that block: as on a worker,
+    # its pushes join a batch only through current_job().batch.
+    bid_token = current_bid.set(None) if current_bid.get() is not None else None
     chain = [*app.middleware, *middleware] if middleware else app.middleware
     try:
         if chain:
@@ -193,6 +243,8 @@ async def perform(
             await _core(app, ctx, task, run_sync, registry=registry)
     finally:
         _current_job.reset(token)
+        if bid_token is not None:
+            current_bid.reset(bid_token)
     return ctx
 
 

@@ -16,6 +16,11 @@ rejected. The payload model is
 only built when there is push middleware, so the plain ``.delay()`` path stays lean; with
 neither middleware nor a testing mode, :func:`deliver_call` has the task encode the job
 straight to bytes (:meth:`~kaffi.app.task.Task.encoded_job`), with no dict in between.
+
+Inside a Faktory Enterprise batch's block (``with app.batch(...)``), every payload is
+stamped with the batch's ``custom.bid`` here, before the push middleware see it, so the
+middleware, the testing modes and the server all see the job as a member of the batch
+(see :mod:`kaffi.protocol.batches`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kaffi.app.middleware import RunSync, run_chain, run_chain_blocking
 from kaffi.errors import ValidationError
+from kaffi.protocol.batches import current_bid, join_current
 from kaffi.protocol.models import EncodedJob, JobPayload, RejectedJob
 
 if TYPE_CHECKING:
@@ -113,7 +119,7 @@ def deliver_call(
     """Push one call of ``task`` synchronously (``.delay()``); returns the jid, or None
     when a push middleware dropped the job."""
     app = task.app
-    if app.push_middleware or app.delivery is not None:
+    if app.push_middleware or app.delivery is not None or current_bid.get() is not None:
         return deliver(app, task.payload(args, kwargs), task)
     return app.client.push(task.encoded_job(args, kwargs))
 
@@ -123,14 +129,16 @@ async def deliver_call_async(
 ) -> str | None:
     """:func:`deliver_call` from asyncio (``.delay_async()``)."""
     app = task.app
-    if app.push_middleware or app.delivery is not None:
+    if app.push_middleware or app.delivery is not None or current_bid.get() is not None:
         return await deliver_async(app, task.payload(args, kwargs), task)
     return await app.async_client.push(task.encoded_job(args, kwargs))
 
 
 def deliver(app: App, payload: dict[str, Any], task: Task[Any, Any] | None = None) -> str | None:
     """Send one payload synchronously, through the push middleware; returns the jid, or
-    None when a middleware dropped it (did not call ``next``)."""
+    None when a middleware dropped it (did not call ``next``). Inside a batch's block it
+    joins the batch."""
+    payload = join_current(payload)
     if not app.push_middleware:
         return _send(app, payload)
     ctx = PushContext(app, _payload_model(payload), task)
@@ -160,6 +168,7 @@ async def deliver_async(
 ) -> str | None:
     """Send one payload from asyncio, through the push middleware; returns the jid, or
     None when a middleware dropped it."""
+    payload = join_current(payload)
     if not app.push_middleware:
         return await _send_async(app, payload)
     ctx = PushContext(app, _payload_model(payload), task)
@@ -191,12 +200,13 @@ def collect(
     """Run each payload through the push middleware as it is taken, yielding those to
     send and counting the dropped ones in ``outcome.dropped``. For bulk pushes the
     chain's core only collects: a chunk's PUSHB happens after the chains of its jobs
-    returned."""
+    returned. Inside a batch's block each joins the batch (before the middleware; without
+    middleware, :func:`deliver_many` stamps them)."""
     if not app.push_middleware:
         yield from payloads
         return
     for payload in payloads:
-        ctx = PushContext(app, _payload_model(payload), task)
+        ctx = PushContext(app, _payload_model(join_current(payload)), task)
         kept: list[dict[str, Any]] = []
 
         def core(ctx: PushContext = ctx, kept: list[dict[str, Any]] = kept) -> None:
@@ -221,7 +231,7 @@ async def collect_async(
         return list(payloads)
     kept: list[dict[str, Any]] = []
     for payload in payloads:
-        ctx = PushContext(app, _payload_model(payload), task)
+        ctx = PushContext(app, _payload_model(join_current(payload)), task)
 
         async def core(run_sync: RunSync | None, ctx: PushContext = ctx) -> None:
             kept.append(ctx.job.to_wire())
@@ -239,8 +249,11 @@ def deliver_many(app: App, payloads: Iterable[dict[str, Any]]) -> list[RejectedJ
     ``payloads`` is consumed a chunk at a time, each chunk sent before the next is taken,
     so a ValidationError it raises (a bad item) leaves the earlier chunks sent: the error
     then says which. The client gets them all in one ``push_bulk`` call, so it can build
-    one chunk while the server stores the one before.
+    one chunk while the server stores the one before. Inside a batch's block each joins
+    the batch (a payload stamped already, by :func:`collect`, is left as it is).
     """
+    if current_bid.get() is not None:
+        payloads = map(join_current, payloads)
     delivery = app.delivery
     if delivery is None:
         return app.client.push_bulk(map(EncodedJob.from_checked, payloads))
@@ -252,6 +265,8 @@ def deliver_many(app: App, payloads: Iterable[dict[str, Any]]) -> list[RejectedJ
 
 async def deliver_many_async(app: App, payloads: Iterable[dict[str, Any]]) -> list[RejectedJob]:
     """:func:`deliver_many` from asyncio."""
+    if current_bid.get() is not None:
+        payloads = map(join_current, payloads)
     delivery = app.delivery
     if delivery is None:
         return await app.async_client.push_bulk(map(EncodedJob.from_checked, payloads))

@@ -19,15 +19,18 @@ import :mod:`kaffi.testing`, :mod:`kaffi.worker` or :mod:`kaffi.cli`.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from kaffi.app.execution import perform
 from kaffi.app.middleware import RunSync, run_serving_blocking_calls
 from kaffi.errors import ConfigurationError, JobError
+from kaffi.protocol.batches import BatchDefinition
 from kaffi.protocol.models import JobPayload, RejectedJob, dumps
 
 if TYPE_CHECKING:
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     from kaffi.app.push import Delivery
     from kaffi.app.task import Task
 
-__all__ = ["FakeJobs", "InlineDelivery", "Testing"]
+__all__ = ["FakeJobs", "InlineDelivery", "RecordedBatch", "Testing"]
 
 #: ``run_all`` stops after this many jobs: a job that keeps pushing itself would loop forever.
 MAX_RUN_ALL = 100_000
@@ -186,11 +189,49 @@ class FakeJobs(Sequence[JobPayload]):
         return f"<FakeJobs {len(self)} job{'' if len(self) == 1 else 's'}>"
 
 
+@dataclass
+class RecordedBatch:
+    """A Faktory Enterprise batch that ``app.batch(...)`` (or ``Batch.open``,
+    ``current_job().batch``) used while a testing mode was active, with no server: its
+    minted ``bid``, its ``definition`` (None for a batch only opened by its bid), and how
+    many times a block ``opened`` and ``committed`` it. Its jobs carry ``custom.bid``
+    as usual; its callbacks are not run."""
+
+    bid: str
+    definition: BatchDefinition | None
+    opened: int = 0
+    committed: int = 0
+
+
 class Testing:
     """``app.testing``: switch an App into a testing mode."""
 
     def __init__(self, app: App) -> None:
         self._app = app
+        #: bid -> the batches used in a testing mode, in the order they were first used.
+        self.batches: dict[str, RecordedBatch] = {}
+        self._batch_lock = threading.Lock()
+
+    def begin_batch(self, bid: str | None, definition: BatchDefinition | None) -> str:
+        """What entering a batch's block does in a testing mode: a new batch gets a
+        minted bid (``b-`` and 14 URL-safe characters, as Enterprise makes them); an
+        existing one (by bid) is recorded as opened. Returns the bid."""
+        with self._batch_lock:
+            if bid is None:
+                bid = "b-" + secrets.token_urlsafe(11)[:14]
+            record = self.batches.get(bid)
+            if record is None:
+                record = self.batches[bid] = RecordedBatch(bid, definition)
+            record.opened += 1
+            return bid
+
+    def commit_batch(self, bid: str) -> None:
+        """What committing a batch does in a testing mode: counts it in its record."""
+        with self._batch_lock:
+            record = self.batches.get(bid)
+            if record is None:
+                record = self.batches[bid] = RecordedBatch(bid, None)
+            record.committed += 1
 
     @property
     def mode(self) -> Literal["inline", "fake"] | None:

@@ -59,6 +59,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
+from kaffi.client.batch import CallbackLike, batch_definition
 from kaffi.client.config import ConnectionSettings, resolve_settings
 from kaffi.client.job import as_payload
 from kaffi.client.plans import (
@@ -78,14 +79,25 @@ from kaffi.errors import (
     ConfigurationError,
     ValidationError,
 )
+from kaffi.protocol.batches import (
+    BatchDefinition,
+    BatchStatus,
+    batch_new_document,
+    check_bid,
+    current_bid,
+    join_model,
+)
 from kaffi.protocol.commands import (
+    decode_batch_status,
     decode_beat,
+    decode_bid,
     decode_fetch,
     decode_info,
     decode_latency,
     decode_ok,
     decode_progress,
     encode_ack,
+    encode_batch,
     encode_beat,
     encode_fail,
     encode_fetch,
@@ -286,8 +298,12 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         If the connection fails before the server answers, the job is sent once more on a
         new connection with the same jid: delivery is at least once.
         """
-        # An EncodedJob (every .delay()) needs no conversion: skip the call.
+        # An EncodedJob (every .delay()) needs no conversion: skip the calls. Inside a
+        # batch's block, anything else joins the batch (kaffi.client.batch).
         payload = job if type(job) is EncodedJob else as_payload(job)
+        bid = current_bid.get()
+        if bid is not None:
+            payload = join_model(payload, bid)
         return self._request((encode_push(payload), True, None, _pushed, payload))
 
     @command
@@ -305,10 +321,11 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         A chunk the server refuses whole (``-ERR``) raises ServerError; the chunk
         written after it may have been stored too.
         """
-        return self._run(self._push_bulk(jobs))
+        # Inside a batch's block every job joins the batch (kaffi.client.batch).
+        return self._run(self._push_bulk(jobs, current_bid.get()))
 
-    def _push_bulk(self, jobs: Iterable[JobLike]) -> Plan[list[RejectedJob]]:
-        chunks = BulkChunks(jobs)
+    def _push_bulk(self, jobs: Iterable[JobLike], bid: str | None) -> Plan[list[RejectedJob]]:
+        chunks = BulkChunks(jobs, bid)
         pipeline = PushbPipeline(self.pool)
         rejected: list[RejectedJob] = []
         try:
@@ -442,6 +459,64 @@ class ClientBase(abc.ABC, Generic[JobT, MutationT]):
         """TRACK GET (Faktory Enterprise): the job's progress, typed (a ``Progress``)."""
         return self._request((encode_track("GET", check_jid(jid)), True, None, _progress, None))
 
+    @command
+    def batch_new(
+        self,
+        definition: BatchDefinition | None = None,
+        *,
+        description: str | None = None,
+        parent_bid: str | None = None,
+        success: CallbackLike | None = None,
+        complete: CallbackLike | None = None,
+    ) -> Outcome[str]:
+        """BATCH NEW (Faktory Enterprise): create a batch; returns its id (the bid).
+
+        Give a :class:`~kaffi.protocol.batches.BatchDefinition`, or its fields: the
+        ``success`` and/or ``complete`` callback (a Job builder such as
+        ``task.job(...)``, a JobPayload or a dict; at least one), a ``description`` and
+        the ``parent_bid`` of the batch this one is a child of. Jobs join the batch by
+        carrying ``custom.bid`` (the app's ``with app.batch(...)`` does that); the
+        callbacks fire once it is committed (:meth:`batch_commit`). Never retried: a
+        second NEW would create a second batch. An open-source server raises
+        :class:`~kaffi.errors.EnterpriseRequired`; an unknown ``parent_bid``
+        :class:`~kaffi.errors.BatchNotFound`."""
+        if definition is None:
+            definition = batch_definition(
+                description=description, parent_bid=parent_bid, success=success, complete=complete
+            )
+        elif any(given is not None for given in (description, parent_bid, success, complete)):
+            raise ValidationError(
+                "batch_new: give a BatchDefinition or its fields (description, parent_bid,"
+                " success, complete), not both",
+                field="definition",
+            )
+        line = encode_batch("NEW", batch_new_document(definition))
+        return self._request((line, False, None, decode_bid, "BATCH NEW"))
+
+    @command
+    def batch_open(self, bid: str) -> Outcome[str]:
+        """BATCH OPEN (Faktory Enterprise): reopen batch ``bid`` to add jobs (or child
+        batches) to it, then :meth:`batch_commit` it again; returns the bid. An unknown
+        (or expired) batch raises :class:`~kaffi.errors.BatchNotFound`."""
+        line = encode_batch("OPEN", check_bid(bid))
+        return self._request((line, True, None, _opened, bid))
+
+    @command
+    def batch_commit(self, bid: str) -> Outcome[None]:
+        """BATCH COMMIT (Faktory Enterprise): the batch has all its jobs; its callbacks
+        fire once they have run (at once for a batch with no jobs). Idempotent, so
+        retried. An unknown batch raises :class:`~kaffi.errors.BatchNotFound`."""
+        line = encode_batch("COMMIT", check_bid(bid))
+        return self._request((line, True, None, decode_ok, "BATCH COMMIT"))
+
+    @command
+    def batch_status(self, bid: str) -> Outcome[BatchStatus]:
+        """BATCH STATUS (Faktory Enterprise): the batch's counts and callback states,
+        typed (a :class:`~kaffi.protocol.batches.BatchStatus`). An unknown batch raises
+        :class:`~kaffi.errors.BatchNotFound`."""
+        line = encode_batch("STATUS", check_bid(bid))
+        return self._request((line, True, None, _batch_status, None))
+
     @property
     def retries(self) -> MutationT:
         """The retry set, for MUTATE: ``client.retries.of_type("x").requeue()``."""
@@ -476,6 +551,17 @@ def _pushed(reply: Reply, job: JobPayload | EncodedJob) -> str:
             raise_for_error(reply, "PUSH", jobtype=jobtype_of(job))
         decode_ok(reply, "PUSH")
     return job.jid
+
+
+def _opened(reply: Reply, bid: str) -> str:
+    # The Ruby client expects +OK to OPEN and Rust/Go the bid: either means it is open.
+    if isinstance(reply, SimpleReply) and reply.text == "OK":
+        return bid
+    return decode_bid(reply, "BATCH OPEN")
+
+
+def _batch_status(reply: Reply, _: None) -> BatchStatus:
+    return decode_batch_status(reply)
 
 
 def _progress(reply: Reply, _: None) -> Progress:

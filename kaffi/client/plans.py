@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 from kaffi.client.job import JobBuilder, as_payload
 from kaffi.errors import ReadTimeout, TransportError, ValidationError, WriteTimeout
+from kaffi.protocol.batches import join_model
 from kaffi.protocol.commands import decode_pushb, encode_pushb
 from kaffi.protocol.models import EncodedJob, JobPayload, RejectedJob
 from kaffi.protocol.resp import Reply
@@ -217,17 +218,20 @@ class BulkChunks:
     (so a large bulk never holds every payload at once); counts what it handed out, to
     say precisely what was sent when a later job turns out invalid."""
 
-    def __init__(self, jobs: Iterable[JobLike]) -> None:
+    def __init__(self, jobs: Iterable[JobLike], bid: str | None = None) -> None:
         self._jobs = jobs
+        #: The batch every job joins (``custom.bid``), unless it names one itself.
+        self.bid = bid
         #: Jobs handed out in chunks so far (each chunk is sent as soon as it is handed out).
         self.handed_out = 0
 
     def __iter__(self) -> Iterator[tuple[list[BulkJob], bytes]]:
         """Each chunk's jobs and its PUSHB line."""
         chunk: list[BulkJob] = []
+        bid = self.bid
         for job in self._jobs:
             try:
-                chunk.append(as_payload(job))
+                chunk.append(as_payload(job) if bid is None else join_model(as_payload(job), bid))
             except ValidationError as exc:
                 index = self.handed_out + len(chunk)
                 raise ValidationError(f"push_bulk job {index}: {exc}", field=exc.field) from None

@@ -33,6 +33,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from kaffi.errors import (
     AuthenticationError,
+    BatchNotFound,
     EnterpriseRequired,
     LocalProtocolError,
     NotUnique,
@@ -40,6 +41,7 @@ from kaffi.errors import (
     ServerError,
     ValidationError,
 )
+from kaffi.protocol.batches import BatchStatus
 from kaffi.protocol.enterprise import Progress
 from kaffi.protocol.models import (
     FAIL_ERRTYPE_MAX,
@@ -91,6 +93,8 @@ __all__ = [
     "decode_info",
     "decode_latency",
     "decode_progress",
+    "decode_bid",
+    "decode_batch_status",
     "raise_for_error",
 ]
 
@@ -441,6 +445,9 @@ def encode_track(subcommand: str, arg: str | Mapping[str, Any]) -> bytes:
 #: How the open-source server ends its reply to an Enterprise command (ENTERPRISE.md
 #: section 8: "batch subsystem is only available in Faktory Enterprise", "tracking ...").
 _ENTERPRISE_ONLY = "only available in Faktory Enterprise"
+#: How Enterprise starts its reply naming an unknown batch ("No such batch" before 1.9.2,
+#: lowercase since; ENTERPRISE.md section 1).
+_NO_SUCH_BATCH = "no such batch"
 
 
 def raise_for_error(
@@ -448,13 +455,18 @@ def raise_for_error(
 ) -> None:
     """Raise the kaffi error for an error reply: :class:`~kaffi.errors.NotUnique` for
     ``-NOTUNIQUE`` (``jobtype`` names the refused job), :class:`~kaffi.errors.EnterpriseRequired`
-    for an open-source server's refusal of an Enterprise command."""
+    for an open-source server's refusal of an Enterprise command,
+    :class:`~kaffi.errors.BatchNotFound` for ``-ERR no such batch <bid>``."""
     if reply.message.startswith("Invalid password"):
         raise AuthenticationError(reply.code, reply.message, command=command)
     if reply.code == "NOTUNIQUE":
         raise NotUnique(reply.code, reply.message, command=command, jobtype=jobtype)
     if reply.code == "ERR" and reply.message.endswith(_ENTERPRISE_ONLY):
         raise EnterpriseRequired(reply.code, reply.message, command=command)
+    if reply.code == "ERR" and reply.message[: len(_NO_SUCH_BATCH)].lower() == _NO_SUCH_BATCH:
+        named = reply.message[len(_NO_SUCH_BATCH) :].split()
+        bid = named[0] if named else None
+        raise BatchNotFound(reply.code, reply.message, command=command, bid=bid)
     raise ServerError(reply.code, reply.message, command=command)
 
 
@@ -467,6 +479,32 @@ def decode_progress(reply: Reply) -> Progress:
         return Progress.model_validate(doc)
     except (PydanticValidationError, RFC3339Error) as exc:
         raise RemoteProtocolError(f"unexpected TRACK GET reply {doc!r}: {exc}") from None
+
+
+def decode_bid(reply: Reply, command: str) -> str:
+    """A batch id: ``BATCH NEW``'s and ``BATCH OPEN``'s bulk string (a simple string is
+    taken too, as the Go client reads either)."""
+    bid: str | None = None
+    if isinstance(reply, BulkReply) and reply.data is not None:
+        bid = reply.data.decode("utf-8", errors="replace")
+    elif isinstance(reply, SimpleReply):
+        bid = reply.text
+    elif isinstance(reply, ErrorReply):
+        raise_for_error(reply, command)
+    if not bid or any(c.isspace() for c in bid):
+        raise RemoteProtocolError(f"expected a batch id to {command}, got {reply!r}")
+    return bid
+
+
+def decode_batch_status(reply: Reply) -> BatchStatus:
+    """``BATCH STATUS``'s document, typed."""
+    doc = decode_json(reply, "BATCH STATUS")
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError(f"expected a JSON object to BATCH STATUS, got {doc!r}")
+    try:
+        return BatchStatus.model_validate(doc)
+    except (PydanticValidationError, RFC3339Error) as exc:
+        raise RemoteProtocolError(f"unexpected BATCH STATUS reply {doc!r}: {exc}") from None
 
 
 def decode_ok(reply: Reply, command: str = "") -> None:

@@ -4,6 +4,6 @@ The modes are a feature of the App and are written in :mod:`kaffi.app.testing`, 
 :mod:`kaffi.app` never imports this package (the layers read top-down: testing -> app).
 """
 
-from kaffi.app.testing import MAX_RUN_ALL, FakeJobs, InlineDelivery, Testing
+from kaffi.app.testing import MAX_RUN_ALL, FakeJobs, InlineDelivery, RecordedBatch, Testing
 
-__all__ = ["MAX_RUN_ALL", "FakeJobs", "InlineDelivery", "Testing"]
+__all__ = ["MAX_RUN_ALL", "FakeJobs", "InlineDelivery", "RecordedBatch", "Testing"]

@@ -58,6 +58,7 @@ def test_every_example_has_a_smoke_test() -> None:
         "cross_language.py",
         "fastapi_service.py",
         "periodic.py",
+        "enterprise_batch.py",
     }
     examples = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
     assert examples == tested
@@ -118,6 +119,30 @@ def test_periodic() -> None:
     counted = re.search(r"(\d+) heartbeats, (\d+) runs: each ran once", out)
     assert counted is not None, out
     assert int(counted.group(1)) == int(counted.group(2)) >= 4
+    assert out.rstrip().endswith("server stopped, bye")
+
+
+def test_enterprise_batch() -> None:
+    out = run_example("enterprise_batch.py").stdout
+    committed = re.search(r"committed: batch (b-\S+): 4 jobs, 4 pending, 0 failed;", out)
+    assert committed is not None, out
+    bid = committed.group(1)
+    for name in ("customers.csv", "orders.csv", "products.csv"):
+        assert f"import_file('{name}') imported" in out
+        assert f"(batch {bid})" in out
+    assert f"verify_index(465) checked the index   (batch {bid})" in out
+    assert re.search(r"progress of build_index: working \d+% (reading|sorting|writing)", out)
+    assert "progress of build_index: success 100% done" in out
+    # complete first, success after it, each once.
+    cleanup_at = seconds_at(r"cleanup: every job of batch", out)
+    report_at = seconds_at(r"report: 'nightly import' succeeded, 5 jobs, 0 failed", out)
+    assert cleanup_at <= report_at
+    assert out.count("(complete callback)") == 1
+    assert out.count("(success callback)") == 1
+    assert (
+        f"finished: batch {bid}: 5 jobs, 0 pending, 0 failed; complete callback done,"
+        " success callback done"
+    ) in out
     assert out.rstrip().endswith("server stopped, bye")
 
 
