@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
 
+from kaffi._forward import forwarded
 from kaffi.app import push
 from kaffi.app.middleware import is_async_callable
 from kaffi.app.push import BulkOutcome
@@ -331,25 +332,18 @@ class Task(Generic[P, R]):
 
     # -- options ---------------------------------------------------------------------------
 
-    @property
-    def queue(self) -> str:
-        """The queue jobs of this task go to."""
-        return self._options.queue
-
-    @property
-    def retry(self) -> int:
-        """How many times Faktory retries a failed job (-1: straight to the dead set)."""
-        return self._options.retry
-
-    @property
-    def reserve_for(self) -> int | None:
-        """Seconds a worker may hold a job before Faktory hands it out again."""
-        return self._options.reserve_for
-
-    @property
-    def backtrace(self) -> int | None:
-        """Lines of a failure's backtrace the job asks to keep (None: the worker's default)."""
-        return self._options.backtrace
+    queue = forwarded[str]("_options.queue", "The queue jobs of this task go to.")
+    retry = forwarded[int](
+        "_options.retry",
+        "How many times Faktory retries a failed job (-1: straight to the dead set).",
+    )
+    reserve_for = forwarded[int | None](
+        "_options.reserve_for", "Seconds a worker may hold a job before Faktory hands it out again."
+    )
+    backtrace = forwarded[int | None](
+        "_options.backtrace",
+        "Lines of a failure's backtrace the job asks to keep (None: the worker's default).",
+    )
 
     @property
     def custom(self) -> dict[str, Any] | None:
@@ -358,15 +352,14 @@ class Task(Generic[P, R]):
         custom = self._options.custom
         return dict(custom) if custom is not None else None
 
-    @property
-    def at(self) -> datetime | None:
-        """The fixed time jobs are scheduled for (set with ``.options(at=...)``), or None."""
-        return self._options.at
-
-    @property
-    def countdown(self) -> timedelta | None:
-        """The delay counted from each ``.delay()`` (``.options(countdown=...)``), or None."""
-        return self._options.countdown
+    at = forwarded[datetime | None](
+        "_options.at",
+        "The fixed time jobs are scheduled for (set with ``.options(at=...)``), or None.",
+    )
+    countdown = forwarded[timedelta | None](
+        "_options.countdown",
+        "The delay counted from each ``.delay()`` (``.options(countdown=...)``), or None.",
+    )
 
     def options(
         self,
