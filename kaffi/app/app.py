@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, overload
 
+from kaffi._bases import Closing
 from kaffi.app.middleware import Middleware
 from kaffi.app.push import Delivery
 from kaffi.app.signature import TaskSignature
@@ -78,7 +79,7 @@ class TaskOptionArgs(TypedDict, total=False):
     track: bool | None
 
 
-class App:
+class App(Closing):
     """A kaffi application: tasks, middleware, clients.
 
     ``url`` and ``client_options`` (``host``, ``port``, ``password``, ``tls``,
@@ -434,12 +435,6 @@ class App:
             client, self._async_client = self._async_client, None
         if client is not None:
             await client.close()
-        self.close()
-
-    def __enter__(self) -> App:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- testing and workers ---------------------------------------------------------------

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from kaffi._forward import forwarded
+from kaffi._bases import forwarded
 from kaffi.app.middleware import Middleware, RunSync, is_async_callable, run_chain
 from kaffi.errors import JobError, UnknownJobType
 from kaffi.protocol.enterprise import track_set_document

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
 
-from kaffi._forward import forwarded
+from kaffi._bases import forwarded
 from kaffi.app import push
 from kaffi.app.middleware import is_async_callable
 from kaffi.app.push import BulkOutcome

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaffi._bases import Closing
 from kaffi.contrib import require
 from kaffi.contrib.http import format_address, parse_listen_address
 from kaffi.errors import (
@@ -555,7 +556,7 @@ class PushMetrics:
             self.pushed.labels(job.jobtype, job.queue).inc()
 
 
-class MetricsServer:
+class MetricsServer(Closing):
     """A ``/metrics`` HTTP server in a daemon thread (prometheus-client's own), serving
     ``registry``; :attr:`url` is where it listens. Stop it with :meth:`close`."""
 
@@ -575,12 +576,6 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<MetricsServer {self.url}>"

@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaffi._forward import forwarded
+from kaffi._bases import forwarded
 from kaffi.errors import ConfigurationError
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
 from kaffi.worker.events import WorkerEvents, notify, observes_jobs

@@ -1,4 +1,6 @@
-"""``forwarded``: a read-only property that hands on an attribute of another attribute.
+"""Small bases every layer shares: :class:`forwarded`, :class:`Closing`, :class:`AsyncClosing`.
+
+``forwarded`` is a read-only property that hands on an attribute of another attribute.
 
 Many public objects show a value that a part of them owns (``ctx.jid`` is
 ``ctx.job.jid``, ``worker.processed`` is ``worker.life.processed``). Written as a
@@ -19,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 if TYPE_CHECKING:
     from typing_extensions import Never
 
-__all__ = ["forwarded"]
+__all__ = ["AsyncClosing", "Closing", "forwarded"]
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class forwarded(property, Generic[T]):
@@ -42,3 +45,34 @@ class forwarded(property, Generic[T]):
         def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any: ...
         def __set__(self, instance: Any, value: Never, /) -> None:
             """Read-only: mypy refuses an assignment, as the runtime does."""
+
+
+class Closing:
+    """A context manager that is closed at the end of its ``with`` block
+    (``with Client() as client: ...``); the class brings ``close()``."""
+
+    if TYPE_CHECKING:
+
+        def close(self) -> None:
+            """Free what the object holds."""
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncClosing:
+    """:class:`Closing` for ``async with`` and an ``async def close()``."""
+
+    if TYPE_CHECKING:
+
+        async def close(self) -> None:
+            """Free what the object holds."""
+
+    async def __aenter__(self: C) -> C:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
