@@ -12,9 +12,10 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, overload
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
+from kaffi._bases import Closing
 from kaffi.app.middleware import Middleware
 from kaffi.app.push import Delivery
 from kaffi.app.signature import TaskSignature
@@ -22,6 +23,7 @@ from kaffi.app.task import Task, TaskOptions
 from kaffi.app.workers import WorkerHandle, build_worker
 from kaffi.errors import ConfigurationError, ValidationError
 from kaffi.protocol.models import DEFAULT_RESERVE_FOR, DEFAULT_RETRY
+from kaffi.protocol.options import ENTERPRISE_OPTIONS, EnterpriseOptionArgs
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -66,7 +68,7 @@ class Mutate:
         return self._app.client.dead
 
 
-class TaskOptionArgs(TypedDict, total=False):
+class TaskOptionArgs(EnterpriseOptionArgs, total=False):
     """The job options ``@app.task(...)`` takes, handed on as keywords (None: the default)."""
 
     queue: str | None
@@ -74,14 +76,12 @@ class TaskOptionArgs(TypedDict, total=False):
     reserve_for: int | None
     backtrace: int | None
     custom: dict[str, Any] | None
-    unique_for: float | timedelta | None
-    unique_until: str | None
-    expires_at: datetime | str | None
-    expires_in: float | timedelta | None
-    track: bool | None
 
 
-class App:
+_TASK_OPTION_NAMES = TaskOptionArgs.__optional_keys__
+
+
+class App(Closing):
     """A kaffi application: tasks, middleware, clients.
 
     ``url`` and ``client_options`` (``host``, ``port``, ``password``, ``tls``,
@@ -141,20 +141,7 @@ class App:
 
     @overload
     def task(
-        self,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        retry: int | None = None,
-        reserve_for: int | None = None,
-        backtrace: int | None = None,
-        custom: dict[str, Any] | None = None,
-        unique_for: float | timedelta | None = None,
-        unique_until: str | None = None,
-        expires_at: datetime | str | None = None,
-        expires_in: float | timedelta | None = None,
-        track: bool | None = None,
+        self, /, *, name: str | None = None, **options: Unpack[TaskOptionArgs]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -163,39 +150,21 @@ class App:
         /,
         *,
         name: str | None = None,
-        queue: str | None = None,
-        retry: int | None = None,
-        reserve_for: int | None = None,
-        backtrace: int | None = None,
-        custom: dict[str, Any] | None = None,
-        unique_for: float | timedelta | None = None,
-        unique_until: str | None = None,
-        expires_at: datetime | str | None = None,
-        expires_in: float | timedelta | None = None,
-        track: bool | None = None,
+        **options: Unpack[TaskOptionArgs],
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue="low")``.
 
         The jobtype is the function's ``__name__`` unless ``name=`` says otherwise; a
-        jobtype can be registered once. Options are checked now, naming a bad one.
-        ``unique_for``, ``unique_until``, ``expires_at``/``expires_in`` and ``track`` are
-        Faktory Enterprise's (see ``docs/enterprise.md``).
+        jobtype can be registered once. The options (:class:`TaskOptionArgs`: ``queue``,
+        ``retry``, ``reserve_for``, ``backtrace``, ``custom``, and Faktory Enterprise's
+        ``unique_for``, ``unique_until``, ``expires_at``/``expires_in`` and ``track``, see
+        ``docs/enterprise.md``) are checked now, naming a bad one.
         """
 
         localns = sys._getframe(1).f_locals
-
-        options: TaskOptionArgs = {
-            "queue": queue,
-            "retry": retry,
-            "reserve_for": reserve_for,
-            "backtrace": backtrace,
-            "custom": custom,
-            "unique_for": unique_for,
-            "unique_until": unique_until,
-            "expires_at": expires_at,
-            "expires_in": expires_in,
-            "track": track,
-        }
+        unknown = options.keys() - _TASK_OPTION_NAMES
+        if unknown:
+            raise TypeError(f"App.task() got an unexpected keyword argument {min(unknown)!r}")
 
         def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
             return self._register(self._build_task(func, localns=localns, name=name, **options))
@@ -238,6 +207,9 @@ class App:
             options.get("retry"),
             options.get("reserve_for"),
         )
+        enterprise = cast(
+            "EnterpriseOptionArgs", {k: v for k, v in options.items() if k in ENTERPRISE_OPTIONS}
+        )
         task_options = TaskOptions(
             jobtype,
             queue=queue if queue is not None else "default",
@@ -245,11 +217,7 @@ class App:
             reserve_for=reserve_for if reserve_for is not None else DEFAULT_RESERVE_FOR,
             backtrace=options.get("backtrace"),
             custom=options.get("custom"),
-            unique_for=options.get("unique_for"),
-            unique_until=options.get("unique_until"),
-            expires_at=options.get("expires_at"),
-            expires_in=options.get("expires_in"),
-            track=options.get("track"),
+            **enterprise,
         )
         signature = TaskSignature(fn, jobtype, localns, strict=self.strict)
         return Task(self, fn, jobtype, task_options, signature)
@@ -510,12 +478,6 @@ class App:
             client, self._async_client = self._async_client, None
         if client is not None:
             await client.close()
-        self.close()
-
-    def __enter__(self) -> App:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- testing and workers ---------------------------------------------------------------

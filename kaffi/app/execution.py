@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from kaffi._bases import forwarded
 from kaffi.app.middleware import Middleware, RunSync, is_async_callable, run_chain
 from kaffi.errors import JobError, UnknownJobType
 from kaffi.protocol.batches import current_bid
@@ -73,30 +74,15 @@ class JobContext:
             f" (ctx.{name} = ...)"
         )
 
-    @property
-    def jid(self) -> str:
-        """The job's id."""
-        return self.job.jid
-
-    @property
-    def jobtype(self) -> str:
-        """The job's type (the task name)."""
-        return self.job.jobtype
-
-    @property
-    def queue(self) -> str:
-        """The queue the job came from."""
-        return self.job.queue
-
-    @property
-    def args(self) -> list[Any]:
-        """The job's arguments as they travelled (JSON values, before conversion)."""
-        return self.job.args
-
-    @property
-    def custom(self) -> dict[str, Any] | None:
-        """The job's ``custom`` mapping, or None."""
-        return self.job.custom
+    jid = forwarded[str]("job.jid", "The job's id.")
+    jobtype = forwarded[str]("job.jobtype", "The job's type (the task name).")
+    queue = forwarded[str]("job.queue", "The queue the job came from.")
+    args = forwarded[list[Any]](
+        "job.args", "The job's arguments as they travelled (JSON values, before conversion)."
+    )
+    custom = forwarded[dict[str, Any] | None](
+        "job.custom", "The job's ``custom`` mapping, or None."
+    )
 
     @property
     def bid(self) -> str | None:

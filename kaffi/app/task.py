@@ -28,16 +28,13 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
 
+from kaffi._bases import forwarded
 from kaffi.app import push
 from kaffi.app.middleware import is_async_callable
 from kaffi.app.push import BulkOutcome
 from kaffi.app.signature import TaskSignature
 from kaffi.errors import ConfigurationError, ValidationError
-from kaffi.protocol.enterprise import (
-    check_expires_in,
-    enterprise_custom,
-    expires_at_from,
-)
+from kaffi.protocol.enterprise import check_expires_in, expires_at_from
 from kaffi.protocol.models import (
     DEFAULT_RESERVE_FOR,
     DEFAULT_RETRY,
@@ -46,8 +43,11 @@ from kaffi.protocol.models import (
     format_rfc3339,
     new_jid,
 )
+from kaffi.protocol.options import ENTERPRISE_OPTIONS, EnterpriseOptionArgs, JobOptionFields
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from kaffi.app.app import App
     from kaffi.client import Job
 
@@ -83,30 +83,15 @@ class _Keep(enum.Enum):
 #: (``unique_for=None`` turns uniqueness off): keep the task's value.
 KEEP = _Keep.KEEP
 
-#: The Faktory Enterprise options: None switches each off, even in ``.options()``.
-_ENTERPRISE_OPTIONS = ("unique_for", "unique_until", "expires_at", "expires_in", "track")
 
-
-class TaskOptions:
+class TaskOptions(JobOptionFields):
     """A task's validated job options and the payload template built from them."""
 
-    __slots__ = (
-        "at",
-        "backtrace",
-        "countdown",
-        "custom",
-        "expires_at",
-        "expires_in",
-        "jid",
-        "json_head",
-        "queue",
-        "reserve_for",
-        "retry",
-        "template",
-        "track",
-        "unique_for",
-        "unique_until",
-    )
+    __slots__ = ("countdown", "json_head", "template")
+
+    at: datetime | None
+    #: Checked at declaration; an absolute expires_at is written at each push.
+    expires_in: timedelta | None
 
     def __init__(
         self,
@@ -120,17 +105,14 @@ class TaskOptions:
         at: datetime | str | None = None,
         countdown: float | timedelta | None = None,
         jid: str | None = None,
-        unique_for: float | timedelta | None = None,
-        unique_until: str | None = None,
-        expires_at: datetime | str | None = None,
-        expires_in: float | timedelta | None = None,
-        track: bool | None = None,
+        **enterprise: Unpack[EnterpriseOptionArgs],
     ) -> None:
+        self._set_enterprise(enterprise)
         if at is not None and countdown is not None:
             raise ValidationError(
                 f"task {jobtype!r}: give at= or countdown=, not both", field="countdown"
             )
-        if expires_at is not None and expires_in is not None:
+        if self.expires_at is not None and self.expires_in is not None:
             raise ValidationError(
                 f"task {jobtype!r}: give expires_at= or expires_in=, not both", field="expires_in"
             )
@@ -138,18 +120,8 @@ class TaskOptions:
         owner = f"task {jobtype!r}: "
         # Faktory Enterprise's custom keys (kaffi.protocol.enterprise cites the sources);
         # expires_in becomes an absolute expires_at at each push, as countdown does.
-        extra = enterprise_custom(
-            unique_for=unique_for,
-            unique_until=unique_until,
-            expires_at=expires_at,
-            track=track,
-            owner=owner,
-        )
-        self.expires_in = check_expires_in(expires_in, owner)
-        self.unique_for = unique_for
-        self.unique_until = unique_until
-        self.expires_at = expires_at
-        self.track = track
+        extra = self.enterprise_keys(owner)
+        self.expires_in = check_expires_in(self.expires_in, owner)
         user_custom = custom
         if extra:
             if custom is not None and not isinstance(custom, Mapping):
@@ -230,7 +202,7 @@ class TaskOptions:
         given = {
             k: v
             for k, v in changes.items()
-            if v is not KEEP and (v is not None or k in _ENTERPRISE_OPTIONS)
+            if v is not KEEP and (v is not None or k in ENTERPRISE_OPTIONS)
         }
         # A new schedule replaces the old one, whichever form either was in; so does a
         # new expiry.
@@ -331,25 +303,18 @@ class Task(Generic[P, R]):
 
     # -- options ---------------------------------------------------------------------------
 
-    @property
-    def queue(self) -> str:
-        """The queue jobs of this task go to."""
-        return self._options.queue
-
-    @property
-    def retry(self) -> int:
-        """How many times Faktory retries a failed job (-1: straight to the dead set)."""
-        return self._options.retry
-
-    @property
-    def reserve_for(self) -> int | None:
-        """Seconds a worker may hold a job before Faktory hands it out again."""
-        return self._options.reserve_for
-
-    @property
-    def backtrace(self) -> int | None:
-        """Lines of a failure's backtrace the job asks to keep (None: the worker's default)."""
-        return self._options.backtrace
+    queue = forwarded[str]("_options.queue", "The queue jobs of this task go to.")
+    retry = forwarded[int](
+        "_options.retry",
+        "How many times Faktory retries a failed job (-1: straight to the dead set).",
+    )
+    reserve_for = forwarded[int | None](
+        "_options.reserve_for", "Seconds a worker may hold a job before Faktory hands it out again."
+    )
+    backtrace = forwarded[int | None](
+        "_options.backtrace",
+        "Lines of a failure's backtrace the job asks to keep (None: the worker's default).",
+    )
 
     @property
     def custom(self) -> dict[str, Any] | None:
@@ -358,15 +323,14 @@ class Task(Generic[P, R]):
         custom = self._options.custom
         return dict(custom) if custom is not None else None
 
-    @property
-    def at(self) -> datetime | None:
-        """The fixed time jobs are scheduled for (set with ``.options(at=...)``), or None."""
-        return self._options.at
-
-    @property
-    def countdown(self) -> timedelta | None:
-        """The delay counted from each ``.delay()`` (``.options(countdown=...)``), or None."""
-        return self._options.countdown
+    at = forwarded[datetime | None](
+        "_options.at",
+        "The fixed time jobs are scheduled for (set with ``.options(at=...)``), or None.",
+    )
+    countdown = forwarded[timedelta | None](
+        "_options.countdown",
+        "The delay counted from each ``.delay()`` (``.options(countdown=...)``), or None.",
+    )
 
     def options(
         self,
@@ -603,5 +567,5 @@ class Task(Generic[P, R]):
 
 _OPTION_NAMES = frozenset(
     {"queue", "at", "countdown", "retry", "reserve_for", "custom", "jid", "backtrace"}
-    | set(_ENTERPRISE_OPTIONS)
+    | set(ENTERPRISE_OPTIONS)
 )

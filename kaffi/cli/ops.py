@@ -462,24 +462,28 @@ def queue() -> None:
 _names_argument = click.argument("names", nargs=-1, required=True, metavar="NAME...")
 
 
-@queue.command("pause", help=QUEUE_PAUSE_HELP)
-@_names_argument
-@url_option
-def queue_pause(names: tuple[str, ...], url: str | None) -> None:
-    """``kaffi queue pause NAME...``."""
+def _change_queues(verb: str, past: str, names: tuple[str, ...], url: str | None) -> None:
+    """``client.queue_<verb>(*names)``, then say it was done (``past``: the verb's past)."""
     with _client(url) as client:
-        client.queue_pause(*names)
-    click.echo(f"paused {', '.join(names)}")
+        getattr(client, f"queue_{verb}")(*names)
+    click.echo(f"{past} {', '.join(names)}")
 
 
-@queue.command("resume", help=QUEUE_RESUME_HELP)
-@_names_argument
-@url_option
-def queue_resume(names: tuple[str, ...], url: str | None) -> None:
-    """``kaffi queue resume NAME...``."""
-    with _client(url) as client:
-        client.queue_resume(*names)
-    click.echo(f"resumed {', '.join(names)}")
+def _queue_change_command(verb: str, past: str, help_text: str) -> click.Command:
+    """``kaffi queue <verb> NAME...``: pause and resume differ only in their words."""
+
+    @queue.command(verb, help=help_text)
+    @_names_argument
+    @url_option
+    def command(names: tuple[str, ...], url: str | None) -> None:
+        _change_queues(verb, past, names, url)
+
+    command.__doc__ = f"``kaffi queue {verb} NAME...``."
+    return command
+
+
+queue_pause = _queue_change_command("pause", "paused", QUEUE_PAUSE_HELP)
+queue_resume = _queue_change_command("resume", "resumed", QUEUE_RESUME_HELP)
 
 
 @queue.command("remove", help=QUEUE_REMOVE_HELP)
@@ -494,9 +498,7 @@ def queue_remove(names: tuple[str, ...], yes: bool, url: str | None) -> None:
         else f"queue{'s' if len(names) > 1 else ''} " + ", ".join(names)
     )
     _confirm(f"Remove {what} and every job waiting in it?", yes)
-    with _client(url) as client:
-        client.queue_remove(*names)
-    click.echo(f"removed {', '.join(names)}")
+    _change_queues("remove", "removed", names, url)
 
 
 @queue.command("latency", help=QUEUE_LATENCY_HELP)

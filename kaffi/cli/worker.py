@@ -183,7 +183,7 @@ def worker(
         )
         if supervised:
             from kaffi.worker.lifecycle import check_memory_limit
-            from kaffi.worker.supervisor import run_supervisor
+            from kaffi.worker.supervisor import Supervisor
 
             # Validate every option here, so a mistake is one line, not N dying children.
             Worker(application, **options).settings  # noqa: B018
@@ -191,7 +191,7 @@ def worker(
                 # This process has the app loaded, as a child will when it starts.
                 check_memory_limit(max_memory_per_child, "--max-memory-per-child")
             options.update(max_jobs=max_jobs_per_child, max_memory_mb=max_memory_per_child)
-            code = run_supervisor(
+            code = Supervisor(
                 app,
                 processes=processes,
                 worker_options=options,
@@ -199,7 +199,8 @@ def worker(
                 log_format=log_format,
                 cpu_affinity=cpu_affinity,
                 on_child_exit=on_child_exit,
-            )
+            ).run()
+            sys.stdout.flush()
             stop_beat()
             sys.exit(code)
         runner = Worker(application, **options)

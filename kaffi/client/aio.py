@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
+from kaffi._bases import AsyncClosing
 from kaffi.client.aio_connection import AsyncConnection
 from kaffi.client.base import (
     AwaitedCommands,
@@ -35,7 +35,7 @@ T = TypeVar("T")
 __all__ = ["AsyncConnection", "AsyncClient"]
 
 
-class AsyncClient(ClientBase[AsyncJob, AsyncMutation], AwaitedCommands):
+class AsyncClient(AsyncClosing, ClientBase[AsyncJob, AsyncMutation], AwaitedCommands):
     """:class:`~kaffi.client.Client` for asyncio: the same arguments, the same methods as
     coroutines (``await client.push(job)``), ``async with AsyncClient() as client:``."""
 
@@ -61,17 +61,6 @@ class AsyncClient(ClientBase[AsyncJob, AsyncMutation], AwaitedCommands):
     async def close(self) -> None:
         """END and close the idle connections; the client can still be used afterwards."""
         await self.pool.close()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @staticmethod
     def _command_method(method: Callable[..., Any]) -> Callable[..., Any]:

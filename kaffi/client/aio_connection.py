@@ -21,11 +21,15 @@ import os
 import select
 import socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from kaffi.client.boundary import Phase, TransportBase, hello_for, map_exceptions
+from kaffi.client.boundary import Identity, Phase, TransportBase, hello_for, map_exceptions
 from kaffi.client.config import ConnectionSettings
 from kaffi.protocol.connection import ClientConnection
 from kaffi.protocol.resp import Reply
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AsyncConnection"]
 
@@ -177,11 +181,7 @@ class AsyncConnection(TransportBase):
     async def open(
         cls,
         settings: ConnectionSettings,
-        *,
-        wid: str | None = None,
-        labels: Sequence[str] = (),
-        hostname: str | None = None,
-        pid: int | None = None,
+        **identity: Unpack[Identity],
     ) -> AsyncConnection:
         """Connect, read HI, answer HELLO, all within ``connect_timeout`` (see
         :meth:`kaffi.client.connection.Connection.open` for what it raises)."""
@@ -212,13 +212,13 @@ class AsyncConnection(TransportBase):
             # The state machine decides what is said; this only moves it.
             with map_exceptions(conn.proto, Phase.HANDSHAKE, where, settings.connect_timeout):
                 await conn._read_reply(deadline)  # HI
-                hello = hello_for(conn.proto, settings.password, wid, labels, hostname, pid)
+                hello = hello_for(conn.proto, settings.password, identity)
                 await conn._send(hello, deadline)
                 await conn._read_reply(deadline)  # +OK
         except BaseException:
             conn._abort()
             raise
-        conn.wid = wid
+        conn.wid = identity.get("wid")
         return conn
 
     async def request(self, line: bytes, *, timeout: float | None = None) -> Reply:

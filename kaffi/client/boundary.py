@@ -34,7 +34,7 @@ import os
 import socket
 import ssl
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import NoReturn, TypedDict
 
 from kaffi.client.config import ConnectionSettings
 from kaffi.errors import (
@@ -57,6 +57,7 @@ __all__ = [
     "translate",
     "os_error_text",
     "default_hostname",
+    "Identity",
     "hello_for",
 ]
 
@@ -181,20 +182,26 @@ def default_hostname() -> str:
     return _hostname
 
 
-def hello_for(
-    proto: ClientConnection,
-    password: str | None,
-    wid: str | None,
-    labels: Sequence[str],
-    hostname: str | None,
-    pid: int | None,
-) -> bytes:
+class Identity(TypedDict, total=False):
+    """Who a connection says it is in its HELLO, the keywords of both transports'
+    ``open(settings, **identity)``: with ``wid`` the connection is a worker's (it may
+    FETCH and BEAT; ``labels`` are the worker's), without, a producer's; ``hostname`` and
+    ``pid`` default to this host and process."""
+
+    wid: str | None
+    labels: Sequence[str]
+    hostname: str | None
+    pid: int | None
+
+
+def hello_for(proto: ClientConnection, password: str | None, identity: Identity) -> bytes:
     """The HELLO both transports send: this host and process unless told otherwise."""
+    hostname, pid = identity.get("hostname"), identity.get("pid")
     return proto.send_hello(
         hostname=hostname or default_hostname(),
         pid=os.getpid() if pid is None else pid,
-        wid=wid,
-        labels=labels,
+        wid=identity.get("wid"),
+        labels=identity.get("labels", ()),
         password=password,
     )
 

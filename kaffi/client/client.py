@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
+from kaffi._bases import Closing
 from kaffi.client.base import (
     BULK_IN_FLIGHT,
     DEFAULT_POOL_TIMEOUT,
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-class Client(ClientBase[Job, Mutation], BlockingCommands):
+class Client(Closing, ClientBase[Job, Mutation], BlockingCommands):
     """A thread-safe Faktory client over a pool of 1..``pool_size`` lazily opened connections.
 
     Where to connect is resolved by :func:`~kaffi.client.config.resolve_settings`: ``url``
@@ -85,17 +85,6 @@ class Client(ClientBase[Job, Mutation], BlockingCommands):
     def close(self) -> None:
         """END and close the idle connections; the client can still be used afterwards."""
         self.pool.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @staticmethod
     def _command_method(method: Callable[..., Any]) -> Callable[..., Any]:

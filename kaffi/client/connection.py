@@ -32,8 +32,10 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kaffi.client.boundary import (
+    Identity,
     Phase,
     TransportBase,
     default_hostname,
@@ -45,6 +47,9 @@ from kaffi.client.config import ConnectionSettings
 from kaffi.errors import ConnectTimeout, ReadTimeout
 from kaffi.protocol.connection import ClientConnection
 from kaffi.protocol.resp import Reply
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Connection", "default_hostname", "os_error_text", "KERNEL_DEADLINES"]
 
@@ -78,11 +83,7 @@ class Connection(TransportBase):
     def open(
         cls,
         settings: ConnectionSettings,
-        *,
-        wid: str | None = None,
-        labels: Sequence[str] = (),
-        hostname: str | None = None,
-        pid: int | None = None,
+        **identity: Unpack[Identity],
     ) -> Connection:
         """Connect, read the server's HI and answer HELLO, all within ``connect_timeout``.
 
@@ -106,7 +107,7 @@ class Connection(TransportBase):
                     conn._sock = settings.tls.wrap_socket(
                         sock, server_hostname=settings.server_hostname
                     )
-                conn._handshake(deadline, wid, labels, hostname, pid)
+                conn._handshake(deadline, identity)
                 conn._start_deadlines()
         except BaseException:
             conn._sock.close()
@@ -123,23 +124,16 @@ class Connection(TransportBase):
         else:
             sock.settimeout(self._timeout)
 
-    def _handshake(
-        self,
-        deadline: float,
-        wid: str | None,
-        labels: Sequence[str],
-        hostname: str | None,
-        pid: int | None,
-    ) -> None:
+    def _handshake(self, deadline: float, identity: Identity) -> None:
         # The state machine decides what is said; this only moves it, within the deadline.
         where = self.settings.url
         self._sock.settimeout(_remaining(deadline, where))
         self._read_reply(deadline, preset=False)  # HI
-        hello = hello_for(self.proto, self.settings.password, wid, labels, hostname, pid)
+        hello = hello_for(self.proto, self.settings.password, identity)
         self._sock.settimeout(_remaining(deadline, where))
         self._sock.sendall(hello)
         self._read_reply(deadline, preset=False)  # +OK
-        self.wid = wid
+        self.wid = identity.get("wid")
 
     # -- requests ---------------------------------------------------------------------
 

@@ -15,11 +15,11 @@ A builder never talks to the server on its own: only ``push()`` does, through it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kaffi.errors import ConfigurationError, ValidationError
-from kaffi.protocol.enterprise import check_expires_in, enterprise_custom, expires_at_from
+from kaffi.protocol.enterprise import check_expires_in, expires_at_from
 from kaffi.protocol.models import (
     DEFAULT_RESERVE_FOR,
     DEFAULT_RETRY,
@@ -27,6 +27,10 @@ from kaffi.protocol.models import (
     JobPayload,
     new_jid,
 )
+from kaffi.protocol.options import EnterpriseOptionArgs, JobOptionFields
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Job", "AsyncJob", "JobBuilder", "JobPusher", "AsyncJobPusher", "as_payload"]
 
@@ -46,26 +50,12 @@ class AsyncJobPusher(Protocol):
         """PUSH ``job``; its jid."""
 
 
-class JobBuilder:
+class JobBuilder(JobOptionFields):
     """The settings both builders share, and how they become a payload."""
 
-    __slots__ = (
-        "args",
-        "at",
-        "backtrace",
-        "custom",
-        "expires_at",
-        "expires_in",
-        "jid",
-        "jobtype",
-        "priority",
-        "queue",
-        "reserve_for",
-        "retry",
-        "track",
-        "unique_for",
-        "unique_until",
-    )
+    __slots__ = ("args", "jobtype", "priority")
+
+    jid: str
 
     def __init__(
         self,
@@ -79,15 +69,11 @@ class JobBuilder:
         reserve_for: int | None = DEFAULT_RESERVE_FOR,
         custom: dict[str, Any] | None = None,
         backtrace: int | None = None,
-        unique_for: float | timedelta | None = None,
-        unique_until: str | None = None,
-        expires_at: datetime | str | None = None,
-        expires_in: float | timedelta | None = None,
-        track: bool | None = None,
+        **enterprise: Unpack[EnterpriseOptionArgs],
     ) -> None:
         self.jobtype = jobtype
         self.args: list[Any] = list(args)
-        self.jid: str = new_jid() if jid is None else jid
+        self.jid = new_jid() if jid is None else jid
         self.queue = queue
         #: Kept for the Node client's API; the open-source Faktory server drops it.
         self.priority = priority
@@ -96,13 +82,8 @@ class JobBuilder:
         self.reserve_for = reserve_for
         self.custom = custom
         self.backtrace = backtrace
-        #: Faktory Enterprise options, written into ``custom`` by :meth:`payload` (see
-        #: :func:`kaffi.protocol.enterprise.enterprise_custom`).
-        self.unique_for = unique_for
-        self.unique_until = unique_until
-        self.expires_at = expires_at
-        self.expires_in = expires_in
-        self.track = track
+        # Written into ``custom`` by :meth:`payload` (see JobOptionFields.enterprise_keys).
+        self._set_enterprise(enterprise)
 
     @staticmethod
     def new_jid() -> str:
@@ -116,13 +97,7 @@ class JobBuilder:
             raise ValidationError(
                 "invalid job: give expires_at or expires_in, not both", field="expires_in"
             )
-        extra = enterprise_custom(
-            unique_for=self.unique_for,
-            unique_until=self.unique_until,
-            expires_at=self.expires_at,
-            track=self.track,
-            owner="invalid job: ",
-        )
+        extra = self.enterprise_keys("invalid job: ")
         expires_in = check_expires_in(self.expires_in, "invalid job: ")
         if expires_in is not None:
             extra["expires_at"] = expires_at_from(expires_in)

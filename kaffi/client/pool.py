@@ -54,7 +54,7 @@ __all__ = ["ConnectionPool", "AsyncConnectionPool", "STALE_CHECK_AFTER"]
 STALE_CHECK_AFTER = 0.5
 
 #: Every live pool, so the fork hook can reset them in the child.
-_POOLS: weakref.WeakSet[_PoolBase[Any]] = weakref.WeakSet()
+_POOLS: weakref.WeakSet[_PoolBase[Any, Any]] = weakref.WeakSet()
 #: Async connections a forked child (or a new event loop) must neither use nor close: their
 #: transports belong to another process's (or a closed) event loop. Holding them here keeps
 #: their destructors from running and complaining; the memory is small and per child.
@@ -66,12 +66,18 @@ def _poisoned(exc: BaseException) -> bool:
 
 
 _C = TypeVar("_C", Connection, AsyncConnection)
+#: What opens one connection: a function, or a coroutine function for the asyncio pool.
+_O = TypeVar("_O", Callable[[], Connection], Callable[[], Awaitable[AsyncConnection]])
 
 
-class _PoolBase(abc.ABC, Generic[_C]):
-    """The state both pools keep, the checks of their options, and their ``repr()``."""
+class _PoolBase(abc.ABC, Generic[_C, _O]):
+    """The state both pools keep, their arguments and the checks of them, and their
+    ``repr()`` (the arguments: see :class:`ConnectionPool`); each kind of pool adds how
+    borrowers wait in :meth:`_init_waiting`."""
 
-    def __init__(self, *, size: int, timeout: float, label: str) -> None:
+    def __init__(
+        self, opener: _O, *, size: int = 10, timeout: float = 10.0, label: str = ""
+    ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ConfigurationError(f"pool_size must be an integer of 1 or more, got {size!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -88,6 +94,8 @@ class _PoolBase(abc.ABC, Generic[_C]):
         #: closed when they come back instead of being pooled again.
         self._generation = 0
         self._pid = os.getpid()
+        self._opener: _O = opener
+        self._init_waiting()
         _POOLS.add(self)
 
     def __repr__(self) -> str:
@@ -118,11 +126,15 @@ class _PoolBase(abc.ABC, Generic[_C]):
         )
 
     @abc.abstractmethod
+    def _init_waiting(self) -> None:
+        """Create what borrowers wait on (a lock and condition, or futures)."""
+
+    @abc.abstractmethod
     def _reset_after_fork(self) -> None:
         """Forget the parent's connections in a forked child (each pool kind its own way)."""
 
 
-class ConnectionPool(_PoolBase[Connection]):
+class ConnectionPool(_PoolBase[Connection, Callable[[], Connection]]):
     """A thread-safe pool of :class:`~kaffi.client.connection.Connection`.
 
     ``opener`` opens one connection (HI/HELLO included); ``size`` caps how many are open
@@ -130,16 +142,7 @@ class ConnectionPool(_PoolBase[Connection]):
     names the server in messages.
     """
 
-    def __init__(
-        self,
-        opener: Callable[[], Connection],
-        *,
-        size: int = 10,
-        timeout: float = 10.0,
-        label: str = "",
-    ) -> None:
-        super().__init__(size=size, timeout=timeout, label=label)
-        self._opener = opener
+    def _init_waiting(self) -> None:
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)
         #: Threads waiting on ``_available``: a release notifies only when there are any
@@ -276,7 +279,7 @@ class ConnectionPool(_PoolBase[Connection]):
         self._pid = os.getpid()
 
 
-class AsyncConnectionPool(_PoolBase[AsyncConnection]):
+class AsyncConnectionPool(_PoolBase[AsyncConnection, Callable[[], Awaitable[AsyncConnection]]]):
     """An asyncio pool of :class:`~kaffi.client.aio_connection.AsyncConnection`, for one event loop.
 
     The same arguments as :class:`ConnectionPool`, with an ``opener`` coroutine. Used
@@ -284,16 +287,7 @@ class AsyncConnectionPool(_PoolBase[AsyncConnection]):
     connections of the old loop and starts over.
     """
 
-    def __init__(
-        self,
-        opener: Callable[[], Awaitable[AsyncConnection]],
-        *,
-        size: int = 10,
-        timeout: float = 10.0,
-        label: str = "",
-    ) -> None:
-        super().__init__(size=size, timeout=timeout, label=label)
-        self._opener = opener
+    def _init_waiting(self) -> None:
         # Waiters get a connection handed over (or None: "a slot is free, open one").
         self._waiters: deque[asyncio.Future[AsyncConnection | None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -40,8 +40,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from kaffi._bases import Closing
 from kaffi.contrib import require
 from kaffi.contrib.http import format_address, parse_listen_address
 from kaffi.errors import (
@@ -66,6 +67,9 @@ from prometheus_client import (  # noqa: E402 - after the check that names the e
     multiprocess,
     start_http_server,
 )
+
+#: The kinds of collector WorkerMetrics makes.
+_M = TypeVar("_M", Counter, Gauge, Histogram)
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -255,55 +259,30 @@ class _Collectors:
         buckets: Sequence[float],
         latency_buckets: Sequence[float],
     ) -> None:
-        doc = WORKER_METRICS
         self.duration_bounds = (*buckets, math.inf)
         self.latency_bounds = (*latency_buckets, math.inf)
-        self.jobs = Counter(
-            "kaffi_jobs",
-            doc["kaffi_jobs_total"],
-            ["jobtype", "queue", "outcome"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "kaffi_job_duration_seconds",
-            doc["kaffi_job_duration_seconds"],
-            ["jobtype", "queue"],
-            buckets=buckets,
-            registry=registry,
+
+        def metric(kind: type[_M], name: str, labels: Sequence[str], **options: Any) -> _M:
+            # A Counter's samples (and its WORKER_METRICS entry) end in _total.
+            key = f"{name}_total" if kind is Counter else name
+            return kind(name, WORKER_METRICS[key], labels, registry=registry, **options)
+
+        self.jobs = metric(Counter, "kaffi_jobs", ("jobtype", "queue", "outcome"))
+        self.duration = metric(
+            Histogram, "kaffi_job_duration_seconds", ("jobtype", "queue"), buckets=buckets
         )
         # livesum: with --processes, the jobs running in every live child, added up.
-        self.in_progress = Gauge(
-            "kaffi_jobs_in_progress",
-            doc["kaffi_jobs_in_progress"],
-            ["jobtype", "queue"],
-            registry=registry,
-            multiprocess_mode="livesum",
+        self.in_progress = metric(
+            Gauge, "kaffi_jobs_in_progress", ("jobtype", "queue"), multiprocess_mode="livesum"
         )
-        self.latency = Histogram(
-            "kaffi_job_latency_seconds",
-            doc["kaffi_job_latency_seconds"],
-            ["queue"],
-            buckets=latency_buckets,
-            registry=registry,
+        self.latency = metric(
+            Histogram, "kaffi_job_latency_seconds", ("queue",), buckets=latency_buckets
         )
-        self.fetch_empty = Counter(
-            "kaffi_fetch_empty", doc["kaffi_fetch_empty_total"], registry=registry
-        )
+        self.fetch_empty = metric(Counter, "kaffi_fetch_empty", ())
         # livesum: with --processes, how many live children are in each state.
-        self.state = Gauge(
-            "kaffi_worker_state",
-            doc["kaffi_worker_state"],
-            ["state"],
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
+        self.state = metric(Gauge, "kaffi_worker_state", ("state",), multiprocess_mode="livesum")
         # livemin: with --processes, 0 as soon as one live child cannot reach the server.
-        self.reachable = Gauge(
-            "kaffi_server_reachable",
-            doc["kaffi_server_reachable"],
-            registry=registry,
-            multiprocess_mode="livemin",
-        )
+        self.reachable = metric(Gauge, "kaffi_server_reachable", (), multiprocess_mode="livemin")
         self.series: dict[tuple[str, str], _Series] = {}
         #: queue -> (the latency histogram's child, the tally since the last publish).
         self.latencies: dict[str, tuple[Histogram, _Tally]] = {}
@@ -560,7 +539,7 @@ class PushMetrics:
             self.pushed.labels(job.jobtype, job.queue).inc()
 
 
-class MetricsServer:
+class MetricsServer(Closing):
     """A ``/metrics`` HTTP server in a daemon thread (prometheus-client's own), serving
     ``registry``; :attr:`url` is where it listens. Stop it with :meth:`close`."""
 
@@ -580,12 +559,6 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<MetricsServer {self.url}>"

@@ -16,7 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from kaffi.errors import ValidationError
-from kaffi.protocol.rfc3339 import RFC3339Error, format_rfc3339, parse_rfc3339
+from kaffi.protocol.rfc3339 import (
+    RFC3339Error,
+    format_rfc3339,
+    parse_optional_rfc3339,
+    parse_rfc3339,
+)
 
 __all__ = [
     "Progress",
@@ -201,8 +206,4 @@ class Progress(BaseModel):
     @classmethod
     def _empty_time(cls, value: Any) -> Any:
         # Enterprise sends "" for a job it knows nothing about (faktory-rs observed it).
-        if value == "":
-            return None
-        if isinstance(value, str):
-            return parse_rfc3339(value, go=True)
-        return value
+        return parse_optional_rfc3339(value, go=True)

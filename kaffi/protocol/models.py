@@ -32,7 +32,12 @@ from pydantic_core import CoreSchema, PydanticSerializationError, SchemaValidato
 from pydantic_core import to_json as _to_json
 
 from kaffi.errors import RemoteProtocolError, ValidationError
-from kaffi.protocol.rfc3339 import RFC3339Error, format_rfc3339, parse_rfc3339
+from kaffi.protocol.rfc3339 import (
+    RFC3339Error,
+    format_rfc3339,
+    parse_optional_rfc3339,
+    parse_rfc3339,
+)
 
 __all__ = [
     "QUEUE_NAME_PATTERN",
@@ -245,11 +250,8 @@ class JobPayload(_Model):
     @field_validator("at", mode="before")
     @classmethod
     def _check_at(cls, v: object) -> object:
-        if v == "":
-            # Faktory treats an empty "at" as no "at" (Go's omitempty): run now.
-            return None
-        if isinstance(v, str):
-            return parse_rfc3339(v)
+        # Faktory treats an empty "at" as no "at" (Go's omitempty): run now.
+        v = parse_optional_rfc3339(v)
         if isinstance(v, datetime) and v.tzinfo is None:
             return v.astimezone()
         return v

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["RFC3339Error", "format_rfc3339", "parse_rfc3339"]
+__all__ = ["RFC3339Error", "format_rfc3339", "parse_optional_rfc3339", "parse_rfc3339"]
 
 
 class RFC3339Error(ValueError):
@@ -119,6 +119,17 @@ def parse_rfc3339(text: str, *, go: bool = False) -> datetime:
         # Python's datetime cannot hold year 0 or before; such a time is long past.
         return datetime(1, 1, 1, tzinfo=timezone.utc)
     return datetime(year, month, day, hour, minute, second, micros, tzinfo=tz)
+
+
+def parse_optional_rfc3339(value: object, *, go: bool = False) -> object:
+    """A wire time field before a model checks it: ``""`` is None (Go writes an unset
+    time that way, and Faktory reads it as no time), a string is parsed as
+    :func:`parse_rfc3339` does, anything else is left to the model."""
+    if value == "":
+        return None
+    if isinstance(value, str):
+        return parse_rfc3339(value, go=go)
+    return value
 
 
 def format_rfc3339(value: datetime) -> str:

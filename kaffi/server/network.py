@@ -28,6 +28,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
 from kaffi.errors import RemoteProtocolError
@@ -313,36 +314,29 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._close_now()
 
 
+@dataclass(eq=False)
 class Network:
     """The listening socket, the connections, the batching of commits and replies."""
 
-    def __init__(
-        self,
-        core: ServerCore,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        password: str | None,
-        journal: SqliteJournal | None,
-        max_connections: int,
-        max_line: int,
-        fetch_hold: float = FETCH_HOLD,
-    ) -> None:
-        self.core = core
-        self.fetch_hold = fetch_hold
-        self.loop = loop
-        self.password = password
-        self.journal = journal
-        self.max_connections = max_connections
-        self.max_line = max_line
-        self.connections: dict[int, ServerProtocol] = {}
-        #: Every connection's reads land here first (see ServerProtocol).
-        self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
-        self.dirty: set[ServerProtocol] = set()
-        self._flush_scheduled = False
-        self._next_id = 1
-        self._server: asyncio.Server | None = None
-        self._ticker: asyncio.TimerHandle | None = None
-        self.on_flush: Callable[[], None] | None = None
+    core: ServerCore
+    loop: asyncio.AbstractEventLoop
+    _: KW_ONLY
+    password: str | None
+    journal: SqliteJournal | None
+    max_connections: int
+    max_line: int
+    fetch_hold: float = FETCH_HOLD
+    connections: dict[int, ServerProtocol] = field(default_factory=dict, init=False)
+    #: Every connection's reads land here first (see ServerProtocol).
+    read_buffer: memoryview = field(
+        default_factory=lambda: memoryview(bytearray(READ_BUFFER_SIZE)), init=False
+    )
+    dirty: set[ServerProtocol] = field(default_factory=set, init=False)
+    on_flush: Callable[[], None] | None = field(default=None, init=False)
+    _flush_scheduled: bool = field(default=False, init=False)
+    _next_id: int = field(default=1, init=False)
+    _server: asyncio.Server | None = field(default=None, init=False)
+    _ticker: asyncio.TimerHandle | None = field(default=None, init=False)
 
     def _new_protocol(self) -> ServerProtocol:
         conn_id = self._next_id

@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
 from kaffi.errors import (
@@ -164,31 +165,24 @@ class ConnectionBudget:
         self._permits.release()
 
 
+@dataclass(eq=False)
 class Connector:
     """Opens and closes the worker's connections: HELLO with its identity, within its
     :class:`ConnectionBudget`, reporting to its :class:`Outage`."""
 
-    def __init__(
-        self,
-        *,
-        wid: str,
-        labels: tuple[str, ...],
-        hostname: str,
-        settings: Callable[[], ConnectionSettings],
-        pool_size: int,
-        on_reachable: Callable[[bool], None] | None = None,
-    ) -> None:
-        self.wid = wid
-        self.labels = labels
-        self.hostname = hostname
-        self._settings = settings
-        self.pool_size = pool_size
-        self._budget: ConnectionBudget | None = None
-        self._outage: Outage | None = None
-        #: The connections opened and not yet closed (each holds a permit).
-        self._held: set[AsyncConnection] = set()
-        #: Told whether each connect once running succeeded (the worker's WorkerEvents).
-        self._on_reachable = on_reachable
+    _: KW_ONLY
+    wid: str
+    labels: tuple[str, ...]
+    hostname: str
+    #: Where the server is (read at each connect: the worker resolves it late).
+    settings: Callable[[], ConnectionSettings]
+    pool_size: int
+    #: Told whether each connect once running succeeded (the worker's WorkerEvents).
+    on_reachable: Callable[[bool], None] | None = None
+    _budget: ConnectionBudget | None = field(default=None, init=False)
+    _outage: Outage | None = field(default=None, init=False)
+    #: The connections opened and not yet closed (each holds a permit).
+    _held: set[AsyncConnection] = field(default_factory=set, init=False)
 
     @property
     def budget(self) -> ConnectionBudget:
@@ -201,7 +195,7 @@ class Connector:
     def outage(self) -> Outage:
         """The outage log shared by every connection of this worker."""
         if self._outage is None:
-            self._outage = Outage(self.wid, self._settings().url)
+            self._outage = Outage(self.wid, self.settings().url)
         return self._outage
 
     async def connect(self) -> AsyncConnection:
@@ -213,7 +207,7 @@ class Connector:
         await budget.take()
         try:
             conn = await AsyncConnection.open(
-                self._settings(),
+                self.settings(),
                 wid=self.wid,
                 labels=self.labels,
                 hostname=self.hostname,
@@ -233,12 +227,12 @@ class Connector:
             conn = await self.connect()
         except (TransportError, RemoteProtocolError) as exc:
             outage.connect_failed(exc, attempt_started)
-            if self._on_reachable is not None:
-                self._on_reachable(False)
+            if self.on_reachable is not None:
+                self.on_reachable(False)
             raise
         outage.connected()
-        if self._on_reachable is not None:
-            self._on_reachable(True)
+        if self.on_reachable is not None:
+            self.on_reachable(True)
         return conn
 
     async def close(self, conn: AsyncConnection | None) -> None:
@@ -266,7 +260,7 @@ class Connector:
         another ``-ERR`` to HELLO is raised as it is, at once: retrying cannot fix it.
         """
         loop = asyncio.get_running_loop()
-        settings = self._settings()
+        settings = self.settings()
         window = settings.connect_timeout
         deadline = loop.time() + window
         backoff = Backoff(BACKOFF_FIRST, STARTUP_BACKOFF_CAP)

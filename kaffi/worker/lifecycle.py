@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,74 +63,44 @@ SKIP_WAIT_HINT = " (a second Ctrl-C or SIGTERM skips the wait)"
 MONITOR_INTERVAL = 1.0
 
 
+@dataclass(eq=False, slots=True)
 class Lifecycle:
     """The state of one worker and every change to it. Not thread-safe: the worker calls
     it on its loop (``Worker.quiet()``/``stop()`` from other threads hop onto the loop)."""
 
-    # Slots: the counters are touched several times per job.
-    __slots__ = (
-        "_on_recycle",
-        "burst",
-        "done",
-        "exit_when_idle",
-        "failed",
-        "fatal",
-        "hurry",
-        "hurry_requested",
-        "live_slots",
-        "on_state",
-        "processed",
-        "recycling",
-        "running",
-        "signals_installed",
-        "state",
-        "stop_event",
-        "stop_reason",
-        "stop_signals",
-        "timeout",
-        "wake",
-        "wid",
-    )
-
-    def __init__(
-        self,
-        wid: str,
-        *,
-        timeout: float,
-        burst: bool,
-        on_recycle: Callable[[str], None] | None = None,
-        on_state: Callable[[str], None] | None = None,
-    ) -> None:
-        self.wid = wid
-        self.timeout = timeout
-        self.burst = burst
-        self._on_recycle = on_recycle
-        #: Told each state entered by a transition here (quiet, terminate); the worker
-        #: passes it to its WorkerEvents.
-        self.on_state = on_state
-        self.state = RUNNING
-        #: Jobs finished (ACKed or FAILed) and FAILed, since start.
-        self.processed = 0
-        self.failed = 0
-        #: Jobs running now, and slots whose loop has not ended.
-        self.running = 0
-        self.live_slots = 0
-        #: Leave once quiet and idle (burst mode done, recycling).
-        self.exit_when_idle = False
-        self.recycling = False
-        #: Set by a second SIGTERM or SIGINT, a fatal error or a cancelled run(): skip the job wait.
-        self.hurry_requested = False
-        self.fatal: BaseException | None = None
-        self.stop_reason = ""
-        #: SIGTERMs and SIGINTs received: the second of either kind skips the job wait.
-        self.stop_signals = 0
-        #: True while the worker's signal handlers are installed (the shutdown line then
-        #: says what a second signal does).
-        self.signals_installed = False
-        self.stop_event: asyncio.Event | None = None
-        self.wake: asyncio.Event | None = None
-        self.hurry: asyncio.Event | None = None
-        self.done: asyncio.Event | None = None
+    # Slots (dataclass(slots=True)): the counters are touched several times per job.
+    wid: str
+    _: KW_ONLY
+    timeout: float
+    burst: bool
+    on_recycle: Callable[[str], None] | None = None
+    #: Told each state entered by a transition here (quiet, terminate); the worker
+    #: passes it to its WorkerEvents.
+    on_state: Callable[[str], None] | None = None
+    state: str = field(default=RUNNING, init=False)
+    #: Jobs finished (ACKed or FAILed) and FAILed, since start.
+    processed: int = field(default=0, init=False)
+    failed: int = field(default=0, init=False)
+    #: Jobs running now, and slots whose loop has not ended.
+    running: int = field(default=0, init=False)
+    live_slots: int = field(default=0, init=False)
+    #: Leave once quiet and idle (burst mode done, recycling).
+    exit_when_idle: bool = field(default=False, init=False)
+    recycling: bool = field(default=False, init=False)
+    #: Set by a second SIGTERM or SIGINT, a fatal error or a cancelled run(): skip the job wait.
+    hurry_requested: bool = field(default=False, init=False)
+    fatal: BaseException | None = field(default=None, init=False)
+    stop_reason: str = field(default="", init=False)
+    #: SIGTERMs and SIGINTs received: the second of either kind skips the job wait.
+    stop_signals: int = field(default=0, init=False)
+    #: True while the worker's signal handlers are installed (the shutdown line then
+    #: says what a second signal does).
+    signals_installed: bool = field(default=False, init=False)
+    #: Created on the running loop by :meth:`bind`.
+    stop_event: asyncio.Event | None = field(default=None, init=False)
+    wake: asyncio.Event | None = field(default=None, init=False)
+    hurry: asyncio.Event | None = field(default=None, init=False)
+    done: asyncio.Event | None = field(default=None, init=False)
 
     def bind(self) -> None:
         """Create the events on the running loop; honour a quiet() or stop() that came
@@ -152,17 +123,13 @@ class Lifecycle:
         """running -> quiet (nothing else)."""
         if self.state != RUNNING:
             return
-        self.state = QUIET
-        if self.on_state is not None:
-            self.on_state(QUIET)
+        self._enter(QUIET)
         log.info(
             "worker %s quiet (%s): no more fetching, finishing %s",
             self.wid,
             reason,
             count_jobs(self.running),
         )
-        if self.wake is not None:
-            self.wake.set()
         self.check_idle()
 
     def request_stop(self, reason: str) -> None:
@@ -170,9 +137,9 @@ class Lifecycle:
         if self.state in (TERMINATE, STOPPED):
             return
         self.stop_reason = reason
-        self.state = TERMINATE
-        if self.on_state is not None:
-            self.on_state(TERMINATE)
+        self._enter(TERMINATE)
+        if self.stop_event is not None:
+            self.stop_event.set()
         log.info(
             "worker %s shutting down (%s): %s running, waiting up to %gs%s",
             self.wid,
@@ -181,10 +148,16 @@ class Lifecycle:
             self.timeout,
             SKIP_WAIT_HINT if self.signals_installed else "",
         )
+
+    def _enter(self, state: str) -> None:
+        """Take ``state`` (quiet or terminate), tell the callback, and wake whatever waits
+        on a change (slots between FETCHes, :meth:`pause`). Setting events switches to
+        nothing, so the caller's log line still comes before anyone acts on it."""
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(state)
         if self.wake is not None:
             self.wake.set()
-        if self.stop_event is not None:
-            self.stop_event.set()
 
     def hurry_up(self) -> None:
         """Stop waiting for running jobs (a second SIGTERM or SIGINT, a fatal error, a
@@ -213,9 +186,9 @@ class Lifecycle:
         self.recycling = True
         self.exit_when_idle = True
         log.info("worker %s recycling: %s", self.wid, reason)
-        if self._on_recycle is not None:
+        if self.on_recycle is not None:
             try:
-                self._on_recycle(reason)
+                self.on_recycle(reason)
             except Exception:
                 log.exception("the recycle callback failed")
         self.enter_quiet(f"recycling: {reason}")
@@ -245,29 +218,21 @@ def check_memory_limit(limit_mb: float, option: str = "max_memory_mb") -> None:
         )
 
 
+@dataclass(eq=False)
 class Heartbeat:
     """BEAT every ``interval`` seconds on a connection of its own; the health file; the
     memory and supervisor watch."""
 
-    def __init__(
-        self,
-        life: Lifecycle,
-        connector: Connector,
-        *,
-        interval: float,
-        health_file: Path | None,
-        max_memory_mb: float | None,
-        parent_pid: int | None,
-    ) -> None:
-        self.life = life
-        self.connector = connector
-        self.interval = interval
-        self.health_file = health_file
-        self.max_memory_mb = max_memory_mb
-        self.parent_pid = parent_pid
-        #: The heartbeat's connection (opened first of all, at start-up).
-        self.conn: AsyncConnection | None = None
-        self._lock: asyncio.Lock | None = None
+    life: Lifecycle
+    connector: Connector
+    _: KW_ONLY
+    interval: float
+    health_file: Path | None
+    max_memory_mb: float | None
+    parent_pid: int | None
+    #: The heartbeat's connection (opened first of all, at start-up).
+    conn: AsyncConnection | None = field(default=None, init=False)
+    _lock: asyncio.Lock | None = field(default=None, init=False)
 
     async def run(self) -> None:
         """Beat until cancelled; a refused password is fatal, other failures are retried

@@ -48,6 +48,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -149,43 +150,30 @@ class Slot:
         self.abandoned = False
 
 
+@dataclass(eq=False)
 class Processor:
     """The slots of one worker and everything a slot does with its connection."""
 
-    def __init__(
-        self,
-        app: App,
-        life: Lifecycle,
-        connector: Connector,
-        queues: QueueOrder,
-        *,
-        concurrency: int,
-        max_jobs: int | None,
-        registry: Mapping[str, Task[Any, Any]] | None = None,
-        middleware: Sequence[Middleware] = (),
-        on_fetch_empty: Callable[[], None] | None = None,
-        on_job_started: Callable[[JobPayload], None] | None = None,
-        on_job_finished: Callable[[JobPayload, float, str], None] | None = None,
-    ) -> None:
-        self.app = app
-        #: The worker's own jobtypes and middleware (see Worker's options).
-        self.registry = registry
-        self.middleware = middleware
-        self.life = life
-        self.connector = connector
-        self.queues = queues
-        self.concurrency = concurrency
-        self.max_jobs = max_jobs
-        self.slots: list[Slot] = []
-        #: The read deadline of a FETCH (set by the worker once its settings are known).
-        self.fetch_timeout = MIN_FETCH_TIMEOUT
-        self.threads: JobThreads | None = None
-        self._perform_job: Callable[..., Awaitable[Any]] | None = None
-        #: Called after every FETCH that brought no job (the worker's WorkerEvents).
-        self.on_fetch_empty = on_fetch_empty
-        #: Told about every job (the worker's WorkerEvents, when it observes jobs).
-        self.on_job_started = on_job_started
-        self.on_job_finished = on_job_finished
+    app: App
+    life: Lifecycle
+    connector: Connector
+    queues: QueueOrder
+    _: KW_ONLY
+    concurrency: int
+    max_jobs: int | None
+    #: The worker's own jobtypes and middleware (see Worker's options).
+    registry: Mapping[str, Task[Any, Any]] | None = None
+    middleware: Sequence[Middleware] = ()
+    #: Called after every FETCH that brought no job (the worker's WorkerEvents).
+    on_fetch_empty: Callable[[], None] | None = None
+    #: Told about every job (the worker's WorkerEvents, when it observes jobs).
+    on_job_started: Callable[[JobPayload], None] | None = None
+    on_job_finished: Callable[[JobPayload, float, str], None] | None = None
+    slots: list[Slot] = field(default_factory=list, init=False)
+    #: The read deadline of a FETCH (set by the worker once its settings are known).
+    fetch_timeout: float = field(default=MIN_FETCH_TIMEOUT, init=False)
+    threads: JobThreads | None = field(default=None, init=False)
+    _perform_job: Callable[..., Awaitable[Any]] | None = field(default=None, init=False)
 
     def start(self, loop: asyncio.AbstractEventLoop, threads: JobThreads) -> None:
         """Create the slots and start their loops."""

@@ -51,7 +51,6 @@ import multiprocessing.connection
 import os
 import secrets
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -546,29 +545,3 @@ class Supervisor:
                         os.kill(other.process.pid, signal.SIGTERM)
                     except ProcessLookupError:
                         continue
-
-
-def run_supervisor(
-    app_path: str,
-    *,
-    processes: int,
-    worker_options: dict[str, Any],
-    log_level: str = "INFO",
-    log_format: str = "text",
-    cpu_affinity: str = "auto",
-    on_child_exit: Callable[[int], None] | None = None,
-) -> int:
-    """Run a :class:`Supervisor` to the end; returns the exit status (raises what
-    :meth:`Supervisor.run` raises when a worker process could not start)."""
-    sup = Supervisor(
-        app_path,
-        processes=processes,
-        worker_options=worker_options,
-        log_level=log_level,
-        log_format=log_format,
-        cpu_affinity=cpu_affinity,
-        on_child_exit=on_child_exit,
-    )
-    code = sup.run()
-    sys.stdout.flush()
-    return code

@@ -41,6 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaffi._bases import forwarded
 from kaffi.errors import ConfigurationError
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
 from kaffi.worker.events import WorkerEvents, notify, observes_jobs
@@ -242,25 +243,10 @@ class Worker:
             self.run(install_signal_handlers=threading.current_thread() is threading.main_thread())
         )
 
-    @property
-    def state(self) -> str:
-        """``running``, ``quiet``, ``terminate`` or ``stopped``."""
-        return self.life.state
-
-    @property
-    def processed(self) -> int:
-        """Jobs finished (ACKed or FAILed) since start."""
-        return self.life.processed
-
-    @property
-    def failed(self) -> int:
-        """Jobs FAILed since start."""
-        return self.life.failed
-
-    @property
-    def running_jobs(self) -> int:
-        """Jobs running now."""
-        return self.life.running
+    state = forwarded[str]("life.state", "``running``, ``quiet``, ``terminate`` or ``stopped``.")
+    processed = forwarded[int]("life.processed", "Jobs finished (ACKed or FAILed) since start.")
+    failed = forwarded[int]("life.failed", "Jobs FAILed since start.")
+    running_jobs = forwarded[int]("life.running", "Jobs running now.")
 
     @property
     def settings(self) -> ConnectionSettings:

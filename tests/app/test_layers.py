@@ -31,6 +31,7 @@ WORKER_INTERNALS = (
 FORBIDDEN = {
     "kaffi.errors": ("kaffi.",),
     "kaffi._procinfo": ("kaffi.",),
+    "kaffi._bases": ("kaffi.",),
     "kaffi.protocol": (
         "kaffi.app",
         "kaffi.worker",

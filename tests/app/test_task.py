@@ -496,3 +496,27 @@ def test_delay_is_strict_by_default_and_lax_with_strict_false() -> None:
 def test_strict_must_be_a_bool() -> None:
     with pytest.raises(ConfigurationError, match=r"App\(strict=...\) must be True or False"):
         App(strict="yes")  # type: ignore[arg-type]
+
+
+def test_unknown_task_option_is_refused_as_a_call_would(app: App) -> None:
+    # The options are one TypedDict (**options: Unpack[TaskOptionArgs]): a name outside
+    # it fails as an unknown keyword always did, before anything is registered.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'queues'"):
+        app.task(queues="low")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        app.task(lambda: None, bogus=1)  # type: ignore[call-overload]
+    assert app.tasks == {}
+
+
+def test_task_options_take_the_shared_fields(app: App) -> None:
+    @app.task(queue="low", retry=2, unique_for=60, unique_until="start", track=True)
+    def job() -> None:
+        return None
+
+    assert (job.queue, job.retry) == ("low", 2)
+    options = job.options(expires_in=30)
+    payload = options.payload((), {})
+    assert payload["custom"]["unique_for"] == 60
+    assert payload["custom"]["unique_until"] == "start"
+    assert payload["custom"]["track"] == 1
+    assert "expires_at" in payload["custom"]

@@ -581,3 +581,19 @@ def test_settings_host_port_and_hostname_options(fake: FakeFaktory) -> None:
     hellos = [sent_json(line) for line in fake.commands("HELLO")]
     assert hellos[0]["hostname"] == "builder-1"
     assert len(fake.commands("PUSH")) == 2
+
+
+def test_job_builder_refuses_an_unknown_keyword_and_keeps_enterprise_fields() -> None:
+    from kaffi.client.job import Job
+
+    with pytest.raises(TypeError, match="Job\\(\\) got an unexpected keyword argument 'unique'"):
+        Job("send", unique=5)
+    job = Job("send", 1, unique_for=10, expires_in=5, track=True)
+    assert (job.unique_for, job.expires_in, job.track, job.unique_until) == (10, 5, True, None)
+    custom = job.payload().custom
+    assert custom is not None
+    assert custom["unique_for"] == 10
+    assert custom["track"] == 1
+    assert "expires_at" in custom
+    job.track = None
+    assert "track" not in (job.payload().custom or {})

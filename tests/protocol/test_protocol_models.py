@@ -444,3 +444,24 @@ def test_non_finite_numbers_are_refused_not_sent_as_null(bad: float) -> None:
 def test_strings_that_spell_nan_still_go_through() -> None:
     job = JobPayload.create(jobtype="A", args=["NaN", "Infinity", 2.5])
     assert json.loads(job.to_json())["args"] == ["NaN", "Infinity", 2.5]
+
+
+def test_parse_optional_rfc3339_reads_an_empty_time_as_none() -> None:
+    from kaffi.protocol.enterprise import Progress
+    from kaffi.protocol.rfc3339 import RFC3339Error, parse_optional_rfc3339
+
+    assert parse_optional_rfc3339("") is None
+    assert parse_optional_rfc3339(None) is None
+    assert parse_optional_rfc3339("2030-01-02T03:04:05Z") == datetime(
+        2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc
+    )
+    when = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert parse_optional_rfc3339(when) is when
+    with pytest.raises(RFC3339Error):
+        parse_optional_rfc3339("tomorrow")
+    # Both models that read wire times use it: JobPayload's at, Progress's updated_at.
+    assert JobPayload.from_wire({"jid": "a" * 12, "jobtype": "x", "args": [], "at": ""}).at is None
+    unknown = {"jid": "j", "state": "unknown", "updated_at": ""}
+    assert Progress.model_validate(unknown).updated_at is None
+    working = {"jid": "j", "state": "working", "updated_at": "2030-01-01T00:00:00Z"}
+    assert Progress.model_validate(working).updated_at == when

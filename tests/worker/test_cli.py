@@ -347,11 +347,14 @@ def test_processes_and_child_limits_run_the_supervisor(
 ) -> None:
     calls: list[dict[str, Any]] = []
 
-    def fake_supervisor(app_path: str, **kwargs: Any) -> int:
-        calls.append(dict(kwargs, app_path=app_path))
-        return 0
+    class FakeSupervisor:
+        def __init__(self, app_path: str, **kwargs: Any) -> None:
+            calls.append(dict(kwargs, app_path=app_path))
 
-    monkeypatch.setattr(supervisor, "run_supervisor", fake_supervisor)
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(supervisor, "Supervisor", FakeSupervisor)
     monkeypatch.setattr(Worker, "work", lambda self: pytest.fail("ran in the supervisor"))
     monkeypatch.chdir(project)
     result = CliRunner().invoke(main, ["worker", "tasks_app", "--wid", "pfx", *args])
@@ -518,11 +521,14 @@ def test_cpu_affinity_option_reaches_the_supervisor_and_refuses_bad_values(
 ) -> None:
     calls: list[dict[str, Any]] = []
 
-    def fake_supervisor(app_path: str, **kwargs: Any) -> int:
-        calls.append(kwargs)
-        return 0
+    class FakeSupervisor:
+        def __init__(self, app_path: str, **kwargs: Any) -> None:
+            calls.append(kwargs)
 
-    monkeypatch.setattr(supervisor, "run_supervisor", fake_supervisor)
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(supervisor, "Supervisor", FakeSupervisor)
     monkeypatch.chdir(project)
     ok = CliRunner().invoke(main, ["worker", "tasks_app", "-p", "2", "--cpu-affinity", "off"])
     assert ok.exit_code == 0, ok.output
