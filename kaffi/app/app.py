@@ -416,20 +416,10 @@ class App(Closing):
             self, description=description, success=success, complete=complete, parent=parent
         )
 
-    def batch_async(
-        self,
-        *,
-        description: str | None = None,
-        success: CallbackLike | None = None,
-        complete: CallbackLike | None = None,
-        parent: Batch | str | None = None,
-    ) -> Batch:
-        """:meth:`batch` for ``async with`` (through ``app.async_client``); the same
-        :class:`~kaffi.app.batch.Batch`, named for symmetry with the other ``_async``
-        methods."""
-        return self.batch(
-            description=description, success=success, complete=complete, parent=parent
-        )
+    #: :meth:`batch` under the name the other asyncio methods have: the same
+    #: :class:`~kaffi.app.batch.Batch` serves ``with`` and ``async with`` (it sends
+    #: through ``app.async_client`` in the latter).
+    batch_async = batch
 
     def batch_open(self, bid: str) -> Batch:
         """The existing batch ``bid``, to add jobs to in a ``with`` block (``BATCH OPEN``

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kaffi.app import push
@@ -128,22 +127,12 @@ class Batch:
         self._begin(bid)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._end(exc):
+    def __exit__(self, *exc_info: object) -> None:
+        if self._end(exc_info[1]):
             self.commit()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._end(exc):
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._end(exc_info[1]):
             await self.commit_async()
 
     def _begin(self, bid: str) -> None:
@@ -151,8 +140,9 @@ class Batch:
         self.committed = False
         self._tokens.append(current_bid.set(bid))
 
-    def _end(self, exc: BaseException | None) -> bool:
-        """Leave the block; whether to commit (no exception)."""
+    def _end(self, exc: object) -> bool:
+        """Leave the block (``exc``: what ``__exit__`` was given as the exception);
+        whether to commit (no exception)."""
         current_bid.reset(self._tokens.pop())
         if exc is None:
             return True

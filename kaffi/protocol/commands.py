@@ -26,9 +26,9 @@ import json
 import re
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
-from pydantic import ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from kaffi.errors import (
@@ -59,6 +59,8 @@ from kaffi.protocol.models import (
 )
 from kaffi.protocol.resp import BulkReply, ErrorReply, Reply, SimpleReply
 from kaffi.protocol.rfc3339 import RFC3339Error
+
+_Document = TypeVar("_Document", bound=BaseModel)
 
 __all__ = [
     "MUTATE_COMMANDS",
@@ -472,13 +474,18 @@ def raise_for_error(
 
 def decode_progress(reply: Reply) -> Progress:
     """``TRACK GET``'s document, typed."""
-    doc = decode_json(reply, "TRACK GET")
+    return _decode_document(reply, "TRACK GET", Progress)
+
+
+def _decode_document(reply: Reply, command: str, model: type[_Document]) -> _Document:
+    """A bulk JSON object read into ``model``; anything else is the server out of step."""
+    doc = decode_json(reply, command)
     if not isinstance(doc, dict):
-        raise RemoteProtocolError(f"expected a JSON object to TRACK GET, got {doc!r}")
+        raise RemoteProtocolError(f"expected a JSON object to {command}, got {doc!r}")
     try:
-        return Progress.model_validate(doc)
+        return model.model_validate(doc)
     except (PydanticValidationError, RFC3339Error) as exc:
-        raise RemoteProtocolError(f"unexpected TRACK GET reply {doc!r}: {exc}") from None
+        raise RemoteProtocolError(f"unexpected {command} reply {doc!r}: {exc}") from None
 
 
 def decode_bid(reply: Reply, command: str) -> str:
@@ -498,13 +505,7 @@ def decode_bid(reply: Reply, command: str) -> str:
 
 def decode_batch_status(reply: Reply) -> BatchStatus:
     """``BATCH STATUS``'s document, typed."""
-    doc = decode_json(reply, "BATCH STATUS")
-    if not isinstance(doc, dict):
-        raise RemoteProtocolError(f"expected a JSON object to BATCH STATUS, got {doc!r}")
-    try:
-        return BatchStatus.model_validate(doc)
-    except (PydanticValidationError, RFC3339Error) as exc:
-        raise RemoteProtocolError(f"unexpected BATCH STATUS reply {doc!r}: {exc}") from None
+    return _decode_document(reply, "BATCH STATUS", BatchStatus)
 
 
 def decode_ok(reply: Reply, command: str = "") -> None:
