@@ -27,6 +27,7 @@ from typing import Any
 from kaffi.protocol.models import FAIL_ERRTYPE_MAX, FAIL_MESSAGE_MAX, MAX_BACKTRACE
 from kaffi.server import info as info_mod
 from kaffi.server import jobs as jobs_mod
+from kaffi.server import mutate as mutate_mod
 from kaffi.server.enterprise import Enterprise
 from kaffi.server.gocompat import trim_and_cut
 from kaffi.server.jobs import encode_job, time_string
@@ -452,8 +453,9 @@ class ServerCore:
     # -- MUTATE ---------------------------------------------------------------------------
 
     def mutate(self, cmd: str, target: str, flt: dict[str, Any] | None) -> None:
-        """MUTATE ``cmd`` (clear, kill, discard, requeue) on ``target`` with Faktory's filters;
-        raises CoreError with Faktory's text for a bad cmd or target."""
+        """MUTATE ``cmd`` (clear, kill, discard, requeue) on ``target`` with Faktory's filters
+        (run by :mod:`kaffi.server.mutate`); raises CoreError with Faktory's text for a bad
+        cmd or target."""
         sets = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled, STATE_DEAD: self.dead}
         # Faktory looks at the command first, then at the target.
         if cmd not in ("clear", "kill", "discard", "requeue"):
@@ -461,37 +463,7 @@ class ServerCore:
         tset = sets.get(target)
         if tset is None:
             raise CoreError("invalid target for mutation command")
-        selected = list(tset.entries.values()) if cmd == "clear" else self._select(tset, flt or {})
-        now = self.clock.now()
-        for entry in selected:
-            if cmd == "kill" and tset is self.dead:
-                continue
-            tset.remove(entry.rowid)
-            if cmd in ("clear", "discard"):
-                if self.journal is not None:
-                    self.journal.delete(entry.rowid)
-            elif cmd == "kill":
-                queue = str(jobs_mod.decode_job(entry.data).get("queue") or "default")
-                self._to_dead(entry.rowid, entry.jid, queue, entry.data, now)
-            else:
-                # As Faktory: the job goes back to its queue as it was stored.
-                self._requeue_entry(entry, touch=False)
-
-    @staticmethod
-    def _select(tset: TimedSet, flt: dict[str, Any]) -> list[TimedEntry]:
-        entries = list(tset.entries.values())
-        jids = flt.get("jids")
-        if jids:
-            wanted = set(jids)
-            return [e for e in entries if e.jid in wanted]
-        regexp = flt.get("regexp")
-        if regexp:
-            rx = glob_to_regex(regexp)
-            entries = [e for e in entries if rx.fullmatch(e.data.decode("utf-8", "replace"))]
-        jobtype = flt.get("jobtype")
-        if jobtype:
-            entries = [e for e in entries if jobs_mod.decode_job(e.data).get("jobtype") == jobtype]
-        return entries
+        mutate_mod.apply(self, cmd, tset, flt)
 
     # -- QUEUE ----------------------------------------------------------------------------
 
