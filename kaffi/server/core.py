@@ -28,6 +28,7 @@ from kaffi.protocol.models import FAIL_ERRTYPE_MAX, FAIL_MESSAGE_MAX, MAX_BACKTR
 from kaffi.server import info as info_mod
 from kaffi.server import jobs as jobs_mod
 from kaffi.server import mutate as mutate_mod
+from kaffi.server import throttles as throttles_mod
 from kaffi.server.enterprise import Enterprise
 from kaffi.server.gocompat import trim_and_cut
 from kaffi.server.jobs import encode_job, time_string
@@ -100,12 +101,15 @@ class ServerCore:
         journal: Journal | None = None,
         *,
         enterprise: bool = False,
+        throttles: throttles_mod.Throttles | None = None,
     ) -> None:
         self.clock = clock or Clock()
         self.journal = journal
         #: The Faktory Enterprise features (``kaffi server --enterprise``), or None: then
         #: the server is the open-source Faktory and nothing reads ``custom``.
         self.enterprise = Enterprise() if enterprise else None
+        #: Enterprise's queue throttles (``--throttles``), or None: no queue is throttled.
+        self.throttles = throttles
         self.queues: dict[str, Queue] = {}
         self.reservations: dict[str, Reservation] = {}
         self._expiry_heap: list[tuple[float, int, str]] = []
@@ -176,7 +180,9 @@ class ServerCore:
         exists in the journal already (a move) rather than being new (a put)."""
         queue = self._queue(queue_name)
         now = self.clock.now()
-        if not queue.paused:
+        # A throttled queue's job waits in line; wake() hands it out if the throttle allows.
+        throttled = self.throttles is not None and queue_name in self.throttles.limits
+        if not queue.paused and not throttled:
             waiters = self._waiters.get(queue_name)
             if waiters and self.enterprise is not None and self.enterprise.has_expired(data, now):
                 # Handed straight to a FETCH: Enterprise's check at FETCH happens here.
@@ -205,6 +211,8 @@ class ServerCore:
                 self.journal.move(rowid, STATE_QUEUED, pos, "")
             else:
                 self.journal.put(rowid, jid, STATE_QUEUED, queue_name, pos, data, "")
+        if throttled:
+            throttles_mod.wake(self, [queue_name])
 
     def _reserve(
         self,
@@ -221,6 +229,8 @@ class ServerCore:
         res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
         if self.enterprise is not None:
             self.enterprise.started(jid, data, now)
+        if self.throttles is not None:
+            self.throttles.take(queue, jid, wid, now)
         old = self.reservations.get(jid)
         if old is not None and self.journal is not None:
             # Faktory keys reservations by jid: a second job with the same jid replaces it.
@@ -266,11 +276,13 @@ class ServerCore:
     def fetch(self, queues: Iterable[str], wid: str) -> Reservation | None:
         """Reserve the first job of the first non-empty, unpaused queue, in the given order.
         In Enterprise mode an expired job met on the way is dropped and counted."""
-        ent = self.enterprise
+        ent, thr = self.enterprise, self.throttles
         for name in queues:
             queue = self.queues.get(name)
             if queue is None or queue.paused:
                 continue
+            if thr is not None and not thr.allows(name, wid, self.clock.now()):
+                continue  # at its throttle's limit: as if empty
             while queue.jobs:
                 job = queue.jobs.popleft()
                 if ent is not None and ent.has_expired(job.data, self.clock.now()):
@@ -320,6 +332,8 @@ class ServerCore:
         in line, as if it had never been fetched."""
         if self.reservations.get(res.jid) is res:
             del self.reservations[res.jid]
+            if self.throttles is not None:
+                self.throttles.release(res.jid)
             self._enqueue(res.queue, res.rowid, res.jid, res.data, res.reserve_for, front=True)
 
     def ack(self, jid: str) -> None:
@@ -332,6 +346,7 @@ class ServerCore:
             self.enterprise.succeeded(jid, res.data, self.clock.now())
         if self.journal is not None:
             self.journal.delete(res.rowid)
+        throttles_mod.unthrottle(self, jid)
 
     def fail(self, jid: str, errtype: str, message: str, backtrace: list[str] | None) -> None:
         """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
@@ -344,6 +359,7 @@ class ServerCore:
             raise CoreError(f"Job not found {jid}")
         self.total_processed += 1
         self._failed(res, errtype, message, backtrace)
+        throttles_mod.unthrottle(self, jid)
 
     def _failed(
         self, res: Reservation, errtype: str, message: str, backtrace: list[str] | None
@@ -422,6 +438,8 @@ class ServerCore:
         self._reap(now)
         if self.enterprise is not None:
             self.enterprise.prune(now)
+        if self.throttles is not None:
+            throttles_mod.wake(self, self.throttles.expire(now))
         # Faktory's Dead scanner counts the jobs it purged (180 days old) as "enqueued".
         with scanners["Dead"].run() as dead:
             for entry in list(self.dead.pop_due(now - DEAD_TTL)):
@@ -434,6 +452,7 @@ class ServerCore:
                 del self.workers[wid]
                 self.reaped_workers += 1
                 closing.extend(worker.connections)
+                throttles_mod.unthrottle(self, wid=wid)
         return closing
 
     def _reap(self, now: float) -> None:
@@ -446,6 +465,7 @@ class ServerCore:
             del self.reservations[jid]
             self.reaped_reservations += 1
             self._failed(res, "ReservationExpired", "Faktory job reservation expired", None)
+            throttles_mod.unthrottle(self, jid)
         if len(heap) > 2 * len(self.reservations) + 64:
             self._expiry_heap = [(r.expires, r.rowid, r.jid) for r in self.reservations.values()]
             heapq.heapify(self._expiry_heap)
@@ -575,6 +595,7 @@ class ServerCore:
             worker.connections.discard(conn_id)
             if not worker.connections:
                 del self.workers[wid]
+                throttles_mod.unthrottle(self, wid=wid)
 
     def beat(self, wid: str, current_state: str, rss_kb: int) -> RegisteredWorker:
         """BEAT: refresh the worker, record its state and rss_kb, return it (its ``state`` is
@@ -628,6 +649,8 @@ class ServerCore:
         self.total_failures = 0
         if self.enterprise is not None:
             self.enterprise.clear()
+        if self.throttles is not None:
+            self.throttles.clear()
 
     def info(self) -> dict[str, Any]:
         """The INFO document, Faktory 1.10.0's shape (built in :mod:`kaffi.server.info`)."""
