@@ -346,7 +346,8 @@ class ServerCore:
             self.enterprise.succeeded(jid, res.data, self.clock.now())
         if self.journal is not None:
             self.journal.delete(res.rowid)
-        throttles_mod.unthrottle(self, jid)
+        if self.throttles is not None:
+            throttles_mod.unthrottle(self, jid)
 
     def fail(self, jid: str, errtype: str, message: str, backtrace: list[str] | None) -> None:
         """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
@@ -359,7 +360,8 @@ class ServerCore:
             raise CoreError(f"Job not found {jid}")
         self.total_processed += 1
         self._failed(res, errtype, message, backtrace)
-        throttles_mod.unthrottle(self, jid)
+        if self.throttles is not None:
+            throttles_mod.unthrottle(self, jid)
 
     def _failed(
         self, res: Reservation, errtype: str, message: str, backtrace: list[str] | None
