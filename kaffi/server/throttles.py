@@ -99,6 +99,11 @@ def _read(path: str | os.PathLike[str]) -> Mapping[str, Any]:
         raise ConfigurationError(
             f"cannot read throttles file {os.fspath(path)}: {exc.strerror or exc}"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"throttles file {os.fspath(path)}: not valid TOML: not UTF-8 text ({exc.reason} "
+            f"at byte {exc.start})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(
             f"throttles file {os.fspath(path)}: not valid TOML: {exc}"

@@ -158,17 +158,19 @@ def test_file_mistakes_name_the_file(tmp_path: Path) -> None:
         "bad-syntax.toml": "[throttles\n",
         "no-timeout.toml": "[throttles]\nq = { concurrency = 2 }\n",
         "both.toml": '[throttles]\n"img" = { concurrency = 2, worker = 1, timeout = 9 }\n',
+        "latin1.toml": '[throttles]\n"caf\xe9" = 1\n',
     }
     expected = {
         "missing.toml": "cannot read throttles file {path}: No such file or directory",
         "bad-syntax.toml": "throttles file {path}: not valid TOML: ",
         "no-timeout.toml": "throttles file {path}: queue 'q': timeout is missing",
         "both.toml": "throttles file {path}: queue 'img': both concurrency and worker",
+        "latin1.toml": "throttles file {path}: not valid TOML: not UTF-8 text (invalid",
     }
     for name, text in cases.items():
         path = tmp_path / name
         if text is not None:
-            path.write_text(text)
+            path.write_bytes(text.encode("latin-1"))
         with pytest.raises(ConfigurationError) as caught:
             load_throttles(path)
         assert str(caught.value).startswith(expected[name].format(path=path)), caught.value
