@@ -11,6 +11,9 @@ The web UI (Faktory's, on the port after ``--bind``'s: 7420 by default) starts w
 server when the ``web`` extra is installed; without it the server says in one line how to
 get it and runs without.
 
+``--enterprise`` adds the Faktory Enterprise features the server implements, and
+``--throttles FILE`` (Enterprise only) its queue throttles from a ``throttles.toml``.
+
 The server's modules are imported inside the command, so ``kaffi --help`` stays fast.
 """
 

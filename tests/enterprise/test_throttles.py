@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import pytest
 from click.testing import CliRunner
 
+from kaffi import App
 from kaffi.cli import main
 from kaffi.errors import ConfigurationError
 from kaffi.server import EmbeddedServer
@@ -26,7 +27,15 @@ from kaffi.server.jobs import parse_job
 from kaffi.server.structures import Reservation
 from kaffi.server.throttles import Throttle, Throttles, load_throttles
 from tests.server.wire import Wire, push_line
-from tests.support import POLL, WAIT, embedded_server, kaffi_process, wait_until, waiting_fetches
+from tests.support import (
+    POLL,
+    WAIT,
+    embedded_server,
+    kaffi_process,
+    running,
+    wait_until,
+    waiting_fetches,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -503,6 +512,44 @@ def test_worker_limit_per_wid_over_several_connections(
     assert by_worker == {"A": 2, "B": 2}
     assert a1.send('ACK {"jid":"pwjob-0000"}') == ["+OK"]
     assert json.loads(a3.send("FETCH per-worker")[1])["jid"] == "pwjob-0004"
+
+
+def test_a_kaffi_worker_runs_at_most_the_limit_at_once(
+    faktory_enterprise_server: EmbeddedServer,
+) -> None:
+    """A real worker with 6 job slots, on a queue throttled to 2 per worker process."""
+    app = App(faktory_enterprise_server.url)
+    guard = threading.Lock()
+    running_now: list[int] = []
+    most = [0]
+    gate = threading.Event()
+
+    @app.task(queue="per-worker")
+    def resize(n: int) -> None:
+        with guard:
+            running_now.append(n)
+            most[0] = max(most[0], len(running_now))
+        assert gate.wait(WAIT), "the test never opened the gate"
+        with guard:
+            running_now.remove(n)
+
+    try:
+        for n in range(6):
+            resize.delay(n)
+        with running(app.worker(concurrency=6, queues=["per-worker"])):
+            wait_until(lambda: len(running_now) == 2, "two jobs running")
+            faktory = faktory_enterprise_server.info()["faktory"]
+            assert faktory["throttles"]["per-worker"]["in_flight"] == 2
+            assert faktory["queues"]["per-worker"] == 4
+            gate.set()
+            wait_until(
+                lambda: faktory_enterprise_server.info()["faktory"]["total_processed"] == 6,
+                "all six jobs done",
+            )
+    finally:
+        gate.set()
+        app.close()
+    assert most[0] == 2
 
 
 @pytest.fixture
