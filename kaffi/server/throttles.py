@@ -13,9 +13,14 @@ Two parts (``shared/faktory/ENTERPRISE.md`` section 5; the choices are written d
   when the core reserves the job and released at ACK or FAIL, when its reservation is
   reaped, when its worker is forgotten, or ``timeout`` seconds after it was taken.
 
-The core asks :meth:`Throttles.allows` before serving a queue and tells it about
-reservations and releases; this module never touches queues, jobs or sockets, and has no
-clock of its own (times are the core's). The locks live in memory.
+- :func:`wake` and :func:`unthrottle`: when a job arrives in a throttled queue or a slot
+  is freed, the FETCHes blocked on that queue that the throttle now lets through are
+  served, through the core's own ``fetch``.
+
+The core asks :meth:`Throttles.allows` before serving a queue and tells this module
+about reservations and releases. It never changes queues or jobs other than through the
+core's methods, does no I/O, and has no clock of its own (times are the core's). The
+locks live in memory.
 """
 
 from __future__ import annotations
