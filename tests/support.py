@@ -6,7 +6,8 @@
 - :func:`start` / :func:`running`: a :class:`~kaffi.worker.Worker` run in a thread, stopped
   and checked at the end.
 - :func:`embedded_server`: an :class:`~kaffi.server.EmbeddedServer` with the short FETCH
-  hold of the ``faktory_server`` fixture (pass ``fetch_hold=`` for another one).
+  hold of the ``faktory_server`` fixture (pass ``fetch_hold=`` for another one);
+  :func:`waiting_fetches`: how many FETCHes are blocked in one, waiting for a job.
 - :class:`LogLines`: a subprocess's output, read in a thread, to wait on log lines.
 - :class:`FakeFaktory`: a fake Faktory on 127.0.0.1 port 0, one thread per connection.
   By default it records every line a client sends and answers like Faktory 1.10.0 does
@@ -68,6 +69,7 @@ __all__ = [
     "running",
     "start",
     "wait_until",
+    "waiting_fetches",
 ]
 
 #: Upper bound for anything a test waits for; generous for a loaded 2-core machine.
@@ -214,6 +216,16 @@ def embedded_server(bind: str = "127.0.0.1:0", **options: Any) -> EmbeddedServer
     ``TEST_FETCH_HOLD`` unless ``fetch_hold=`` says otherwise; other options pass through."""
     options.setdefault("fetch_hold", TEST_FETCH_HOLD)
     return EmbeddedServer(bind, **options)
+
+
+def waiting_fetches(srv: EmbeddedServer) -> int:
+    """How many FETCHes are blocked in ``srv`` right now, waiting for a job."""
+
+    def count() -> int:
+        assert srv.core is not None
+        return len({id(w) for ws in srv.core._waiters.values() for w in ws if not w.done})
+
+    return srv._call(count)
 
 
 # -- the fake Faktory ----------------------------------------------------------------------

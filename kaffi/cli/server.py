@@ -11,6 +11,9 @@ The web UI (Faktory's, on the port after ``--bind``'s: 7420 by default) starts w
 server when the ``web`` extra is installed; without it the server says in one line how to
 get it and runs without.
 
+``--enterprise`` adds the Faktory Enterprise features the server implements, and
+``--throttles FILE`` (Enterprise only) its queue throttles from a ``throttles.toml``.
+
 The server's modules are imported inside the command, so ``kaffi --help`` stays fast.
 """
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from kaffi.cli import main
 from kaffi.cli.common import fail, handle_errors
@@ -58,9 +62,14 @@ WEB_HELP = (
 )
 NO_WEB_HELP = "Do not serve the web UI."
 ENTERPRISE_HELP = (
-    "Also implement Faktory Enterprise's unique jobs, expiring jobs, batches and TRACK "
-    "(progress); their state is stored with --data like the jobs. Without it the server "
-    "answers as open-source Faktory."
+    "Also implement Faktory Enterprise's unique jobs, expiring jobs, batches, TRACK "
+    "(progress) and queue throttles (--throttles); their state is stored with --data like "
+    "the jobs. Without it the server answers as open-source Faktory."
+)
+THROTTLES_HELP = (
+    "With --enterprise: Faktory Enterprise's throttles.toml, limiting the jobs of a queue "
+    "in flight ([throttles] queue = { concurrency = N, timeout = SECONDS } or "
+    "{ worker = N, timeout = SECONDS }); also read from KAFFI_THROTTLES."
 )
 #: How EmbeddedServer's error starts when the UI's address cannot be bound.
 WEB_START_FAILED = "cannot serve the web UI"
@@ -113,6 +122,13 @@ def default_data_path(host: str = "127.0.0.1", port: int = 7419) -> Path:
 @click.option("--web", default=None, metavar="HOST:PORT", help=WEB_HELP)
 @click.option("--no-web", is_flag=True, help=NO_WEB_HELP)
 @click.option("--enterprise", is_flag=True, help=ENTERPRISE_HELP)
+@click.option(
+    "--throttles",
+    type=click.Path(path_type=Path),
+    envvar="KAFFI_THROTTLES",
+    metavar="FILE",
+    help=THROTTLES_HELP,
+)
 def server_command(
     bind: str,
     data: Path | None,
@@ -128,6 +144,7 @@ def server_command(
     web: str | None,
     no_web: bool,
     enterprise: bool,
+    throttles: Path | None,
 ) -> None:
     """Run kaffi's embedded Faktory-compatible server (for development, CI and tests;
     use the real Faktory in production)."""
@@ -144,6 +161,14 @@ def server_command(
         fail("TLS needs both --tls-cert and --tls-key")
     if web is not None and no_web:
         fail("give --web or --no-web, not both")
+    if throttles is not None and not enterprise:
+        source = click.get_current_context().get_parameter_source("throttles")
+        given = (
+            "KAFFI_THROTTLES is set"
+            if source is ParameterSource.ENVIRONMENT
+            else "--throttles is given"
+        )
+        fail(f"{given} but --enterprise is not: queue throttles are a Faktory Enterprise feature")
     from kaffi.server import EmbeddedServer
     from kaffi.server.embedded import parse_bind
     from kaffi.server.web import MISSING_EXTRA, web_available
@@ -176,6 +201,7 @@ def server_command(
                 fetch_hold=fetch_hold,
                 web=web,
                 enterprise=enterprise,
+                throttles=throttles,
             )
 
     server = make(web)

@@ -27,6 +27,8 @@ from typing import Any
 from kaffi.protocol.models import FAIL_ERRTYPE_MAX, FAIL_MESSAGE_MAX, MAX_BACKTRACE
 from kaffi.server import info as info_mod
 from kaffi.server import jobs as jobs_mod
+from kaffi.server import mutate as mutate_mod
+from kaffi.server import throttles as throttles_mod
 from kaffi.server.enterprise import Enterprise
 from kaffi.server.gocompat import trim_and_cut
 from kaffi.server.jobs import encode_job, time_string
@@ -99,12 +101,15 @@ class ServerCore:
         journal: Journal | None = None,
         *,
         enterprise: bool = False,
+        throttles: throttles_mod.Throttles | None = None,
     ) -> None:
         self.clock = clock or Clock()
         self.journal = journal
         #: The Faktory Enterprise features (``kaffi server --enterprise``), or None: then
         #: the server is the open-source Faktory and nothing reads ``custom``.
         self.enterprise = Enterprise(self.push) if enterprise else None
+        #: Enterprise's queue throttles (``--throttles``), or None: no queue is throttled.
+        self.throttles = throttles
         self.queues: dict[str, Queue] = {}
         self.reservations: dict[str, Reservation] = {}
         self._expiry_heap: list[tuple[float, int, str]] = []
@@ -175,7 +180,9 @@ class ServerCore:
         exists in the journal already (a move) rather than being new (a put)."""
         queue = self._queue(queue_name)
         now = self.clock.now()
-        if not queue.paused:
+        # A throttled queue's job waits in line; wake() hands it out if the throttle allows.
+        throttled = self.throttles is not None and queue_name in self.throttles.limits
+        if not queue.paused and not throttled:
             waiters = self._waiters.get(queue_name)
             if waiters and self.enterprise is not None and self.enterprise.has_expired(data, now):
                 # Handed straight to a FETCH: Enterprise's check at FETCH happens here.
@@ -204,6 +211,8 @@ class ServerCore:
                 self.journal.move(rowid, STATE_QUEUED, pos, "")
             else:
                 self.journal.put(rowid, jid, STATE_QUEUED, queue_name, pos, data, "")
+        if throttled:
+            throttles_mod.wake(self, [queue_name])
 
     def _reserve(
         self,
@@ -220,6 +229,8 @@ class ServerCore:
         res = Reservation(rowid, jid, data, queue, expires, wid, reserve_for)
         if self.enterprise is not None:
             self.enterprise.started(jid, data, now)
+        if self.throttles is not None:
+            self.throttles.take(queue, jid, wid, now)
         old = self.reservations.get(jid)
         if old is not None and self.journal is not None:
             # Faktory keys reservations by jid: a second job with the same jid replaces it.
@@ -265,11 +276,13 @@ class ServerCore:
     def fetch(self, queues: Iterable[str], wid: str) -> Reservation | None:
         """Reserve the first job of the first non-empty, unpaused queue, in the given order.
         In Enterprise mode an expired job met on the way is dropped and counted."""
-        ent = self.enterprise
+        ent, thr = self.enterprise, self.throttles
         for name in queues:
             queue = self.queues.get(name)
             if queue is None or queue.paused:
                 continue
+            if thr is not None and not thr.allows(name, wid, self.clock.now()):
+                continue  # at its throttle's limit: as if empty
             while queue.jobs:
                 job = queue.jobs.popleft()
                 if ent is not None and ent.has_expired(job.data, self.clock.now()):
@@ -319,6 +332,8 @@ class ServerCore:
         in line, as if it had never been fetched."""
         if self.reservations.get(res.jid) is res:
             del self.reservations[res.jid]
+            if self.throttles is not None:
+                self.throttles.release(res.jid)
             self._enqueue(res.queue, res.rowid, res.jid, res.data, res.reserve_for, front=True)
 
     def ack(self, jid: str) -> None:
@@ -331,6 +346,8 @@ class ServerCore:
             self.enterprise.succeeded(jid, res.data, self.clock.now())
         if self.journal is not None:
             self.journal.delete(res.rowid)
+        if self.throttles is not None:
+            throttles_mod.unthrottle(self, jid)
 
     def fail(self, jid: str, errtype: str, message: str, backtrace: list[str] | None) -> None:
         """FAIL: the texts are cleaned as Faktory does (trimmed, cut, "unknown" if empty)."""
@@ -343,6 +360,8 @@ class ServerCore:
             raise CoreError(f"Job not found {jid}")
         self.total_processed += 1
         self._failed(res, errtype, message, backtrace)
+        if self.throttles is not None:
+            throttles_mod.unthrottle(self, jid)
 
     def _failed(
         self, res: Reservation, errtype: str, message: str, backtrace: list[str] | None
@@ -421,6 +440,8 @@ class ServerCore:
         self._reap(now)
         if self.enterprise is not None:
             self.enterprise.prune(now)
+        if self.throttles is not None:
+            throttles_mod.wake(self, self.throttles.expire(now))
         # Faktory's Dead scanner counts the jobs it purged (180 days old) as "enqueued".
         with scanners["Dead"].run() as dead:
             for entry in list(self.dead.pop_due(now - DEAD_TTL)):
@@ -433,6 +454,7 @@ class ServerCore:
                 del self.workers[wid]
                 self.reaped_workers += 1
                 closing.extend(worker.connections)
+                throttles_mod.unthrottle(self, wid=wid)
         return closing
 
     def _reap(self, now: float) -> None:
@@ -445,6 +467,7 @@ class ServerCore:
             del self.reservations[jid]
             self.reaped_reservations += 1
             self._failed(res, "ReservationExpired", "Faktory job reservation expired", None)
+            throttles_mod.unthrottle(self, jid)
         if len(heap) > 2 * len(self.reservations) + 64:
             self._expiry_heap = [(r.expires, r.rowid, r.jid) for r in self.reservations.values()]
             heapq.heapify(self._expiry_heap)
@@ -452,8 +475,9 @@ class ServerCore:
     # -- MUTATE ---------------------------------------------------------------------------
 
     def mutate(self, cmd: str, target: str, flt: dict[str, Any] | None) -> None:
-        """MUTATE ``cmd`` (clear, kill, discard, requeue) on ``target`` with Faktory's filters;
-        raises CoreError with Faktory's text for a bad cmd or target."""
+        """MUTATE ``cmd`` (clear, kill, discard, requeue) on ``target`` with Faktory's filters
+        (run by :mod:`kaffi.server.mutate`); raises CoreError with Faktory's text for a bad
+        cmd or target."""
         sets = {STATE_RETRY: self.retries, STATE_SCHEDULED: self.scheduled, STATE_DEAD: self.dead}
         # Faktory looks at the command first, then at the target.
         if cmd not in ("clear", "kill", "discard", "requeue"):
@@ -461,37 +485,7 @@ class ServerCore:
         tset = sets.get(target)
         if tset is None:
             raise CoreError("invalid target for mutation command")
-        selected = list(tset.entries.values()) if cmd == "clear" else self._select(tset, flt or {})
-        now = self.clock.now()
-        for entry in selected:
-            if cmd == "kill" and tset is self.dead:
-                continue
-            tset.remove(entry.rowid)
-            if cmd in ("clear", "discard"):
-                if self.journal is not None:
-                    self.journal.delete(entry.rowid)
-            elif cmd == "kill":
-                queue = str(jobs_mod.decode_job(entry.data).get("queue") or "default")
-                self._to_dead(entry.rowid, entry.jid, queue, entry.data, now)
-            else:
-                # As Faktory: the job goes back to its queue as it was stored.
-                self._requeue_entry(entry, touch=False)
-
-    @staticmethod
-    def _select(tset: TimedSet, flt: dict[str, Any]) -> list[TimedEntry]:
-        entries = list(tset.entries.values())
-        jids = flt.get("jids")
-        if jids:
-            wanted = set(jids)
-            return [e for e in entries if e.jid in wanted]
-        regexp = flt.get("regexp")
-        if regexp:
-            rx = glob_to_regex(regexp)
-            entries = [e for e in entries if rx.fullmatch(e.data.decode("utf-8", "replace"))]
-        jobtype = flt.get("jobtype")
-        if jobtype:
-            entries = [e for e in entries if jobs_mod.decode_job(e.data).get("jobtype") == jobtype]
-        return entries
+        mutate_mod.apply(self, cmd, tset, flt)
 
     # -- QUEUE ----------------------------------------------------------------------------
 
@@ -603,6 +597,7 @@ class ServerCore:
             worker.connections.discard(conn_id)
             if not worker.connections:
                 del self.workers[wid]
+                throttles_mod.unthrottle(self, wid=wid)
 
     def beat(self, wid: str, current_state: str, rss_kb: int) -> RegisteredWorker:
         """BEAT: refresh the worker, record its state and rss_kb, return it (its ``state`` is
@@ -656,6 +651,8 @@ class ServerCore:
         self.total_failures = 0
         if self.enterprise is not None:
             self.enterprise.clear()
+        if self.throttles is not None:
+            self.throttles.clear()
 
     def info(self) -> dict[str, Any]:
         """The INFO document, Faktory 1.10.0's shape (built in :mod:`kaffi.server.info`)."""

@@ -40,6 +40,7 @@ from kaffi.protocol.resp import DEFAULT_MAX_LINE
 from kaffi.server.core import ServerCore
 from kaffi.server.network import FETCH_HOLD, Network
 from kaffi.server.storage import SqliteJournal
+from kaffi.server.throttles import Throttle, Throttles, ThrottleSource, load_throttles
 
 if TYPE_CHECKING:
     from kaffi.server.web.runner import WebServer
@@ -149,7 +150,10 @@ class EmbeddedServer:
     server answers ``$-1`` (Faktory's 2 s by default; the test fixtures use 0.1 s).
     ``enterprise=True`` adds the Faktory Enterprise features kaffi implements (unique
     and expiring jobs, batches, progress tracking; see ``docs/enterprise.md``); without it the
-    server answers as the open-source Faktory 1.10.0 does.
+    server answers as the open-source Faktory 1.10.0 does. ``throttles`` (Enterprise
+    only) limits how many jobs of a queue are in flight: the path of a
+    ``throttles.toml``, or that document already parsed (``{"throttles": {"images":
+    {"concurrency": 2, "timeout": 60}}}``); a mistake in it raises ConfigurationError.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class EmbeddedServer:
         fetch_hold: float = FETCH_HOLD,
         web: str | None = None,
         enterprise: bool = False,
+        throttles: ThrottleSource | None = None,
     ) -> None:
         self._bind_host, self._bind_port = parse_bind(bind)
         if not _resolves(self._bind_host):
@@ -200,6 +205,15 @@ class EmbeddedServer:
         #: Whether the server implements the Faktory Enterprise features it knows
         #: (unique and expiring jobs, batches, TRACK: see ``docs/enterprise.md``).
         self.enterprise = bool(enterprise)
+        #: The queue throttles (Enterprise's ``throttles.toml``), by queue name.
+        self.throttles: dict[str, Throttle] = {}
+        if throttles is not None:
+            if not self.enterprise:
+                raise ConfigurationError(
+                    "throttles are a Faktory Enterprise feature: start the server with "
+                    "enterprise=True (kaffi server --enterprise)"
+                )
+            self.throttles = load_throttles(throttles)
         self.tls_cert = Path(tls_cert) if tls_cert is not None else None
         self.tls_key = Path(tls_key) if tls_key is not None else None
         self.max_connections = max_connections
@@ -270,7 +284,8 @@ class EmbeddedServer:
             raise KaffiError("the server is already running")
         ctx = self._ssl_context()
         journal: SqliteJournal | None = None
-        core = ServerCore(enterprise=self.enterprise)
+        throttles = Throttles(self.throttles) if self.throttles else None
+        core = ServerCore(enterprise=self.enterprise, throttles=throttles)
         if self.data is not None:
             try:
                 journal = SqliteJournal(self.data)
@@ -286,6 +301,9 @@ class EmbeddedServer:
                     ) from exc
                 raise ConfigurationError(f"cannot open the data file {self.data}: {exc}") from exc
             core.journal = journal
+            if throttles is not None:
+                # Jobs reserved before the restart hold their throttle slots again.
+                throttles.restore(core.reservations.values(), core.clock.now())
         loop = asyncio.get_running_loop()
         net = Network(
             core,

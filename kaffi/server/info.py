@@ -68,4 +68,6 @@ def info_document(core: ServerCore) -> dict[str, Any]:
         # Clients tell Enterprise by "Enterprise" in the description (ENTERPRISE.md 0).
         info["server"]["description"] = "kaffi embedded Faktory Enterprise-compatible server"
         info["faktory"]["total_expired"] = core.enterprise.expired
+    if core.throttles is not None:
+        info["faktory"]["throttles"] = core.throttles.info(core.clock.now())
     return info

@@ -15,6 +15,11 @@ Registered through the ``pytest11`` entry point, so installing kaffi is enough:
 - ``faktory_enterprise_server``: the same with the Faktory Enterprise features
   (``EmbeddedServer(enterprise=True)``); with ``KAFFI_TEST_URL`` the test runs only when
   that server is Enterprise.
+- ``faktory_throttles``: the queue throttles ``faktory_enterprise_server`` starts with,
+  None by default. Override it (a fixture of the same name in a test module or a
+  ``conftest.py``) to return a ``throttles.toml`` path or the parsed document, e.g.
+  ``{"throttles": {"images": {"concurrency": 2, "timeout": 60}}}``; with
+  ``KAFFI_TEST_URL`` such a test is skipped (that server's throttles are its own).
 - ``kaffi_client``: a :class:`kaffi.Client` connected to ``faktory_server``, closed after.
 """
 
@@ -39,6 +44,7 @@ __all__ = [
     "RemoteServer",
     "faktory_server",
     "faktory_enterprise_server",
+    "faktory_throttles",
     "kaffi_client",
     "TEST_URL_ENV",
     "TEST_FETCH_HOLD",
@@ -142,12 +148,23 @@ def faktory_server() -> Iterator[Any]:
 
 
 @pytest.fixture
-def faktory_enterprise_server() -> Iterator[Any]:
+def faktory_throttles() -> Any:
+    """The throttles ``faktory_enterprise_server`` starts with (``EmbeddedServer``'s
+    ``throttles=``): None here; a test module or ``conftest.py`` overrides this fixture
+    to throttle queues."""
+    return None
+
+
+@pytest.fixture
+def faktory_enterprise_server(faktory_throttles: Any) -> Iterator[Any]:
     """A fresh server with the Faktory Enterprise features: the embedded one started
-    with ``enterprise=True``, or ``KAFFI_TEST_URL`` when that server says it is
-    Enterprise (INFO's description); the test is skipped when it is not."""
+    with ``enterprise=True`` (and ``faktory_throttles``), or ``KAFFI_TEST_URL`` when
+    that server says it is Enterprise (INFO's description); the test is skipped when it
+    is not, or when it asks for throttles."""
     url = os.environ.get(TEST_URL_ENV)
     if url:
+        if faktory_throttles is not None:
+            pytest.skip(f"faktory_throttles needs the embedded server; {TEST_URL_ENV} is set")
         from kaffi.client import Client
 
         remote = RemoteServer(url)
@@ -160,7 +177,9 @@ def faktory_enterprise_server() -> Iterator[Any]:
         return
     from kaffi.server import EmbeddedServer
 
-    with EmbeddedServer(fetch_hold=TEST_FETCH_HOLD, enterprise=True) as server:
+    with EmbeddedServer(
+        fetch_hold=TEST_FETCH_HOLD, enterprise=True, throttles=faktory_throttles
+    ) as server:
         yield server
 
 

@@ -21,17 +21,9 @@ from kaffi.errors import ConfigurationError, KaffiError
 from kaffi.server import EmbeddedServer
 from kaffi.server.network import TICK_INTERVAL
 from tests.server.wire import Wire, push_line
-from tests.support import embedded_server, wait_until
+from tests.support import embedded_server, wait_until, waiting_fetches
 
 DEADLINE = 10.0
-
-
-def waiting_fetches(srv: EmbeddedServer) -> int:
-    def count() -> int:
-        assert srv.core is not None
-        return len({id(w) for ws in srv.core._waiters.values() for w in ws if not w.done})
-
-    return srv._call(count)
 
 
 @pytest.fixture
