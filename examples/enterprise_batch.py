@@ -93,8 +93,12 @@ def follow(app: App, jid: str, bid: str) -> None:
         progress = app.progress(jid)
         now = (progress.state, progress.percent, progress.desc)
         if now != seen:
-            percent = "-" if progress.percent is None else f"{progress.percent}%"
-            say(f"progress of build_index: {progress.state} {percent} {progress.desc or ''}")
+            shown = [progress.state]
+            if progress.percent is not None:
+                shown.append(f"{progress.percent}%")
+            if progress.desc:
+                shown.append(progress.desc)
+            say(f"progress of build_index: {' '.join(shown)}")
             seen = now
         time.sleep(0.05)
     wait_until(
