@@ -129,7 +129,8 @@ def test_batch_commit_replies_plain_ok(wire: Wire) -> None:
 
 def test_batch_status_has_the_documented_keys_and_types(wire: Wire) -> None:
     parent = new_batch(wire, description="parent")
-    child = new_batch(wire, parent_bid=parent, description="child")
+    # Not ASCII: Go's and Rust's readers take a bulk string's length in bytes (bulk()).
+    child = new_batch(wire, parent_bid=parent, description="child ☕")
     plain = new_batch(wire)
     push(wire, "k" * 24, bid=child)
     assert wire.send(f"BATCH COMMIT {child}") == ["+OK"]
@@ -142,7 +143,7 @@ def test_batch_status_has_the_documented_keys_and_types(wire: Wire) -> None:
     assert doc == {
         "bid": child,
         "parent_bid": parent,
-        "description": "child",
+        "description": "child ☕",
         "total": 1,
         "pending": 0,
         "failed": 0,
