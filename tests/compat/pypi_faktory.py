@@ -6,8 +6,8 @@ Usage: python pypi_faktory.py tcp://127.0.0.1:PORT N   (prints a JSON summary)
 import json
 import sys
 
-import faktory  # type: ignore[import-not-found]
-from faktory._proto import Connection  # type: ignore[import-not-found]
+import faktory
+from faktory._proto import Connection
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Usage: python pypi_pyfaktory.py tcp://127.0.0.1:PORT N   (prints a JSON summary)
 import json
 import sys
 
-from pyfaktory import Client, Job, Producer  # type: ignore[import-not-found]
+from pyfaktory import Client, Job, Producer
 
 
 def main() -> None:

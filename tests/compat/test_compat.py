@@ -1,6 +1,7 @@
 """Other Faktory clients against the embedded server (opt-in: ``pytest -m compat``).
 
-- PyPI ``faktory`` and ``pyfaktory``: run with ``$KAFFI_COMPAT_PYTHON`` (an interpreter
+- PyPI ``faktory`` and ``pyfaktory`` (the latter also against ``enterprise=True``: its
+  batches and a unique job): run with ``$KAFFI_COMPAT_PYTHON`` (an interpreter
   that has them; see ``run.sh``), or with this interpreter if it can import them.
 - Node ``faktory-worker``: run when ``node`` exists and ``$KAFFI_COMPAT_NODE_MODULES``
   names a ``node_modules`` folder holding it, or, with ``KAFFI_COMPAT=1``, after an
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +77,54 @@ def test_pypi_pyfaktory(srv: EmbeddedServer) -> None:
     assert summary["sum"] == 2 * sum(range(TOTAL))
     assert summary["queued"] == 0
     _drained(srv, "compat-pyfaktory")
+
+
+def test_pypi_pyfaktory_enterprise(ent_srv: EmbeddedServer) -> None:
+    python = _python_with("pyfaktory")
+    summary = _run([python, str(HERE / "pypi_pyfaktory_enterprise.py"), ent_srv.url, "10"])
+    assert summary["enterprise"] is True
+    hand = summary["by_hand"]
+    # BATCH NEW's reply is a bulk string, the BID (pyfaktory hands the raw reply back).
+    assert hand["new_reply_kind"] == "$"
+    assert re.fullmatch(r"b-[A-Za-z0-9_-]{14}", hand["bid"])
+    assert hand["committed"] is hand["reopened"] is hand["reopen_after_callbacks"] is True
+    assert hand["status_keys"] == sorted(
+        [
+            *("bid", "description", "created_at", "total", "pending", "failed"),
+            *("complete_st", "success_st"),
+        ]
+    )
+    assert hand["description"] == "compat by-hand"
+    # [total, pending, failed, complete_st, success_st]; OPEN let five more jobs in.
+    assert hand["after_commit"] == [5, 5, 0, "", ""]
+    assert hand["after_reopen"] == [10, 10, 0, "", ""]
+    assert hand["after_jobs"] == [10, 0, 0, "1", ""]
+    assert hand["sum"] == 2 * sum(range(10))
+    assert hand["job_bids"] == [hand["bid"]]
+    callback = {"args": ["by-hand"], "waiting": 1, "_bid": True, "has_bid": False}
+    assert hand["callbacks"] == [
+        {"jobtype": "compat.complete", **callback, "status_after_ack": [10, 0, 0, "2", "1"]},
+        {"jobtype": "compat.success", **callback, "status_after_ack": [10, 0, 0, "2", "2"]},
+    ]
+    # pyfaktory raises FaktroyWorkProtocolError with the raw error line.
+    refused = "Error received from Faktory server: -ERR no such batch b-nope"
+    assert hand["unknown_status"] == hand["unknown_open"] == refused
+    assert summary["by_consumer"] == {
+        "finished": True,
+        "status": [10, 0, 0, "2", "2"],
+        "queued": 0,
+    }
+    not_unique = "Error received from Faktory server: -NOTUNIQUE Job not unique"
+    assert summary["unique"] == {
+        "first": True,
+        "duplicate": not_unique,
+        "while_running": not_unique,
+        "after_ack": True,
+        "queued": 1,
+    }
+    info = ent_srv.info()["faktory"]
+    assert info["queues"]["compat-ent"] == info["queues"]["compat-ent-cb"] == 0
+    assert info["sets"]["working"] == 0
 
 
 @pytest.fixture(scope="module")

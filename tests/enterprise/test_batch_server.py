@@ -146,6 +146,8 @@ def test_new_open_commit_status(wire: Wire) -> None:
 
 
 def test_errors_name_what_was_wrong_and_the_connection_goes_on(wire: Wire) -> None:
+    # "no such batch <bid>", lowercase as Enterprise 1.9.2+: faktory_worker_go's context_test
+    # matches it and faktory-rs turns it into None for OPEN (ENTERPRISE.md section 1).
     cases = {
         "STATUS b-nope": "ERR no such batch b-nope",
         "OPEN b-nope": "ERR no such batch b-nope",
@@ -175,6 +177,7 @@ def test_errors_name_what_was_wrong_and_the_connection_goes_on(wire: Wire) -> No
     for line, expected in cases.items():
         assert wire.error("BATCH", line) == expected, line
     assert wire.error("BATCH", "") == "ERR BATCH needs a subcommand: NEW, OPEN, COMMIT or STATUS"
+    # faktory_worker_go's and _ruby's tests run their Enterprise tests on "Enterprise" here.
     assert wire.client.info().raw["server"]["description"].endswith("Enterprise-compatible server")
 
 

@@ -13,6 +13,8 @@ from kaffi.server.enterprise import TRACK_TTL, NotUniqueRejected, unique_key
 from kaffi.server.jobs import parse_job
 from kaffi.server.session import Session
 
+#: Rust's UniqueConstraintViolation needs the NOTUNIQUE code and Ruby's push returns it as
+#: :NOTUNIQUE; faktory-rs asserts the text "Job not unique" against real Enterprise.
 NOT_UNIQUE = b"-NOTUNIQUE Job not unique\r\n"
 
 
@@ -253,6 +255,7 @@ def test_without_enterprise_nothing_reads_custom() -> None:
     assert len(core.queues["default"].jobs) == 3
     info = core.info()
     assert "total_expired" not in info["faktory"]
+    # Go's and Ruby's tests look for "Enterprise" here to run their Enterprise tests.
     assert "Enterprise" not in info["server"]["description"]
     for verb, text in (("TRACK", "tracking"), ("BATCH", "batch")):
         reply = s.handle(Command(verb, "GET x")).reply
