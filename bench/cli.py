@@ -12,8 +12,9 @@ Options:
 - ``--repeat N``: run every measurement N times and keep the best (default 3; 1 quick).
 - ``--only raw,drain``: run only these sections (memory, raw, enqueue, drain, metrics,
   startup), for re-measuring one path while optimising it; combine with ``--no-write``.
-  ``metrics`` is the cost of ``kaffi worker --metrics``: the 1-process no-op drain with
-  metrics off and on, one after the other in each round.
+  ``metrics`` is the cost of ``kaffi worker --metrics``: two long-running 1-process
+  workers, without and with metrics, drain the same number of no-op jobs in turn, in
+  paired blocks; the median of the blocks' ratios is the figure.
 - ``--render``: measure nothing; redraw the chart and rewrite the page from
   ``bench/results/latest.json`` (after editing ``bench/notes.md``, say).
 - ``--no-peers``: kaffi and the raw ceilings only. ``--url``: the server (default
@@ -32,6 +33,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ from bench.harness import (
     RESULTS_DIR,
     BenchError,
     Endpoint,
+    Gauge,
     Results,
     ServerControl,
     ServerProcess,
@@ -58,6 +61,7 @@ from bench.names import (
     KAFFI_WORKER_2,
     KAFFI_WORKER_ASYNC,
     KAFFI_WORKER_METRICS,
+    METRICS_RATIO_METRIC,
     OP_ASYNC,
     OP_BULK,
     OP_CPU_1,
@@ -70,7 +74,7 @@ from bench.names import (
 from bench.peers import Peer, available_peers, install, venv_python
 from bench.report import check_targets, gauge_table, render_page, targets_table, throughput_table
 from bench.tasks import calibrate_spin
-from bench.workers import Spawner, drain, startup
+from bench.workers import Spawner, drain, paired_drains, startup
 
 __all__ = ["FULL", "QUICK", "Sizes", "main"]
 
@@ -144,6 +148,8 @@ PEER_ENQUEUE_OPS = {
 #: How long a peer's worker gets to leave after SIGTERM before it is killed (full, quick):
 #: how fast a peer shuts down is not measured, and pyfaktory's grace period alone is 25 s.
 PEER_STOP_TIMEOUT = (5.0, 2.0)
+#: Paired blocks of the --metrics cost per round (full, quick).
+METRICS_BLOCKS = (8, 2)
 
 _T0 = time.monotonic()
 
@@ -318,34 +324,51 @@ class Runner:
 
             self.attempt(f"{client}: {operation}", run)
 
-    def metrics_cost(self, round_no: int) -> None:
-        """The 1-process no-op drain without and with ``--metrics``, back to back, so the
-        two rows of a round see the same load (best of the rounds kept for each). Three
-        times the drain section's jobs: at 10,000 the drain itself lasted about 0.5 s of
-        a 6-8 s attempt (start-up, fetch waits), and one busy neighbour moved a row by
-        30%. Even rounds go the other way round, so neither side always runs first."""
+    def metrics_cost(self) -> None:
+        """The 1-process no-op drain without and with ``--metrics``, in short paired
+        blocks by two long-running workers (:func:`~bench.workers.paired_drains`): each
+        block's ratio compares drains about a second apart. The median of a round's
+        ratios is a gauge (the smallest of the rounds is kept); each block's drains also
+        count as ordinary rows (best kept)."""
         s, url, wlog = self.sizes, self.url, self.worker_log
-        order = [(KAFFI_WORKER, False), (KAFFI_WORKER_METRICS, True)]
-        if round_no % 2 == 0:
-            order.reverse()
-        for client, metrics in order:
+        sides = [
+            (KAFFI_WORKER, kaffi_suite.worker_spawner(url, wlog, burst=False)),
+            (
+                KAFFI_WORKER_METRICS,
+                kaffi_suite.worker_spawner(url, wlog, burst=False, metrics=True),
+            ),
+        ]
 
-            def run(client: str = client, metrics: bool = metrics) -> None:
-                self.record(
-                    drain(
-                        self.control,
-                        kaffi_suite.worker_spawner(url, wlog, metrics=metrics),
-                        operation=OP_DRAIN_1,
-                        client=client,
-                        jobs=3 * s.drain,
-                        exits_when_done=True,
-                        timeout=s.timeout,
-                        wait_fetches=not self.quick,
-                        server_pid=self.server_pid,
-                    )
+        def run() -> None:
+            blocks = paired_drains(
+                self.control,
+                sides,
+                operation=OP_DRAIN_1,
+                jobs=s.drain,
+                blocks=METRICS_BLOCKS[1 if self.quick else 0],
+                timeout=s.timeout,
+                wait_fetches=not self.quick,
+                server_pid=self.server_pid,
+            )
+            ratios = []
+            for without, with_metrics in blocks:
+                self.record(without)
+                self.record(with_metrics)
+                ratios.append(with_metrics.rate / without.rate)
+            median = statistics.median(ratios)
+            shown = " ".join(f"{r:.2f}" for r in ratios)
+            log(f"{METRICS_RATIO_METRIC}: {median:.3f}x (blocks: {shown})")
+            self.results.add(
+                Gauge(
+                    METRICS_RATIO_METRIC,
+                    KAFFI_WORKER_METRICS,
+                    median,
+                    "x",
+                    note=f"median of {len(ratios)} blocks of {s.drain:,} jobs: {shown}",
                 )
+            )
 
-            self.attempt(f"{client}: {OP_DRAIN_1}", run)
+        self.attempt(f"{KAFFI_WORKER_METRICS}: {OP_DRAIN_1}", run)
 
     def peers_drain(self, peers: list[Peer]) -> None:
         for peer in peers:
@@ -609,7 +632,7 @@ def _run(args: argparse.Namespace, log_dir: Path) -> int:
                 runner.kaffi_drains(spin)
                 runner.peers_drain(peers)
             if "metrics" in sections:
-                runner.metrics_cost(round_no)
+                runner.metrics_cost()
             if "startup" in sections:
                 runner.startups(peers)
     finally:

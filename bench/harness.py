@@ -43,6 +43,7 @@ from kaffi.protocol import (
     encode_hello,
     encode_info,
     encode_pushb,
+    encode_queue,
 )
 
 __all__ = [
@@ -269,6 +270,10 @@ class ServerControl:
         refused = decode_json(self.conn.request(encode_pushb(batch)), "PUSHB")
         if refused:
             raise BenchError(f"the server refused {len(refused)} jobs: {str(refused)[:200]}")
+
+    def queue(self, subcommand: str, name: str) -> None:
+        """``QUEUE PAUSE name`` / ``QUEUE RESUME name``."""
+        decode_ok(self.conn.request(encode_queue(subcommand, name)), f"QUEUE {subcommand}")
 
     def wait_drained(
         self,

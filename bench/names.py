@@ -18,6 +18,7 @@ __all__ = [
     "KAFFI_WORKER_2",
     "KAFFI_WORKER_ASYNC",
     "KAFFI_WORKER_METRICS",
+    "METRICS_RATIO_METRIC",
     "OPERATION_ORDER",
     "OP_ASYNC",
     "OP_BULK",
@@ -83,6 +84,9 @@ KAFFI_WORKER = "kaffi worker"
 KAFFI_WORKER_ASYNC = "kaffi worker, async def job"
 KAFFI_WORKER_2 = "kaffi worker --processes 2"
 KAFFI_WORKER_METRICS = "kaffi worker --metrics"
+#: The gauge of ``--only metrics``: drain rate with ``--metrics`` over without, the median
+#: of paired blocks (:func:`bench.workers.paired_drains`).
+METRICS_RATIO_METRIC = "drain with --metrics / without"
 RAW = "raw protocol"
 
 #: Rows within an operation: kaffi first, then the peers, then the ceiling.

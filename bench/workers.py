@@ -48,6 +48,7 @@ __all__ = [
     "Spawner",
     "drain",
     "fresh_queue",
+    "paired_drains",
     "settle",
     "startup",
 ]
@@ -120,6 +121,95 @@ def drain(
         jobs,
         max(done - first, 1e-6),
         note=note,
+        client_cpu=_delta(client_start, client_end),
+        server_cpu=_delta(server_start, server_end),
+    )
+
+
+def paired_drains(
+    control: ServerControl,
+    sides: Sequence[tuple[str, Spawner]],
+    *,
+    operation: str,
+    jobs: int,
+    blocks: int,
+    timeout: float = 300.0,
+    stop_timeout: float = 15.0,
+    wait_fetches: bool = True,
+    server_pid: int | None = None,
+) -> list[list[Throughput]]:
+    """Drains of the same size by long-running workers, side by side in short blocks:
+    the cost of an option (``kaffi worker --metrics``) against the same worker without it.
+
+    :func:`drain` starts a worker per run, so two runs are 6-8 s apart, and on this
+    virtual machine the speed of everything (the server's CPU per job included, which no
+    worker option changes) drifts by 20-40% over that much time. Here every side's worker
+    is started once, each on its own queue; then, ``blocks`` times, each side in turn
+    (the order alternating from block to block) gets ``jobs`` jobs, queued while its
+    queue is paused and released at once with QUEUE RESUME, and is timed from the first
+    job taken to the queue drained, as in :func:`drain`. The two drains of a block are
+    about a second apart, so their ratio sees the same machine. Returns, per block, one
+    Throughput per side in the order of ``sides``."""
+    control.flush()
+    queues = [fresh_queue("bench-ab") for _ in sides]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for (_, spawn), queue in zip(sides, queues, strict=True):
+            procs.append(spawn(queue))
+            # One job makes the queue known (QUEUE PAUSE ignores unknown names) and shows
+            # the worker is up and fetching before any block is timed.
+            control.fill(1, queue=queue)
+            control.wait_drained(queue, 1, timeout=timeout)
+        out: list[list[Throughput]] = []
+        for block in range(blocks):
+            order = list(range(len(sides)))
+            if block % 2:
+                order.reverse()
+            row: dict[int, Throughput] = {}
+            for i in order:
+                row[i] = _timed_block(
+                    control, procs[i], queues[i], sides[i][0], operation, jobs, timeout, server_pid
+                )
+            out.append([row[i] for i in range(len(sides))])
+        return out
+    finally:
+        for proc in procs:
+            stop_process(proc, timeout=stop_timeout, group=True)
+        settle(control, wait_fetches=wait_fetches)
+
+
+def _timed_block(
+    control: ServerControl,
+    proc: subprocess.Popen[bytes],
+    queue: str,
+    client: str,
+    operation: str,
+    jobs: int,
+    timeout: float,
+    server_pid: int | None,
+) -> Throughput:
+    """One block of :func:`paired_drains`: ``jobs`` jobs queued behind a pause, then
+    released and drained by the worker already waiting on ``queue``."""
+    if proc.poll() is not None:
+        raise BenchError(f"the {client} worker exited with code {proc.returncode}")
+    marks: list[float | None] = []
+
+    def at_first() -> None:
+        marks.append(tree_cpu_seconds(proc.pid))
+        marks.append(cpu_seconds(server_pid) if server_pid else None)
+
+    control.queue("PAUSE", queue)
+    control.fill(jobs, queue=queue)
+    control.queue("RESUME", queue)
+    first, done = control.wait_drained(queue, jobs, timeout=timeout, on_first=at_first)
+    client_end = tree_cpu_seconds(proc.pid)
+    server_end = cpu_seconds(server_pid) if server_pid else None
+    client_start, server_start = marks if marks else (None, None)
+    return Throughput(
+        operation,
+        client,
+        jobs,
+        max(done - first, 1e-6),
         client_cpu=_delta(client_start, client_end),
         server_cpu=_delta(server_start, server_end),
     )

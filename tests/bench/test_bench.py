@@ -30,6 +30,7 @@ from bench.names import (
     KAFFI_DELAY,
     KAFFI_WORKER,
     KAFFI_WORKER_METRICS,
+    METRICS_RATIO_METRIC,
     OP_BULK,
     OP_CPU_1,
     OP_CPU_2,
@@ -99,17 +100,26 @@ def test_targets_hold_miss_or_are_not_measured() -> None:
     assert verdicts["CPU-bound, 2 processes vs 1 process"].holds is False
     assert verdicts["server: pipelined PUSH"].holds is True
     assert verdicts["server: RSS with 100,000 queued jobs"].holds is None
-    assert verdicts["drain, 1 process, with --metrics vs without"].holds is None
+    assert verdicts[METRICS_TARGET].holds is None
 
 
-@pytest.mark.parametrize(("seconds", "holds"), [(0.105, True), (0.12, False)])
-def test_metrics_cost_target(seconds: float, holds: bool) -> None:
-    results = _sample()  # the drain without metrics: 1,000 jobs in 0.1 s
-    results.add(Throughput(OP_DRAIN_1, KAFFI_WORKER_METRICS, 1000, seconds))
+METRICS_TARGET = "drain, 1 process, with --metrics vs without (median of paired blocks)"
+
+
+@pytest.mark.parametrize(("ratio", "holds"), [(0.95, True), (0.89, False)])
+def test_metrics_cost_target_reads_the_median_of_paired_blocks(ratio: float, holds: bool) -> None:
+    results = _sample()  # the drain without metrics: 10,000 jobs/s at best
+    # A best --metrics run faster than the best run without must not hide the median.
+    results.add(Throughput(OP_DRAIN_1, KAFFI_WORKER_METRICS, 1000, 0.05))
+    results.add(Gauge(METRICS_RATIO_METRIC, KAFFI_WORKER_METRICS, ratio, "x"))
+    results.add(Gauge(METRICS_RATIO_METRIC, KAFFI_WORKER_METRICS, ratio + 0.1, "x"))
     verdicts = {v.name: v for v in report.check_targets(results)}
-    verdict = verdicts["drain, 1 process, with --metrics vs without"]
+    verdict = verdicts[METRICS_TARGET]
     assert verdict.holds is holds
-    assert verdict.measured == f"{0.1 / seconds:.2f}x"
+    assert verdict.measured == f"{ratio:.2f}x"  # the smallest round's median is kept
+    assert f"| {METRICS_RATIO_METRIC} | **kaffi worker --metrics** | {ratio:.2f}x |" in (
+        report.gauge_table(results)
+    )
     table = report.throughput_table(results)
     rows = [line for line in table.splitlines() if "kaffi worker" in line]
     assert "**kaffi worker --metrics**" in rows[1]  # right under the drain without
@@ -213,6 +223,8 @@ def test_quick_mode_runs_end_to_end() -> None:
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert "| enqueue one at a time | **kaffi .delay()** |" in out
     assert "raw: FETCH+ACK, 20 asyncio connections" in out
+    # The paired --metrics blocks ran and their median is a gauge.
+    assert f"| {METRICS_RATIO_METRIC} | **kaffi worker --metrics** (median of 2 blocks" in out
     assert "not asserted" in out
 
 
