@@ -148,6 +148,8 @@ PEER_ENQUEUE_OPS = {
 #: How long a peer's worker gets to leave after SIGTERM before it is killed (full, quick):
 #: how fast a peer shuts down is not measured, and pyfaktory's grace period alone is 25 s.
 PEER_STOP_TIMEOUT = (5.0, 2.0)
+#: The embedded server's empty-FETCH wait in a --quick run, in seconds.
+QUICK_FETCH_HOLD = 0.1
 #: Paired blocks of the --metrics cost per round (full, quick).
 METRICS_BLOCKS = (8, 2)
 
@@ -586,7 +588,11 @@ def _run(args: argparse.Namespace, log_dir: Path) -> int:
     try:
         if url is None:
             log("starting the embedded server in its own process")
-            server = ServerProcess(log_dir=log_dir)
+            # The quick smoke run: a short empty-FETCH wait, so burst workers leave at
+            # once (the ratios of a quick run are not asserted anyway).
+            server = ServerProcess(
+                log_dir=log_dir, fetch_hold=QUICK_FETCH_HOLD if args.quick else None
+            )
             url = server.url
         endpoint = Endpoint.parse(url)
         control = ServerControl(endpoint)

@@ -330,14 +330,22 @@ class ServerControl:
 
 class ServerProcess:
     """``python -m bench.server`` in a child process; ``url`` once it listens. Its log goes
-    to ``log_dir/server.log`` (``bench/results/`` unless told otherwise)."""
+    to ``log_dir/server.log`` (``bench/results/`` unless told otherwise); ``fetch_hold``:
+    its empty-FETCH wait in seconds (Faktory's 2 s when None)."""
 
-    def __init__(self, *, start_timeout: float = 30.0, log_dir: Path = RESULTS_DIR) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 30.0,
+        log_dir: Path = RESULTS_DIR,
+        fetch_hold: float | None = None,
+    ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / "server.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.server"],
+            [sys.executable, "-m", "bench.server"]
+            + ([] if fetch_hold is None else ["--fetch-hold", str(fetch_hold)]),
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

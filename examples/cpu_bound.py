@@ -25,7 +25,7 @@ from kaffi import App
 
 app = App()  # the server comes from FAKTORY_URL or the worker's --url
 say = stopwatch()
-JOBS = 150
+JOBS = 150  # ``python examples/cpu_bound.py 40``: 40 instead (the test suite does)
 LIMIT = 20000  # about 15 ms of pure Python per job on a laptop
 
 
@@ -45,10 +45,10 @@ def drained() -> bool:
     return info.queues.get("cpu", 0) == 0 and info.sets.get("working", 0) == 0
 
 
-def drain_with(processes: int, url: str) -> float:
+def drain_with(processes: int, url: str, jobs: int) -> float:
     """Seconds from starting ``kaffi worker --processes N --burst`` until the queue is
     empty and no job is running (the worker's start-up included, its exit not)."""
-    count_primes.delay_many([(LIMIT,)] * JOBS)
+    count_primes.delay_many([(LIMIT,)] * jobs)
     command = [sys.executable, "-m", "kaffi", "worker", "cpu_bound:app", "--queues", "cpu"]
     command += ["--processes", str(processes), "--concurrency", "2", "--burst"]
     command += ["--url", url, "--log-level", "warning"]
@@ -68,13 +68,15 @@ def drain_with(processes: int, url: str) -> float:
 
 def main() -> None:
     """Push the jobs twice and drain them with 1 and then 2 worker processes."""
+    # Read here, not at import: the worker processes import this module too.
+    jobs = int(sys.argv[1]) if len(sys.argv) > 1 else JOBS
     with faktory_url() as url:
         # The module-level App reads FAKTORY_URL when it first connects.
         os.environ["FAKTORY_URL"] = url
-        say(f"{JOBS} jobs of count_primes({LIMIT}), pure Python, pushed with delay_many")
-        one = drain_with(1, url)
+        say(f"{jobs} jobs of count_primes({LIMIT}), pure Python, pushed with delay_many")
+        one = drain_with(1, url, jobs)
         say(f"kaffi worker --processes 1 drained them in {one:.2f} s")
-        two = drain_with(2, url)
+        two = drain_with(2, url, jobs)
         say(f"kaffi worker --processes 2 drained them in {two:.2f} s")
         say(f"speed-up with 2 processes: {one / two:.2f}x (both times include start-up)")
         app.close()

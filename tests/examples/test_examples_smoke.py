@@ -20,11 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
-def run_example(name: str, timeout: float = 50) -> subprocess.CompletedProcess[str]:
+def run_example(
+    name: str, timeout: float = 50, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FAKTORY_URL", "FAKTORY_PROVIDER")}
     env["PYTHONUNBUFFERED"] = "1"
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -156,7 +158,9 @@ def test_middleware_pool() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_cpu_bound() -> None:
-    out = run_example("cpu_bound.py", timeout=140).stdout
+    # 40 jobs of about 15 ms: enough for both drains to show, a third of the CPU time.
+    out = run_example("cpu_bound.py", timeout=140, args=("40",)).stdout
+    assert "40 jobs of count_primes(20000)" in out
     assert "--processes 1 drained them in" in out
     assert "--processes 2 drained them in" in out
 
