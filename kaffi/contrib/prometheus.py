@@ -175,39 +175,47 @@ def parse_buckets(text: str) -> tuple[float, ...]:
 
 
 class _Tally:
-    """One histogram's observations since the last publish: a count per bucket (the
-    first bucket whose upper bound holds the value, as prometheus-client counts them) and
-    their sum."""
+    """One histogram's observations since the last publish (appending one costs a job
+    0.04 µs, where ``Histogram.observe`` costs 1 µs)."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "values")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.counts = [0] * len(bounds)
-        self.total = 0.0
+        self.values: list[float] = []
 
     def add(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
+        self.values.append(value)
 
-    def publish(self, child: Histogram) -> None:
-        """Add the tallied observations to ``child`` (a labelled Histogram) and start over.
+    def publish(self, child: Histogram, *, in_bulk: bool | None = None) -> None:
+        """Add the observations to ``child`` (a labelled Histogram) and start over.
 
-        prometheus-client has no public call that adds many observations at once, so this
-        adds to the child's bucket and sum values, exactly as ``observe`` does for one
-        (``_buckets[i]``: the observations whose first fitting bound is bucket i; ``_sum``).
-        Those attributes have been the same from prometheus-client 0.4 to 0.26; the tests
-        read every bucket back through the exposition format.
+        prometheus-client has no public call that adds many observations at once. Where
+        the child has the bucket and sum values ``observe`` itself adds to (``_buckets``,
+        one per bound, and ``_sum``: the same from prometheus-client 0.4 to 0.26), the
+        observations are counted per bucket here and added with one ``inc`` per bucket;
+        otherwise (``in_bulk=False``, or a prometheus-client where those are gone) each
+        goes through the public ``observe``. Both give the same exposition (tested).
         """
-        if not self.total and not any(self.counts):
+        values = self.values
+        if not values:
             return
-        buckets = child._buckets
-        for i, count in enumerate(self.counts):
-            if count:
-                buckets[i].inc(count)
-                self.counts[i] = 0
-        child._sum.inc(self.total)
-        self.total = 0.0
+        self.values = []
+        buckets = getattr(child, "_buckets", None) if in_bulk is not False else None
+        total = getattr(child, "_sum", None)
+        if isinstance(buckets, list) and len(buckets) == len(self.bounds) and hasattr(total, "inc"):
+            assert total is not None
+            counts = [0] * len(self.bounds)
+            bounds = self.bounds
+            for value in values:
+                counts[bisect.bisect_left(bounds, value)] += 1
+            for bucket, count in zip(buckets, counts, strict=True):
+                if count:
+                    bucket.inc(count)
+            total.inc(math.fsum(values))
+        else:
+            for value in values:
+                child.observe(value)
 
 
 class _Series:

@@ -85,6 +85,33 @@ def test_buckets() -> None:
             parse_buckets(text)
 
 
+def test_a_tally_publishes_in_bulk_exactly_what_observe_would() -> None:
+    # The bulk path adds to the histogram's own bucket values; the public path (taken when a
+    # prometheus-client lacks them) observes one by one. Both must expose the same text.
+    from prometheus_client import Histogram
+
+    from kaffi.contrib.prometheus import _Tally
+
+    bounds = (0.01, 0.1, 1.0)
+    values = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1.0, 2.5, 1e9]
+    texts = []
+    for in_bulk in (True, False, None):
+        registry = CollectorRegistry()
+        child = Histogram("t", "doc", ["q"], buckets=bounds, registry=registry).labels("a")
+        tally = _Tally((*bounds, float("inf")))
+        for v in values:
+            tally.add(v)
+        tally.publish(child, in_bulk=in_bulk)
+        tally.publish(child, in_bulk=in_bulk)  # nothing new: nothing added twice
+        text = generate_latest(registry).decode()
+        # t_created is each histogram's creation time: the one line that may differ.
+        texts.append("".join(line for line in text.splitlines(True) if "_created" not in line))
+    assert texts[0] == texts[1] == texts[2]
+    assert 't_bucket{le="0.01",q="a"} 2.0' in texts[0]  # 0.0 and 0.01 (bounds hold)
+    assert 't_bucket{le="1.0",q="a"} 7.0' in texts[0]
+    assert 't_count{q="a"} 9.0' in texts[0]
+
+
 # -- in-process -----------------------------------------------------------------------------
 
 
