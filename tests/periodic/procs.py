@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.support import wait_until
 
 APP_SOURCE = '''
 import os
@@ -56,15 +57,6 @@ def read_runs(log: Path) -> list[tuple[str, str]]:
     return runs
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
 class Proc:
     """``python -m kaffi ARGS`` in ``cwd``, its output (stdout and stderr together) read by
     a thread so the test can wait for a line."""
@@ -101,8 +93,8 @@ class Proc:
         when the wait ended."""
         wait_until(
             lambda: any(text in line for line in self.lines) or self.process.poll() is not None,
-            timeout,
             f"{text!r} from kaffi {' '.join(self.args)}",
+            timeout,
         )
         assert any(text in line for line in self.lines), self.output
         return time.time()

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.periodic.procs import Proc, read_runs, wait_until, write_app
+from tests.periodic.procs import Proc, read_runs, write_app
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_worker_with_beat_runs_the_periodic_jobs_with_one_scheduler(
     )
     log = tmp_path / "runs.log"
     try:
-        wait_until(lambda: len(read_runs(log)) >= 2, 45, "two periodic runs")
+        wait_until(lambda: len(read_runs(log)) >= 2, "two periodic runs", 45)
     finally:
         code = worker.stop(signal.SIGTERM, timeout=45)
     assert code == 0, worker.output

@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.periodic.procs import Proc, read_runs, wait_until, write_app
+from tests.periodic.procs import Proc, read_runs, write_app
+from tests.support import wait_until
 
 EVERY = 2
 LOOKAHEAD = 5
@@ -70,7 +71,7 @@ def test_each_occurrence_runs_exactly_once_through_kills_and_a_restart(
         both_started = max(beat_a.wait_for("beat started"), beat_b.wait_for("beat started"))
         # Phase 1: both push. The first occurrence both have surely seen in their window.
         first = next_occurrence(both_started + MARGIN)
-        wait_until(lambda: ran(first), 30, "the first run with A and B")
+        wait_until(lambda: ran(first), "the first run with A and B", 30)
         # Phase 2: A dies without a word; B alone.
         beat_a.kill()
         # Phase 3: A comes back (a restart mid-way) while B still runs.
@@ -84,7 +85,7 @@ def test_each_occurrence_runs_exactly_once_through_kills_and_a_restart(
         # Wait for the occurrence after the last one checked: the server moves due jobs
         # in time order, so a duplicate of any checked occurrence was queued before it,
         # and the worker (5 slots, FIFO) had started it by then.
-        wait_until(lambda: ran(last + EVERY), 60, "the runs after B was killed")
+        wait_until(lambda: ran(last + EVERY), "the runs after B was killed", 60)
         assert beat_a2.stop() == 0, beat_a2.output
         assert worker.stop() == 0, worker.output
     finally:

@@ -11,7 +11,6 @@ named by ``KAFFI_TEST_URL`` when that is set.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +21,7 @@ from kaffi.server import EmbeddedServer
 # `wire` connects to `srv`: here the embedded server, or the real Faktory of KAFFI_TEST_URL.
 from tests.server.test_transcript import srv  # noqa: F401
 from tests.server.wire import Wire
+from tests.support import wait_until
 
 
 def rfc3339(moment: datetime) -> str:
@@ -40,15 +40,6 @@ def sets(conn: Wire) -> dict[str, int]:
 def queue_size(conn: Wire, queue: str) -> int:
     info = conn.value("INFO")
     return int(info["faktory"]["queues"].get(queue, 0))
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    # Faktory moves due jobs every 5 s, the embedded server every second.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def job(jid: str, queue: str, **fields: Any) -> dict[str, Any]:
@@ -70,7 +61,8 @@ def test_identical_scheduled_pushes_from_two_connections_leave_one_entry_that_ru
     push(second, reordered)
     assert sets(first)["scheduled"] == 1
 
-    wait_for(lambda: sets(first)["scheduled"] == 0, "the scheduled job to become due")
+    # Faktory moves due jobs every 5 s, the embedded server every second.
+    wait_until(lambda: sets(first)["scheduled"] == 0, "the scheduled job to become due", 20)
     assert queue_size(first, "merge") == 1
     fetched = json.loads(wire("w-merge").send("FETCH merge")[1])
     assert fetched["jid"] == "jid-merge-0001"
