@@ -149,13 +149,17 @@ def beat(
 
 
 def _instant(text: str) -> datetime:
+    # The one RFC 3339 parser (the protocol's, as Faktory reads a job's time): a UTC
+    # offset or Z is required, as in every timestamp on the wire.
+    from kaffi.protocol.rfc3339 import RFC3339Error, parse_rfc3339
+
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"--from {text!r} is not an RFC 3339 instant like 2026-03-29T00:00:00Z")
-    if value.tzinfo is None:
-        fail(f"--from {text!r} needs a UTC offset or Z")
-    return value
+        return parse_rfc3339(text)
+    except RFC3339Error:
+        fail(
+            f"--from {text!r} is not an RFC 3339 instant like 2026-03-29T00:00:00Z"
+            " (with a UTC offset or Z)"
+        )
 
 
 def print_schedules(application: App, now: datetime) -> None:

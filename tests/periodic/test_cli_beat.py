@@ -56,6 +56,9 @@ def test_list_from_now_and_bad_input_is_one_line(app_path: str, tmp_path: Path) 
     assert len([line for line in listed.lines if re.match(r"  \d{4}-", line)]) == 10
     for args, message in [
         (("--list", "--from", "yesterday"), "is not an RFC 3339 instant"),
+        # The protocol's parser: an offset is required, a lowercase z refused (as Go).
+        (("--list", "--from", "2026-01-01T00:00:00"), "with a UTC offset or Z"),
+        (("--list", "--from", "2026-01-01T00:00:00z"), "is not an RFC 3339 instant"),
         (("--from", "2026-01-01T00:00:00Z"), "--from goes with --list"),
     ]:
         proc = Proc("beat", app_path, *args, cwd=tmp_path, env={})
