@@ -223,7 +223,7 @@ def waiting_fetches(srv: EmbeddedServer) -> int:
 
     def count() -> int:
         assert srv.core is not None
-        return len({id(w) for ws in srv.core._waiters.values() for w in ws if not w.done})
+        return len({id(w) for ws in srv.core.waiters.values() for w in ws if not w.done})
 
     return srv._call(count)
 

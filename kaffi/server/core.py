@@ -117,7 +117,8 @@ class ServerCore:
         self.scheduled = TimedSet(STATE_SCHEDULED, indexed=True)
         self.dead = TimedSet(STATE_DEAD)
         self.workers: dict[str, RegisteredWorker] = {}
-        self._waiters: dict[str, deque[Waiter]] = {}
+        #: The blocked FETCHes by queue name, oldest first (see add_waiter).
+        self.waiters: dict[str, deque[Waiter]] = {}
         self._next_rowid = 1
         self._back = 1.0
         self._front = 0.0
@@ -183,7 +184,7 @@ class ServerCore:
         # A throttled queue's job waits in line; wake() hands it out if the throttle allows.
         throttled = self.throttles is not None and queue_name in self.throttles.limits
         if not queue.paused and not throttled:
-            waiters = self._waiters.get(queue_name)
+            waiters = self.waiters.get(queue_name)
             if waiters and self.enterprise is not None and self.enterprise.has_expired(data, now):
                 # Handed straight to a FETCH: Enterprise's check at FETCH happens here.
                 self._drop_expired(rowid, jid, data, known)
@@ -311,13 +312,13 @@ class ServerCore:
     def add_waiter(self, waiter: Waiter) -> None:
         """Park a blocked FETCH: the next job pushed to one of its queues goes to it."""
         for name in waiter.queues:
-            self._waiters.setdefault(name, deque()).append(waiter)
+            self.waiters.setdefault(name, deque()).append(waiter)
 
     def remove_waiter(self, waiter: Waiter) -> None:
         """Forget a blocked FETCH (it timed out, or its connection went away)."""
         waiter.done = True
         for name in waiter.queues:
-            waiters = self._waiters.get(name)
+            waiters = self.waiters.get(name)
             if waiters is None:
                 continue
             try:
@@ -325,7 +326,7 @@ class ServerCore:
             except ValueError:
                 continue
             if not waiters:
-                del self._waiters[name]
+                del self.waiters[name]
 
     def return_to_front(self, res: Reservation) -> None:
         """A reserved job whose connection vanished before it was sent: put it back first
@@ -404,17 +405,19 @@ class ServerCore:
             if self.journal is not None:
                 self.journal.put(res.rowid, res.jid, STATE_RETRY, res.queue, when, data, "")
             return
-        self._to_dead(res.rowid, res.jid, res.queue, encode_job(job), self.clock.now())
+        self.to_dead(res.rowid, res.jid, res.queue, encode_job(job), self.clock.now())
 
-    def _to_dead(self, rowid: int, jid: str, queue: str, data: bytes, now: float) -> None:
+    def to_dead(self, rowid: int, jid: str, queue: str, data: bytes, now: float) -> None:
+        """Put a job into the dead set (the last failure, or MUTATE kill)."""
         self.dead.add(TimedEntry(now, rowid, jid, data))
         if self.journal is not None:
             self.journal.put(rowid, jid, STATE_DEAD, queue, now, data, "")
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _requeue_entry(self, entry: TimedEntry, *, touch: bool = True) -> None:
-        """Move a set entry to its queue; ``touch`` stamps a new ``enqueued_at``."""
+    def requeue_entry(self, entry: TimedEntry, *, touch: bool = True) -> None:
+        """Move a set entry to its queue (a due retry or scheduled job, MUTATE requeue);
+        ``touch`` stamps a new ``enqueued_at``."""
         job = jobs_mod.decode_job(entry.data)
         queue = job.get("queue") or "default"
         data = entry.data
@@ -432,11 +435,11 @@ class ServerCore:
         with scanners["Scheduled"].run() as scheduled:
             for entry in list(self.scheduled.pop_due(now)):
                 scheduled.enqueued += 1
-                self._requeue_entry(entry)
+                self.requeue_entry(entry)
         with scanners["Retries"].run() as retries:
             for entry in list(self.retries.pop_due(now)):
                 retries.enqueued += 1
-                self._requeue_entry(entry)
+                self.requeue_entry(entry)
         self._reap(now)
         if self.enterprise is not None:
             self.enterprise.prune(now)
@@ -509,7 +512,7 @@ class ServerCore:
             if self.journal is not None:
                 self.journal.queue(name, False)
             # Hand what waited behind the pause to FETCHes blocked on this queue.
-            waiters = self._waiters.get(name)
+            waiters = self.waiters.get(name)
             while waiters and queue.jobs:
                 job = queue.jobs.popleft()
                 before = len(queue.jobs)

@@ -34,10 +34,10 @@ def apply(core: ServerCore, cmd: str, tset: TimedSet, flt: dict[str, Any] | None
                 core.journal.delete(entry.rowid)
         elif cmd == "kill":
             queue = str(jobs_mod.decode_job(entry.data).get("queue") or "default")
-            core._to_dead(entry.rowid, entry.jid, queue, entry.data, now)
+            core.to_dead(entry.rowid, entry.jid, queue, entry.data, now)
         else:
             # As Faktory: the job goes back to its queue as it was stored.
-            core._requeue_entry(entry, touch=False)
+            core.requeue_entry(entry, touch=False)
 
 
 def select(tset: TimedSet, flt: dict[str, Any]) -> list[TimedEntry]:

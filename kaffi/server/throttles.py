@@ -300,7 +300,7 @@ def wake(core: ServerCore, names: Iterable[str]) -> None:
     for name in names:
         queue = core.queues.get(name)
         while queue is not None and queue.jobs and not queue.paused:
-            waiter = throttles.pick(name, core._waiters.get(name), core.clock.now())
+            waiter = throttles.pick(name, core.waiters.get(name), core.clock.now())
             res = core.fetch([name], waiter.wid) if waiter is not None else None
             if waiter is None or res is None:
                 break  # nobody may take one, or only expired jobs were left
