@@ -7,8 +7,8 @@
 - :class:`Connection` / :class:`AsyncConnection` and the pools, for code (the worker) that
   drives connections itself.
 
-Everything here is built on the sans-IO :mod:`kaffi.protocol`; OS errors become
-:mod:`kaffi.errors` exceptions in ``connection.py`` and ``aio.py`` only.
+Everything here is built on the sans-IO :mod:`kaffi.protocol`; OS and ssl errors become
+:mod:`kaffi.errors` exceptions in one place only, :mod:`kaffi.client.boundary`.
 """
 
 from kaffi.client.aio import AsyncClient, AsyncConnection

@@ -1,8 +1,9 @@
 """Waits between retries: exponential backoff with full jitter, and the idle FETCH's spread.
 
 Every place on the worker side that tries again after a failure waits through
-:class:`Backoff`: a slot reconnecting, the heartbeat, an ACK/FAIL resent over a fresh
-connection, the first connection at start-up and the supervisor restarting a child.
+:class:`Backoff`: a slot reconnecting (an outage included), an ACK/FAIL resent over a
+fresh connection, the first connection at start-up and the supervisor restarting a
+child. (The heartbeat needs none: a failed BEAT is tried again at the next beat.)
 
 Full jitter: attempt ``n`` (0 for the first retry) waits a uniformly random time in
 ``[0, min(cap, base * 2**n)]``. The expected wait still doubles, but workers (or slots)
