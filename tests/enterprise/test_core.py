@@ -7,6 +7,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
+
 from kaffi.protocol.resp import Command
 from kaffi.server.core import ServerCore, Waiter
 from kaffi.server.enterprise import TRACK_TTL, NotUniqueRejected, unique_key
@@ -104,14 +106,12 @@ def test_scheduled_lock_lasts_delay_plus_unique_for() -> None:
     at = rfc3339(core.clock.now() + 100)
     core.push(job("a" * 24, at=at, custom={"unique_for": 50}))
     core.clock.advance(140)
-    try:
+    with pytest.raises(NotUniqueRejected):  # the lock lasts delay + unique_for
         core.push(job("b" * 24, custom={"unique_for": 50}))
-    except NotUniqueRejected:
-        pass
-    else:
-        raise AssertionError("the lock ended before delay + unique_for")
     core.clock.advance(11)
     core.push(job("c" * 24, custom={"unique_for": 50}))
+    # c is stored once the lock ended.
+    assert [queued.jid for queued in core.queues["default"].jobs] == ["c" * 24]
 
 
 def test_pushb_reports_duplicates_per_job() -> None:

@@ -481,9 +481,11 @@ def test_batch_argument_cannot_break_the_line() -> None:
 # -- decoders ------------------------------------------------------------------------------
 
 
-def test_decode_ok() -> None:
-    decode_ok(SimpleReply("OK"))
+def test_decode_ok_takes_exactly_plus_ok() -> None:
+    decode_ok(SimpleReply("OK"))  # raises nothing: +OK is the answer
     decode_ok(SimpleReply("OK"), "PUSH")
+    with pytest.raises(RemoteProtocolError, match=r"expected \+OK to PUSH, got"):
+        decode_ok(SimpleReply("ok"), "PUSH")
 
 
 @pytest.mark.parametrize(
