@@ -28,7 +28,7 @@ from kaffi.server import gocompat
 from kaffi.server.jobs import JobRejected, decode_fields, time_string, validate
 
 __all__ = [
-    "Batch",
+    "StoredBatch",
     "BatchError",
     "Batches",
     "UNCOMMITTED_TTL",
@@ -66,8 +66,9 @@ def no_such_batch(bid: str) -> BatchError:
 
 
 @dataclasses.dataclass(slots=True)
-class Batch:
-    """One batch: its definition, its counts and the state of its callbacks."""
+class StoredBatch:
+    """One batch as the server keeps it: its definition, its counts and the state of its
+    callbacks (not :class:`kaffi.Batch`, the app's side of one)."""
 
     bid: str
     created: float
@@ -113,7 +114,7 @@ class Batch:
         return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
-    def from_record(cls, text: str) -> Batch:
+    def from_record(cls, text: str) -> StoredBatch:
         """A batch written by :meth:`to_record`."""
         fields = json.loads(text)
         fields["failing"] = set(fields.get("failing") or ())
@@ -148,17 +149,17 @@ class Batches:
         changed: Callable[[str], None],
     ) -> None:
         #: bid -> batch.
-        self.batches: dict[str, Batch] = {}
+        self.batches: dict[str, StoredBatch] = {}
         self._push = push
         self._changed = changed
 
-    def _get(self, bid: str) -> Batch:
+    def _get(self, bid: str) -> StoredBatch:
         batch = self.batches.get(bid)
         if batch is None:
             raise no_such_batch(bid)
         return batch
 
-    def _touch(self, batch: Batch, now: float) -> None:
+    def _touch(self, batch: StoredBatch, now: float) -> None:
         batch.updated = now
         self._changed(batch.bid)
 
@@ -203,7 +204,7 @@ class Batches:
         bid = new_bid()
         while bid in self.batches:
             bid = new_bid()
-        batch = Batch(bid, now, doc.get("description") or None, parent_bid, success, complete)
+        batch = StoredBatch(bid, now, doc.get("description") or None, parent_bid, success, complete)
         batch.opened = now
         self.batches[bid] = batch
         self._touch(batch, now)
@@ -286,17 +287,17 @@ class Batches:
         self._touch(batch, now)
         self._settle(batch, now)
 
-    def _of_job(self, custom: dict[str, Any]) -> Batch | None:
+    def _of_job(self, custom: dict[str, Any]) -> StoredBatch | None:
         bid = custom.get("bid")
         return self.batches.get(bid) if isinstance(bid, str) and bid else None
 
     # -- callbacks ------------------------------------------------------------------------
 
-    def _child_batches(self, batch: Batch) -> list[Batch]:
+    def _child_batches(self, batch: StoredBatch) -> list[StoredBatch]:
         # A child that is gone (it expired uncommitted) no longer holds its parent back.
         return [c for c in map(self.batches.get, batch.children) if c is not None]
 
-    def _completed(self, batch: Batch) -> bool:
+    def _completed(self, batch: StoredBatch) -> bool:
         """Every job has run and every child batch has settled: complete is due."""
         return (
             batch.committed
@@ -304,10 +305,10 @@ class Batches:
             and all(map(self._settled, self._child_batches(batch)))
         )
 
-    def _complete_done(self, batch: Batch) -> bool:
+    def _complete_done(self, batch: StoredBatch) -> bool:
         return self._completed(batch) and (batch.complete is None or batch.complete_st == DONE)
 
-    def _succeeded(self, batch: Batch) -> bool:
+    def _succeeded(self, batch: StoredBatch) -> bool:
         """Complete is done, no job is failing and every child succeeded: success is due."""
         return (
             self._complete_done(batch)
@@ -315,19 +316,19 @@ class Batches:
             and all(map(self._success_done, self._child_batches(batch)))
         )
 
-    def _success_done(self, batch: Batch) -> bool:
+    def _success_done(self, batch: StoredBatch) -> bool:
         return self._succeeded(batch) and (batch.success is None or batch.success_st == DONE)
 
-    def _blocked(self, batch: Batch) -> bool:
+    def _blocked(self, batch: StoredBatch) -> bool:
         """A failing job here or below: success cannot fire now."""
         return batch.failed > 0 or any(map(self._blocked, self._child_batches(batch)))
 
-    def _settled(self, batch: Batch) -> bool:
+    def _settled(self, batch: StoredBatch) -> bool:
         """What a parent waits for: the child's complete callback is done, and its success
         callback too unless a failing job keeps it from firing."""
         return self._complete_done(batch) and (self._success_done(batch) or self._blocked(batch))
 
-    def _settle(self, batch: Batch | None, now: float) -> None:
+    def _settle(self, batch: StoredBatch | None, now: float) -> None:
         """Fire what is due in this batch, then in its parents (each waits on its
         children)."""
         while batch is not None:
@@ -345,7 +346,7 @@ class Batches:
                 return
             batch = self.batches.get(batch.parent)
 
-    def _fire(self, batch: Batch, callback: dict[str, Any], name: str, now: float) -> None:
+    def _fire(self, batch: StoredBatch, callback: dict[str, Any], name: str, now: float) -> None:
         """Enqueue a callback once: an ordinary job carrying ``custom._bid`` (and
         ``_pbid`` for a child batch), never ``custom.bid``."""
         if name == "complete":
@@ -370,7 +371,7 @@ class Batches:
         :data:`FINISHED_TTL` after all its callbacks finished, or :data:`UNFINISHED_TTL`
         after its last change when they cannot all finish (a dead job). A child batch
         stays as long as its parent, which reads it."""
-        expired: list[Batch] = []
+        expired: list[StoredBatch] = []
         gone: set[str] = set()
         for b in self.batches.values():
             if not b.committed:
@@ -392,7 +393,7 @@ class Batches:
                 self._touch(parent, now)
                 self._settle(parent, now)
 
-    def _subtree(self, batch: Batch) -> list[str]:
+    def _subtree(self, batch: StoredBatch) -> list[str]:
         """The bids of ``batch`` and of every batch below it."""
         found = [batch.bid]
         for child in self._child_batches(batch):
@@ -410,5 +411,5 @@ class Batches:
 
     def load(self, text: str) -> None:
         """Take back a batch from storage."""
-        batch = Batch.from_record(text)
+        batch = StoredBatch.from_record(text)
         self.batches[batch.bid] = batch
