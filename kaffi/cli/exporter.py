@@ -43,8 +43,8 @@ CACHE_HELP = "Seconds one answer of the server serves scrapes."
 def exporter(url: str | None, listen: str, cache_seconds: float, log_level: str) -> None:
     with handle_errors():
         from kaffi.cli.common import connection_settings
+        from kaffi.contrib.addresses import parse_listen_address
         from kaffi.contrib.exporter import run_exporter
-        from kaffi.contrib.http import parse_listen_address
         from kaffi.worker.joblog import configure_logging
 
         parse_listen_address(listen, what="--listen")

@@ -10,7 +10,7 @@
 - :mod:`kaffi.contrib.exporter` (``kaffi[prometheus]``): the queue and server metrics of
   ``kaffi exporter``;
 - :mod:`kaffi.contrib.otel` (``kaffi[otel]``): OpenTelemetry spans across push and worker;
-- :mod:`kaffi.contrib.http`: the ``HOST:PORT`` rule the metrics servers share (no extra).
+- :mod:`kaffi.contrib.addresses`: the ``HOST:PORT`` rule the metrics servers share (no extra).
 
 Where they sit: above ``worker`` and ``app``, beside ``cli``. They reach kaffi only
 through its public extension points (worker and push middleware, the worker's

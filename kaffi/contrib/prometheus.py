@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaffi._bases import Closing
 from kaffi.contrib import require
-from kaffi.contrib.http import format_address, parse_listen_address
+from kaffi.contrib.addresses import format_address, parse_listen_address
 from kaffi.errors import (
     ConfigurationError,
     KaffiError,

@@ -9,6 +9,7 @@ module is under a rule (a new top-level module or package needs one).
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,17 +193,27 @@ def test_each_allowed_exception_is_still_needed() -> None:
 
 def test_the_schedules_and_the_root_package_have_their_own_rules(tmp_path: Path) -> None:
     probe = tmp_path / "_layers_probe.py"
-    probe.write_text("from kaffi.app import App\nfrom kaffi.contrib.http import format_address\n")
+    probe.write_text(
+        "from kaffi.app import App\nfrom kaffi.contrib.addresses import format_address\n"
+    )
     assert violations(probe, "kaffi.periodic.schedule") == [
         "kaffi.periodic.schedule imports kaffi.app",
-        "kaffi.periodic.schedule imports kaffi.contrib.http",
+        "kaffi.periodic.schedule imports kaffi.contrib.addresses",
     ]
-    assert violations(probe, "kaffi") == ["kaffi imports kaffi.contrib.http"]
+    assert violations(probe, "kaffi") == ["kaffi imports kaffi.contrib.addresses"]
     probe.write_text("from kaffi.cli.worker import worker\n")
     assert violations(probe, "kaffi.contrib.asgi") == [
         "kaffi.contrib.asgi imports kaffi.cli.worker"
     ]
     assert violations(probe, "kaffi.contrib.django.conf") == []
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_no_module_hides_a_standard_library_module(path: Path) -> None:
+    # worker/joblog.py is not logging.py, contrib/addresses.py not http.py: a script run
+    # from inside the folder would import ours instead, and a reader confuses the two.
+    name = path.parent.name if path.name == "__init__.py" else path.stem
+    assert name not in sys.stdlib_module_names, f"{module_name(path)} hides the stdlib's {name}"
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from prometheus_client.samples import Sample
 from kaffi import App, Client
 from kaffi.app.execution import JobContext
 from kaffi.app.push import PushContext
-from kaffi.contrib.http import parse_listen_address
+from kaffi.contrib.addresses import parse_listen_address
 from kaffi.contrib.prometheus import (
     MultiprocessMetrics,
     PushMetrics,
