@@ -89,7 +89,6 @@ __all__ = [
     "SHUTDOWN_ERRTYPE",
     "Processor",
     "Slot",
-    "format_backtrace",
     "shutdown_fail",
     "user_traceback",
 ]

@@ -29,8 +29,8 @@ import time
 import traceback
 from types import FrameType
 
-from kaffi.protocol.commands import encode_fail
-from kaffi.worker.processor import SHUTDOWN_ERRTYPE, Processor, Slot, format_backtrace
+from kaffi.protocol.commands import encode_fail, format_backtrace
+from kaffi.worker.processor import SHUTDOWN_ERRTYPE, Processor, Slot
 
 __all__ = ["FETCH_GRACE_SECONDS", "shutdown"]
 

@@ -43,17 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 from kaffi._bases import forwarded
 from kaffi.errors import ConfigurationError
+from kaffi.protocol.commands import format_backtrace  # re-exported: its old import path
 from kaffi.worker.connections import OUTAGE_REMINDER_SECONDS, Connector
 from kaffi.worker.events import WorkerEvents, notify, observes_jobs
 from kaffi.worker.joblog import count_jobs, install_record_factory
 from kaffi.worker.lifecycle import STOPPED, TERMINATE, Heartbeat, Lifecycle, check_memory_limit
 from kaffi.worker.options import check_options
-from kaffi.worker.processor import (
-    MIN_FETCH_TIMEOUT,
-    REPORT_RETRY_SECONDS,
-    Processor,
-    format_backtrace,
-)
+from kaffi.worker.processor import MIN_FETCH_TIMEOUT, REPORT_RETRY_SECONDS, Processor
 from kaffi.worker.queues import QueueOrder, parse_queues
 from kaffi.worker.shutdown import shutdown
 from kaffi.worker.signals import SignalHandlers, format_all_stacks, signal_name
