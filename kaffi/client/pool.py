@@ -149,6 +149,11 @@ class ConnectionPool(_PoolBase[Connection, Callable[[], Connection]]):
         #: (Condition.notify costs about as much as the rest of a release).
         self._waiting = 0
 
+    @property
+    def waiting(self) -> int:
+        """How many threads wait in :meth:`acquire` for a connection right now."""
+        return self._waiting
+
     # -- borrowing --------------------------------------------------------------------
 
     def acquire(self, *, fresh: bool = False, verify: bool = False) -> Connection:
@@ -294,6 +299,11 @@ class AsyncConnectionPool(_PoolBase[AsyncConnection, Callable[[], Awaitable[Asyn
 
     def _repr_extra(self) -> str:
         return f" waiting={len(self._waiters)}"
+
+    @property
+    def waiting(self) -> int:
+        """How many borrowers wait in :meth:`acquire` for a connection right now."""
+        return len(self._waiters)
 
     async def acquire(self, *, fresh: bool = False, verify: bool = False) -> AsyncConnection:
         """Borrow a connection; with ``fresh`` always a newly opened one (the retry path);

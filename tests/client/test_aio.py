@@ -391,9 +391,11 @@ def test_pool_timeout_and_handover(fake: FakeFaktory) -> None:
         with pytest.raises(PoolTimeout, match="all 1 are in use"):
             await client.push({"jobtype": "A"})
         waiting = asyncio.ensure_future(client.push({"jobtype": "A"}))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one step of the task: it blocks in acquire
         assert not waiting.done()
+        assert client.pool.waiting == 1
         await client.pool.release(conn)
+        assert client.pool.waiting == 0
         assert len(await asyncio.wait_for(waiting, 10)) >= 8
         assert client.pool.in_use == 0
         assert "idle=1 in_use=0 size=1" in repr(client.pool)

@@ -27,7 +27,7 @@ from kaffi.errors import (
 from kaffi.protocol.commands import format_exception_backtrace
 from kaffi.protocol.models import JobPayload
 from kaffi.protocol.resp import encode_bulk
-from tests.support import CLOSE, SILENT, FakeFaktory, closed_port_url
+from tests.support import CLOSE, SILENT, FakeFaktory, closed_port_url, wait_until
 
 
 def sent_json(line: str) -> Any:
@@ -515,7 +515,10 @@ def test_waiting_borrower_gets_the_released_connection(fake: FakeFaktory) -> Non
 
         thread = threading.Thread(target=push)
         thread.start()
-        assert not done.wait(0.1)
+        # The push is blocked in acquire (not merely not started yet) when the
+        # connection comes back, so this is a handover.
+        wait_until(lambda: client.pool.waiting == 1, "the push to wait for a connection")
+        assert not done.is_set()
         client.pool.release(conn)
         assert done.wait(10)
         thread.join(10)
