@@ -117,6 +117,9 @@ def test_status_is_typed_with_readable_callback_states() -> None:
         f"batch {BID}: 5 jobs, 2 pending, 1 failed; complete callback enqueued,"
         " success callback not enqueued"
     )
+    # One job is "1 job", as `print(app.batch_status(bid))` shows it.
+    one = status.model_copy(update={"total": 1, "pending": 1, "failed": 0})
+    assert str(one).startswith(f"batch {BID}: 1 job, 1 pending, 0 failed;")
 
 
 def test_status_parsing_is_lenient_about_missing_and_empty_fields() -> None:
