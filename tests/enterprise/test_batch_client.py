@@ -455,6 +455,9 @@ def test_batch_arguments_are_checked_where_the_batch_is_made(app: App) -> None:
         app.batch(success=work.job(), parent="")
     with pytest.raises(ConfigurationError, match="enter its block first"):
         app.batch(success=work.job()).add(work.job())
+    # The task itself instead of a job of it: the error says how to make the job.
+    with pytest.raises(ValidationError, match=r"got Task \(a task: build its job with work\.job"):
+        app.batch(success=work)  # type: ignore[arg-type]
     opened = Batch.open(BID, app)
     assert (opened.bid, opened.definition) == (BID, None)
     assert app.batch_open(BID).bid == BID
