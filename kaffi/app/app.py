@@ -381,11 +381,22 @@ class App(Closing):
         """A tracked job's progress (Faktory Enterprise ``TRACK GET``): its state, and
         the percent and description its job last reported with ``current_job().track()``.
         An open-source server raises :class:`~kaffi.errors.EnterpriseRequired`."""
+        self._no_progress_in_testing()
         return self.client.track_get(jid)
 
     async def progress_async(self, jid: str) -> Progress:
         """:meth:`progress` for asyncio code (uses ``app.async_client``)."""
+        self._no_progress_in_testing()
         return await self.async_client.track_get(jid)
+
+    def _no_progress_in_testing(self) -> None:
+        # As for batch_status: a testing mode must not reach for a server (a local
+        # Faktory would answer about other jobs; none gives a connection error).
+        if self.delivery is not None:
+            raise ConfigurationError(
+                "app.progress() needs a Faktory Enterprise server, and a testing mode has"
+                " none: a job's track() reports are kept in current_job().tracked instead"
+            )
 
     # -- Faktory Enterprise batches ---------------------------------------------------------
 

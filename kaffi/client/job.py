@@ -195,7 +195,18 @@ def as_payload(
         return job
     if isinstance(job, JobBuilder):
         return job.payload()
-    raise ValidationError(
-        f"expected a Job, a JobPayload or a dict to push, got {type(job).__name__}",
+    raise _not_a_job(job)
+
+
+def _not_a_job(job: object) -> ValidationError:
+    """The error for something :func:`as_payload` cannot push."""
+    hint = ""
+    name = getattr(job, "name", None)
+    if callable(getattr(job, "job", None)) and isinstance(name, str):
+        # A task itself (success=report instead of success=report.job(...)): the likeliest
+        # slip with batch callbacks. Duck-typed, as this module must not import kaffi.app.
+        hint = f" (a task: build its job with {name}.job(...))"
+    return ValidationError(
+        f"expected a Job, a JobPayload or a dict to push, got {type(job).__name__}{hint}",
         field="job",
     )

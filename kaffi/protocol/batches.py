@@ -233,6 +233,7 @@ class BatchStatus(BaseModel):
 
     def __str__(self) -> str:
         return (
-            f"batch {self.bid}: {self.total} jobs, {self.pending} pending, {self.failed} failed;"
+            f"batch {self.bid}: {self.total} job{'s' if self.total != 1 else ''},"
+            f" {self.pending} pending, {self.failed} failed;"
             f" complete callback {self.complete}, success callback {self.success}"
         )

@@ -117,6 +117,9 @@ def test_status_is_typed_with_readable_callback_states() -> None:
         f"batch {BID}: 5 jobs, 2 pending, 1 failed; complete callback enqueued,"
         " success callback not enqueued"
     )
+    # One job is "1 job", as `print(app.batch_status(bid))` shows it.
+    one = status.model_copy(update={"total": 1, "pending": 1, "failed": 0})
+    assert str(one).startswith(f"batch {BID}: 1 job, 1 pending, 0 failed;")
 
 
 def test_status_parsing_is_lenient_about_missing_and_empty_fields() -> None:
@@ -452,6 +455,9 @@ def test_batch_arguments_are_checked_where_the_batch_is_made(app: App) -> None:
         app.batch(success=work.job(), parent="")
     with pytest.raises(ConfigurationError, match="enter its block first"):
         app.batch(success=work.job()).add(work.job())
+    # The task itself instead of a job of it: the error says how to make the job.
+    with pytest.raises(ValidationError, match=r"got Task \(a task: build its job with work\.job"):
+        app.batch(success=work)  # type: ignore[arg-type]
     opened = Batch.open(BID, app)
     assert (opened.bid, opened.definition) == (BID, None)
     assert app.batch_open(BID).bid == BID

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -255,3 +256,18 @@ def test_track_in_a_testing_mode_keeps_the_reports(app: App) -> None:
 
     with app.testing.inline(), pytest.raises(ValidationError, match="percent"):
         bad.delay()
+
+
+def test_progress_in_a_testing_mode_is_refused_without_reaching_for_a_server(app: App) -> None:
+    """Like app.batch_status: a testing mode has no server, so app.progress says where the
+    reports are instead of connecting somewhere (a ConnectError, or another Faktory)."""
+
+    async def read_async(jid: str) -> kaffi.Progress:
+        return await app.progress_async(jid)
+
+    for mode in (app.testing.inline, app.testing.fake):
+        with mode():
+            with pytest.raises(kaffi.ConfigurationError, match=r"current_job\(\)\.tracked"):
+                app.progress("0123456789abcdef01234567")
+            with pytest.raises(kaffi.ConfigurationError, match=r"app\.progress\(\)"):
+                asyncio.run(read_async("0123456789abcdef01234567"))
