@@ -4,8 +4,8 @@
 (INFO, then ``QUEUE LATENCY`` for the queues INFO lists) through a sync kaffi
 :class:`~kaffi.client.Client`, unless the last answer is younger than ``cache_seconds``.
 At most one INFO is in flight: concurrent scrapes wait for the one asking and share its
-answer. A server that cannot be asked gives ``faktory_up 0`` and nothing else, and the
-exporter keeps serving; the outage is logged once, and its end once.
+answer, or its failure. A server that cannot be asked gives ``faktory_up 0`` and nothing
+else, and the exporter keeps serving; the outage is logged once, and its end once.
 
 It works against any Faktory-compatible server (Faktory itself, ``kaffi server``), reading
 only what INFO documents (:data:`SERVER_METRICS`). :func:`run_exporter` serves it until
@@ -96,21 +96,30 @@ class FaktoryCollector(Collector):
         # Held while asking the server: never two INFOs at once.
         self._asking = threading.Lock()
         self._last: _Snapshot | None = None
+        # When the last ask failed: a failure serves scrapes for cache_seconds too, so
+        # scrapes queued behind an ask that timed out do not each wait out another one.
+        self._failed_at: float | None = None
         self._down = False
         #: INFO commands sent (the tests check the cache and the single flight with it).
         self.asked = 0
 
     def snapshot(self) -> _Snapshot | None:
         """The server's numbers, at most ``cache_seconds`` old; None when it cannot be
-        asked (the error is logged once per outage)."""
+        asked (the error is logged once per outage, and the failure, like an answer, is
+        reused for ``cache_seconds``)."""
         with self._asking:
             last = self._last
-            if last is not None and self._clock() - last.taken < self.cache_seconds:
+            now = self._clock()
+            if last is not None and now - last.taken < self.cache_seconds:
                 return last
+            failed = self._failed_at
+            if failed is not None and now - failed < self.cache_seconds:
+                return None
             try:
                 snap = self._fetch()
             except KaffiError as exc:
                 self._last = None
+                self._failed_at = self._clock()
                 if not self._down:
                     log.warning("cannot ask the Faktory server (faktory_up is 0): %s", exc)
                     self._down = True
@@ -120,6 +129,7 @@ class FaktoryCollector(Collector):
                 self._down = False
             snap.taken = self._clock()
             self._last = snap
+            self._failed_at = None
             return snap
 
     def _fetch(self) -> _Snapshot:

@@ -10,9 +10,9 @@
   a CONSUMER span ``process <jobtype>`` whose parent is the producer's span, or, with
   ``link=True``, a new trace with a link to it (for jobs that run long after they were
   sent, as Ruby's Sidekiq instrumentation offers). A job without a context (pushed by
-  another client) gets a root span. An exception the job raises is recorded on the span
-  and sets its status to error. While the span is open, the job's log records and its
-  job line carry ``trace_id`` and ``span_id`` (through
+  another client), or with one that is not text, gets a root span. An exception the job
+  raises is recorded on the span and sets its status to error. While the span is open,
+  the job's log records and its job line carry ``trace_id`` and ``span_id`` (through
   :data:`kaffi.worker.joblog.job_log_fields`).
 
 Spans carry the messaging semantic conventions: ``messaging.system`` = ``faktory``,
@@ -109,9 +109,12 @@ class Tracing:
         else:
             propagate.inject(carrier)
 
-    def _extract(self, carrier: dict[str, Any]) -> otel_context.Context:
+    def _extract(self, custom: dict[str, Any]) -> otel_context.Context:
         # An empty Context, not the current one: a job without a context gets a root span.
         empty = otel_context.Context()
+        # Only text: other clients put anything in custom, and the propagators raise on a
+        # traceparent or baggage that is a number (the job would fail on every run).
+        carrier = {key: value for key, value in custom.items() if isinstance(value, str)}
         if self.propagator is not None:
             return self.propagator.extract(carrier, context=empty)
         return propagate.extract(carrier, context=empty)

@@ -651,7 +651,12 @@ def start_worker_metrics(
     multiprocess mode (:class:`MultiprocessMetrics`), and the callback the supervisor
     calls when a child exits (None otherwise). Everything started is stopped by
     ``cleanup``."""
-    events = WorkerMetrics(buckets=parse_buckets(buckets) if buckets else DEFAULT_BUCKETS)
+    try:
+        chosen = parse_buckets(buckets) if buckets else DEFAULT_BUCKETS
+    except ConfigurationError as exc:
+        # Named: the list may come from KAFFI_METRICS_BUCKETS, not the command line.
+        raise ConfigurationError(f"--metrics-buckets {buckets!r}: {exc}") from None
+    events = WorkerMetrics(buckets=chosen)
     if not supervised:
         cleanup.callback(serve_metrics(address, what="--metrics").close)
         return events, None

@@ -134,6 +134,23 @@ def test_unreachable_server_is_up_zero(caplog: pytest.LogCaptureFixture) -> None
     assert len(warnings) == 1  # once per outage, not per scrape
 
 
+def test_a_failed_ask_is_cached_like_an_answer() -> None:
+    # A server that hangs makes each ask last the client's timeout: scrapes queued behind
+    # the failing one, or coming within cache_seconds, get its failure instead of asking
+    # again one after the other (which took them 5, 10, 15 s).
+    now = [100.0]
+    with Client(f"tcp://127.0.0.1:{_closed_port()}", connect_timeout=2) as client:
+        collector = FaktoryCollector(client, cache_seconds=5, clock=lambda: now[0])
+        assert collector.snapshot() is None
+        assert collector.asked == 1
+        now[0] += 4.9
+        assert collector.snapshot() is None
+        assert collector.asked == 1
+        now[0] += 0.2  # the failure is stale: asked again
+        assert collector.snapshot() is None
+        assert collector.asked == 2
+
+
 @contextmanager
 def _exporter(*args: str) -> Iterator[tuple[subprocess.Popen[str], LogLines]]:
     with kaffi_process("exporter", "--listen", "127.0.0.1:0", *args, cwd=REPO_ROOT) as running:

@@ -5,6 +5,7 @@ unloaded; a missing extra is one clear error naming what to install."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -83,3 +84,29 @@ def test_a_blocked_extra_fails_the_integration_import() -> None:
         "prometheus_client is not installed: install kaffi[prometheus]"
         " (pip install 'kaffi[prometheus]')"
     )
+
+
+def _floors(package: str) -> dict[str, tuple[int, ...]]:
+    """The lowest version of ``package`` each extra in pyproject.toml accepts."""
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    extras = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    floors: dict[str, tuple[int, ...]] = {}
+    extra = ""
+    for line in extras.splitlines():
+        header = re.match(r"^([\w-]+) = \[", line)
+        if header:
+            extra = header.group(1)
+        found = re.search(rf'"{re.escape(package)}>=([\d.]+)"', line)
+        if found:
+            floors[extra] = tuple(int(part) for part in found.group(1).split("."))
+    return floors
+
+
+def test_the_prometheus_client_floor_is_one_kaffi_runs_on() -> None:
+    # serve_metrics (kaffi worker --metrics, kaffi exporter) unpacks the (server, thread)
+    # that start_http_server returns from prometheus-client 0.20 on; 0.17-0.19 return
+    # None, and every /metrics server failed with a TypeError (checked by running
+    # tests/contrib against 0.17.0 and 0.20.0).
+    floors = _floors("prometheus-client")
+    assert set(floors) == {"dev", "prometheus"}
+    assert all(floor >= (0, 20) for floor in floors.values()), floors

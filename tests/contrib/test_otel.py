@@ -219,6 +219,38 @@ def test_retry_count_and_existing_custom(faktory_server: Any) -> None:
     assert consumer.status.status_code is StatusCode.UNSET
 
 
+def test_a_context_that_is_not_text_still_gets_a_root_span(faktory_server: Any) -> None:
+    # Other clients put what they like in custom: a traceparent or baggage that is not a
+    # string made the propagator raise inside the middleware, so the job failed on every
+    # retry without ever running. Such a job runs, in a root span, like one without any.
+    provider, exporter = _provider()
+    app = App(faktory_server.url)
+    Tracing(tracer_provider=provider).install(app)
+    ran: list[int] = []
+
+    @app.task(queue="odd")
+    def odd(x: int) -> None:
+        ran.append(x)
+
+    try:
+        with Client(faktory_server.url) as client:
+            for custom in ({"traceparent": 5}, {"baggage": 7}, {"tracestate": ["x"]}):
+                client.push(
+                    {"jobtype": "odd", "args": [len(ran)], "queue": "odd", "custom": custom}
+                )
+        worker = app.worker(queues=["odd"], burst=True)
+        with running(worker):
+            wait_until(lambda: worker.state == "stopped", "the burst worker to stop")
+    finally:
+        app.close()
+    assert sorted(ran) == [0, 0, 0]
+    consumers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    assert len(consumers) == 3
+    for span in consumers:
+        assert span.parent is None
+        assert span.status.status_code is StatusCode.UNSET
+
+
 def test_app_tracing_true_installs_both_middleware() -> None:
     app = App(tracing=True)
     assert len(app.push_middleware) == 1

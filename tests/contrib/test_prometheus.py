@@ -4,6 +4,7 @@ prometheus-client's own parser."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -27,6 +28,7 @@ from kaffi.contrib.prometheus import (
     WorkerMetrics,
     parse_buckets,
     serve_metrics,
+    start_worker_metrics,
 )
 from kaffi.errors import ConfigurationError, TransportError
 from kaffi.worker import Worker
@@ -83,6 +85,16 @@ def test_buckets() -> None:
     ):
         with pytest.raises(ConfigurationError, match=says):
             parse_buckets(text)
+
+
+def test_bad_buckets_name_the_option() -> None:
+    # KAFFI_METRICS_BUCKETS may come from the environment: the error says where to look.
+    with contextlib.ExitStack() as cleanup, pytest.raises(ConfigurationError) as caught:
+        start_worker_metrics(cleanup, "127.0.0.1:0", "0.1,x")
+    assert str(caught.value) == (
+        "--metrics-buckets '0.1,x': histogram bucket 'x' is not a number"
+        " (buckets are seconds, like 0.1,1,10)"
+    )
 
 
 def test_a_tally_publishes_in_bulk_exactly_what_observe_would() -> None:
