@@ -390,12 +390,17 @@ class App(Closing):
         return await self.async_client.track_get(jid)
 
     def _no_progress_in_testing(self) -> None:
-        # As for batch_status: a testing mode must not reach for a server (a local
-        # Faktory would answer about other jobs; none gives a connection error).
+        self._needs_enterprise_server(
+            "app.progress()", "a job's track() reports are kept in current_job().tracked instead"
+        )
+
+    def _needs_enterprise_server(self, call: str, instead: str) -> None:
+        """Refuse ``call`` in a testing mode, saying what to read ``instead``: it must not
+        reach for a server (a local Faktory would answer about other jobs; none gives a
+        connection error)."""
         if self.delivery is not None:
             raise ConfigurationError(
-                "app.progress() needs a Faktory Enterprise server, and a testing mode has"
-                " none: a job's track() reports are kept in current_job().tracked instead"
+                f"{call} needs a Faktory Enterprise server, and a testing mode has none: {instead}"
             )
 
     # -- Faktory Enterprise batches ---------------------------------------------------------
@@ -454,12 +459,11 @@ class App(Closing):
         return await self.async_client.batch_status(bid)
 
     def _no_batch_status_in_testing(self) -> None:
-        if self.delivery is not None:
-            raise ConfigurationError(
-                "app.batch_status() needs a Faktory Enterprise server, and a testing mode"
-                " has none: read app.testing.batches (what each batch was created with and"
-                " whether it was committed) and the jobs' custom['bid'] instead"
-            )
+        self._needs_enterprise_server(
+            "app.batch_status()",
+            "read app.testing.batches (what each batch was created with and whether it was"
+            " committed) and the jobs' custom['bid'] instead",
+        )
 
     @property
     def mutate(self) -> Mutate:
