@@ -99,31 +99,15 @@ def drain(
     control.flush()
     control.fill(jobs, jobtype=jobtype, queue=queue, args=args)
     proc = spawn(queue)
-    marks: list[float | None] = []
-
-    def at_first() -> None:
-        marks.append(tree_cpu_seconds(proc.pid))
-        marks.append(cpu_seconds(server_pid) if server_pid else None)
-
     try:
-        first, done = control.wait_drained(queue, jobs, timeout=timeout, on_first=at_first)
-        client_end = tree_cpu_seconds(proc.pid)
-        server_end = cpu_seconds(server_pid) if server_pid else None
+        measured = _watch_drain(control, proc, queue, client, operation, jobs, timeout, server_pid)
         if exits_when_done:
             _wait_exit(proc, stop_timeout)
     finally:
         stop_process(proc, timeout=stop_timeout, group=True)
         settle(control, wait_fetches=wait_fetches)
-    client_start, server_start = marks if marks else (None, None)
-    return Throughput(
-        operation,
-        client,
-        jobs,
-        max(done - first, 1e-6),
-        note=note,
-        client_cpu=_delta(client_start, client_end),
-        server_cpu=_delta(server_start, server_end),
-    )
+    measured.note = note
+    return measured
 
 
 def paired_drains(
@@ -192,15 +176,31 @@ def _timed_block(
     released and drained by the worker already waiting on ``queue``."""
     if proc.poll() is not None:
         raise BenchError(f"the {client} worker exited with code {proc.returncode}")
+    control.queue("PAUSE", queue)
+    control.fill(jobs, queue=queue)
+    control.queue("RESUME", queue)
+    return _watch_drain(control, proc, queue, client, operation, jobs, timeout, server_pid)
+
+
+def _watch_drain(
+    control: ServerControl,
+    proc: subprocess.Popen[bytes],
+    queue: str,
+    client: str,
+    operation: str,
+    jobs: int,
+    timeout: float,
+    server_pid: int | None,
+) -> Throughput:
+    """Time ``proc`` draining the ``jobs`` waiting in ``queue``, from the first job taken
+    to the queue empty with nothing reserved, with the CPU the worker's processes (and
+    the server, given ``server_pid``) used over that span."""
     marks: list[float | None] = []
 
     def at_first() -> None:
         marks.append(tree_cpu_seconds(proc.pid))
         marks.append(cpu_seconds(server_pid) if server_pid else None)
 
-    control.queue("PAUSE", queue)
-    control.fill(jobs, queue=queue)
-    control.queue("RESUME", queue)
     first, done = control.wait_drained(queue, jobs, timeout=timeout, on_first=at_first)
     client_end = tree_cpu_seconds(proc.pid)
     server_end = cpu_seconds(server_pid) if server_pid else None

@@ -149,6 +149,31 @@ class LogLines:
         return "\n".join(self.lines)
 
 
+def run_command(
+    *command: str,
+    cwd: str | os.PathLike[str],
+    url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 40,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` to its end in ``cwd``, output captured as text, with no server
+    setting of the test run leaking in (``FAKTORY_URL``/``FAKTORY_PROVIDER`` removed;
+    ``url`` sets ``FAKTORY_URL``), plus ``extra_env``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FAKTORY_URL", "FAKTORY_PROVIDER")}
+    if url is not None:
+        env["FAKTORY_URL"] = url
+    env.update(extra_env or {})
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 @contextmanager
 def kaffi_process(
     *args: str, cwd: str | os.PathLike[str], env: dict[str, str] | None = None

@@ -3,14 +3,14 @@ server, and its throttles samples are what ``kaffi server --enterprise`` reads a
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "enterprise.md"
@@ -20,21 +20,6 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", PAGE.read_text(encoding="utf-8"), re.DOTALL)
 
 
-def run(tmp_path: Path, *command: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FAKTORY_URL", "FAKTORY_PROVIDER")}
-    if url is not None:
-        env["FAKTORY_URL"] = url
-    return subprocess.run(
-        command,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=40,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.slow
 def test_the_python_samples_run_as_written(tmp_path: Path, faktory_enterprise_server: Any) -> None:
     """The page's samples build on each other (one ``app``), as a reader types them in one
@@ -42,7 +27,9 @@ def test_the_python_samples_run_as_written(tmp_path: Path, faktory_enterprise_se
     samples = blocks("python")
     assert len(samples) >= 4
     (tmp_path / "samples.py").write_text("\n\n".join(samples), encoding="utf-8")
-    result = run(tmp_path, sys.executable, "samples.py", url=faktory_enterprise_server.url)
+    result = run_command(
+        sys.executable, "samples.py", cwd=tmp_path, url=faktory_enterprise_server.url
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # The unique sample's duplicate was refused, and the batch status printed its counts.
     assert "sync_account Job not unique" in result.stdout
@@ -61,8 +48,7 @@ def test_the_throttles_samples_are_what_the_server_reads_and_says(tmp_path: Path
     # The error sample: the first throttle with its timeout left out.
     broken = "[throttles]\ndefault = { concurrency = 2 }\n"
     (tmp_path / "throttles.toml").write_text(broken, encoding="utf-8")
-    result = run(
-        tmp_path,
+    result = run_command(
         sys.executable,
         "-m",
         "kaffi",
@@ -74,6 +60,7 @@ def test_the_throttles_samples_are_what_the_server_reads_and_says(tmp_path: Path
         "127.0.0.1:0",
         "--throttles",
         "throttles.toml",
+        cwd=tmp_path,
     )
     assert result.returncode != 0
     assert result.stderr.strip() == error_sample.strip()

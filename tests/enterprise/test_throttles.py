@@ -561,15 +561,24 @@ def patient() -> Iterator[EmbeddedServer]:
         yield srv
 
 
-def test_a_waiting_fetch_is_woken_by_an_ack(
-    patient: EmbeddedServer, wires: Callable[..., Wire]
-) -> None:
+def held_and_waiting(
+    patient: EmbeddedServer, wires: Callable[..., Wire], fetch: bytes
+) -> tuple[Wire, Wire]:
+    """Two jobs in "q": worker w1 holds the first (the throttle's one slot), and w2's
+    ``fetch`` line is blocked on the server."""
     producer, holder, waiting = wires(server=patient), wires("w1", patient), wires("w2", patient)
     for n in range(2):
         assert producer.send(push_line(jid=f"job-{n:04d}", queue="q")) == ["+OK"]
     assert json.loads(holder.send("FETCH q")[1])["jid"] == "job-0000"
-    waiting.write(b"FETCH other q\r\n")
+    waiting.write(fetch)
     wait_until(lambda: waiting_fetches(patient) == 1, "the second FETCH to block")
+    return holder, waiting
+
+
+def test_a_waiting_fetch_is_woken_by_an_ack(
+    patient: EmbeddedServer, wires: Callable[..., Wire]
+) -> None:
+    holder, waiting = held_and_waiting(patient, wires, b"FETCH other q\r\n")
     assert holder.send('ACK {"jid":"job-0000"}') == ["+OK"]
     assert json.loads(waiting.reply()[1])["jid"] == "job-0001"
     assert in_flight(patient.info(), "q") == 1
@@ -578,12 +587,7 @@ def test_a_waiting_fetch_is_woken_by_an_ack(
 def test_a_waiting_fetch_is_woken_when_the_lock_times_out(
     patient: EmbeddedServer, wires: Callable[..., Wire]
 ) -> None:
-    producer, holder, waiting = wires(server=patient), wires("w1", patient), wires("w2", patient)
-    for n in range(2):
-        assert producer.send(push_line(jid=f"job-{n:04d}", queue="q")) == ["+OK"]
-    assert json.loads(holder.send("FETCH q")[1])["jid"] == "job-0000"
-    waiting.write(b"FETCH q\r\n")
-    wait_until(lambda: waiting_fetches(patient) == 1, "the second FETCH to block")
+    _, waiting = held_and_waiting(patient, wires, b"FETCH q\r\n")
     patient.advance_clock(29)
     assert waiting_fetches(patient) == 1
     patient.advance_clock(1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shlex
 import subprocess
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from kaffi import Client
+from tests.support import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART_COMMAND = "python -m pip install . && python examples/quickstart.py"
@@ -87,19 +87,13 @@ def test_readme_user_lines_work_as_written(
         for line in block.splitlines()
         if line.strip().startswith("kaffi worker ")
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("FAKTORY_URL", "FAKTORY_PROVIDER")}
-    env["FAKTORY_URL"] = faktory_server.url
-    env["PYTHONPATH"] = str(tmp_path)
 
     def run(*command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            command,
+        return run_command(
+            *command,
             cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=40,
-            stdin=subprocess.DEVNULL,
+            url=faktory_server.url,
+            extra_env={"PYTHONPATH": str(tmp_path)},
         )
 
     pushed = run(sys.executable, "calls.py")
